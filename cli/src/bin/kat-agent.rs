@@ -1,0 +1,113 @@
+//! `kat-agent`: the KAT node daemon (SPEC §2, §6, §11).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use kat_cli::{LogFormat, init_logging, not_implemented};
+
+/// The KAT node daemon: runs on every node, supervising its etcd member (on
+/// control-plane nodes), containers, WireGuard interface and DNS server.
+#[derive(Debug, Parser)]
+#[command(name = "kat-agent", version = kat_proto::VERSION, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. info, kat=debug); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct StateDir {
+    /// Directory holding all of this node's files (etcd data, keys, certs, caches).
+    #[arg(long, default_value = "/var/lib/kat", value_name = "DIR")]
+    state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct NodeOptions {
+    #[command(flatten)]
+    state: StateDir,
+    /// Name of this node (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Address other nodes reach this one at; every listener binds to it.
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+    /// Name of the WireGuard interface.
+    #[arg(long, default_value = "kat0")]
+    wg_interface: String,
+    /// Extra DNS listener (repeatable), e.g. 127.0.0.1:5353.
+    #[arg(long, value_name = "ADDR:PORT")]
+    dns_listen: Vec<String>,
+    /// Container runtime: podman, or fake (in-memory, for demos and simulations).
+    #[arg(long, default_value = "podman")]
+    runtime: String,
+    /// Path to the etcd binary (default: etcd on PATH).
+    #[arg(long, value_name = "PATH")]
+    etcd_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new cluster with this node as its first control-plane member.
+    Init {
+        /// The cluster configuration (cluster.kat).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        node: NodeOptions,
+    },
+    /// Join an existing cluster with a join token.
+    Join {
+        /// The leader's API address.
+        #[arg(long, value_name = "HOST:PORT")]
+        leader_api: String,
+        /// Join token printed by `kat-agent init` or `katcall token create join`.
+        #[arg(long, env = "KAT_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(flatten)]
+        node: NodeOptions,
+    },
+    /// Restart an initialised node from its state directory (what the systemd unit runs).
+    Run {
+        #[command(flatten)]
+        node: NodeOptions,
+    },
+    /// Rebuild a control-plane member's etcd data from a snapshot.
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        snapshot: PathBuf,
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Print the ETCDCTL_* settings that reach this node's etcd member.
+    EtcdEnv {
+        #[command(flatten)]
+        state: StateDir,
+    },
+    /// Print kat-agent's version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log_level.as_deref());
+    let control_plane = "the embedded etcd Store and the supervision tree";
+    match cli.command {
+        Command::Version => {
+            println!("kat-agent {}", kat_proto::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Init { .. } => not_implemented("kat-agent", "init", control_plane),
+        Command::Run { .. } => not_implemented("kat-agent", "run", control_plane),
+        Command::EtcdEnv { .. } => not_implemented("kat-agent", "etcd-env", control_plane),
+        Command::Restore { .. } => not_implemented("kat-agent", "restore", "etcd backups"),
+        Command::Join { .. } => not_implemented("kat-agent", "join", "PKI and the node API"),
+    }
+}

@@ -1,0 +1,312 @@
+//! `katcall`: the KAT command-line client (SPEC §11).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use kat_cli::{OutputFormat, not_implemented};
+use kat_proto::quadlet::{self, Document};
+
+/// Drive a KAT cluster.
+///
+/// katcall talks to the leader's API with the server, CA and token from its config file
+/// (~/.config/kat/config, or the katcall.yaml that `kat-agent init` writes). `validate`
+/// works offline.
+#[derive(Debug, Parser)]
+#[command(name = "katcall", version = kat_proto::VERSION, propagate_version = true)]
+struct Cli {
+    /// Config file with server, CA and token (e.g. STATE_DIR/katcall.yaml).
+    #[arg(long, global = true, env = "KAT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Context (cluster) to use from the config file.
+    #[arg(long, global = true, env = "KAT_CONTEXT")]
+    context: Option<String>,
+    /// API server URL, overriding the config file.
+    #[arg(long, global = true, env = "KAT_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token, overriding the config file.
+    #[arg(long, global = true, env = "KAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// Namespace.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "KAT_NAMESPACE",
+        default_value = "default"
+    )]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check Quadlet files offline: a directory, a bundle (.tar.gz) or one .kat file.
+    ///
+    /// Prints every problem as `FILE: FIELD.PATH: reason` and exits 1; prints a one-line
+    /// summary and exits 0 when everything is valid.
+    Validate {
+        /// Quadlet directory, bundle or .kat file (repeatable).
+        #[arg(
+            short = 'f',
+            long = "file",
+            value_name = "DIR|BUNDLE|FILE",
+            required = true
+        )]
+        paths: Vec<PathBuf>,
+    },
+    /// Create or update a workload from a Quadlet directory or bundle.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "DIR|BUNDLE.tar.gz")]
+        path: PathBuf,
+        /// Wait until the workload's instances are running (or healthy).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List or show resources.
+    Get {
+        #[arg(value_enum)]
+        resource: Resource,
+        name: Option<String>,
+    },
+    /// Show a resource's spec, status, instances, recent events and pending reasons.
+    Describe {
+        #[arg(value_enum)]
+        kind: DescribeKind,
+        name: String,
+    },
+    /// Delete a workload, namespace or node.
+    #[command(subcommand)]
+    Delete(DeleteCommand),
+    /// Stream an instance's logs.
+    Logs {
+        instance: String,
+        /// Keep streaming new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines newer than this (e.g. 10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u32>,
+        /// The build log instead of the container's.
+        #[arg(long)]
+        build: bool,
+    },
+    /// Run a command in an instance's container.
+    Exec {
+        instance: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Follow a workload's rollout.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Re-apply a stored previous generation of a workload.
+    Rollback {
+        #[arg(value_enum)]
+        kind: WorkloadKind,
+        name: String,
+        #[arg(long, value_name = "N")]
+        to_generation: Option<i64>,
+    },
+    /// Stop new placements on a node.
+    Cordon { node: String },
+    /// Allow placements on a node again.
+    Uncordon { node: String },
+    /// Cordon a node and move its instances away.
+    Drain { node: String },
+    /// Set labels on a node (k=v; k= removes).
+    Label {
+        #[arg(value_enum)]
+        kind: NodeKind,
+        node: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Set taints on a node (k=v:EFFECT).
+    Taint {
+        #[arg(value_enum)]
+        kind: NodeKind,
+        node: String,
+        #[arg(required = true, value_name = "KEY=VALUE:EFFECT")]
+        taints: Vec<String>,
+    },
+    /// Create join or API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Make an etcd snapshot now, or list the kept ones.
+    Backup {
+        #[arg(long)]
+        list: bool,
+    },
+    /// Print katcall's version (and the server's, when reachable).
+    Version,
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Resource {
+    Workloads,
+    Workload,
+    Nodes,
+    Node,
+    Namespaces,
+    Namespace,
+    Events,
+    Instances,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DescribeKind {
+    Workload,
+    Node,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WorkloadKind {
+    Workload,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NodeKind {
+    Node,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeleteCommand {
+    /// Delete a workload and its instances.
+    Workload {
+        name: String,
+        /// Also remove its simpleClusterStorage volumes.
+        #[arg(long)]
+        purge_volumes: bool,
+    },
+    /// Delete a namespace (refused while it has workloads, unless --cascade).
+    Namespace {
+        name: String,
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// Remove a drained node from the cluster.
+    Node { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Show a rollout's progress until it completes or pauses.
+    Status { workload: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token.
+    Create(TokenCreate),
+}
+
+#[derive(Debug, Args)]
+struct TokenCreate {
+    #[arg(value_enum)]
+    kind: TokenKind,
+    /// Lifetime, e.g. 24h (join tokens default to 24h).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Allow the token to be used more than once.
+    #[arg(long)]
+    reusable: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TokenKind {
+    Join,
+    Api,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let api = "the leader's API, which is not built yet";
+    match cli.command {
+        Command::Validate { paths } => validate(&paths, cli.output),
+        Command::Version => {
+            println!("katcall {}", kat_proto::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "katcall",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Apply { .. } => not_implemented("katcall", "apply", api),
+        Command::Get { .. } => not_implemented("katcall", "get", api),
+        Command::Describe { .. } => not_implemented("katcall", "describe", api),
+        Command::Delete(_) => not_implemented("katcall", "delete", api),
+        Command::Logs { .. } => not_implemented("katcall", "logs", api),
+        Command::Exec { .. } => not_implemented("katcall", "exec", api),
+        Command::Rollout(_) => not_implemented("katcall", "rollout", api),
+        Command::Rollback { .. } => not_implemented("katcall", "rollback", api),
+        Command::Cordon { .. } => not_implemented("katcall", "cordon", api),
+        Command::Uncordon { .. } => not_implemented("katcall", "uncordon", api),
+        Command::Drain { .. } => not_implemented("katcall", "drain", api),
+        Command::Label { .. } => not_implemented("katcall", "label", api),
+        Command::Taint { .. } => not_implemented("katcall", "taint", api),
+        Command::Token(_) => not_implemented("katcall", "token", api),
+        Command::Backup { .. } => not_implemented("katcall", "backup", api),
+    }
+}
+
+/// `katcall validate`: every error of every path, then a summary; exit 1 on any error.
+fn validate(paths: &[PathBuf], output: OutputFormat) -> ExitCode {
+    let mut failed = 0usize;
+    for path in paths {
+        match quadlet::load_path(path) {
+            Ok(doc) => match output {
+                OutputFormat::Table => println!("{}: valid {}", path.display(), doc.summary()),
+                OutputFormat::Json | OutputFormat::Yaml => {
+                    if let Err(e) = print_document(&doc, output) {
+                        eprintln!("katcall validate: {}: cannot print: {e}", path.display());
+                        failed += 1;
+                    }
+                }
+            },
+            Err(errors) => {
+                for e in &errors.errors {
+                    println!("{e}");
+                }
+                failed += errors.errors.len();
+            }
+        }
+    }
+    if failed > 0 {
+        let s = if failed == 1 { "" } else { "s" };
+        eprintln!("katcall validate: {failed} error{s}");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_document(doc: &Document, output: OutputFormat) -> anyhow::Result<()> {
+    let text = match (doc, output) {
+        (Document::Cluster(c), OutputFormat::Json) => quadlet::to_json(c)?,
+        (Document::Namespace(n), OutputFormat::Json) => quadlet::to_json(n)?,
+        (Document::Quadlet(q), OutputFormat::Json) => quadlet::to_json(q)?,
+        (Document::Cluster(c), _) => quadlet::to_yaml(c)?,
+        (Document::Namespace(n), _) => quadlet::to_yaml(n)?,
+        (Document::Quadlet(q), _) => quadlet::to_yaml(q)?,
+    };
+    println!("{}", text.trim_end());
+    Ok(())
+}

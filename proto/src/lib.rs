@@ -1,0 +1,24 @@
+//! KAT's resource model (SPEC §4, §10).
+//!
+//! - [`v1alpha1`]: the protobuf messages and gRPC services generated from `proto/kat/`,
+//!   with proto3 JSON (pbjson) for the REST side.
+//! - [`quadlet`]: `.kat` YAML files parsed into those types, every default applied and
+//!   every rule checked, all errors reported at once with file and field path.
+//! - [`bundle`]: Quadlet directories packed as tar.gz, and unpacked safely.
+//! - [`quantity`], [`cron`], [`names`]: the small grammars the rules use.
+
+pub mod bundle;
+pub mod cron;
+pub mod names;
+pub mod quadlet;
+pub mod quantity;
+
+/// Generated from `proto/kat/v1alpha1/*.proto`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+pub mod v1alpha1 {
+    include!(concat!(env!("OUT_DIR"), "/kat.v1alpha1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/kat.v1alpha1.serde.rs"));
+}
+
+/// The crate's version, reported by `katcall version` and `kat-agent version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

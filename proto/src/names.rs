@@ -1,0 +1,273 @@
+//! Syntax rules for names KAT accepts: DNS labels and names, label keys and values,
+//! environment variable names, image references, paths.
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters. `None` when valid.
+pub fn dns_label_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name.len() > 63 {
+        return Some(format!("{name:?} is longer than 63 characters"));
+    }
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = !name.starts_with('-') && !name.ends_with('-');
+    if ok_chars && ok_ends {
+        None
+    } else {
+        Some(format!(
+            "{name:?} is not a DNS label (lowercase letters, digits and '-', \
+             starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// Dot-separated DNS labels, at most 253 characters (cluster domain, ingress hosts).
+pub fn dns_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name.len() > 253 {
+        return Some(format!("{name:?} is longer than 253 characters"));
+    }
+    if name
+        .split('.')
+        .any(|label| dns_label_problem(label).is_some())
+    {
+        return Some(format!(
+            "{name:?} is not a DNS name (dot-separated labels of lowercase letters, digits and '-')"
+        ));
+    }
+    None
+}
+
+fn is_label_segment(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
+    let bytes = s.as_bytes();
+    !s.is_empty()
+        && s.len() <= 63
+        && bytes.first().copied().is_some_and(alnum)
+        && bytes.last().copied().is_some_and(alnum)
+        && bytes
+            .iter()
+            .all(|&b| alnum(b) || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A label or selector key: `[prefix/]name`, with a DNS-name prefix.
+pub fn label_key_problem(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix
+        && dns_name_problem(prefix).is_some()
+    {
+        return Some(format!("label key prefix {prefix:?} is not a DNS name"));
+    }
+    if is_label_segment(name) {
+        None
+    } else {
+        Some(format!(
+            "{key:?} is not a valid label key (at most 63 letters, digits, '-', '_' or '.', \
+             starting and ending with a letter or digit, optionally after a DNS-name prefix and '/')"
+        ))
+    }
+}
+
+/// A label value: empty, or like a label key's name part.
+pub fn label_value_problem(value: &str) -> Option<String> {
+    if value.is_empty() || is_label_segment(value) {
+        None
+    } else {
+        Some(format!(
+            "{value:?} is not a valid label value (at most 63 letters, digits, '-', '_' or '.', \
+             starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn env_name_problem(name: &str) -> Option<String> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if first_ok && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        None
+    } else {
+        Some(format!(
+            "{name:?} is not a valid variable name (letters, digits and '_', not starting with a digit)"
+        ))
+    }
+}
+
+/// A container image reference such as `docker.io/library/nginx:1.27` or
+/// `localhost/busybox@sha256:...`. Checks the shape, not that the image exists.
+pub fn image_problem(image: &str) -> Option<String> {
+    if image.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if image.len() > 512 {
+        return Some("is longer than 512 characters".to_owned());
+    }
+    let (name, digest) = match image.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let ok = digest.split_once(':').is_some_and(|(alg, hex)| {
+            !alg.is_empty() && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Some(format!(
+                "{image:?} has a malformed digest (expected e.g. @sha256:<hex>)"
+            ));
+        }
+    }
+    // A tag is after the last ':' that follows the last '/'.
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
+        None => (name, None),
+    };
+    if let Some(tag) = tag {
+        let ok = !tag.is_empty()
+            && tag.len() <= 128
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Some(format!("{image:?} has an invalid tag {tag:?}"));
+        }
+    }
+    let mut parts = repo.split('/');
+    let first = parts.next().unwrap_or_default();
+    let first_is_registry =
+        repo.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    for (i, part) in repo.split('/').enumerate() {
+        let ok = if i == 0 && first_is_registry {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+        } else {
+            !part.is_empty()
+                && part.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
+        };
+        if !ok {
+            return Some(format!(
+                "{image:?} is not an image reference (repository path components are lowercase \
+                 letters, digits, '.', '_' and '-')"
+            ));
+        }
+    }
+    None
+}
+
+/// An absolute path without `..` components.
+pub fn absolute_path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some(format!("{path:?} must be an absolute path"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Some(format!("{path:?} must not contain '..'"));
+    }
+    if path.contains('\0') {
+        return Some("must not contain NUL bytes".to_owned());
+    }
+    None
+}
+
+/// A relative path that stays inside its base (no leading '/', no `..`).
+pub fn relative_path_problem(path: &str) -> Option<String> {
+    if path.starts_with('/') {
+        return Some(format!("{path:?} must be a relative path"));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Some(format!("{path:?} must not contain '..'"));
+    }
+    if path.contains('\0') {
+        return Some("must not contain NUL bytes".to_owned());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["web", "a", "web-1", "0abc", &"a".repeat(63)] {
+            assert_eq!(dns_label_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "Web", "-web", "web-", "we_b", "web.x", &"a".repeat(64)] {
+            assert!(dns_label_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_names() {
+        assert_eq!(dns_name_problem("kat.cluster.local"), None);
+        assert!(dns_name_problem("kat..local").is_some());
+        assert!(dns_name_problem("kat.local.").is_some());
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        assert_eq!(label_key_problem("disktype"), None);
+        assert_eq!(label_key_problem("kat.dws.rip/role"), None);
+        assert!(label_key_problem("Bad Key").is_some());
+        assert!(label_key_problem("UPPER.example/x").is_some());
+        assert_eq!(label_value_problem(""), None);
+        assert_eq!(label_value_problem("ssd"), None);
+        assert!(label_value_problem("-ssd").is_some());
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_name_problem("GREETING"), None);
+        assert_eq!(env_name_problem("_x1"), None);
+        assert!(env_name_problem("1X").is_some());
+        assert!(env_name_problem("A-B").is_some());
+        assert!(env_name_problem("").is_some());
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "nginx",
+            "docker.io/library/nginx:1.27",
+            "localhost/busybox:latest",
+            "registry.example.com:5000/team/web:v1.2.0",
+            "kat.local/default/web:0123abc",
+            "busybox@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(image_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "Nginx",
+            "nginx:",
+            "nginx:bad tag",
+            "a//b",
+            "nginx@sha256:xyz",
+            "has space",
+        ] {
+            assert!(image_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(absolute_path_problem("/var/data"), None);
+        assert!(absolute_path_problem("var/data").is_some());
+        assert!(absolute_path_problem("/var/../etc").is_some());
+        assert_eq!(relative_path_problem("sub/dir"), None);
+        assert!(relative_path_problem("/abs").is_some());
+        assert!(relative_path_problem("../up").is_some());
+    }
+}

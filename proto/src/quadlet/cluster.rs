@@ -1,0 +1,214 @@
+//! `cluster.kat`: the ClusterConfiguration (SPEC §4.1).
+
+use ipnet::IpNet;
+
+use super::API_VERSION;
+use super::defaults as d;
+use super::meta::{header, metadata};
+use super::reader::{MapReader, Node, Report};
+use crate::names;
+use crate::v1alpha1::{ClusterConfiguration, ClusterConfigurationSpec};
+
+pub(crate) fn parse(root: &Node<'_>, r: &mut Report) -> ClusterConfiguration {
+    let Some(mut top) = header(root, r, "ClusterConfiguration") else {
+        return ClusterConfiguration::default();
+    };
+    let meta = metadata(&mut top, r, false);
+    let spec = match top.field("spec") {
+        Some(node) => match node.map(r) {
+            Some(mut m) => {
+                let spec = parse_spec(&mut m, r);
+                m.finish(r);
+                spec
+            }
+            None => defaults(),
+        },
+        None => defaults(),
+    };
+    top.finish(r);
+    ClusterConfiguration {
+        api_version: API_VERSION.to_owned(),
+        kind: "ClusterConfiguration".to_owned(),
+        metadata: Some(meta.meta),
+        spec: Some(spec),
+    }
+}
+
+/// A ClusterConfigurationSpec with every default.
+pub fn defaults() -> ClusterConfigurationSpec {
+    ClusterConfigurationSpec {
+        cluster_cidr: d::CLUSTER_CIDR.to_owned(),
+        service_cidr: d::SERVICE_CIDR.to_owned(),
+        node_subnet_bits: d::NODE_SUBNET_BITS,
+        cluster_domain: d::CLUSTER_DOMAIN.to_owned(),
+        api_port: d::API_PORT,
+        agent_port: d::AGENT_PORT,
+        etcd_peer_port: d::ETCD_PEER_PORT,
+        etcd_client_port: d::ETCD_CLIENT_PORT,
+        wireguard_port: d::WIREGUARD_PORT,
+        quorum_size: d::QUORUM_SIZE,
+        volume_base_path: d::VOLUME_BASE_PATH.to_owned(),
+        backup_path: d::BACKUP_PATH.to_owned(),
+        backup_interval_minutes: Some(d::BACKUP_INTERVAL_MINUTES),
+        agent_tick_seconds: d::AGENT_TICK_SECONDS,
+        node_loss_timeout_seconds: d::NODE_LOSS_TIMEOUT_SECONDS,
+    }
+}
+
+fn parse_spec(m: &mut MapReader<'_>, r: &mut Report) -> ClusterConfigurationSpec {
+    let mut s = defaults();
+
+    let cluster_net = cidr(m, r, "clusterCIDR", &mut s.cluster_cidr);
+    let service_net = cidr(m, r, "serviceCIDR", &mut s.service_cidr);
+    if let (Some(a), Some(b)) = (cluster_net, service_net)
+        && (a.contains(&b.network()) || b.contains(&a.network()))
+    {
+        r.error(
+            &m.child_path("serviceCIDR"),
+            format!("{b} overlaps clusterCIDR {a}; the two ranges must be disjoint"),
+        );
+    }
+
+    if let Some(bits) = m.field("nodeSubnetBits").and_then(|n| n.u32_in(r, 1, 32)) {
+        s.node_subnet_bits = bits;
+    }
+    if let Some(net) = cluster_net {
+        let prefix = u32::from(net.prefix_len()) + s.node_subnet_bits;
+        let max = u32::from(match net {
+            IpNet::V4(_) => d::MAX_NODE_SUBNET_PREFIX,
+            IpNet::V6(_) => 126,
+        });
+        if prefix > max {
+            r.error(
+                &m.child_path("nodeSubnetBits"),
+                format!(
+                    "{} + {} gives node subnets of /{prefix}; the longest allowed is /{max}",
+                    net.prefix_len(),
+                    s.node_subnet_bits
+                ),
+            );
+        }
+    }
+
+    if let Some(domain) = m.field("clusterDomain").and_then(|n| {
+        let v = n.string(r)?;
+        if let Some(problem) = names::dns_name_problem(&v) {
+            r.error(&n.path, problem);
+        }
+        Some(v)
+    }) {
+        s.cluster_domain = domain;
+    }
+
+    let mut ports: Vec<(&'static str, u32)> = Vec::new();
+    for (key, slot) in [
+        ("apiPort", &mut s.api_port),
+        ("agentPort", &mut s.agent_port),
+        ("etcdPeerPort", &mut s.etcd_peer_port),
+        ("etcdClientPort", &mut s.etcd_client_port),
+        ("wireguardPort", &mut s.wireguard_port),
+    ] {
+        if let Some(port) = m.field(key).and_then(|n| n.u32_in(r, 1, 65535)) {
+            *slot = port;
+        }
+        ports.push((key, *slot));
+    }
+    for (i, (key, port)) in ports.iter().enumerate() {
+        if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            r.error(
+                &m.child_path(key),
+                format!("port {port} is also used by {other}; each port must differ"),
+            );
+        }
+    }
+
+    if let Some(n) = m.field("quorumSize")
+        && let Some(q) = n.u32(r)
+    {
+        if q == 0 || q % 2 == 0 || q > 7 {
+            r.error(
+                &n.path,
+                format!("{q} is not a valid quorum size (use 1, 3, 5 or 7)"),
+            );
+        } else {
+            s.quorum_size = q;
+        }
+    }
+
+    for (key, slot) in [
+        ("volumeBasePath", &mut s.volume_base_path),
+        ("backupPath", &mut s.backup_path),
+    ] {
+        if let Some(n) = m.field(key)
+            && let Some(path) = n.string(r)
+        {
+            if let Some(problem) = names::absolute_path_problem(&path) {
+                r.error(&n.path, problem);
+            }
+            *slot = path;
+        }
+    }
+
+    if let Some(minutes) = m.field("backupIntervalMinutes").and_then(|n| n.u32(r)) {
+        s.backup_interval_minutes = Some(minutes);
+    }
+    if let Some(tick) = m
+        .field("agentTickSeconds")
+        .and_then(|n| n.u32_in(r, 1, 3600))
+    {
+        s.agent_tick_seconds = tick;
+    }
+    let loss = m.field("nodeLossTimeoutSeconds");
+    if let Some(timeout) = loss.as_ref().and_then(|n| n.u32_in(r, 1, 86_400)) {
+        s.node_loss_timeout_seconds = timeout;
+    }
+    if u64::from(s.node_loss_timeout_seconds) <= 2 * u64::from(s.agent_tick_seconds) {
+        let path = m.child_path("nodeLossTimeoutSeconds");
+        r.error(
+            &path,
+            format!(
+                "{} s must be more than twice agentTickSeconds ({} s), or one late heartbeat marks a node lost",
+                s.node_loss_timeout_seconds, s.agent_tick_seconds
+            ),
+        );
+    }
+    s
+}
+
+/// Reads a CIDR field: a network address with its prefix (`10.100.0.0/16`).
+fn cidr(
+    m: &mut MapReader<'_>,
+    r: &mut Report,
+    key: &'static str,
+    slot: &mut String,
+) -> Option<IpNet> {
+    let (path, text) = match m.field(key) {
+        Some(n) => {
+            let text = n.string(r)?;
+            (n.path, text)
+        }
+        None => (m.child_path(key), slot.clone()),
+    };
+    let net: IpNet = match text.parse() {
+        Ok(net) => net,
+        Err(_) => {
+            r.error(
+                &path,
+                format!("{text:?} is not a CIDR range (use e.g. 10.100.0.0/16)"),
+            );
+            return None;
+        }
+    };
+    if net.network() != net.addr() {
+        r.error(
+            &path,
+            format!(
+                "{text} has host bits set; the range starts at {}",
+                net.trunc()
+            ),
+        );
+        return None;
+    }
+    *slot = text;
+    Some(net)
+}

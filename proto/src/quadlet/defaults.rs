@@ -1,0 +1,48 @@
+//! Every default of the Quadlet kinds, in one place (SPEC §4).
+
+/// Namespace of namespaced resources that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+// cluster.kat
+pub const CLUSTER_CIDR: &str = "10.100.0.0/16";
+pub const SERVICE_CIDR: &str = "10.200.0.0/16";
+pub const NODE_SUBNET_BITS: u32 = 7;
+pub const CLUSTER_DOMAIN: &str = "kat.cluster.local";
+pub const API_PORT: u32 = 9115;
+pub const AGENT_PORT: u32 = 9116;
+pub const ETCD_PEER_PORT: u32 = 2380;
+pub const ETCD_CLIENT_PORT: u32 = 2379;
+pub const WIREGUARD_PORT: u32 = 51820;
+pub const QUORUM_SIZE: u32 = 1;
+pub const VOLUME_BASE_PATH: &str = "/var/lib/kat/volumes";
+pub const BACKUP_PATH: &str = "/var/lib/kat/backups";
+pub const BACKUP_INTERVAL_MINUTES: u32 = 30;
+pub const AGENT_TICK_SECONDS: u32 = 15;
+pub const NODE_LOSS_TIMEOUT_SECONDS: u32 = 60;
+/// Longest node subnet prefix: a /30 leaves one usable instance address.
+pub const MAX_NODE_SUBNET_PREFIX: u8 = 30;
+
+// workload.kat
+pub const REPLICAS: i32 = 1;
+/// Upper bound on replicas of one SERVICE; a typo like 10000 is refused rather than scheduled.
+pub const MAX_REPLICAS: i64 = 1000;
+pub const MAX_SURGE: &str = "1";
+pub const MAX_RESTARTS: u32 = 5;
+pub const RESET_SECONDS: u32 = 3600;
+pub const CONTAINER_NAME: &str = "main";
+
+// VirtualLoadBalancer.kat health checks
+pub const HEALTH_PERIOD_SECONDS: u32 = 10;
+pub const HEALTH_TIMEOUT_SECONDS: u32 = 1;
+pub const HEALTH_SUCCESS_THRESHOLD: u32 = 1;
+pub const HEALTH_FAILURE_THRESHOLD: u32 = 3;
+pub const INGRESS_PATH: &str = "/";
+
+// job.kat
+pub const JOB_COMPLETIONS: u32 = 1;
+pub const JOB_PARALLELISM: u32 = 1;
+pub const JOB_BACKOFF_LIMIT: u32 = 6;
+
+// build.kat
+pub const BUILD_CONTEXT: &str = ".";
+pub const DOCKERFILE_PATH: &str = "Containerfile";
