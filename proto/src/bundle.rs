@@ -263,6 +263,10 @@ pub fn unpack(data: &[u8], limits: &Limits) -> Result<Vec<BundleFile>, BundleErr
             },
         ));
     }
+    // Whatever follows the tar's end marker still counts: a bomb of zeros past the end
+    // (or a plain gzip of zeros, which reads as an empty tar) must hit the limit too.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(corrupt)?;
     if exceeded.get() {
         return Err(too_large());
     }

@@ -386,3 +386,6 @@ fn load_single_file(shown: &str, data: &[u8]) -> Result<Document, ValidationErro
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -219,10 +219,9 @@ fn parse_git(node: &Node<'_>, r: &mut Report) -> Option<GitSource> {
             ),
         );
     }
-    if !git.commit.is_empty()
-        && !(4..=64).contains(&git.commit.len())
-            | !git.commit.bytes().all(|b| b.is_ascii_hexdigit())
-    {
+    let is_hash =
+        (4..=64).contains(&git.commit.len()) && git.commit.bytes().all(|b| b.is_ascii_hexdigit());
+    if !git.commit.is_empty() && !is_hash {
         r.error(
             &m.child_path("commit"),
             format!("{:?} is not a commit hash (4 to 64 hex digits)", git.commit),

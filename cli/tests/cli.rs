@@ -1,0 +1,230 @@
+//! The two binaries as a user runs them: exit codes, output lines, help text.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn katcall(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_katcall"))
+        .args(args)
+        .env_remove("KAT_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn kat_agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+#[test]
+fn validate_accepts_every_example_with_a_one_line_summary() {
+    for name in [
+        "cluster.kat",
+        "web",
+        "report",
+        "node-exporter",
+        "git-app",
+        "namespace",
+    ] {
+        let path = examples().join(name);
+        let out = katcall(&["validate", "-f", path.to_str().unwrap()]);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert_eq!(stdout.lines().count(), 1, "{name}: {stdout}");
+        assert!(stdout.contains(": valid "), "{name}: {stdout}");
+    }
+}
+
+#[test]
+fn validate_reports_every_mistake_of_a_directory_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let workload = std::fs::read_to_string(examples().join("web/workload.kat"))
+        .unwrap()
+        .replace("replicas: 3", "replicas: -3")
+        .replace("memory: 256Mi", "memory: 12 parsecs");
+    std::fs::write(dir.path().join("workload.kat"), workload).unwrap();
+    let vlb = std::fs::read_to_string(examples().join("web/VirtualLoadBalancer.kat"))
+        .unwrap()
+        .replace("servicePortName: http", "servicePortName: https");
+    std::fs::write(dir.path().join("VirtualLoadBalancer.kat"), vlb).unwrap();
+
+    let out = katcall(&["validate", "-f", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let d = dir.path().display();
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines.contains(
+            &format!("{d}/workload.kat: spec.replicas: must not be negative, found -3").as_str()
+        ),
+        "{stdout}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with(&format!(
+        "{d}/workload.kat: spec.container.resources.limits.memory: \"12 parsecs\" is not a memory quantity"
+    ))), "{stdout}");
+    assert!(lines.contains(&format!(
+        "{d}/VirtualLoadBalancer.kat: spec.ingress[0].servicePortName: \"https\" names no port in spec.ports"
+    ).as_str()), "{stdout}");
+    assert_eq!(text(&out.stderr).trim(), "katcall validate: 3 errors");
+}
+
+#[test]
+fn validate_reads_bundles_and_names_files_inside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("web.tar.gz");
+    std::fs::write(
+        &good,
+        kat_proto::bundle::pack_dir(&examples().join("web")).unwrap(),
+    )
+    .unwrap();
+    let out = katcall(&["validate", "-f", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    let bad = dir.path().join("bad.tar.gz");
+    let files = vec![kat_proto::bundle::BundleFile {
+        name: "workload.kat".into(),
+        data: b"apiVersion: kat.dws.rip/v1alpha1\nkind: Workload\nmetadata: {name: x}\nspec: {}\n"
+            .to_vec(),
+    }];
+    std::fs::write(
+        &bad,
+        kat_proto::bundle::pack(&files, &Default::default()).unwrap(),
+    )
+    .unwrap();
+    let out = katcall(&["validate", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("{}/workload.kat: spec.source: is required", bad.display())
+    );
+}
+
+#[test]
+fn validate_prints_the_normalised_document_as_json() {
+    let path = examples().join("report");
+    let out = katcall(&["validate", "-o", "json", "-f", path.to_str().unwrap()]);
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["workload"]["spec"]["type"], "JOB");
+    assert_eq!(json["job"]["spec"]["schedule"], "0 */6 * * *");
+    assert_eq!(json["job"]["metadata"]["namespace"], "default");
+}
+
+#[test]
+fn validate_of_a_missing_path_says_so() {
+    let out = katcall(&["validate", "-f", "/nonexistent/quadlet"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).starts_with("/nonexistent/quadlet: cannot read:"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn help_lists_the_commands_of_the_spec() {
+    let help = text(&katcall(&["--help"]).stdout);
+    for cmd in [
+        "apply",
+        "get",
+        "describe",
+        "delete",
+        "logs",
+        "exec",
+        "rollout",
+        "rollback",
+        "cordon",
+        "uncordon",
+        "drain",
+        "label",
+        "taint",
+        "token",
+        "backup",
+        "version",
+        "completion",
+        "validate",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
+            "katcall --help lacks {cmd}"
+        );
+    }
+    let help = text(&kat_agent(&["--help"]).stdout);
+    for cmd in ["init", "join", "run", "restore", "etcd-env", "version"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
+            "kat-agent --help lacks {cmd}"
+        );
+    }
+}
+
+#[test]
+fn commands_not_built_yet_say_so_and_fail() {
+    for args in [
+        vec!["apply", "-f", "examples/web"],
+        vec!["get", "nodes"],
+        vec!["token", "create", "join"],
+        vec!["drain", "n1"],
+    ] {
+        let out = katcall(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("not implemented in this build"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = kat_agent(&[
+        "init",
+        "--config",
+        "examples/cluster.kat",
+        "--state-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("kat-agent init: not implemented in this build"));
+}
+
+#[test]
+fn version_and_completion_work() {
+    let out = katcall(&["version"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("katcall {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = kat_agent(&["version"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("kat-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = katcall(&["completion", "bash"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("_katcall()"));
+}
+
+#[test]
+fn bad_arguments_are_refused_with_usage() {
+    let out = katcall(&["get", "pods"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("invalid value 'pods'"));
+}
