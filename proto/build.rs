@@ -29,6 +29,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::path::Path::new("/usr/include/google/protobuf/timestamp.proto").exists() {
         includes.push("/usr/include");
     }
+    let has_protoc = std::env::var_os("PROTOC").is_some()
+        || std::process::Command::new("protoc")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !has_protoc {
+        return Err(
+            "protoc not found: run scripts/install-deps.sh (Debian: protobuf-compiler \
+                    libprotobuf-dev) or set PROTOC"
+                .into(),
+        );
+    }
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)

@@ -73,10 +73,14 @@ pub struct ValidationErrors {
 
 impl ValidationErrors {
     fn single(file: &str, reason: impl Into<String>) -> Self {
+        Self::at(file, "", reason)
+    }
+
+    fn at(file: &str, path: &str, reason: impl Into<String>) -> Self {
         Self {
             errors: vec![FieldError {
                 file: file.to_owned(),
-                path: String::new(),
+                path: path.to_owned(),
                 reason: reason.into(),
             }],
         }
@@ -376,11 +380,12 @@ fn load_single_file(shown: &str, data: &[u8]) -> Result<Document, ValidationErro
                 ),
             ))
         }
-        "" => Err(ValidationErrors::single(shown, "kind: is required")),
-        other => Err(ValidationErrors::single(
+        "" => Err(ValidationErrors::at(shown, "kind", "is required")),
+        other => Err(ValidationErrors::at(
             shown,
+            "kind",
             format!(
-                "kind: {other:?} is not a KAT kind (ClusterConfiguration, Namespace, Workload, \
+                "{other:?} is not a KAT kind (ClusterConfiguration, Namespace, Workload, \
                  VirtualLoadBalancer, JobDefinition, BuildDefinition)"
             ),
         )),

@@ -1750,3 +1750,35 @@ fn cluster_and_namespace_round_trip() {
         ns
     );
 }
+
+#[test]
+fn a_single_file_is_read_by_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let cluster = write("homelab-config.yaml", CLUSTER);
+    assert!(matches!(load_path(&cluster), Ok(Document::Cluster(_))));
+    let workload = write("w.kat", SERVICE);
+    assert!(matches!(load_path(&workload), Ok(Document::Quadlet(_))));
+    let ns = write("ns.kat", NAMESPACE);
+    assert!(matches!(load_path(&ns), Ok(Document::Namespace(_))));
+
+    let pod = write("pod.kat", "apiVersion: v1\nkind: Pod\n");
+    let e = &load_path(&pod).unwrap_err().errors[0];
+    assert_eq!(e.path, "kind");
+    assert!(e.reason.starts_with("\"Pod\" is not a KAT kind"), "{e}");
+    let vlb = write("lb.kat", VLB);
+    assert!(
+        load_path(&vlb).unwrap_err().errors[0]
+            .reason
+            .contains("validate the directory that holds it")
+    );
+    let nokind = write("x.kat", "apiVersion: kat.dws.rip/v1alpha1\n");
+    assert_eq!(
+        load_path(&nokind).unwrap_err().errors[0].to_string(),
+        format!("{}: kind: is required", nokind.display())
+    );
+}
