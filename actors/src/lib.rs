@@ -2,5 +2,6 @@
 //! (Store, Election, and the leader's Pki, Scheduler, Ipam, NodeMonitor, Api, Backup)
 //! and the agent subtree (Heartbeat, Runtime, WireGuard, Dns, NodeCerts).
 //!
-//! Empty for now: the actors arrive with the supervision issue. The crate exists so the
-//! dependency direction `cli → actors → {runtime, net, proto}` is fixed from the start.
+//! So far: [`store`], the state layer every actor uses. The actors arrive next.
+
+pub mod store;

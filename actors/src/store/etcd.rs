@@ -1,0 +1,343 @@
+//! The production `StateStore`: an etcd member reached with `etcd-client`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client as ec;
+use tokio::sync::mpsc;
+
+use super::state_store::{
+    CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, Revision, StateStore, StoreError,
+    StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
+};
+
+/// `StateStore` over an etcd cluster. Cloning shares the connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: ec::Client,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the given endpoints (`http://127.0.0.1:2379`).
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> StoreResult<Self> {
+        let options = ec::ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = ec::Client::connect(endpoints, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { client })
+    }
+
+    /// The underlying client, for operations outside `StateStore` (status, members).
+    pub fn client(&self) -> ec::Client {
+        self.client.clone()
+    }
+}
+
+fn unavailable(e: ec::Error) -> StoreError {
+    match e {
+        ec::Error::GRpcStatus(status) if status.message().contains("requested lease not found") => {
+            StoreError::Other(status.message().to_owned())
+        }
+        ec::Error::GRpcStatus(status) if status.code() == tonic::Code::InvalidArgument => {
+            StoreError::Invalid(status.message().to_owned())
+        }
+        ec::Error::InvalidArgs(msg) => StoreError::Invalid(msg),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Maps a lease-related failure, recognising etcd's "lease not found".
+fn lease_error(lease: LeaseId, e: ec::Error) -> StoreError {
+    let not_found = match &e {
+        ec::Error::GRpcStatus(status) => status.message().contains("lease not found"),
+        ec::Error::LeaseKeepAliveError(msg) => msg.contains("lease not found"),
+        _ => false,
+    };
+    if not_found {
+        StoreError::LeaseNotFound(lease)
+    } else {
+        unavailable(e)
+    }
+}
+
+fn kv_from(kv: &ec::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        version: kv.version(),
+        lease: kv.lease(),
+    }
+}
+
+fn op_of(op: CmpOp) -> ec::CompareOp {
+    match op {
+        CmpOp::Equal => ec::CompareOp::Equal,
+        CmpOp::NotEqual => ec::CompareOp::NotEqual,
+        CmpOp::Less => ec::CompareOp::Less,
+        CmpOp::Greater => ec::CompareOp::Greater,
+    }
+}
+
+fn compare_of(c: &Compare) -> ec::Compare {
+    match c {
+        Compare::ModRevision(k, op, v) => ec::Compare::mod_revision(k.as_str(), op_of(*op), *v),
+        Compare::CreateRevision(k, op, v) => {
+            ec::Compare::create_revision(k.as_str(), op_of(*op), *v)
+        }
+        Compare::Version(k, op, v) => ec::Compare::version(k.as_str(), op_of(*op), *v),
+        Compare::Value(k, op, v) => ec::Compare::value(k.as_str(), op_of(*op), v.clone()),
+    }
+}
+
+fn txn_op_of(op: &TxnOp) -> ec::TxnOp {
+    match op {
+        TxnOp::Put { key, value, lease } => {
+            let options = lease
+                .filter(|l| *l != 0)
+                .map(|l| ec::PutOptions::new().with_lease(l));
+            ec::TxnOp::put(key.as_str(), value.clone(), options)
+        }
+        TxnOp::Delete { key } => ec::TxnOp::delete(key.as_str(), None),
+        TxnOp::DeletePrefix { prefix } => ec::TxnOp::delete(
+            prefix.as_str(),
+            Some(ec::DeleteOptions::new().with_prefix()),
+        ),
+        TxnOp::Get { key } => ec::TxnOp::get(key.as_str(), None),
+        TxnOp::List { prefix } => {
+            ec::TxnOp::get(prefix.as_str(), Some(ec::GetOptions::new().with_prefix()))
+        }
+    }
+}
+
+fn revision_of(header: Option<&ec::ResponseHeader>) -> Revision {
+    header.map_or(0, ec::ResponseHeader::revision)
+}
+
+#[async_trait]
+impl StateStore for EtcdStore {
+    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
+        let resp = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.kvs().first().map(kv_from))
+    }
+
+    async fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
+        let options = ec::GetOptions::new().with_prefix();
+        let resp = self
+            .client
+            .clone()
+            .get(prefix, Some(options))
+            .await
+            .map_err(unavailable)?;
+        Ok((
+            resp.kvs().iter().map(kv_from).collect(),
+            revision_of(resp.header()),
+        ))
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> StoreResult<Revision> {
+        let options = lease
+            .filter(|l| *l != 0)
+            .map(|l| ec::PutOptions::new().with_lease(l));
+        let resp = self
+            .client
+            .clone()
+            .put(key, value, options)
+            .await
+            .map_err(|e| lease_error(lease.unwrap_or(0), e))?;
+        Ok(revision_of(resp.header()))
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let resp = self
+            .client
+            .clone()
+            .delete(key, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn txn(&self, txn: Txn) -> StoreResult<TxnResult> {
+        let lease = txn
+            .then
+            .iter()
+            .chain(&txn.otherwise)
+            .find_map(|op| match op {
+                TxnOp::Put { lease: Some(l), .. } => Some(*l),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let request = ec::Txn::new()
+            .when(txn.compares.iter().map(compare_of).collect::<Vec<_>>())
+            .and_then(txn.then.iter().map(txn_op_of).collect::<Vec<_>>())
+            .or_else(txn.otherwise.iter().map(txn_op_of).collect::<Vec<_>>());
+        let resp = self
+            .client
+            .clone()
+            .txn(request)
+            .await
+            .map_err(|e| lease_error(lease, e))?;
+        let results = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                ec::TxnOpResponse::Put(_) => TxnOpResult::Put,
+                ec::TxnOpResponse::Delete(d) => TxnOpResult::Delete(d.deleted()),
+                ec::TxnOpResponse::Get(g) => {
+                    TxnOpResult::Get(g.kvs().iter().map(kv_from).collect())
+                }
+                ec::TxnOpResponse::Txn(_) => TxnOpResult::Put,
+            })
+            .collect();
+        Ok(TxnResult {
+            succeeded: resp.succeeded(),
+            revision: revision_of(resp.header()),
+            results,
+        })
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> StoreResult<WatchReceiver> {
+        let mut options = ec::WatchOptions::new().with_prefix();
+        if from_revision > 0 {
+            options = options.with_start_revision(from_revision);
+        }
+        let mut stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(options))
+            .await
+            .map_err(unavailable)?;
+        // The first response confirms creation, or reports a compacted start revision.
+        let first = stream.message().await.map_err(unavailable)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut pending = first;
+        tokio::spawn(async move {
+            loop {
+                let Some(resp) = pending.take() else {
+                    let _ = tx.send(Err(StoreError::Unavailable(
+                        "watch stream ended".to_owned(),
+                    )));
+                    return;
+                };
+                if resp.compact_revision() > 0 {
+                    let _ = tx.send(Err(StoreError::Compacted {
+                        requested: from_revision,
+                        oldest: resp.compact_revision(),
+                    }));
+                    return;
+                }
+                if resp.canceled() {
+                    let reason = resp.cancel_reason().to_owned();
+                    let _ = tx.send(Err(StoreError::Unavailable(format!(
+                        "watch canceled: {reason}"
+                    ))));
+                    return;
+                }
+                for event in resp.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    let kind = match event.event_type() {
+                        ec::EventType::Put => EventKind::Put,
+                        ec::EventType::Delete => EventKind::Delete,
+                    };
+                    let mut kv = kv_from(kv);
+                    if kind == EventKind::Delete {
+                        kv = KeyValue {
+                            key: kv.key,
+                            mod_revision: kv.mod_revision,
+                            ..Default::default()
+                        };
+                    }
+                    if tx.send(Ok(WatchEvent { kind, kv })).is_err() {
+                        // The receiver is gone: the watch is cancelled with the stream.
+                        return;
+                    }
+                }
+                tokio::select! {
+                    next = stream.message() => match next {
+                        Ok(resp) => pending = resp,
+                        Err(e) => {
+                            let _ = tx.send(Err(unavailable(e)));
+                            return;
+                        }
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> StoreResult<Lease> {
+        if ttl.is_zero() {
+            return Err(StoreError::Invalid(
+                "a lease needs a TTL of at least 1 s".to_owned(),
+            ));
+        }
+        let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let secs = i64::try_from(secs)
+            .map_err(|_| StoreError::Invalid("lease TTL too large".to_owned()))?;
+        let resp = self
+            .client
+            .clone()
+            .lease_grant(secs, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(Lease {
+            id: resp.id(),
+            ttl: Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0)),
+        })
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> StoreResult<Duration> {
+        let (mut keeper, mut responses) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| lease_error(lease, e))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| lease_error(lease, e))?;
+        let resp = responses
+            .message()
+            .await
+            .map_err(|e| lease_error(lease, e))?
+            .ok_or_else(|| StoreError::Unavailable("lease keep-alive stream ended".to_owned()))?;
+        // etcd answers a keep-alive of an expired lease with TTL 0.
+        if resp.ttl() <= 0 {
+            return Err(StoreError::LeaseNotFound(lease));
+        }
+        Ok(Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0)))
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
+        self.client
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| lease_error(lease, e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! The node's etcd member as a child process: its command line, start, health wait and
+//! stop. The Store actor owns one of these on control-plane nodes; tests use it to run
+//! a real etcd on random loopback ports.
+//!
+//! The child is killed when its handle is dropped (`kill_on_drop`), and runs in its own
+//! process group so a terminal's Ctrl-C reaches the agent first, which then stops etcd
+//! in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::{EtcdStore, StateStore};
+
+/// Whether the member starts a new cluster or joins an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// How to run one etcd member.
+#[derive(Debug, Clone)]
+pub struct EtcdMemberConfig {
+    pub binary: PathBuf,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    /// `name=http://addr:port,...` of every member, this one included.
+    pub initial_cluster: String,
+    pub cluster_state: ClusterState,
+    /// Raft heartbeat and election timeout; etcd's defaults are 100 ms and 1000 ms.
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// Where etcd's own log goes; `None` discards it.
+    pub log_file: Option<PathBuf>,
+}
+
+impl EtcdMemberConfig {
+    /// A one-member cluster with etcd's default timings.
+    pub fn single(
+        binary: PathBuf,
+        name: &str,
+        data_dir: PathBuf,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            binary,
+            name: name.to_owned(),
+            data_dir,
+            client_addr,
+            peer_addr,
+            initial_cluster: format!("{name}=http://{peer_addr}"),
+            cluster_state: ClusterState::New,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            log_file: None,
+        }
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://{}", self.peer_addr)
+    }
+
+    /// The etcd command-line arguments.
+    pub fn args(&self) -> Vec<String> {
+        let state = match self.cluster_state {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        };
+        vec![
+            format!("--name={}", self.name),
+            format!("--data-dir={}", self.data_dir.display()),
+            format!("--listen-client-urls={}", self.client_url()),
+            format!("--advertise-client-urls={}", self.client_url()),
+            format!("--listen-peer-urls={}", self.peer_url()),
+            format!("--initial-advertise-peer-urls={}", self.peer_url()),
+            format!("--initial-cluster={}", self.initial_cluster),
+            format!("--initial-cluster-state={state}"),
+            format!(
+                "--heartbeat-interval={}",
+                self.heartbeat_interval.as_millis()
+            ),
+            format!("--election-timeout={}", self.election_timeout.as_millis()),
+            // Keep the lease and watch history usable after restarts; compaction is the
+            // leader's job (backups), not etcd's auto-compactor.
+            "--auto-compaction-retention=0".to_owned(),
+        ]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdProcessError {
+    #[error("cannot start etcd ({binary}): {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open etcd log file {path}: {source}")]
+    Log {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("etcd exited during start-up with {status}")]
+    Exited { status: std::process::ExitStatus },
+    #[error("etcd at {url} not healthy after {waited:?}: {last_error}")]
+    NotHealthy {
+        url: String,
+        waited: Duration,
+        last_error: String,
+    },
+}
+
+/// A running etcd member. Dropping it kills the process.
+#[derive(Debug)]
+pub struct EtcdProcess {
+    child: Child,
+    pid: u32,
+    client_url: String,
+}
+
+impl EtcdProcess {
+    /// Starts the member; it is not serving until [`EtcdProcess::wait_healthy`] says so.
+    pub fn spawn(config: &EtcdMemberConfig) -> Result<Self, EtcdProcessError> {
+        let (stdout, stderr) = match &config.log_file {
+            Some(path) => {
+                let log_err = |source| EtcdProcessError::Log {
+                    path: path.display().to_string(),
+                    source,
+                };
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(log_err)?;
+                let clone = file.try_clone().map_err(log_err)?;
+                (Stdio::from(file), Stdio::from(clone))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
+        let child = Command::new(&config.binary)
+            .args(config.args())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| EtcdProcessError::Spawn {
+                binary: config.binary.display().to_string(),
+                source,
+            })?;
+        let pid = child.id().unwrap_or_default();
+        Ok(Self {
+            child,
+            pid,
+            client_url: config.client_url(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn client_url(&self) -> &str {
+        &self.client_url
+    }
+
+    /// Polls until the member answers a read, then returns a connected store.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> Result<EtcdStore, EtcdProcessError> {
+        let started = Instant::now();
+        let mut last_error = String::from("not tried");
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(EtcdProcessError::Exited { status });
+            }
+            match EtcdStore::connect(
+                std::slice::from_ref(&self.client_url),
+                Duration::from_secs(1),
+            )
+            .await
+            {
+                Ok(store) => match store.get("/kat/health").await {
+                    Ok(_) => return Ok(store),
+                    Err(e) => last_error = e.to_string(),
+                },
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(EtcdProcessError::NotHealthy {
+            url: self.client_url.clone(),
+            waited: timeout,
+            last_error,
+        })
+    }
+
+    /// Waits for the process to exit (for supervision: etcd died).
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
+    }
+
+    /// Kills the member (SIGKILL, like a crash; etcd recovers from its WAL) and reaps it.
+    pub async fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill().await
+    }
+}

@@ -1,0 +1,233 @@
+//! The `StateStore` trait (SPEC §5): the only way KAT code touches cluster state.
+//!
+//! Two implementations share these semantics and one contract test suite
+//! (`tests/tests/store_contract.rs`): [`super::EtcdStore`] for production and
+//! [`super::MemoryStore`] for simulation, whose leases expire on tokio's clock.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+/// A store revision: increases by one with every write transaction.
+pub type Revision = i64;
+
+/// A lease id; keys attached to a lease are deleted when it expires or is revoked.
+pub type LeaseId = i64;
+
+/// A key with its value and bookkeeping, as etcd reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the write that created the key (since its last deletion).
+    pub create_revision: Revision,
+    /// Revision of the last write to the key: the compare-and-swap token.
+    pub mod_revision: Revision,
+    /// Number of writes since the key was created.
+    pub version: i64,
+    /// Lease the key is attached to; 0 for none.
+    pub lease: LeaseId,
+}
+
+/// Comparison operator of a transaction guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Equal,
+    NotEqual,
+    Less,
+    Greater,
+}
+
+/// One guard of a transaction. Revisions and versions of an absent key are 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    ModRevision(String, CmpOp, Revision),
+    CreateRevision(String, CmpOp, Revision),
+    Version(String, CmpOp, i64),
+    Value(String, CmpOp, Vec<u8>),
+}
+
+impl Compare {
+    /// The key must not exist.
+    pub fn absent(key: impl Into<String>) -> Self {
+        Compare::CreateRevision(key.into(), CmpOp::Equal, 0)
+    }
+
+    /// The key must still be at this mod revision (compare-and-swap).
+    pub fn unchanged(key: impl Into<String>, mod_revision: Revision) -> Self {
+        Compare::ModRevision(key.into(), CmpOp::Equal, mod_revision)
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Compare::ModRevision(k, ..)
+            | Compare::CreateRevision(k, ..)
+            | Compare::Version(k, ..)
+            | Compare::Value(k, ..) => k,
+        }
+    }
+}
+
+/// One operation of a transaction branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
+    Get {
+        key: String,
+    },
+    List {
+        prefix: String,
+    },
+}
+
+impl TxnOp {
+    pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        TxnOp::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: None,
+        }
+    }
+
+    pub fn delete(key: impl Into<String>) -> Self {
+        TxnOp::Delete { key: key.into() }
+    }
+
+    pub fn get(key: impl Into<String>) -> Self {
+        TxnOp::Get { key: key.into() }
+    }
+}
+
+/// A transaction: if every compare holds, `then` runs, else `otherwise`; atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub then: Vec<TxnOp>,
+    pub otherwise: Vec<TxnOp>,
+}
+
+impl Txn {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn when(mut self, compares: impl IntoIterator<Item = Compare>) -> Self {
+        self.compares.extend(compares);
+        self
+    }
+
+    pub fn and_then(mut self, ops: impl IntoIterator<Item = TxnOp>) -> Self {
+        self.then.extend(ops);
+        self
+    }
+
+    pub fn or_else(mut self, ops: impl IntoIterator<Item = TxnOp>) -> Self {
+        self.otherwise.extend(ops);
+        self
+    }
+}
+
+/// The result of one transaction operation, in the order of the branch that ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOpResult {
+    Put,
+    /// Number of keys deleted.
+    Delete(i64),
+    /// Keys read by `Get` (zero or one) or `List`.
+    Get(Vec<KeyValue>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResult {
+    /// Whether the compares held (and `then` ran).
+    pub succeeded: bool,
+    /// The store's revision after the transaction.
+    pub revision: Revision,
+    pub results: Vec<TxnOpResult>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change seen by a watch. For deletes `kv.value` is empty and `kv.mod_revision`
+/// is the revision of the deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+}
+
+/// The receiving end of a watch; dropping it cancels the watch.
+pub type WatchReceiver = mpsc::UnboundedReceiver<Result<WatchEvent, StoreError>>;
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("lease {0:x} not found (expired or revoked)")]
+    LeaseNotFound(LeaseId),
+    #[error("revision {requested} was compacted; the oldest available is {oldest}")]
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("state store error: {0}")]
+    Other(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Cluster state: keys, transactions, watches and leases (SPEC §5). Implementations
+/// are cheap to share behind an `Arc`.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>>;
+
+    /// Every key under `prefix`, in key order, with the revision the read saw (watch
+    /// from `revision + 1` to miss nothing).
+    async fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)>;
+
+    /// Writes a key; returns the new revision.
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>)
+    -> StoreResult<Revision>;
+
+    /// Deletes a key; returns whether it existed.
+    async fn delete(&self, key: &str) -> StoreResult<bool>;
+
+    async fn txn(&self, txn: Txn) -> StoreResult<TxnResult>;
+
+    /// Changes under `prefix` from `from_revision` on (0: from now). Resumable: a
+    /// consumer that saw revision R watches again from R + 1.
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> StoreResult<WatchReceiver>;
+
+    async fn grant_lease(&self, ttl: Duration) -> StoreResult<Lease>;
+
+    /// Refreshes a lease; returns its TTL. `LeaseNotFound` once it has expired.
+    async fn keep_alive(&self, lease: LeaseId) -> StoreResult<Duration>;
+
+    /// Revokes a lease, deleting its keys. Revoking an unknown lease is `LeaseNotFound`.
+    async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()>;
+}

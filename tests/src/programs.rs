@@ -1,0 +1,87 @@
+//! Real programs for integration tests: found on `PATH` (or the test is skipped with a
+//! printed reason), started on random loopback ports in a temp dir, and killed by PID
+//! when the guard drops — also when the test fails.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kat_actors::store::EtcdStore;
+use kat_actors::store::etcd_process::{EtcdMemberConfig, EtcdProcess};
+
+/// The program's path, or `None` after printing why the caller skips.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("SKIPPED: {name} is not installed (run scripts/install-deps.sh --for-tests)");
+    }
+    found
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; another process could take it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One etcd member on loopback with its data in a temp dir; killed on drop.
+#[derive(Debug)]
+pub struct EtcdGuard {
+    pub process: EtcdProcess,
+    pub config: EtcdMemberConfig,
+    pub store: EtcdStore,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdGuard {
+    /// Starts a single-member etcd with fast raft timings, or `None` (skip) when etcd is
+    /// not installed. Panics if an installed etcd does not come up.
+    pub async fn start() -> Option<Self> {
+        let binary = find_program("etcd")?;
+        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        // Ports can be taken between probing and binding; retry a few times.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut config = EtcdMemberConfig::single(
+                binary.clone(),
+                "test",
+                dir.path().join("data"),
+                loopback(free_port()),
+                loopback(free_port()),
+            );
+            config.heartbeat_interval = Duration::from_millis(10);
+            config.election_timeout = Duration::from_millis(50);
+            config.log_file = Some(dir.path().join("etcd.log"));
+            let mut process = EtcdProcess::spawn(&config).expect("spawn etcd");
+            match process.wait_healthy(Duration::from_secs(10)).await {
+                Ok(store) => {
+                    return Some(Self {
+                        process,
+                        config,
+                        store,
+                        _dir: dir,
+                    });
+                }
+                Err(e) => {
+                    let log =
+                        std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
+                    last = format!(
+                        "{e}\n{}",
+                        log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+                    );
+                    let _ = std::fs::remove_dir_all(dir.path().join("data"));
+                }
+            }
+        }
+        panic!("etcd did not start: {last}");
+    }
+}
