@@ -2,6 +2,8 @@
 //! (Store, Election, and the leader's Pki, Scheduler, Ipam, NodeMonitor, Api, Backup)
 //! and the agent subtree (Heartbeat, Runtime, WireGuard, Dns, NodeCerts).
 //!
-//! So far: [`store`], the state layer every actor uses. The actors arrive next.
+//! So far: [`store`], the state layer every actor uses, and [`supervision`], the one
+//! supervisor every subtree is built from. The actors arrive next.
 
 pub mod store;
+pub mod supervision;
