@@ -5,5 +5,8 @@
 //! So far: [`store`], the state layer every actor uses, and [`supervision`], the one
 //! supervisor every subtree is built from. The actors arrive next.
 
+pub mod election;
+pub mod leader;
+pub mod node;
 pub mod store;
 pub mod supervision;

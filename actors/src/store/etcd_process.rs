@@ -2,9 +2,10 @@
 //! stop. The Store actor owns one of these on control-plane nodes; tests use it to run
 //! a real etcd on random loopback ports.
 //!
-//! The child is killed when its handle is dropped (`kill_on_drop`), and runs in its own
-//! process group so a terminal's Ctrl-C reaches the agent first, which then stops etcd
-//! in order.
+//! The child is killed when its handle is dropped (`kill_on_drop`), gets SIGKILL from
+//! the kernel if the agent dies without cleaning up (`PR_SET_PDEATHSIG`), and runs in
+//! its own process group so a terminal's Ctrl-C reaches the agent first, which then
+//! stops etcd in order.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -148,18 +149,19 @@ impl EtcdProcess {
             }
             None => (Stdio::null(), Stdio::null()),
         };
-        let child = Command::new(&config.binary)
+        let mut command = Command::new(&config.binary);
+        command
             .args(config.args())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| EtcdProcessError::Spawn {
-                binary: config.binary.display().to_string(),
-                source,
-            })?;
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let child = command.spawn().map_err(|source| EtcdProcessError::Spawn {
+            binary: config.binary.display().to_string(),
+            source,
+        })?;
         let pid = child.id().unwrap_or_default();
         Ok(Self {
             child,
@@ -213,5 +215,28 @@ impl EtcdProcess {
     /// Kills the member (SIGKILL, like a crash; etcd recovers from its WAL) and reaps it.
     pub async fn kill(&mut self) -> std::io::Result<()> {
         self.child.kill().await
+    }
+}
+
+/// Asks the kernel to SIGKILL the child when the thread that spawned it dies, so a
+/// crashed or SIGKILLed agent never leaves an orphan etcd. Spawn from a long-lived
+/// thread (a runtime worker), as the signal follows the spawning thread.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the hook runs in the forked child before exec and calls only prctl(2),
+    // getppid(2) and _exit(2), which are async-signal-safe; it touches no memory of
+    // the parent and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent may have died between fork and prctl: then nobody would signal us.
+            if libc::getppid() != parent as libc::pid_t {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
     }
 }

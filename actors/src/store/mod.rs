@@ -1,13 +1,15 @@
 //! Cluster state (SPEC §5): the [`StateStore`] trait with its etcd and in-memory
-//! implementations, leader election on top of it, and the etcd member process that
-//! control-plane nodes run.
+//! implementations, leader election on top of it, the etcd member process that
+//! control-plane nodes run, and the [`Store`] actor that owns both.
 
+mod actor;
 pub mod election;
 mod etcd;
 pub mod etcd_process;
 mod memory;
 mod state_store;
 
+pub use actor::{Store, StoreArgs, StoreBackend, StoreMsg, StoreSnapshot};
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
 pub use state_store::{

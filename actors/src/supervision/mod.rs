@@ -282,10 +282,27 @@ impl SupervisorState {
         for j in affected.clone().rev() {
             self.stop_child(j).await;
         }
-        let names: Vec<String> = self.children[affected]
+        // As in OTP, temporary siblings caught up in a restart are stopped and dropped,
+        // not restarted (the leader subtree is one: only a new election brings it back).
+        let mut names = Vec::new();
+        for j in affected.clone() {
+            let c = &self.children[j];
+            if j == i || c.spec.restart != Restart::Temporary {
+                names.push(c.spec.name.clone());
+            }
+        }
+        let mut j = affected.end;
+        while j > affected.start {
+            j -= 1;
+            if j != i && self.children[j].spec.restart == Restart::Temporary {
+                self.children.remove(j);
+            }
+        }
+        let i = self
+            .children
             .iter()
-            .map(|c| c.spec.name.clone())
-            .collect();
+            .position(|c| c.spec.name == spec.name)
+            .unwrap_or(i);
         let delay = self.next_backoff(i);
         if delay.is_zero() {
             self.start_children(myself, &names).await

@@ -436,3 +436,24 @@ async fn a_child_that_cannot_start_at_boot_fails_the_supervisor() {
     assert_eq!(probe.take(), lines(&[("refuse", "boot-a")]));
     assert!(ractor::registry::where_is("boot-b").is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn temporary_siblings_caught_in_a_restart_are_dropped() {
+    let probe = Probe::default();
+    let specs = vec![
+        child("tmp-a", &probe),
+        child("tmp-b", &probe),
+        child("tmp-leader", &probe).restart(Restart::Temporary),
+    ];
+    let (sup, _) = start("tmp-sup", args(Strategy::RestForOne, specs)).await;
+    probe.wait_len(3).await;
+    send("tmp-b", Cmd::Fail);
+    assert_eq!(
+        probe.wait_len(2).await,
+        lines(&[("stop", "tmp-leader"), ("start", "tmp-b")])
+    );
+    assert_eq!(
+        snapshot(&sup).await.children,
+        [("tmp-a".to_owned(), true), ("tmp-b".to_owned(), true)]
+    );
+}

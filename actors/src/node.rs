@@ -1,0 +1,123 @@
+//! The node's supervision tree (SPEC §3), as far as it exists:
+//!
+//! | supervisor | strategy | intensity | children |
+//! |---|---|---|---|
+//! | `node@N` (NodeSupervisor) | one_for_one | 3 in 5 min, then the agent exits non-zero | `control-plane@N` |
+//! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, then `leader@N` while leading |
+//! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N` |
+//!
+//! rest_for_one in the control plane: if the Store (etcd) restarts, Election restarts
+//! after it with a fresh lease, and the leader subtree is dropped until Election wins
+//! again. Names carry the node so several nodes can share one process (simulation).
+
+use std::time::Duration;
+
+use kat_proto::v1alpha1::ClusterConfiguration;
+use ractor::{Actor, ActorRef, SpawnErr};
+use tokio::task::JoinHandle;
+
+use crate::election::{Election, ElectionArgs};
+use crate::leader::leader_subtree;
+use crate::store::{Store, StoreArgs, StoreBackend};
+use crate::supervision::{
+    Backoff, ChildSpec, Intensity, StartFn, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
+};
+
+/// Key prefix of the leader election.
+pub const ELECTION_PREFIX: &str = "/kat/election";
+
+/// What a control-plane node runs.
+#[derive(Clone)]
+pub struct ControlPlaneOptions {
+    pub node: String,
+    pub backend: StoreBackend,
+    pub cluster: ClusterConfiguration,
+    /// Election lease TTL (about 5 s: failover time is at most this plus a campaign).
+    pub lease_ttl: Duration,
+    /// How long etcd may take to become healthy at each (re)start.
+    pub etcd_health_timeout: Duration,
+}
+
+impl ControlPlaneOptions {
+    pub fn new(node: &str, backend: StoreBackend, cluster: ClusterConfiguration) -> Self {
+        Self {
+            node: node.to_owned(),
+            backend,
+            cluster,
+            lease_ttl: Duration::from_secs(5),
+            etcd_health_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Name of node `node`'s NodeSupervisor.
+pub fn node_supervisor_name(node: &str) -> String {
+    format!("node@{node}")
+}
+
+fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
+    let node = opts.node.clone();
+    let store_args = StoreArgs {
+        node: node.clone(),
+        backend: opts.backend.clone(),
+        health_timeout: opts.etcd_health_timeout,
+    };
+    let store = ChildSpec::actor(Store::name(&node), Store, move || store_args.clone())
+        .shutdown_timeout(Duration::from_secs(10));
+    let election_args = ElectionArgs {
+        node: node.clone(),
+        store_actor: Store::name(&node),
+        election: ELECTION_PREFIX.to_owned(),
+        lease_ttl: opts.lease_ttl,
+        leader_subtree: Some(leader_subtree(opts.cluster.clone())),
+    };
+    let election = ChildSpec::actor(Election::name(&node), Election, move || {
+        election_args.clone()
+    });
+    let name = format!("control-plane@{node}");
+    let sup_name = name.clone();
+    let children = vec![store, election];
+    ChildSpec {
+        name,
+        restart: crate::supervision::Restart::Permanent,
+        shutdown_timeout: Duration::from_secs(30),
+        start: StartFn::new(move |parent| {
+            let args = SupervisorArgs {
+                strategy: Strategy::RestForOne,
+                intensity: Intensity {
+                    max_restarts: 5,
+                    window: Duration::from_secs(60),
+                },
+                backoff: Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(5),
+                },
+                children: children.clone(),
+            };
+            let name = sup_name.clone();
+            async move {
+                let (sup, _) = Actor::spawn_linked(Some(name), Supervisor, args, parent).await?;
+                Ok(sup.get_cell())
+            }
+        }),
+    }
+}
+
+/// Starts a control-plane node's tree; the handle ends when the tree has stopped.
+pub async fn start_control_plane_node(
+    opts: &ControlPlaneOptions,
+) -> Result<(ActorRef<SupervisorMsg>, JoinHandle<()>), SpawnErr> {
+    let args = SupervisorArgs {
+        strategy: Strategy::OneForOne,
+        intensity: Intensity {
+            max_restarts: 3,
+            window: Duration::from_secs(300),
+        },
+        backoff: Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        },
+        children: vec![control_plane_spec(opts)],
+    };
+    Actor::spawn(Some(node_supervisor_name(&opts.node)), Supervisor, args).await
+}

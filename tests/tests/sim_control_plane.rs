@@ -1,0 +1,148 @@
+//! Actor-level simulation of the control plane: several nodes' supervision trees in
+//! one process over one in-memory store, on tokio's paused clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kat_actors::election::{Election, ElectionMsg, ElectionSnapshot};
+use kat_actors::leader::CLUSTER_UID_KEY;
+use kat_actors::node::{ControlPlaneOptions, ELECTION_PREFIX, start_control_plane_node};
+use kat_actors::store::election::{self, LeaderKey};
+use kat_actors::store::{MemoryStore, StateStore, StoreBackend, Txn, TxnOp};
+use kat_actors::supervision::SupervisorMsg;
+use ractor::{ActorRef, call_t};
+use tokio::time::Instant;
+
+fn cluster() -> kat_proto::v1alpha1::ClusterConfiguration {
+    let yaml =
+        "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {name: sim}\n";
+    kat_proto::quadlet::parse_cluster_config("sim.kat", yaml.as_bytes()).unwrap()
+}
+
+async fn election_of(node: &str) -> Option<ElectionSnapshot> {
+    let cell = ractor::registry::where_is(Election::name(node))?;
+    call_t!(
+        ActorRef::<ElectionMsg>::from(cell),
+        ElectionMsg::Snapshot,
+        1000
+    )
+    .ok()
+}
+
+/// Polls (in simulated time) until exactly one of `nodes` leads; returns it.
+async fn wait_for_leader(nodes: &[&str]) -> String {
+    for _ in 0..1000 {
+        let mut leaders = Vec::new();
+        for node in nodes {
+            if election_of(node).await.is_some_and(|s| s.leading) {
+                leaders.push((*node).to_owned());
+            }
+        }
+        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+        if let [leader] = &leaders[..] {
+            return leader.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader among {nodes:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
+    let real_start = std::time::Instant::now();
+    let store = Arc::new(MemoryStore::new());
+    let shared: Arc<dyn StateStore> = store.clone();
+    let nodes = ["n1", "n2", "n3"];
+    let mut supervisors: Vec<ActorRef<SupervisorMsg>> = Vec::new();
+    for node in nodes {
+        let opts =
+            ControlPlaneOptions::new(node, StoreBackend::Existing(shared.clone()), cluster());
+        supervisors.push(start_control_plane_node(&opts).await.unwrap().0);
+    }
+
+    let first = wait_for_leader(&nodes).await;
+    // Followers see who leads.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for node in nodes {
+        assert_eq!(
+            election_of(node).await.unwrap().leader.as_deref(),
+            Some(first.as_str()),
+            "{node}"
+        );
+    }
+    // The leader subtree recorded the cluster once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let uid = shared
+        .get(CLUSTER_UID_KEY)
+        .await
+        .unwrap()
+        .expect("cluster uid written")
+        .value;
+
+    // Remember the leader's election key to test its fence after it is gone.
+    let kv = election::leader(shared.as_ref(), ELECTION_PREFIX)
+        .await
+        .unwrap()
+        .unwrap();
+    let old = LeaderKey {
+        election: ELECTION_PREFIX.into(),
+        key: kv.key,
+        create_revision: kv.create_revision,
+        lease: kv.lease,
+    };
+
+    // Crash the leader's node: no post_stop, no resignation; its lease just runs out.
+    let index = nodes.iter().position(|n| *n == first).unwrap();
+    let crashed_at = Instant::now();
+    supervisors[index].kill();
+    let rest: Vec<&str> = nodes.iter().copied().filter(|n| *n != first).collect();
+    let second = wait_for_leader(&rest).await;
+    let failover = crashed_at.elapsed();
+    assert_ne!(first, second);
+    eprintln!("leader {first} crashed; {second} leads after {failover:?} (simulated)");
+    assert!(
+        failover <= Duration::from_secs(6),
+        "failover took {failover:?} of simulated time"
+    );
+
+    let stale = Txn::new()
+        .when([old.fence()])
+        .and_then([TxnOp::put("/kat/fenced", "from the dead leader")]);
+    assert!(
+        !shared.txn(stale).await.unwrap().succeeded,
+        "the old leader's fenced write fails"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        shared.get(CLUSTER_UID_KEY).await.unwrap().unwrap().value,
+        uid,
+        "the new leader resumes the cluster"
+    );
+
+    // A graceful stop resigns at once: the third node leads without waiting for a TTL.
+    let index = nodes.iter().position(|n| *n == second).unwrap();
+    let stopped_at = Instant::now();
+    supervisors[index]
+        .stop_and_wait(None, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let third = wait_for_leader(&[nodes
+        .iter()
+        .copied()
+        .find(|n| *n != first && *n != second)
+        .unwrap()])
+    .await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(2),
+        "resignation hands over at once, took {:?}",
+        stopped_at.elapsed()
+    );
+    assert!(!third.is_empty());
+    assert!(
+        real_start.elapsed() < Duration::from_secs(5),
+        "simulated, not real, time: {:?}",
+        real_start.elapsed()
+    );
+}
