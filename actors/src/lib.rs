@@ -5,6 +5,7 @@
 //! So far: [`store`], the state layer every actor uses, and [`supervision`], the one
 //! supervisor every subtree is built from. The actors arrive next.
 
+pub mod agent;
 pub mod election;
 pub mod leader;
 pub mod node;

@@ -194,15 +194,9 @@ fn commands_not_built_yet_say_so_and_fail() {
         );
         assert!(out.stdout.is_empty());
     }
-    let out = kat_agent(&[
-        "init",
-        "--config",
-        "examples/cluster.kat",
-        "--state-dir",
-        "/nonexistent",
-    ]);
+    let out = kat_agent(&["join", "--leader-api", "127.0.0.1:9115", "--token", "t"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("kat-agent init: not implemented in this build"));
+    assert!(text(&out.stderr).contains("kat-agent join: not implemented in this build"));
 }
 
 #[test]

@@ -314,6 +314,7 @@ impl Actor for Election {
                 if leader != state.leader {
                     if let Some(l) = &leader
                         && state.leading.is_none()
+                        && *l != state.args.node
                     {
                         tracing::info!(node = %state.args.node, leader = %l, "following leader");
                     }

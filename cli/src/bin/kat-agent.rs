@@ -4,7 +4,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use kat_actors::agent;
 use kat_cli::{LogFormat, init_logging, not_implemented};
 
 /// The KAT node daemon: runs on every node, supervising its etcd member (on
@@ -98,16 +100,106 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log_level.as_deref());
-    let control_plane = "the embedded etcd Store and the supervision tree";
     match cli.command {
         Command::Version => {
             println!("kat-agent {}", kat_proto::VERSION);
             ExitCode::SUCCESS
         }
-        Command::Init { .. } => not_implemented("kat-agent", "init", control_plane),
-        Command::Run { .. } => not_implemented("kat-agent", "run", control_plane),
-        Command::EtcdEnv { .. } => not_implemented("kat-agent", "etcd-env", control_plane),
+        Command::Init { config, node } => {
+            let result = etcd_binary(node.etcd_bin.as_deref()).and_then(|etcd_bin| {
+                let opts = agent::InitOptions {
+                    state_dir: node.state.state_dir.clone(),
+                    config,
+                    node_name: node.node_name.clone(),
+                    advertise_address: node.advertise_address,
+                    etcd_bin,
+                };
+                agent::prepare_init(&opts).map_err(anyhow::Error::from)
+            });
+            serve(result)
+        }
+        Command::Run { node } => {
+            let result = etcd_binary(node.etcd_bin.as_deref()).and_then(|bin| {
+                agent::prepare_run(&node.state.state_dir, &bin).map_err(anyhow::Error::from)
+            });
+            serve(result)
+        }
+        Command::EtcdEnv { state } => match agent::etcd_env(&state.state_dir) {
+            Ok(lines) => {
+                print!("{lines}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&anyhow::Error::from(e)),
+        },
         Command::Restore { .. } => not_implemented("kat-agent", "restore", "etcd backups"),
         Command::Join { .. } => not_implemented("kat-agent", "join", "PKI and the node API"),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("kat-agent: {e:#}");
+    ExitCode::FAILURE
+}
+
+/// The etcd binary: `--etcd-bin`, else `etcd` on PATH.
+fn etcd_binary(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        anyhow::ensure!(
+            path.is_file(),
+            "--etcd-bin {}: no such file",
+            path.display()
+        );
+        return Ok(path.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("etcd"))
+        .find(|p| p.is_file())
+        .context(
+            "etcd not found on PATH (install it with scripts/install-deps.sh, or pass --etcd-bin)",
+        )
+}
+
+/// Runs a prepared node until SIGTERM or SIGINT; exits non-zero if its tree fails.
+fn serve(prepared: anyhow::Result<agent::PreparedNode>) -> ExitCode {
+    let node = match prepared {
+        Ok(node) => node,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
+    };
+    let outcome = runtime.block_on(async {
+        tracing::info!(
+            node = %node.identity.node_name,
+            address = %node.identity.advertise_address,
+            state_dir = %node.state_dir.display(),
+            "kat-agent {} starting", kat_proto::VERSION
+        );
+        agent::run_until(&node, shutdown_signal()).await
+    });
+    match outcome {
+        Ok(agent::Outcome::Stopped) => ExitCode::SUCCESS,
+        Err(e) => fail(&anyhow::Error::from(e)),
+    }
+}
+
+/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -1,0 +1,306 @@
+//! `kat-agent init | run | etcd-env` as an operator runs them, against the installed
+//! etcd (skipped with a printed reason when etcd is missing). Every agent is stopped by
+//! PID when its guard drops, also when a test fails; its etcd dies with it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kat_tests::programs::{find_program, free_port};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start(args: &[&str], log: &Path) -> Agent {
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+            .args(["--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Log records (JSON lines) whose message is `message`.
+    fn records(&self, message: &str) -> Vec<serde_json::Value> {
+        let file = std::fs::File::open(&self.log).unwrap();
+        std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// Waits until the log has `count` records with `message`; returns the last.
+    fn wait_for(&mut self, message: &str, count: usize, within: Duration) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let found = self.records(message);
+            if found.len() >= count {
+                return found[count - 1].clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "agent exited ({status}) before logging {message:?}:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap()
+                );
+            }
+            assert!(
+                started.elapsed() < within,
+                "no {message:?} (#{count}) within {within:?}:\n{}",
+                std::fs::read_to_string(&self.log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet).
+fn is_dead(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_dead(pid: i64, within: Duration) {
+    let started = Instant::now();
+    while !is_dead(pid) {
+        assert!(
+            started.elapsed() < within,
+            "process {pid} still running after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn cluster_file(dir: &Path) -> PathBuf {
+    let path = dir.join("cluster.kat");
+    let text = format!(
+        "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: test}}\n\
+         spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n",
+        free_port(),
+        free_port()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn etcd_pid(record: &serde_json::Value) -> i64 {
+    record["fields"]["pid"]
+        .as_i64()
+        .expect("pid in the etcd start record")
+}
+
+#[test]
+fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
+    let Some(etcdctl) = find_program("etcdctl") else {
+        return;
+    };
+    if find_program("etcd").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file(dir.path());
+    let state = dir.path().join("state");
+    let (config, state_str) = (config.to_str().unwrap(), state.to_str().unwrap());
+    let init = [
+        "init",
+        "--config",
+        config,
+        "--state-dir",
+        state_str,
+        "--node-name",
+        "n1",
+        "--advertise-address",
+        "127.0.0.1",
+    ];
+
+    let started = Instant::now();
+    let mut agent = Agent::start(&init, &dir.path().join("agent1.log"));
+    let leader = agent.wait_for("became leader", 1, Duration::from_secs(5));
+    assert_eq!(leader["fields"]["node"], "n1");
+    eprintln!("leader after {:?}", started.elapsed());
+    let created = agent.wait_for("cluster created", 1, Duration::from_secs(5));
+    let uid = created["fields"]["uid"].as_str().unwrap().to_owned();
+
+    // The cluster configuration is readable with etcdctl at the documented key.
+    let env = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args(["etcd-env", "--state-dir", state_str])
+        .output()
+        .unwrap();
+    assert!(env.status.success());
+    let env = String::from_utf8(env.stdout).unwrap();
+    let endpoint = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export ETCDCTL_ENDPOINTS="))
+        .unwrap()
+        .to_owned();
+    let get = Command::new(&etcdctl)
+        .env("ETCDCTL_API", "3")
+        .env("ETCDCTL_ENDPOINTS", &endpoint)
+        .args(["get", "--print-value-only", "/kat/config/cluster_uid"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), uid);
+    let config_key = Command::new(&etcdctl)
+        .env("ETCDCTL_ENDPOINTS", &endpoint)
+        .args(["get", "--keys-only", "/kat/config/cluster"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&config_key.stdout).contains("/kat/config/cluster"));
+
+    // kill -9 of the etcd child: restarted, and the node leads again within 10 s.
+    let first_etcd = etcd_pid(&agent.wait_for("etcd member starting", 1, Duration::from_secs(1)));
+    kill(Pid::from_raw(first_etcd as i32), Signal::SIGKILL).unwrap();
+    let crashed = Instant::now();
+    agent.wait_for("became leader", 2, Duration::from_secs(10));
+    eprintln!("leader again {:?} after etcd was killed", crashed.elapsed());
+    let second_etcd = etcd_pid(&agent.wait_for("etcd member starting", 2, Duration::from_secs(1)));
+    assert_ne!(first_etcd, second_etcd);
+
+    // SIGTERM: the agent stops in order and leaves no etcd behind.
+    agent.signal(Signal::SIGTERM);
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "agent exit: {status}");
+    wait_dead(second_etcd, Duration::from_secs(2));
+    drop(agent);
+
+    // Re-running init on the same state dir resumes: same cluster, nothing overwritten.
+    let mut again = Agent::start(&init, &dir.path().join("agent2.log"));
+    again.wait_for(
+        "state directory already initialised; resuming",
+        1,
+        Duration::from_secs(5),
+    );
+    let resumed = again.wait_for("cluster exists; resuming", 1, Duration::from_secs(10));
+    assert_eq!(resumed["fields"]["uid"], uid.as_str());
+    again.signal(Signal::SIGTERM);
+    assert!(again.child.wait().unwrap().success());
+
+    // `run` restarts it from the state directory alone.
+    let mut run = Agent::start(
+        &["run", "--state-dir", state_str],
+        &dir.path().join("agent3.log"),
+    );
+    run.wait_for("became leader", 1, Duration::from_secs(10));
+    run.signal(Signal::SIGINT);
+    assert!(run.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_killed_agent_leaves_no_etcd_running() {
+    if find_program("etcd").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file(dir.path());
+    let state = dir.path().join("state");
+    let mut agent = Agent::start(
+        &[
+            "init",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--advertise-address",
+            "127.0.0.1",
+        ],
+        &dir.path().join("agent.log"),
+    );
+    agent.wait_for("became leader", 1, Duration::from_secs(10));
+    let etcd = etcd_pid(&agent.wait_for("etcd member starting", 1, Duration::from_secs(1)));
+    agent.signal(Signal::SIGKILL);
+    let _ = agent.child.wait();
+    wait_dead(etcd, Duration::from_secs(2));
+}
+
+#[test]
+fn init_refuses_bad_input_without_touching_the_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.kat");
+    std::fs::write(&bad, "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {name: x}\nspec: {quorumSize: 2, apiPort: 0}\n").unwrap();
+    let state = dir.path().join("state");
+    let out = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args([
+            "init",
+            "--config",
+            bad.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--etcd-bin",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.quorumSize: 2 is not a valid quorum size"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.apiPort: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(!state.exists(), "a refused init creates nothing");
+
+    let good = cluster_file(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args([
+            "init",
+            "--config",
+            good.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--node-name",
+            "Bad_Name",
+            "--etcd-bin",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--node-name: \"Bad_Name\" is not a DNS label")
+    );
+    assert!(!state.join("agent.json").exists());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args(["etcd-env", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not an initialised state directory"));
+}
