@@ -146,3 +146,78 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
         real_start.elapsed()
     );
 }
+
+/// Collects the LeaderChanged notifications it is sent.
+struct Listener;
+
+impl ractor::Actor for Listener {
+    type Msg = kat_actors::election::LeaderChanged;
+    type State = Arc<std::sync::Mutex<Vec<kat_actors::election::LeaderChanged>>>;
+    type Arguments = Self::State;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        seen: Self::State,
+    ) -> Result<Self::State, ractor::ActorProcessingErr> {
+        Ok(seen)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        seen: &mut Self::State,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        seen.lock().unwrap().push(msg);
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_hear_who_leads() {
+    use kat_actors::election::LeaderChanged;
+    let shared: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let mut supervisors = Vec::new();
+    for node in ["s1", "s2"] {
+        let opts =
+            ControlPlaneOptions::new(node, StoreBackend::Existing(shared.clone()), cluster());
+        supervisors.push(start_control_plane_node(&opts).await.unwrap().0);
+    }
+    let leader = wait_for_leader(&["s1", "s2"]).await;
+    let follower = if leader == "s1" { "s2" } else { "s1" };
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (listener, _) = ractor::Actor::spawn(None, Listener, seen.clone())
+        .await
+        .unwrap();
+    let election = ActorRef::<ElectionMsg>::from(
+        ractor::registry::where_is(Election::name(follower)).unwrap(),
+    );
+    election
+        .send_message(ElectionMsg::Subscribe(listener.get_derived()))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        seen.lock().unwrap().last().cloned(),
+        Some(LeaderChanged {
+            leader: Some(leader.clone()),
+            this_node_leads: false
+        }),
+        "a new subscriber hears the current state at once"
+    );
+    // The leader resigns: the follower takes over and its subscriber hears it.
+    let index = usize::from(leader == "s2");
+    supervisors[index]
+        .stop_and_wait(None, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    wait_for_leader(&[follower]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        seen.lock().unwrap().last().cloned(),
+        Some(LeaderChanged {
+            leader: Some(follower.to_owned()),
+            this_node_leads: true
+        })
+    );
+}
