@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a panic is a failed test
 
 mod bundle;
+pub mod cluster;
 pub mod programs;
 pub mod store_contract;
 

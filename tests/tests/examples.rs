@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use kat_proto::bundle;
-use kat_proto::quadlet::{self, Document, SourceFile};
+use kat_proto::quadlet::{self, Document};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -77,16 +77,8 @@ fn a_bundle_of_an_example_parses_like_the_directory() {
             continue;
         };
         let packed = bundle::pack_dir(&dir).unwrap();
-        let files: Vec<SourceFile> = bundle::unpack(&packed, &bundle::Limits::default())
-            .unwrap()
-            .into_iter()
-            .map(|f| SourceFile {
-                display: f.name.clone(),
-                name: f.name,
-                data: f.data,
-            })
-            .collect();
-        let from_bundle = quadlet::parse_quadlet("bundle", &files).unwrap();
+        let from_bundle =
+            quadlet::parse_bundle("bundle", &packed, &bundle::Limits::default()).unwrap();
         assert_eq!(from_bundle, *from_dir, "{}", dir.display());
     }
 }

@@ -6,48 +6,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kat_actors::election::{Election, ElectionMsg, ElectionSnapshot};
+use kat_actors::election::{Election, ElectionMsg};
 use kat_actors::leader::CLUSTER_UID_KEY;
 use kat_actors::node::{ControlPlaneOptions, ELECTION_PREFIX, start_control_plane_node};
 use kat_actors::store::election::{self, LeaderKey};
 use kat_actors::store::{MemoryStore, StateStore, StoreBackend, Txn, TxnOp};
 use kat_actors::supervision::SupervisorMsg;
-use ractor::{ActorRef, call_t};
+use kat_tests::cluster::{cluster_config, election_of, wait_for_leader};
+use ractor::ActorRef;
 use tokio::time::Instant;
 
-fn cluster() -> kat_proto::v1alpha1::ClusterConfiguration {
-    let yaml =
-        "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {name: sim}\n";
-    kat_proto::quadlet::parse_cluster_config("sim.kat", yaml.as_bytes()).unwrap()
-}
-
-async fn election_of(node: &str) -> Option<ElectionSnapshot> {
-    let cell = ractor::registry::where_is(Election::name(node))?;
-    call_t!(
-        ActorRef::<ElectionMsg>::from(cell),
-        ElectionMsg::Snapshot,
-        1000
-    )
-    .ok()
-}
-
-/// Polls (in simulated time) until exactly one of `nodes` leads; returns it.
-async fn wait_for_leader(nodes: &[&str]) -> String {
-    for _ in 0..1000 {
-        let mut leaders = Vec::new();
-        for node in nodes {
-            if election_of(node).await.is_some_and(|s| s.leading) {
-                leaders.push((*node).to_owned());
-            }
-        }
-        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
-        if let [leader] = &leaders[..] {
-            return leader.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no leader among {nodes:?}");
-}
+/// Simulated time allowed for an election.
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(start_paused = true)]
 async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
@@ -57,12 +27,15 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
     let nodes = ["n1", "n2", "n3"];
     let mut supervisors: Vec<ActorRef<SupervisorMsg>> = Vec::new();
     for node in nodes {
-        let opts =
-            ControlPlaneOptions::new(node, StoreBackend::Existing(shared.clone()), cluster());
+        let opts = ControlPlaneOptions::new(
+            node,
+            StoreBackend::Existing(shared.clone()),
+            cluster_config("sim", 1),
+        );
         supervisors.push(start_control_plane_node(&opts).await.unwrap().0);
     }
 
-    let first = wait_for_leader(&nodes).await;
+    let first = wait_for_leader(&nodes, WAIT).await;
     // Followers see who leads.
     tokio::time::sleep(Duration::from_millis(200)).await;
     for node in nodes {
@@ -98,7 +71,7 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
     let crashed_at = Instant::now();
     supervisors[index].kill();
     let rest: Vec<&str> = nodes.iter().copied().filter(|n| *n != first).collect();
-    let second = wait_for_leader(&rest).await;
+    let second = wait_for_leader(&rest, WAIT).await;
     let failover = crashed_at.elapsed();
     assert_ne!(first, second);
     eprintln!("leader {first} crashed; {second} leads after {failover:?} (simulated)");
@@ -128,12 +101,12 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
         .stop_and_wait(None, Some(Duration::from_secs(30)))
         .await
         .unwrap();
-    let third = wait_for_leader(&[nodes
+    let last = nodes
         .iter()
         .copied()
         .find(|n| *n != first && *n != second)
-        .unwrap()])
-    .await;
+        .unwrap();
+    let third = wait_for_leader(&[last], WAIT).await;
     assert!(
         stopped_at.elapsed() < Duration::from_secs(2),
         "resignation hands over at once, took {:?}",
@@ -180,11 +153,14 @@ async fn subscribers_hear_who_leads() {
     let shared: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let mut supervisors = Vec::new();
     for node in ["s1", "s2"] {
-        let opts =
-            ControlPlaneOptions::new(node, StoreBackend::Existing(shared.clone()), cluster());
+        let opts = ControlPlaneOptions::new(
+            node,
+            StoreBackend::Existing(shared.clone()),
+            cluster_config("sim", 1),
+        );
         supervisors.push(start_control_plane_node(&opts).await.unwrap().0);
     }
-    let leader = wait_for_leader(&["s1", "s2"]).await;
+    let leader = wait_for_leader(&["s1", "s2"], WAIT).await;
     let follower = if leader == "s1" { "s2" } else { "s1" };
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (listener, _) = ractor::Actor::spawn(None, Listener, seen.clone())
@@ -211,7 +187,7 @@ async fn subscribers_hear_who_leads() {
         .stop_and_wait(None, Some(Duration::from_secs(30)))
         .await
         .unwrap();
-    wait_for_leader(&[follower]).await;
+    wait_for_leader(&[follower], WAIT).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         seen.lock().unwrap().last().cloned(),

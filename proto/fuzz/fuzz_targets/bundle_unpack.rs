@@ -3,7 +3,7 @@
 #![no_main]
 
 use kat_proto::bundle::{self, Limits};
-use kat_proto::quadlet::{self, SourceFile};
+use kat_proto::quadlet;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,14 +11,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(files) = bundle::unpack(data, &limits) {
         let total: usize = files.iter().map(|f| f.data.len()).sum();
         assert!(total as u64 <= limits.max_uncompressed_bytes);
-        let files: Vec<SourceFile> = files
-            .into_iter()
-            .map(|f| SourceFile {
-                display: f.name.clone(),
-                name: f.name,
-                data: f.data,
-            })
-            .collect();
-        let _ = quadlet::parse_quadlet("fuzz", &files);
+        let _ = quadlet::parse_bundle_files("fuzz", files);
     }
 });

@@ -6,8 +6,9 @@
 //! is checked file by file and then across files (names, namespaces, which companion
 //! files fit which workload type).
 //!
-//! Entry points: [`parse_cluster_config`], [`parse_namespace`], [`parse_quadlet`] for
-//! bytes already in memory; [`read_quadlet_dir`] and [`load_path`] for the file system.
+//! Entry points: [`parse_cluster_config`], [`parse_namespace`], [`parse_quadlet`] and
+//! [`parse_bundle`] for bytes already in memory; [`read_quadlet_dir`] and [`load_path`]
+//! for the file system.
 
 mod cluster;
 mod companions;
@@ -236,6 +237,34 @@ pub fn parse_quadlet(dir: &str, files: &[SourceFile]) -> Result<Quadlet, Validat
     companions::parse_quadlet(dir, files)
 }
 
+/// Unpacks a bundle safely and parses its Quadlet; errors name files as
+/// `BUNDLE/workload.kat`.
+pub fn parse_bundle(
+    bundle_name: &str,
+    data: &[u8],
+    limits: &bundle::Limits,
+) -> Result<Quadlet, ValidationErrors> {
+    let files = bundle::unpack(data, limits)
+        .map_err(|e| ValidationErrors::single(bundle_name, e.to_string()))?;
+    parse_bundle_files(bundle_name, files)
+}
+
+/// Parses the files [`bundle::unpack`] returned.
+pub fn parse_bundle_files(
+    bundle_name: &str,
+    files: Vec<bundle::BundleFile>,
+) -> Result<Quadlet, ValidationErrors> {
+    let files: Vec<SourceFile> = files
+        .into_iter()
+        .map(|f| SourceFile {
+            display: format!("{bundle_name}/{}", f.name),
+            name: f.name,
+            data: f.data,
+        })
+        .collect();
+    parse_quadlet(bundle_name, &files)
+}
+
 /// Reads the `.kat` files of a directory (other files are ignored).
 pub fn read_quadlet_dir(dir: &Path) -> Result<Vec<SourceFile>, ValidationErrors> {
     let shown = dir.display().to_string();
@@ -301,17 +330,8 @@ pub fn load_path(path: &Path) -> Result<Document, ValidationErrors> {
     }
     let data = read_whole(path, &meta)?;
     if data.starts_with(&[0x1f, 0x8b]) {
-        let files = bundle::unpack(&data, &bundle::Limits::default())
-            .map_err(|e| ValidationErrors::single(&shown, e.to_string()))?;
-        let files: Vec<SourceFile> = files
-            .into_iter()
-            .map(|f| SourceFile {
-                display: format!("{shown}/{}", f.name),
-                name: f.name,
-                data: f.data,
-            })
-            .collect();
-        return parse_quadlet(&shown, &files).map(|q| Document::Quadlet(Box::new(q)));
+        return parse_bundle(&shown, &data, &bundle::Limits::default())
+            .map(|q| Document::Quadlet(Box::new(q)));
     }
     load_single_file(&shown, &data)
 }

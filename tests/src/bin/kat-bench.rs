@@ -11,18 +11,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a panic is a failed run
 
 use std::io::BufRead;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kat_actors::election::{Election, ElectionMsg};
-use kat_actors::node::{ControlPlaneOptions, ELECTION_PREFIX, start_control_plane_node};
+use kat_actors::node::ELECTION_PREFIX;
 use kat_actors::store::election as store_election;
-use kat_actors::store::etcd_process::EtcdMemberConfig;
-use kat_actors::store::{EtcdStore, StateStore, StoreBackend, Txn, TxnOp};
+use kat_actors::store::{CmpOp, Compare, EtcdStore, StateStore, Txn, TxnOp};
+use kat_tests::cluster::{EtcdTrio, wait_for_leader};
 use kat_tests::programs::{find_program, free_port};
-use ractor::{ActorRef, call_t};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -173,87 +170,34 @@ fn idle(agent: &Path, seconds: u64) {
     let _ = child.wait();
 }
 
-async fn leading(node: &str) -> bool {
-    let Some(cell) = ractor::registry::where_is(Election::name(node)) else {
-        return false;
-    };
-    call_t!(
-        ActorRef::<ElectionMsg>::from(cell),
-        ElectionMsg::Snapshot,
-        2000
-    )
-    .is_ok_and(|s| s.leading)
-}
-
 async fn failover(runs: usize, ttl: Duration) {
     let etcd = find_program("etcd").expect("etcd on PATH");
     let mut times = Vec::new();
     for run in 0..runs {
-        let dir = tempfile::tempdir().unwrap();
-        let nodes: Vec<String> = (1..=3).map(|i| format!("r{run}m{i}")).collect();
-        let ports: Vec<(u16, u16)> = nodes.iter().map(|_| (free_port(), free_port())).collect();
-        let initial: Vec<String> = nodes
-            .iter()
-            .zip(&ports)
-            .map(|(n, (_, p))| format!("{n}=http://127.0.0.1:{p}"))
-            .collect();
-        let yaml = "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {name: bench}\nspec: {quorumSize: 3}\n";
-        let cluster = kat_proto::quadlet::parse_cluster_config("bench", yaml.as_bytes()).unwrap();
-        let mut sups = Vec::new();
-        for (node, (c, p)) in nodes.iter().zip(&ports) {
-            let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
-            let mut m = EtcdMemberConfig::single(
-                etcd.clone(),
-                node,
-                dir.path().join(node),
-                addr(*c),
-                addr(*p),
-            );
-            m.initial_cluster = initial.join(",");
-            let mut opts =
-                ControlPlaneOptions::new(node, StoreBackend::Etcd(Box::new(m)), cluster.clone());
-            opts.lease_ttl = ttl;
-            sups.push(start_control_plane_node(&opts).await.unwrap().0);
-        }
-        let leader = loop {
-            let mut found = None;
-            for (i, n) in nodes.iter().enumerate() {
-                if leading(n).await {
-                    found = Some(i);
-                }
-            }
-            if let Some(i) = found {
-                break i;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let trio = EtcdTrio::start(&etcd, &format!("r{run}m"), ttl, false).await;
+        let leader = wait_for_leader(&trio.node_names(), Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let killed = Instant::now();
-        sups[leader].kill();
-        let (new_leader, store) = 'outer: loop {
-            for (i, n) in nodes.iter().enumerate() {
-                if i != leader && leading(n).await {
-                    let url = format!("http://127.0.0.1:{}", ports[i].0);
-                    break 'outer (
-                        i,
-                        EtcdStore::connect(&[url], Duration::from_secs(2))
-                            .await
-                            .unwrap(),
-                    );
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let index = trio.index_of(&leader);
+        trio.supervisors[index].kill();
+        let rest: Vec<&str> = trio
+            .node_names()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .collect();
+        let new_leader = wait_for_leader(&rest, Duration::from_secs(60)).await;
         // "Serving": the new leader's fenced write goes through.
+        let store = EtcdStore::connect(
+            &[trio.client_url(trio.index_of(&new_leader))],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
         let kv = store_election::leader(&store, ELECTION_PREFIX)
             .await
             .unwrap()
             .unwrap();
-        let fence = kat_actors::store::Compare::CreateRevision(
-            kv.key,
-            kat_actors::store::CmpOp::Equal,
-            kv.create_revision,
-        );
+        let fence = Compare::CreateRevision(kv.key, CmpOp::Equal, kv.create_revision);
         let ok = store
             .txn(
                 Txn::new()
@@ -265,17 +209,11 @@ async fn failover(runs: usize, ttl: Duration) {
         let elapsed = killed.elapsed();
         assert!(ok.succeeded);
         println!(
-            "run {run}: {} killed, {} leads and writes after {:.2} s",
-            nodes[leader],
-            nodes[new_leader],
+            "run {run}: {leader} killed, {new_leader} leads and writes after {:.2} s",
             elapsed.as_secs_f64()
         );
         times.push(elapsed.as_secs_f64());
-        for (i, s) in sups.iter().enumerate() {
-            if i != leader {
-                let _ = s.stop_and_wait(None, Some(Duration::from_secs(30))).await;
-            }
-        }
+        trio.stop().await;
     }
     times.sort_by(f64::total_cmp);
     println!(
