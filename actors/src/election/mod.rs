@@ -10,6 +10,7 @@
 //! Every leader-only write carries [`crate::store::election::LeaderKey::fence`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef, RpcReplyPort, call_t};
@@ -17,7 +18,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::store::election::{self, LeaderKey};
-use crate::store::{Compare, EventKind, Lease, StateStore, StoreMsg, Txn, TxnOp};
+use crate::store::{
+    Compare, EventKind, Lease, LeaseId, StateStore, StoreError, StoreMsg, Txn, TxnOp,
+};
 use crate::supervision::{ChildSpec, SupervisorMsg};
 
 /// Who leads now, as this node sees it.
@@ -77,6 +80,8 @@ pub struct ElectionState {
     lease: Lease,
     lease_deadline: Instant,
     leading: Option<LeaderKey>,
+    /// Mirrors `leading` for the leader watchdog task.
+    leading_flag: Arc<AtomicBool>,
     leader: Option<String>,
     subscribers: Vec<DerivedActorRef<LeaderChanged>>,
     tasks: Vec<JoinHandle<()>>,
@@ -117,6 +122,7 @@ impl ElectionState {
 
     /// Gives up leadership: the leader subtree stops before anything else.
     async fn step_down(&mut self, myself: &ActorRef<ElectionMsg>, why: &str) {
+        self.leading_flag.store(false, Ordering::SeqCst);
         if self.leading.take().is_none() {
             return;
         }
@@ -181,6 +187,68 @@ async fn observe(store: Arc<dyn StateStore>, election: String, myself: ActorRef<
     }
 }
 
+/// How often followers probe the leader's etcd member, and how many failed probes in a
+/// row make them revoke its lease.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+const PROBE_FAILURES: u32 = 3;
+
+/// The followers' fast failure detector. A leader writes only through its own etcd
+/// member, so once that member stops answering the leader cannot commit anything: its
+/// lease can be revoked at once instead of waiting out the TTL, and the next candidate
+/// leads. A leader that was only slow loses leadership and campaigns again; its
+/// fenced writes fail meanwhile, so nothing is written twice.
+async fn watch_leader_member(
+    store: Arc<dyn StateStore>,
+    election: String,
+    node: String,
+    leading: Arc<AtomicBool>,
+) {
+    let mut known: Option<(String, LeaseId)> = None;
+    let mut failures = 0u32;
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        if leading.load(Ordering::SeqCst) {
+            failures = 0;
+            known = None;
+            continue;
+        }
+        // Reading the leader needs quorum; while etcd re-elects, keep the last one seen.
+        if let Ok(Ok(Some(kv))) =
+            tokio::time::timeout(PROBE_INTERVAL, election::leader(store.as_ref(), &election)).await
+        {
+            let name = String::from_utf8_lossy(&kv.value).into_owned();
+            if known
+                .as_ref()
+                .is_some_and(|(n, l)| *n != name || *l != kv.lease)
+            {
+                failures = 0;
+            }
+            known = Some((name, kv.lease));
+        }
+        let Some((leader, lease)) = known.clone() else {
+            continue;
+        };
+        if leader == node {
+            continue;
+        }
+        match tokio::time::timeout(PROBE_INTERVAL * 2, store.member_reachable(&leader)).await {
+            Ok(Ok(Some(false))) => failures += 1,
+            Ok(Ok(Some(true))) => failures = 0,
+            _ => {}
+        }
+        if failures >= PROBE_FAILURES {
+            tracing::warn!(%node, %leader, "the leader's etcd member does not answer; revoking its lease");
+            match tokio::time::timeout(PROBE_INTERVAL * 4, store.revoke_lease(lease)).await {
+                Ok(Ok(())) | Ok(Err(StoreError::LeaseNotFound(_))) => {
+                    failures = 0;
+                    known = None;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 impl Actor for Election {
     type Msg = ElectionMsg;
     type State = ElectionState;
@@ -220,6 +288,13 @@ impl Actor for Election {
             args.election.clone(),
             myself.clone(),
         ));
+        let leading_flag = Arc::new(AtomicBool::new(false));
+        let watchdog = tokio::spawn(watch_leader_member(
+            store.clone(),
+            args.election.clone(),
+            args.node.clone(),
+            leading_flag.clone(),
+        ));
         let interval = (lease.ttl / 3).max(Duration::from_millis(100));
         myself.send_interval(interval, || ElectionMsg::KeepAlive);
         tracing::info!(node = %args.node, lease = format!("{:x}", lease.id), ttl = ?lease.ttl, "campaigning");
@@ -229,9 +304,10 @@ impl Actor for Election {
             store,
             lease,
             leading: None,
+            leading_flag,
             leader: None,
             subscribers: Vec::new(),
-            tasks: vec![campaign, observer],
+            tasks: vec![campaign, observer, watchdog],
             keep_alive_failures: 0,
         })
     }
@@ -289,6 +365,7 @@ impl Actor for Election {
             ElectionMsg::Won(Ok(key)) => {
                 tracing::info!(node = %state.args.node, key = %key.key, "became leader");
                 state.leading = Some(key.clone());
+                state.leading_flag.store(true, Ordering::SeqCst);
                 state.leader = Some(state.args.node.clone());
                 if let (Some(build), Some(parent)) =
                     (&state.args.leader_subtree, myself.try_get_supervisor())

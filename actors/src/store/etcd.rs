@@ -11,6 +11,9 @@ use super::state_store::{
     StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
 };
 
+/// How long a member may take to answer a health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// `StateStore` over an etcd cluster. Cloning shares the connection.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -330,6 +333,30 @@ impl StateStore for EtcdStore {
             return Err(StoreError::LeaseNotFound(lease));
         }
         Ok(Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0)))
+    }
+
+    async fn member_reachable(&self, member: &str) -> StoreResult<Option<bool>> {
+        let members = self
+            .client
+            .clone()
+            .member_list()
+            .await
+            .map_err(unavailable)?;
+        let url = members
+            .members()
+            .iter()
+            .find(|m| m.name() == member)
+            .and_then(|m| m.client_urls().first().cloned());
+        let Some(url) = url else { return Ok(None) };
+        let options = ec::ConnectOptions::new()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(PROBE_TIMEOUT);
+        let probe = async move {
+            let mut client = ec::Client::connect([url], Some(options)).await?;
+            client.status().await
+        };
+        let answered = tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await;
+        Ok(Some(matches!(answered, Ok(Ok(_)))))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {

@@ -230,4 +230,12 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Revokes a lease, deleting its keys. Revoking an unknown lease is `LeaseNotFound`.
     async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()>;
+
+    /// Whether the store member named `member` (on etcd: that node's etcd member)
+    /// answers right now. `None` where the store has no members (in-memory) or no
+    /// member of that name.
+    async fn member_reachable(&self, member: &str) -> StoreResult<Option<bool>> {
+        let _ = member;
+        Ok(None)
+    }
 }
