@@ -9,5 +9,6 @@ pub mod agent;
 pub mod election;
 pub mod leader;
 pub mod node;
+pub mod pki;
 pub mod store;
 pub mod supervision;

@@ -80,10 +80,12 @@ pub struct BootstrapArgs {
 pub struct Bootstrap;
 
 /// A new random cluster UID (RFC 4122 version 4 layout).
-fn new_uid() -> Result<String, std::io::Error> {
-    use std::io::Read;
+fn new_uid() -> Result<String, ActorProcessingErr> {
+    use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| "no randomness available for the cluster UID")?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
