@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "kat/v1alpha1/instance.proto",
     "kat/v1alpha1/event.proto",
     "kat/v1alpha1/token.proto",
+    "kat/v1alpha1/pki.proto",
     "kat/v1alpha1/api.proto",
     "kat/v1alpha1/node_api.proto",
     "kat/v1alpha1/agent_api.proto",

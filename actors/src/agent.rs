@@ -7,6 +7,8 @@
 //! DIR/cluster.kat    the cluster configuration init was given (never overwritten)
 //! DIR/etcd/          the etcd member's data (control-plane nodes)
 //! DIR/logs/etcd.log  etcd's own log
+//! DIR/pki/           ca.crt, node.crt, node.key (0600): this node's identity
+//! DIR/join-token     the first join token (0600), written by init's leader
 //! ```
 
 use std::future::Future;
@@ -18,6 +20,7 @@ use kat_proto::quadlet::{self, ValidationErrors};
 use kat_proto::v1alpha1::ClusterConfiguration;
 use serde::{Deserialize, Serialize};
 
+use crate::leader::LocalFiles;
 use crate::node::{ControlPlaneOptions, start_control_plane_node};
 use crate::store::StoreBackend;
 use crate::store::etcd_process::EtcdMemberConfig;
@@ -119,20 +122,7 @@ fn read_identity(state_dir: &Path) -> Result<Option<AgentIdentity>, AgentError> 
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), AgentError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    crate::files::write_atomic(path, data, 0o600).map_err(io_err(path))
 }
 
 /// `kat-agent init`: validates the configuration and records the node in its state
@@ -190,12 +180,7 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
             .unwrap_or_else(default_advertise_address),
         control_plane: true,
     };
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err(dir))?;
-    }
+    crate::files::private_dir(dir).map_err(io_err(dir))?;
     write_private(&dir.join(CLUSTER_FILE), &config_bytes)?;
     let json =
         serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;
@@ -245,7 +230,11 @@ fn prepared(
 ) -> PreparedNode {
     let member = etcd_member(&identity, dir, &cluster, etcd_bin);
     let backend = StoreBackend::Etcd(Box::new(member));
-    let options = ControlPlaneOptions::new(&identity.node_name, backend, cluster);
+    let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster);
+    options.local_files = Some(LocalFiles {
+        state_dir: dir.to_path_buf(),
+        advertise_address: identity.advertise_address,
+    });
     PreparedNode {
         identity,
         state_dir: dir.to_path_buf(),

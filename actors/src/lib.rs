@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod election;
+pub mod files;
 pub mod leader;
 pub mod node;
 pub mod pki;

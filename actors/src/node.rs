@@ -17,7 +17,7 @@ use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::task::JoinHandle;
 
 use crate::election::{Election, ElectionArgs};
-use crate::leader::leader_subtree;
+use crate::leader::{LocalFiles, leader_subtree};
 use crate::store::{Store, StoreArgs, StoreBackend};
 use crate::supervision::{
     Backoff, ChildSpec, Intensity, StartFn, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -36,6 +36,8 @@ pub struct ControlPlaneOptions {
     pub lease_ttl: Duration,
     /// How long etcd may take to become healthy at each (re)start.
     pub etcd_health_timeout: Duration,
+    /// Where this node keeps its certificate and the first join token (init's node).
+    pub local_files: Option<LocalFiles>,
 }
 
 impl ControlPlaneOptions {
@@ -46,6 +48,7 @@ impl ControlPlaneOptions {
             cluster,
             lease_ttl: Duration::from_secs(5),
             etcd_health_timeout: Duration::from_secs(30),
+            local_files: None,
         }
     }
 }
@@ -69,7 +72,10 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
         store_actor: Store::name(&node),
         election: ELECTION_PREFIX.to_owned(),
         lease_ttl: opts.lease_ttl,
-        leader_subtree: Some(leader_subtree(opts.cluster.clone())),
+        leader_subtree: Some(leader_subtree(
+            opts.cluster.clone(),
+            opts.local_files.clone(),
+        )),
     };
     let election = ChildSpec::actor(Election::name(&node), Election, move || {
         election_args.clone()

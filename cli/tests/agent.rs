@@ -114,6 +114,10 @@ fn cluster_file(dir: &Path) -> PathBuf {
     path
 }
 
+fn settle(d: Duration) {
+    std::thread::sleep(d);
+}
+
 fn etcd_pid(record: &serde_json::Value) -> i64 {
     record["fields"]["pid"]
         .as_i64()
@@ -152,6 +156,28 @@ fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
     let created = agent.wait_for("cluster created", 1, Duration::from_secs(5));
     let uid = created["fields"]["uid"].as_str().unwrap().to_owned();
 
+    // The node's identity and the first join token are on disk, keys private.
+    agent.wait_for(
+        "join token written (single use, expires in 24 h)",
+        1,
+        Duration::from_secs(5),
+    );
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&state.join("pki/node.key")), 0o600);
+    assert_eq!(mode(&state.join("join-token")), 0o600);
+    let node_cert = std::fs::read_to_string(state.join("pki/node.crt")).unwrap();
+    assert!(node_cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(
+        std::fs::read_to_string(state.join("pki/ca.crt"))
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let join_token = std::fs::read_to_string(state.join("join-token")).unwrap();
+    let (token_id, _) = kat_actors::pki::tokens::parse(&join_token).unwrap();
+
     // The cluster configuration is readable with etcdctl at the documented key.
     let env = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
         .args(["etcd-env", "--state-dir", state_str])
@@ -177,6 +203,18 @@ fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&config_key.stdout).contains("/kat/config/cluster"));
+    let stored = Command::new(&etcdctl)
+        .env("ETCDCTL_ENDPOINTS", &endpoint)
+        .args(["get", "--keys-only", "--prefix", "/kat/"])
+        .output()
+        .unwrap();
+    let keys = String::from_utf8_lossy(&stored.stdout).into_owned();
+    assert!(keys.contains("/kat/pki/ca"), "{keys}");
+    assert!(
+        keys.contains(&format!("/kat/tokens/join/{token_id}")),
+        "only the token's hash is stored, under its id: {keys}"
+    );
+    assert!(!keys.contains(join_token.trim()), "the secret is not a key");
 
     // kill -9 of the etcd child: restarted, and the node leads again within 10 s.
     let first_etcd = etcd_pid(&agent.wait_for("etcd member starting", 1, Duration::from_secs(1)));
@@ -203,6 +241,17 @@ fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
     );
     let resumed = again.wait_for("cluster exists; resuming", 1, Duration::from_secs(10));
     assert_eq!(resumed["fields"]["uid"], uid.as_str());
+    settle(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(state.join("pki/node.crt")).unwrap(),
+        node_cert,
+        "kept, not re-issued"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("join-token")).unwrap(),
+        join_token,
+        "kept, not re-issued"
+    );
     again.signal(Signal::SIGTERM);
     assert!(again.child.wait().unwrap().success());
 

@@ -47,6 +47,14 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
     }
     // The leader subtree recorded the cluster once.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        shared
+            .get(kat_actors::leader::CA_KEY)
+            .await
+            .unwrap()
+            .is_some(),
+        "the cluster CA exists"
+    );
     let uid = shared
         .get(CLUSTER_UID_KEY)
         .await

@@ -2,18 +2,23 @@
 //! control-plane supervisor when this node wins the election and stopped when it loses.
 //! Every write its actors make is fenced by the election key.
 //!
-//! So far it holds [`Bootstrap`], which records the cluster's identity and
-//! configuration the first time a leader exists. Pki, Scheduler, Ipam, NodeMonitor,
-//! Api and Backup join it in later issues.
+//! So far it holds [`Bootstrap`], which records the cluster's identity, configuration
+//! and CA the first time a leader exists, and on init's node writes that node's
+//! certificate and the first join token. Pki, Scheduler, Ipam, NodeMonitor, Api and
+//! Backup join it in later issues.
 
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use kat_proto::v1alpha1::ClusterConfiguration;
+use kat_proto::v1alpha1::{CertificateAuthority, ClusterConfiguration, TokenKind};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::election::{Election, LeaderSubtree, Leadership};
+use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, generate_ca, node_key_and_csr};
+use crate::pki::tokens;
 use crate::store::{Compare, StateStore, Txn, TxnOp, TxnOpResult};
 use crate::supervision::{
     Backoff, ChildSpec, Intensity, Restart, StartFn, Strategy, Supervisor, SupervisorArgs,
@@ -23,12 +28,22 @@ use crate::supervision::{
 pub const CLUSTER_UID_KEY: &str = "/kat/config/cluster_uid";
 /// `/kat/config/cluster`: the ClusterConfiguration, protobuf-encoded, written once.
 pub const CLUSTER_CONFIG_KEY: &str = "/kat/config/cluster";
+/// `/kat/pki/ca`: the cluster CA (certificate and key), written once.
+pub const CA_KEY: &str = "/kat/pki/ca";
+
+/// The node whose files the leader writes at bootstrap (the node `kat-agent init` runs on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFiles {
+    pub state_dir: PathBuf,
+    pub advertise_address: IpAddr,
+}
 
 /// The leader subtree for this node: a `LeaderSupervisor` holding the leader's actors.
-pub fn leader_subtree(cluster: ClusterConfiguration) -> LeaderSubtree {
+pub fn leader_subtree(cluster: ClusterConfiguration, local: Option<LocalFiles>) -> LeaderSubtree {
     Arc::new(move |leadership: Leadership| {
         let name = Election::leader_subtree_name(&leadership.node);
         let cluster = cluster.clone();
+        let local = local.clone();
         let supervisor_name = name.clone();
         ChildSpec {
             name,
@@ -39,6 +54,7 @@ pub fn leader_subtree(cluster: ClusterConfiguration) -> LeaderSubtree {
                 let bootstrap_args = BootstrapArgs {
                     leadership: leadership.clone(),
                     cluster: cluster.clone(),
+                    local: local.clone(),
                 };
                 let bootstrap = ChildSpec::actor(
                     format!("bootstrap@{}", leadership.node),
@@ -72,6 +88,7 @@ pub fn leader_subtree(cluster: ClusterConfiguration) -> LeaderSubtree {
 pub struct BootstrapArgs {
     pub leadership: Leadership,
     pub cluster: ClusterConfiguration,
+    pub local: Option<LocalFiles>,
 }
 
 /// Writes the cluster UID and configuration in one fenced transaction, once per
@@ -125,6 +142,103 @@ pub async fn record_cluster(
     }
 }
 
+/// Reads the cluster CA, creating it (once, fenced) if there is none.
+pub async fn ensure_ca(
+    store: &dyn StateStore,
+    leadership: &Leadership,
+    cluster_name: &str,
+) -> Result<CertAndKey, ActorProcessingErr> {
+    let decode = |bytes: &[u8]| -> Result<CertAndKey, ActorProcessingErr> {
+        let ca = CertificateAuthority::decode(bytes)?;
+        Ok(CertAndKey {
+            cert_pem: ca.cert_pem,
+            key_pem: ca.key_pem,
+        })
+    };
+    if let Some(kv) = store.get(CA_KEY).await? {
+        return decode(&kv.value);
+    }
+    let ca = generate_ca(cluster_name)?;
+    let record = CertificateAuthority {
+        cert_pem: ca.cert_pem.clone(),
+        key_pem: ca.key_pem.clone(),
+    };
+    let txn = Txn::new()
+        .when([Compare::absent(CA_KEY), leadership.key.fence()])
+        .and_then([TxnOp::put(CA_KEY, record.encode_to_vec())])
+        .or_else([TxnOp::get(CA_KEY)]);
+    let result = store.txn(txn).await?;
+    if result.succeeded {
+        tracing::info!(node = %leadership.node, "cluster CA created");
+        return Ok(ca);
+    }
+    match result.results.first() {
+        Some(TxnOpResult::Get(kvs)) if !kvs.is_empty() => decode(&kvs[0].value),
+        _ => Err("not the leader any more; CA not created".into()),
+    }
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActorProcessingErr + '_ {
+    move |e| format!("{}: {e}", path.display()).into()
+}
+
+/// On init's node: the CA certificate, the node's own key and certificate, and the
+/// first join token, each written once (a resumed init keeps what is there).
+async fn write_node_files(
+    ca: &CertAndKey,
+    leadership: &Leadership,
+    local: &LocalFiles,
+) -> Result<(), ActorProcessingErr> {
+    let pki = local.state_dir.join("pki");
+    crate::files::private_dir(&pki).map_err(file_err(&pki))?;
+    let ca_path = pki.join("ca.crt");
+    crate::files::write_atomic(&ca_path, ca.cert_pem.as_bytes(), 0o644)
+        .map_err(file_err(&ca_path))?;
+    let (key_path, cert_path) = (pki.join("node.key"), pki.join("node.crt"));
+    if !(key_path.exists() && cert_path.exists()) {
+        let (key_pem, csr_pem) = node_key_and_csr(&leadership.node)?;
+        let signer = ClusterCa::from_pem(ca)?;
+        let cert = signer.sign_node_csr(
+            &csr_pem,
+            &leadership.node,
+            local.advertise_address,
+            NODE_CERT_VALIDITY,
+        )?;
+        crate::files::write_atomic(&key_path, key_pem.as_bytes(), 0o600)
+            .map_err(file_err(&key_path))?;
+        crate::files::write_atomic(&cert_path, cert.as_bytes(), 0o644)
+            .map_err(file_err(&cert_path))?;
+        tracing::info!(node = %leadership.node, path = %cert_path.display(), "node certificate written");
+    }
+    let token_path = local.state_dir.join("join-token");
+    if !token_path.exists() {
+        let (token, record) = tokens::generate(
+            TokenKind::Join,
+            Some(tokens::DEFAULT_JOIN_TTL),
+            false,
+            "created by kat-agent init",
+            SystemTime::now(),
+        )?;
+        let txn = Txn::new()
+            .when([leadership.key.fence()])
+            .and_then([TxnOp::put(
+                tokens::key(TokenKind::Join, &record.id),
+                record.encode_to_vec(),
+            )]);
+        if !leadership.store.txn(txn).await?.succeeded {
+            return Err("not the leader any more; join token not created".into());
+        }
+        crate::files::write_atomic(&token_path, format!("{token}\n").as_bytes(), 0o600)
+            .map_err(file_err(&token_path))?;
+        tracing::info!(
+            node = %leadership.node,
+            path = %token_path.display(),
+            "join token written (single use, expires in 24 h)"
+        );
+    }
+    Ok(())
+}
+
 impl Actor for Bootstrap {
     type Msg = ();
     type State = ();
@@ -148,6 +262,10 @@ impl Actor for Bootstrap {
             tracing::info!(node = %args.leadership.node, cluster = %name, %uid, "cluster created");
         } else {
             tracing::info!(node = %args.leadership.node, %uid, "cluster exists; resuming");
+        }
+        let ca = ensure_ca(store.as_ref(), &args.leadership, name).await?;
+        if let Some(local) = &args.local {
+            write_node_files(&ca, &args.leadership, local).await?;
         }
         Ok(())
     }
