@@ -283,7 +283,7 @@ pub async fn run_until(
     tokio::select! {
         () = shutdown => {
             tracing::info!(node = %node.identity.node_name, "stopping");
-            let _ = supervisor.stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(60))).await;
+            let _ = supervisor.stop_and_wait(Some("shutdown".to_owned()), Some(Duration::from_secs(90))).await;
             let _ = join.await;
             tracing::info!(node = %node.identity.node_name, "stopped");
             Ok(Outcome::Stopped)

@@ -6,17 +6,30 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Writes `data` to `path` through a temporary file and a rename, created with `mode`.
+/// The temporary name is the full file name plus `.tmp` (so `node.key` and `node.crt`
+/// never share one); a leftover from a crash is removed first, so the new file is
+/// always created fresh with `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(mode)
         .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Creates a directory (and parents) readable only by its owner.
@@ -31,24 +44,27 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
     fn files_get_their_mode_and_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key.pem");
         write_atomic(&path, b"secret", 0o600).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"secret");
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(mode(&path), 0o600);
+        // A world-readable leftover from a crash does not lend its mode to the key.
+        let leftover = dir.path().join("key.pem.tmp");
+        std::fs::write(&leftover, b"old").unwrap();
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_atomic(&path, b"new", 0o600).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        assert!(!path.with_extension("tmp").exists());
+        assert_eq!(mode(&path), 0o600);
+        assert!(!leftover.exists());
         let sub = dir.path().join("a/b");
         private_dir(&sub).unwrap();
-        assert_eq!(
-            std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(mode(&sub), 0o700);
     }
 }

@@ -86,7 +86,9 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
     ChildSpec {
         name,
         restart: crate::supervision::Restart::Permanent,
-        shutdown_timeout: Duration::from_secs(30),
+        // Children's timeouts and kill waits add up to about 45 s.
+        shutdown_timeout: Duration::from_secs(60),
+        on_exit: None,
         start: StartFn::new(move |parent| {
             let args = SupervisorArgs {
                 strategy: Strategy::RestForOne,

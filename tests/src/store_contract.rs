@@ -404,3 +404,12 @@ pub async fn election_moves_when_the_leaders_lease_expires(store: std::sync::Arc
     );
     assert_eq!(store.get("/t/leader-data").await.unwrap(), None);
 }
+
+pub async fn transactions_refuse_a_key_written_twice(store: &dyn StateStore) {
+    let txn = Txn::new().and_then([TxnOp::put("/t/dup", "1"), TxnOp::put("/t/dup", "2")]);
+    assert!(
+        matches!(store.txn(txn).await, Err(StoreError::Invalid(_))),
+        "duplicate keys in one branch"
+    );
+    assert_eq!(store.get("/t/dup").await.unwrap(), None, "nothing applied");
+}

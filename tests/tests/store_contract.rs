@@ -64,6 +64,7 @@ contract_tests!(
     list_by_prefix,
     transactions_compare_and_swap,
     transactions_are_atomic_multi_key_writes,
+    transactions_refuse_a_key_written_twice,
     watch_sees_changes_in_order,
     watch_resumes_from_a_revision,
     leases_attach_and_revoke,

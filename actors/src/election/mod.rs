@@ -63,6 +63,12 @@ pub enum ElectionMsg {
     Won(Result<LeaderKey, String>),
     /// Internal: the leader seen in the store changed.
     Observed(Option<String>),
+    /// Internal: the lease's deadline may have passed.
+    CheckDeadline,
+    /// Internal: the parent supervisor answered the request to start the leader subtree.
+    SubtreeStarted(Result<(), String>),
+    /// Internal: the leader subtree exited on its own (failed, or gave up restarting).
+    SubtreeExited,
 }
 
 /// The Election actor's state, for tests and `katcall describe node`.
@@ -121,17 +127,21 @@ impl ElectionState {
     }
 
     /// Gives up leadership: the leader subtree stops before anything else.
-    async fn step_down(&mut self, myself: &ActorRef<ElectionMsg>, why: &str) {
+    /// Gives up leadership and revokes the lease, so that another member can lead at
+    /// once. The caller then fails the actor: its supervisor (rest_for_one) stops the
+    /// leader subtree, a later sibling, before it restarts Election — so the subtree
+    /// is stopped first without Election waiting on its own supervisor.
+    async fn step_down(&mut self, why: &str) {
         self.leading_flag.store(false, Ordering::SeqCst);
         if self.leading.take().is_none() {
             return;
         }
-        tracing::warn!(node = %self.args.node, %why, "lost leadership; stopping the leader subtree");
-        if let Some(parent) = myself.try_get_supervisor() {
-            let parent = ActorRef::<SupervisorMsg>::from(parent);
-            let name = Election::leader_subtree_name(&self.args.node);
-            let _ = call_t!(parent, SupervisorMsg::RemoveChild, 10_000, name);
-        }
+        tracing::warn!(node = %self.args.node, %why, "lost leadership");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.store.revoke_lease(self.lease.id),
+        )
+        .await;
         if self.leader.as_deref() == Some(self.args.node.as_str()) {
             self.leader = None;
         }
@@ -335,15 +345,24 @@ impl Actor for Election {
                 });
             }
             ElectionMsg::KeepAlive => {
+                // etcd's clock for the lease starts no earlier than the request leaves.
+                let sent_at = Instant::now();
                 let attempt = tokio::time::timeout(
                     state.lease.ttl / 3,
                     state.store.keep_alive(state.lease.id),
                 )
                 .await;
                 match attempt {
-                    Ok(Ok(ttl)) => state.lease_deadline = Instant::now() + ttl,
+                    Ok(Ok(ttl)) => {
+                        // Margin for clock drift between this node and etcd's leader.
+                        state.lease_deadline = sent_at + ttl - ttl / 10;
+                        let wait = state
+                            .lease_deadline
+                            .saturating_duration_since(Instant::now());
+                        myself.send_after(wait, || ElectionMsg::CheckDeadline);
+                    }
                     Ok(Err(crate::store::StoreError::LeaseNotFound(_))) => {
-                        state.step_down(&myself, "lease expired").await;
+                        state.step_down("lease expired").await;
                         return Err("election lease expired".into());
                     }
                     failed => {
@@ -355,7 +374,7 @@ impl Actor for Election {
                         tracing::warn!(node = %state.args.node, %why, "lease keep-alive failed");
                         if Instant::now() >= state.lease_deadline {
                             state
-                                .step_down(&myself, "lease ran out while the store was unreachable")
+                                .step_down("lease ran out while the store was unreachable")
                                 .await;
                             return Err(format!("election lease lost: {why}").into());
                         }
@@ -370,24 +389,69 @@ impl Actor for Election {
                 if let (Some(build), Some(parent)) =
                     (&state.args.leader_subtree, myself.try_get_supervisor())
                 {
-                    let spec = build(Leadership {
+                    let mut spec = build(Leadership {
                         node: state.args.node.clone(),
                         key,
                         store: state.store.clone(),
                     });
+                    let me = myself.clone();
+                    spec.on_exit = Some(Arc::new(move |_, _| {
+                        let _ = me.send_message(ElectionMsg::SubtreeExited);
+                    }));
+                    // Ask without waiting: the supervisor may be busy stopping us. If we
+                    // are gone before it answers, the dropped reply port withdraws the
+                    // request (see SupervisorMsg::AddChild).
                     let parent = ActorRef::<SupervisorMsg>::from(parent);
-                    match call_t!(parent, SupervisorMsg::AddChild, 30_000, spec) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            return Err(format!("leader subtree failed to start: {e}").into());
-                        }
-                        Err(e) => return Err(format!("leader subtree not started: {e}").into()),
-                    }
+                    let me = myself.clone();
+                    state.tasks.push(tokio::spawn(async move {
+                        let result = match call_t!(parent, SupervisorMsg::AddChild, 30_000, spec) {
+                            Ok(result) => result,
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = me.send_message(ElectionMsg::SubtreeStarted(result));
+                    }));
                 }
                 state.publish();
             }
             ElectionMsg::Won(Err(e)) => return Err(format!("campaign failed: {e}").into()),
+            ElectionMsg::CheckDeadline => {
+                if state.leading.is_some() && Instant::now() >= state.lease_deadline {
+                    state
+                        .step_down("lease deadline passed without a keep-alive")
+                        .await;
+                    return Err("election lease ran out".into());
+                }
+            }
+            ElectionMsg::SubtreeStarted(Ok(())) => {}
+            ElectionMsg::SubtreeStarted(Err(e)) => {
+                state.step_down("the leader subtree did not start").await;
+                return Err(format!("leader subtree failed to start: {e}").into());
+            }
+            ElectionMsg::SubtreeExited => {
+                if state.leading.is_some() {
+                    state.step_down("the leader subtree stopped").await;
+                    return Err("the leader subtree stopped; campaigning again".into());
+                }
+            }
             ElectionMsg::Observed(leader) => {
+                if state.leading.is_some()
+                    && let Some(other) = leader.as_ref().filter(|l| **l != state.args.node)
+                {
+                    // The observation may predate our win; believe the store as it is now.
+                    let now = election::leader(state.store.as_ref(), &state.args.election).await;
+                    // A failed read says nothing; the keep-alive deals with an unreachable store.
+                    let deposed = match &now {
+                        Ok(Some(kv)) => kv.lease != state.lease.id,
+                        Ok(None) => true,
+                        Err(_) => false,
+                    };
+                    if deposed {
+                        let why = format!("the store shows {other} as leader");
+                        state.step_down(&why).await;
+                        return Err(format!("deposed: {why}").into());
+                    }
+                    return Ok(());
+                }
                 if leader != state.leader {
                     if let Some(l) = &leader
                         && state.leading.is_none()

@@ -50,6 +50,8 @@ pub fn leader_subtree(cluster: ClusterConfiguration, local: Option<LocalFiles>) 
             // Only a new election brings the leader subtree back (see Election).
             restart: Restart::Temporary,
             shutdown_timeout: Duration::from_secs(15),
+            // Election sets this to hear when the subtree dies on its own.
+            on_exit: None,
             start: StartFn::new(move |parent| {
                 let bootstrap_args = BootstrapArgs {
                     leadership: leadership.clone(),
@@ -116,6 +118,24 @@ fn new_uid() -> Result<String, ActorProcessingErr> {
     ))
 }
 
+/// In a refused fenced write whose else-branch read the election key last: fails
+/// unless that key is still this leader's.
+fn still_leading(
+    leadership: &Leadership,
+    results: &[TxnOpResult],
+) -> Result<(), ActorProcessingErr> {
+    match results.last() {
+        Some(TxnOpResult::Get(kvs))
+            if kvs
+                .first()
+                .is_some_and(|kv| kv.create_revision == leadership.key.create_revision) =>
+        {
+            Ok(())
+        }
+        _ => Err("not the leader any more".into()),
+    }
+}
+
 /// Records the cluster once; returns the UID and whether this call created it.
 pub async fn record_cluster(
     store: &dyn StateStore,
@@ -129,16 +149,17 @@ pub async fn record_cluster(
             TxnOp::put(CLUSTER_UID_KEY, uid.clone()),
             TxnOp::put(CLUSTER_CONFIG_KEY, cluster.encode_to_vec()),
         ])
-        .or_else([TxnOp::get(CLUSTER_UID_KEY)]);
+        .or_else([TxnOp::get(CLUSTER_UID_KEY), TxnOp::get(&leadership.key.key)]);
     let result = store.txn(txn).await?;
     if result.succeeded {
         return Ok((uid, true));
     }
+    still_leading(leadership, &result.results)?;
     match result.results.first() {
         Some(TxnOpResult::Get(kvs)) if !kvs.is_empty() => {
             Ok((String::from_utf8_lossy(&kvs[0].value).into_owned(), false))
         }
-        _ => Err("not the leader any more; cluster not recorded".into()),
+        _ => Err("cluster UID missing although the write was refused".into()),
     }
 }
 
@@ -166,15 +187,16 @@ pub async fn ensure_ca(
     let txn = Txn::new()
         .when([Compare::absent(CA_KEY), leadership.key.fence()])
         .and_then([TxnOp::put(CA_KEY, record.encode_to_vec())])
-        .or_else([TxnOp::get(CA_KEY)]);
+        .or_else([TxnOp::get(CA_KEY), TxnOp::get(&leadership.key.key)]);
     let result = store.txn(txn).await?;
     if result.succeeded {
         tracing::info!(node = %leadership.node, "cluster CA created");
         return Ok(ca);
     }
+    still_leading(leadership, &result.results)?;
     match result.results.first() {
         Some(TxnOpResult::Get(kvs)) if !kvs.is_empty() => decode(&kvs[0].value),
-        _ => Err("not the leader any more; CA not created".into()),
+        _ => Err("cluster CA missing although the write was refused".into()),
     }
 }
 

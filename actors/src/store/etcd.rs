@@ -233,6 +233,14 @@ impl StateStore for EtcdStore {
             .map_err(unavailable)?;
         // The first response confirms creation, or reports a compacted start revision.
         let first = stream.message().await.map_err(unavailable)?;
+        if let Some(resp) = &first
+            && resp.compact_revision() > 0
+        {
+            return Err(StoreError::Compacted {
+                requested: from_revision,
+                oldest: resp.compact_revision(),
+            });
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let mut pending = first;
         tokio::spawn(async move {

@@ -20,6 +20,9 @@ use super::state_store::{
     StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
 };
 
+/// Longest lease TTL accepted (a year is plenty; etcd's own cap is far higher).
+const MAX_LEASE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Events kept for watches that resume from an old revision.
 const HISTORY_LIMIT: usize = 100_000;
 
@@ -187,6 +190,17 @@ impl State {
     /// Applies a branch of writes and reads at the next revision; returns the results
     /// and whether anything changed.
     fn apply(&mut self, ops: &[TxnOp]) -> StoreResult<Vec<TxnOpResult>> {
+        // etcd refuses a transaction branch that writes one key twice.
+        let mut written = BTreeSet::new();
+        for op in ops {
+            if let TxnOp::Put { key, .. } | TxnOp::Delete { key } = op
+                && !written.insert(key.as_str())
+            {
+                return Err(StoreError::Invalid(format!(
+                    "duplicate key {key:?} given in one transaction"
+                )));
+            }
+        }
         for op in ops {
             if let TxnOp::Put {
                 lease: Some(id), ..
@@ -415,6 +429,11 @@ impl StateStore for MemoryStore {
             return Err(StoreError::Invalid(
                 "a lease needs a TTL of at least 1 s".to_owned(),
             ));
+        }
+        if ttl > MAX_LEASE_TTL {
+            return Err(StoreError::Invalid(format!(
+                "lease TTL {ttl:?} is longer than {MAX_LEASE_TTL:?}"
+            )));
         }
         // etcd counts TTLs in whole seconds.
         let ttl = Duration::from_secs(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0));

@@ -55,7 +55,13 @@ pub struct ChildSpec {
     /// How long a graceful stop may take before the child is killed.
     pub shutdown_timeout: Duration,
     pub start: StartFn,
+    /// Called when the child exits on its own and is not restarted (a temporary or
+    /// transient child), e.g. so Election learns that its leader subtree is gone.
+    pub on_exit: Option<ExitNotify>,
 }
+
+/// Told a child's name and whether it failed, when it exits for good.
+pub type ExitNotify = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 impl std::fmt::Debug for ChildSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,6 +87,7 @@ impl ChildSpec {
             name,
             restart: Restart::Permanent,
             shutdown_timeout: Duration::from_secs(5),
+            on_exit: None,
             start: StartFn::new(move |supervisor| {
                 let (actor, args, name) = (actor.clone(), args(), actor_name.clone());
                 async move {
@@ -274,6 +281,9 @@ impl SupervisorState {
             if spec.restart == Restart::Temporary {
                 self.children.remove(i);
             }
+            if let Some(notify) = &spec.on_exit {
+                notify(&spec.name, failed);
+            }
             return Ok(());
         }
         tracing::warn!(%supervisor, child = %spec.name, failed, %reason, strategy = ?self.strategy, "child exited; restarting");
@@ -390,6 +400,12 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::StartChildren(names) => state.start_children(&myself, &names).await?,
             SupervisorMsg::AddChild(spec, reply) => {
+                // Whoever asked has gone (e.g. an Election restarted meanwhile): a
+                // child started now would serve a request nobody stands behind.
+                if reply.is_closed() {
+                    tracing::info!(child = %spec.name, "not adding child: the request was withdrawn");
+                    return Ok(());
+                }
                 if state.children.iter().any(|c| c.spec.name == spec.name) {
                     let _ = reply.send(Err(format!("a child named {:?} exists", spec.name)));
                     return Ok(());

@@ -279,6 +279,7 @@ async fn exceeding_the_restart_intensity_escalates_to_the_parent() {
     let probe = Probe::default();
     let inner_probe = probe.clone();
     let inner = ChildSpec {
+        on_exit: None,
         name: "esc-inner".to_owned(),
         restart: Restart::Permanent,
         shutdown_timeout: Duration::from_secs(5),
@@ -456,4 +457,20 @@ async fn temporary_siblings_caught_in_a_restart_are_dropped() {
         snapshot(&sup).await.children,
         [("tmp-a".to_owned(), true), ("tmp-b".to_owned(), true)]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_temporary_child_that_exits_tells_whoever_asked() {
+    let probe = Probe::default();
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let sink = told.clone();
+    let mut spec = child("ex-leader", &probe).restart(Restart::Temporary);
+    spec.on_exit = Some(Arc::new(move |name: &str, failed: bool| {
+        sink.lock().unwrap().push((name.to_owned(), failed))
+    }));
+    let (_sup, _) = start("ex-sup", args(Strategy::OneForOne, vec![spec])).await;
+    probe.wait_len(1).await;
+    send("ex-leader", Cmd::Fail);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(*told.lock().unwrap(), [("ex-leader".to_owned(), true)]);
 }
