@@ -6,6 +6,7 @@
 //! supervisor every subtree is built from. The actors arrive next.
 
 pub mod agent;
+pub mod api;
 pub mod election;
 pub mod files;
 pub mod leader;

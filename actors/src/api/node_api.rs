@@ -1,0 +1,223 @@
+//! The node API (SPEC §6, §10): `Join` now; heartbeats, the sync stream and
+//! certificate renewal later. Every refusal says why in a status message and changes
+//! nothing in the store.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kat_proto::v1alpha1::node_api_server::{NodeApi, NodeApiServer};
+use kat_proto::v1alpha1::{
+    ClusterConfiguration, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, Node,
+    NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta, RenewCertificateRequest,
+    RenewCertificateResponse, StoredToken, SyncEvent, SyncRequest, TokenKind,
+};
+use prost::Message;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, PkiError};
+use crate::pki::tokens;
+use crate::store::election::LeaderKey;
+use crate::store::{Compare, StateStore, Txn, TxnOp};
+
+/// `/kat/nodes/<name>`: a node's registration.
+pub fn node_key(name: &str) -> String {
+    format!("/kat/nodes/{name}")
+}
+
+/// What the node API needs from the leader.
+#[derive(Clone)]
+pub struct NodeApiContext {
+    pub store: Arc<dyn StateStore>,
+    pub leader: LeaderKey,
+    pub ca: CertAndKey,
+    pub cluster: ClusterConfiguration,
+}
+
+/// Why a join was refused, as the joining node is told.
+fn refused_token() -> Status {
+    // One message for every token problem: a caller learns nothing about which tokens exist.
+    Status::unauthenticated("join token refused (unknown, expired or already used)")
+}
+
+/// Handles one join: checks the token, signs the CSR, registers the node and spends a
+/// single-use token, all in one transaction fenced on leadership.
+pub async fn join(
+    ctx: &NodeApiContext,
+    req: JoinRequest,
+    now: SystemTime,
+) -> Result<JoinResponse, Status> {
+    let (id, secret) = tokens::parse(&req.token).map_err(|_| refused_token())?;
+    let token_key = tokens::key(TokenKind::Join, id);
+    let stored = ctx
+        .store
+        .get(&token_key)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?
+        .ok_or_else(refused_token)?;
+    let mut record = StoredToken::decode(stored.value.as_slice()).map_err(|_| refused_token())?;
+    tokens::check(&record, TokenKind::Join, secret, now).map_err(|_| refused_token())?;
+
+    if let Some(problem) = kat_proto::names::dns_label_problem(&req.node_name) {
+        return Err(Status::invalid_argument(format!("node_name: {problem}")));
+    }
+    let address: IpAddr = req.advertise_address.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "advertise_address: {:?} is not an IP address",
+            req.advertise_address
+        ))
+    })?;
+    let node_key = node_key(&req.node_name);
+    if ctx
+        .store
+        .get(&node_key)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?
+        .is_some()
+    {
+        return Err(Status::already_exists(format!(
+            "a node named {:?} is already registered",
+            req.node_name
+        )));
+    }
+    let signer = ClusterCa::from_pem(&ctx.ca).map_err(|e| Status::internal(e.to_string()))?;
+    let certificate_pem = signer
+        .sign_node_csr(&req.csr_pem, &req.node_name, address, NODE_CERT_VALIDITY)
+        .map_err(|e| match e {
+            PkiError::WrongCommonName { .. } => Status::permission_denied(e.to_string()),
+            other => Status::invalid_argument(other.to_string()),
+        })?;
+
+    let spec = ctx.cluster.spec.clone().unwrap_or_default();
+    let node = Node {
+        api_version: kat_proto::quadlet::API_VERSION.to_owned(),
+        kind: "Node".to_owned(),
+        metadata: Some(ObjectMeta {
+            name: req.node_name.clone(),
+            labels: req.labels.clone(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            advertise_address: address.to_string(),
+            wireguard_public_key: req.wireguard_public_key.clone(),
+            wireguard_endpoint: SocketAddr::new(
+                address,
+                u16::try_from(spec.wireguard_port).unwrap_or_default(),
+            )
+            .to_string(),
+            role: NodeRole::Worker.into(),
+            agent_version: req.agent_version.clone(),
+            capacity: req.capacity.clone(),
+            allocatable: req.capacity.clone(),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: NodeState::NotReady.into(),
+            ..Default::default()
+        }),
+    };
+    let mut then = vec![TxnOp::put(&node_key, node.encode_to_vec())];
+    if !record.reusable {
+        record.used = true;
+        then.push(TxnOp::put(&token_key, record.encode_to_vec()));
+    }
+    let txn = Txn::new()
+        .when([
+            ctx.leader.fence(),
+            Compare::unchanged(&token_key, stored.mod_revision),
+            Compare::absent(&node_key),
+        ])
+        .and_then(then);
+    let result = ctx
+        .store
+        .txn(txn)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if !result.succeeded {
+        // Another join raced this one (same token or same name), or leadership moved.
+        return Err(Status::aborted(
+            "the join conflicted with another change; try again",
+        ));
+    }
+    tracing::info!(node = %req.node_name, address = %address, "node joined");
+    Ok(JoinResponse {
+        certificate_pem,
+        ca_pem: ctx.ca.cert_pem.clone(),
+        cluster: Some(ctx.cluster.clone()),
+        overlay_subnet: String::new(),
+        node: Some(node),
+        etcd: None,
+    })
+}
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct NodeApiService {
+    ctx: NodeApiContext,
+}
+
+impl NodeApiService {
+    pub fn new(ctx: NodeApiContext) -> Self {
+        Self { ctx }
+    }
+}
+
+type SyncStream =
+    Pin<Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<SyncEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeApi for NodeApiService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        join(&self.ctx, request.into_inner(), SystemTime::now())
+            .await
+            .map(Response::new)
+    }
+
+    async fn heartbeat(
+        &self,
+        _: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        Err(Status::unimplemented("heartbeats are not built yet"))
+    }
+
+    type SyncStream = SyncStream;
+
+    async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
+        Err(Status::unimplemented("the sync stream is not built yet"))
+    }
+
+    async fn renew_certificate(
+        &self,
+        _: Request<RenewCertificateRequest>,
+    ) -> Result<Response<RenewCertificateResponse>, Status> {
+        Err(Status::unimplemented(
+            "certificate renewal is not built yet",
+        ))
+    }
+}
+
+/// Serves the node API with TLS on `addr` until `shutdown` resolves. Client
+/// certificates from the cluster CA are requested but optional: `Join` comes before
+/// the node has one; the calls after it will require one.
+pub async fn serve(
+    addr: SocketAddr,
+    server_cert: &CertAndKey,
+    ctx: NodeApiContext,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            &server_cert.cert_pem,
+            &server_cert.key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(&ctx.ca.cert_pem))
+        .client_auth_optional(true);
+    Server::builder()
+        .tls_config(tls)?
+        .timeout(Duration::from_secs(30))
+        .add_service(NodeApiServer::new(NodeApiService::new(ctx)))
+        .serve_with_shutdown(addr, shutdown)
+        .await
+}

@@ -1,0 +1,265 @@
+//! The node API's Join over real TLS on loopback: a token-authenticated CSR becomes a
+//! node certificate and a registration; every bad join is refused and changes nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kat_actors::api::node_api::{NodeApiContext, node_key, serve};
+use kat_actors::pki::ca::{ClusterCa, generate_ca, node_key_and_csr};
+use kat_actors::pki::tokens;
+use kat_actors::store::election;
+use kat_actors::store::{MemoryStore, StateStore};
+use kat_proto::v1alpha1::node_api_client::NodeApiClient;
+use kat_proto::v1alpha1::{JoinRequest, StoredToken, TokenKind};
+use kat_tests::cluster::cluster_config;
+use kat_tests::programs::free_port;
+use prost::Message;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+struct Leader {
+    store: Arc<dyn StateStore>,
+    ca: kat_actors::pki::ca::CertAndKey,
+    ca_pem: String,
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn leader() -> Leader {
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let key = election::campaign(store.as_ref(), "/kat/election", b"n0".to_vec(), lease.id)
+        .await
+        .unwrap();
+    let ca = generate_ca("join-test").unwrap();
+    let signer = ClusterCa::from_pem(&ca).unwrap();
+    let server_cert = signer
+        .issue_server_cert(
+            &["kat-api".to_owned()],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let ctx = NodeApiContext {
+        store: store.clone(),
+        leader: key,
+        ca: ca.clone(),
+        cluster: cluster_config("join-test", 1),
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serve(addr, &server_cert, ctx, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Leader {
+        store,
+        ca_pem: ca.cert_pem.clone(),
+        ca,
+        url: format!("https://{addr}"),
+        _stop: stop,
+    }
+}
+
+impl Leader {
+    async fn token(&self, ttl: Option<Duration>, reusable: bool) -> String {
+        let (token, record) =
+            tokens::generate(TokenKind::Join, ttl, reusable, "test", SystemTime::now()).unwrap();
+        self.store
+            .put(
+                &tokens::key(TokenKind::Join, &record.id),
+                record.encode_to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        token
+    }
+
+    async fn client(
+        &self,
+        identity: Option<Identity>,
+    ) -> Result<NodeApiClient<Channel>, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name("kat-api");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        for _ in 0..100 {
+            let channel = Channel::from_shared(self.url.clone())
+                .unwrap()
+                .tls_config(tls.clone())?;
+            if let Ok(channel) = channel.connect().await {
+                return Ok(NodeApiClient::new(channel));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Channel::from_shared(self.url.clone())
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await
+            .map(NodeApiClient::new)
+    }
+
+    async fn registered(&self, node: &str) -> bool {
+        self.store.get(&node_key(node)).await.unwrap().is_some()
+    }
+}
+
+fn join_request(token: &str, node: &str, csr_for: &str) -> JoinRequest {
+    let (_key, csr) = node_key_and_csr(csr_for).unwrap();
+    JoinRequest {
+        token: token.to_owned(),
+        node_name: node.to_owned(),
+        csr_pem: csr,
+        advertise_address: "127.0.0.2".to_owned(),
+        agent_version: "test".to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_node_joins_with_a_token_and_gets_a_certificate() {
+    let leader = leader().await;
+    let token = leader.token(Some(Duration::from_secs(3600)), false).await;
+    let mut client = leader.client(None).await.unwrap();
+    let reply = client
+        .join(join_request(&token, "w1", "w1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reply
+            .certificate_pem
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert_eq!(reply.ca_pem, leader.ca_pem);
+    assert_eq!(reply.node.unwrap().metadata.unwrap().name, "w1");
+    assert!(reply.cluster.is_some());
+    assert!(leader.registered("w1").await);
+    let (id, _) = tokens::parse(&token).unwrap();
+    let stored = leader
+        .store
+        .get(&tokens::key(TokenKind::Join, id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        StoredToken::decode(stored.value.as_slice()).unwrap().used,
+        "a single-use token is spent"
+    );
+}
+
+#[tokio::test]
+async fn bad_joins_are_refused_and_change_nothing() {
+    let leader = leader().await;
+    let mut client = leader.client(None).await.unwrap();
+    let code = |r: Result<tonic::Response<_>, tonic::Status>| {
+        r.map(|_: tonic::Response<kat_proto::v1alpha1::JoinResponse>| ())
+            .unwrap_err()
+            .code()
+    };
+
+    // A wrong secret, an unknown id, garbage.
+    let token = leader.token(Some(Duration::from_secs(3600)), false).await;
+    let (id, _) = tokens::parse(&token).unwrap();
+    let wrong = format!("{id}.{}", "0".repeat(32));
+    assert_eq!(
+        code(client.join(join_request(&wrong, "w1", "w1")).await),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(client.join(join_request("nonsense", "w1", "w1")).await),
+        Code::Unauthenticated
+    );
+    // An expired token.
+    let expired = leader.token(Some(Duration::from_secs(1)), false).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        code(client.join(join_request(&expired, "w1", "w1")).await),
+        Code::Unauthenticated
+    );
+    // A CSR whose CN is another node's name.
+    assert_eq!(
+        code(client.join(join_request(&token, "w1", "w9")).await),
+        Code::PermissionDenied
+    );
+    assert!(
+        !leader.registered("w1").await,
+        "refused joins register nothing"
+    );
+
+    // The token is still good after those refusals; then single use means single use.
+    client.join(join_request(&token, "w1", "w1")).await.unwrap();
+    assert_eq!(
+        code(client.join(join_request(&token, "w2", "w2")).await),
+        Code::Unauthenticated
+    );
+    assert!(!leader.registered("w2").await);
+    // A taken name, even with a fresh token.
+    let fresh = leader.token(None, true).await;
+    assert_eq!(
+        code(client.join(join_request(&fresh, "w1", "w1")).await),
+        Code::AlreadyExists
+    );
+    // A bad name.
+    assert_eq!(
+        code(client.join(join_request(&fresh, "W_1", "W_1")).await),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_refused() {
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let foreign = ClusterCa::from_pem(&generate_ca("other").unwrap()).unwrap();
+    let (key, csr) = node_key_and_csr("w5").unwrap();
+    let cert = foreign
+        .sign_node_csr(
+            &csr,
+            "w5",
+            "127.0.0.5".parse().unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let result = match leader.client(Some(Identity::from_pem(cert, key))).await {
+        Err(_) => Err(()),
+        Ok(mut client) => client
+            .join(join_request(&token, "w5", "w5"))
+            .await
+            .map(|_| ())
+            .map_err(|_| ()),
+    };
+    assert!(
+        result.is_err(),
+        "the TLS handshake refuses a certificate the cluster CA did not sign"
+    );
+    assert!(!leader.registered("w5").await);
+
+    // Control: the same call with a certificate from the cluster's own CA goes through.
+    let ours = ClusterCa::from_pem(&leader.ca).unwrap();
+    let (key, csr) = node_key_and_csr("w6").unwrap();
+    let cert = ours
+        .sign_node_csr(
+            &csr,
+            "w6",
+            "127.0.0.6".parse().unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let mut client = leader
+        .client(Some(Identity::from_pem(cert, key)))
+        .await
+        .unwrap();
+    client.join(join_request(&token, "w6", "w6")).await.unwrap();
+    assert!(leader.registered("w6").await);
+}
