@@ -231,6 +231,8 @@ fn prepared(
     let member = etcd_member(&identity, dir, &cluster, etcd_bin);
     let backend = StoreBackend::Etcd(Box::new(member));
     let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster);
+    let api_port = u16::try_from(cluster_api_port(&options.cluster)).unwrap_or_default();
+    options.api_addr = Some(SocketAddr::new(identity.advertise_address, api_port));
     options.local_files = Some(LocalFiles {
         state_dir: dir.to_path_buf(),
         advertise_address: identity.advertise_address,
@@ -240,6 +242,14 @@ fn prepared(
         state_dir: dir.to_path_buf(),
         options,
     }
+}
+
+fn cluster_api_port(cluster: &ClusterConfiguration) -> u32 {
+    cluster
+        .spec
+        .as_ref()
+        .map(|s| s.api_port)
+        .unwrap_or_default()
 }
 
 /// `kat-agent etcd-env`: shell lines with which `etcdctl` reaches this node's member.

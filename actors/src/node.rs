@@ -38,6 +38,8 @@ pub struct ControlPlaneOptions {
     pub etcd_health_timeout: Duration,
     /// Where this node keeps its certificate and the first join token (init's node).
     pub local_files: Option<LocalFiles>,
+    /// Where the leader's API listens when this node leads (advertise address, apiPort).
+    pub api_addr: Option<std::net::SocketAddr>,
 }
 
 impl ControlPlaneOptions {
@@ -49,6 +51,7 @@ impl ControlPlaneOptions {
             lease_ttl: Duration::from_secs(5),
             etcd_health_timeout: Duration::from_secs(30),
             local_files: None,
+            api_addr: None,
         }
     }
 }
@@ -75,6 +78,7 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
         leader_subtree: Some(leader_subtree(
             opts.cluster.clone(),
             opts.local_files.clone(),
+            opts.api_addr,
         )),
     };
     let election = ChildSpec::actor(Election::name(&node), Election, move || {

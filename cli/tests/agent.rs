@@ -106,7 +106,8 @@ fn cluster_file(dir: &Path) -> PathBuf {
     let path = dir.join("cluster.kat");
     let text = format!(
         "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: test}}\n\
-         spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n",
+         spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n",
+        free_port(),
         free_port(),
         free_port()
     );
@@ -352,4 +353,94 @@ fn init_refuses_bad_input_without_touching_the_state_dir() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an initialised state directory"));
+}
+
+/// The apiPort written into a cluster file by `cluster_file`.
+fn api_port(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("apiPort: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_node_joins_through_the_api_that_init_serves() {
+    use kat_proto::v1alpha1::JoinRequest;
+    use kat_proto::v1alpha1::node_api_client::NodeApiClient;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    if find_program("etcd").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file(dir.path());
+    let state = dir.path().join("state");
+    let mut agent = Agent::start(
+        &[
+            "init",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--node-name",
+            "n1",
+            "--advertise-address",
+            "127.0.0.1",
+        ],
+        &dir.path().join("agent.log"),
+    );
+    agent.wait_for("API listening", 1, Duration::from_secs(10));
+    agent.wait_for(
+        "join token written (single use, expires in 24 h)",
+        1,
+        Duration::from_secs(10),
+    );
+    let token = std::fs::read_to_string(state.join("join-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let ca = std::fs::read_to_string(state.join("pki/ca.crt")).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
+        let url = format!("https://127.0.0.1:{}", api_port(&config));
+        let channel = Channel::from_shared(url)
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = NodeApiClient::new(channel);
+        let join = |name: &str| {
+            let (_key, csr) = kat_actors::pki::ca::node_key_and_csr(name).unwrap();
+            JoinRequest {
+                token: token.clone(),
+                node_name: name.to_owned(),
+                csr_pem: csr,
+                advertise_address: "127.0.0.2".to_owned(),
+                ..Default::default()
+            }
+        };
+        let joined = client.join(join("n2")).await.unwrap().into_inner();
+        assert!(
+            joined
+                .certificate_pem
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(joined.ca_pem, ca);
+        let again = client.join(join("n3")).await.unwrap_err();
+        assert_eq!(
+            again.code(),
+            tonic::Code::Unauthenticated,
+            "init's token is single use"
+        );
+    });
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.child.wait().unwrap().success());
 }

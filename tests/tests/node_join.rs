@@ -51,8 +51,9 @@ async fn leader() -> Leader {
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move {
-        serve(addr, &server_cert, ctx, async {
+        serve(listener, &server_cert, ctx, async {
             let _ = stopped.await;
         })
         .await

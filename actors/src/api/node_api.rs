@@ -198,11 +198,11 @@ impl NodeApi for NodeApiService {
     }
 }
 
-/// Serves the node API with TLS on `addr` until `shutdown` resolves. Client
+/// Serves the node API with TLS on `listener` until `shutdown` resolves. Client
 /// certificates from the cluster CA are requested but optional: `Join` comes before
 /// the node has one; the calls after it will require one.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     server_cert: &CertAndKey,
     ctx: NodeApiContext,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -218,6 +218,9 @@ pub async fn serve(
         .tls_config(tls)?
         .timeout(Duration::from_secs(30))
         .add_service(NodeApiServer::new(NodeApiService::new(ctx)))
-        .serve_with_shutdown(addr, shutdown)
+        .serve_with_incoming_shutdown(
+            tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
         .await
 }

@@ -16,6 +16,7 @@ use kat_proto::v1alpha1::{CertificateAuthority, ClusterConfiguration, TokenKind}
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::api::{Api, ApiArgs};
 use crate::election::{Election, LeaderSubtree, Leadership};
 use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, generate_ca, node_key_and_csr};
 use crate::pki::tokens;
@@ -39,7 +40,11 @@ pub struct LocalFiles {
 }
 
 /// The leader subtree for this node: a `LeaderSupervisor` holding the leader's actors.
-pub fn leader_subtree(cluster: ClusterConfiguration, local: Option<LocalFiles>) -> LeaderSubtree {
+pub fn leader_subtree(
+    cluster: ClusterConfiguration,
+    local: Option<LocalFiles>,
+    api_addr: Option<std::net::SocketAddr>,
+) -> LeaderSubtree {
     Arc::new(move |leadership: Leadership| {
         let name = Election::leader_subtree_name(&leadership.node);
         let cluster = cluster.clone();
@@ -63,6 +68,19 @@ pub fn leader_subtree(cluster: ClusterConfiguration, local: Option<LocalFiles>) 
                     Bootstrap,
                     move || bootstrap_args.clone(),
                 );
+                let mut children = vec![bootstrap];
+                if let Some(addr) = api_addr {
+                    let api_args = ApiArgs {
+                        leadership: leadership.clone(),
+                        cluster: cluster.clone(),
+                        addr,
+                    };
+                    children.push(ChildSpec::actor(
+                        Api::name(&leadership.node),
+                        Api,
+                        move || api_args.clone(),
+                    ));
+                }
                 let args = SupervisorArgs {
                     strategy: Strategy::OneForOne,
                     intensity: Intensity {
@@ -73,7 +91,7 @@ pub fn leader_subtree(cluster: ClusterConfiguration, local: Option<LocalFiles>) 
                         initial: Duration::from_millis(200),
                         max: Duration::from_secs(10),
                     },
-                    children: vec![bootstrap],
+                    children,
                 };
                 let name = supervisor_name.clone();
                 async move {
