@@ -271,23 +271,7 @@ fn a_killed_agent_leaves_no_etcd_running() {
     if find_program("etcd").is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = cluster_file(dir.path());
-    let state = dir.path().join("state");
-    let mut agent = Agent::start(
-        &[
-            "init",
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--advertise-address",
-            "127.0.0.1",
-        ],
-        &dir.path().join("agent.log"),
-    );
+    let (_dir, _config, _state, mut agent) = init_node1();
     agent.wait_for("became leader", 1, Duration::from_secs(10));
     let etcd = etcd_pid(&agent.wait_for("etcd member starting", 1, Duration::from_secs(1)));
     agent.signal(Signal::SIGKILL);
@@ -355,6 +339,26 @@ fn init_refuses_bad_input_without_touching_the_state_dir() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an initialised state directory"));
 }
 
+/// A temp dir with a cluster file, and `kat-agent init` of node n1 on 127.0.0.1 in it.
+fn init_node1() -> (tempfile::TempDir, PathBuf, PathBuf, Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file(dir.path());
+    let state = dir.path().join("state");
+    let args = [
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--node-name",
+        "n1",
+        "--advertise-address",
+        "127.0.0.1",
+    ];
+    let agent = Agent::start(&args, &dir.path().join("agent.log"));
+    (dir, config, state, agent)
+}
+
 /// The apiPort written into a cluster file by `cluster_file`.
 fn api_port(config: &Path) -> u16 {
     let text = std::fs::read_to_string(config).unwrap();
@@ -373,23 +377,7 @@ fn a_node_joins_through_the_api_that_init_serves() {
     if find_program("etcd").is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = cluster_file(dir.path());
-    let state = dir.path().join("state");
-    let mut agent = Agent::start(
-        &[
-            "init",
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--node-name",
-            "n1",
-            "--advertise-address",
-            "127.0.0.1",
-        ],
-        &dir.path().join("agent.log"),
-    );
+    let (_dir, config, state, mut agent) = init_node1();
     agent.wait_for("API listening", 1, Duration::from_secs(10));
     agent.wait_for(
         "join token written (single use, expires in 24 h)",

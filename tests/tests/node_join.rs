@@ -264,3 +264,59 @@ async fn a_client_certificate_from_another_ca_is_refused() {
     client.join(join_request(&token, "w6", "w6")).await.unwrap();
     assert!(leader.registered("w6").await);
 }
+
+#[tokio::test]
+async fn a_joined_node_heartbeats_as_itself_only() {
+    use kat_actors::api::node_api::node_status_key;
+    use kat_proto::v1alpha1::{HeartbeatRequest, NodeState, NodeStatus};
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let mut anonymous = leader.client(None).await.unwrap();
+    // Join two nodes, keeping w1's key to present its certificate.
+    let (key, csr) = node_key_and_csr("w1").unwrap();
+    let mut request = join_request(&token, "w1", "w1");
+    request.csr_pem = csr;
+    let joined = anonymous.join(request).await.unwrap().into_inner();
+    anonymous
+        .join(join_request(&token, "w2", "w2"))
+        .await
+        .unwrap();
+
+    let beat = |node: &str| HeartbeatRequest {
+        node_name: node.to_owned(),
+        node_status: Some(NodeStatus::default()),
+        ..Default::default()
+    };
+    // Without a client certificate: Unauthenticated.
+    let err = anonymous.heartbeat(beat("w1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    let mut w1 = leader
+        .client(Some(Identity::from_pem(joined.certificate_pem, key)))
+        .await
+        .unwrap();
+    let reply = w1.heartbeat(beat("w1")).await.unwrap().into_inner();
+    assert!(reply.revision > 0);
+    let stored = leader
+        .store
+        .get(&node_status_key("w1"))
+        .await
+        .unwrap()
+        .expect("status recorded");
+    let status = NodeStatus::decode(stored.value.as_slice()).unwrap();
+    assert_eq!(status.state(), NodeState::Ready);
+    assert!(status.last_heartbeat.is_some());
+
+    // w1's certificate cannot speak for w2.
+    let err = w1.heartbeat(beat("w2")).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(
+        leader
+            .store
+            .get(&node_status_key("w2"))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing recorded for w2"
+    );
+}

@@ -152,6 +152,79 @@ pub async fn join(
     })
 }
 
+/// `/kat/status/nodes/<name>`: a node's last reported status.
+pub fn node_status_key(name: &str) -> String {
+    format!("/kat/status/nodes/{name}")
+}
+
+/// The node a request comes from: the CN of its client certificate, which the TLS
+/// layer has already checked against the cluster CA.
+pub fn caller_node<T>(request: &Request<T>) -> Result<String, Status> {
+    let certs = request
+        .peer_certs()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| Status::unauthenticated("this call needs the node's client certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs[0].as_ref())
+        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| Status::unauthenticated("client certificate without a common name"))
+}
+
+/// Records a node's heartbeat. A node may report only for itself.
+pub async fn heartbeat(
+    ctx: &NodeApiContext,
+    caller: &str,
+    req: HeartbeatRequest,
+    now: SystemTime,
+) -> Result<HeartbeatResponse, Status> {
+    if req.node_name != caller {
+        return Err(Status::permission_denied(format!(
+            "this certificate belongs to node {caller:?}; it cannot report for {:?}",
+            req.node_name
+        )));
+    }
+    let registered = ctx
+        .store
+        .get(&node_key(caller))
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if registered.is_none() {
+        return Err(Status::not_found(format!(
+            "node {caller:?} is not registered (join first)"
+        )));
+    }
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut status = req.node_status.unwrap_or_default();
+    status.state = NodeState::Ready.into();
+    status.last_heartbeat = Some(pbjson_types::Timestamp {
+        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
+    });
+    let txn = Txn::new()
+        .when([ctx.leader.fence()])
+        .and_then([TxnOp::put(node_status_key(caller), status.encode_to_vec())]);
+    let result = ctx
+        .store
+        .txn(txn)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    if !result.succeeded {
+        return Err(Status::unavailable(
+            "this member is no longer the leader; ask again",
+        ));
+    }
+    Ok(HeartbeatResponse {
+        revision: result.revision,
+        leader_address: String::new(),
+    })
+}
+
 /// The tonic service.
 #[derive(Clone)]
 pub struct NodeApiService {
@@ -177,9 +250,12 @@ impl NodeApi for NodeApiService {
 
     async fn heartbeat(
         &self,
-        _: Request<HeartbeatRequest>,
+        request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        Err(Status::unimplemented("heartbeats are not built yet"))
+        let caller = caller_node(&request)?;
+        heartbeat(&self.ctx, &caller, request.into_inner(), SystemTime::now())
+            .await
+            .map(Response::new)
     }
 
     type SyncStream = SyncStream;
