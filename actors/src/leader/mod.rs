@@ -16,11 +16,15 @@ use kat_proto::v1alpha1::{CertificateAuthority, ClusterConfiguration, TokenKind}
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+pub mod node_monitor;
+
 use crate::api::{Api, ApiArgs};
 use crate::election::{Election, LeaderSubtree, Leadership};
 use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, generate_ca, node_key_and_csr};
 use crate::pki::tokens;
 use crate::store::{Compare, StateStore, Txn, TxnOp, TxnOpResult};
+use node_monitor::{NodeMonitor, NodeMonitorArgs};
+
 use crate::supervision::{
     Backoff, ChildSpec, Intensity, Restart, StartFn, Strategy, Supervisor, SupervisorArgs,
 };
@@ -68,7 +72,17 @@ pub fn leader_subtree(
                     Bootstrap,
                     move || bootstrap_args.clone(),
                 );
-                let mut children = vec![bootstrap];
+                let monitor_args = NodeMonitorArgs {
+                    leadership: leadership.clone(),
+                    cluster: cluster.clone(),
+                    now: SystemTime::now,
+                };
+                let monitor = ChildSpec::actor(
+                    NodeMonitor::name(&leadership.node),
+                    NodeMonitor,
+                    move || monitor_args.clone(),
+                );
+                let mut children = vec![bootstrap, monitor];
                 if let Some(addr) = api_addr {
                     let api_args = ApiArgs {
                         leadership: leadership.clone(),

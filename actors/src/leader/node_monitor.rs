@@ -1,0 +1,209 @@
+//! `NodeMonitor` (leader; SPEC §6 failure detection): every `agentTickSeconds` it
+//! reads the nodes' last heartbeats and marks a Ready node NotReady once it has been
+//! silent for `nodeLossTimeoutSeconds`, recording a `NodeLost` event. A heartbeat
+//! makes the node Ready again (the node API does that).
+//!
+//! The decision is the pure [`lost_nodes`]; the actor feeds it and writes the result
+//! in one fenced transaction per node.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kat_proto::v1alpha1::{
+    ClusterConfiguration, Event, EventSeverity, NodeState, NodeStatus, ObjectReference,
+};
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::election::Leadership;
+use crate::store::{Compare, KeyValue, Txn, TxnOp};
+
+/// Prefix of the nodes' reported status.
+pub const NODE_STATUS_PREFIX: &str = "/kat/status/nodes/";
+/// Prefix of recorded events.
+pub const EVENTS_PREFIX: &str = "/kat/events/";
+
+fn seconds(t: SystemTime) -> i64 {
+    i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The Ready nodes whose last heartbeat is `timeout` or more before `now`.
+pub fn lost_nodes(
+    statuses: &[(String, NodeStatus)],
+    now: SystemTime,
+    timeout: Duration,
+) -> Vec<&str> {
+    let limit = seconds(now) - i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+    statuses
+        .iter()
+        .filter(|(_, s)| s.state() == NodeState::Ready)
+        .filter(|(_, s)| s.last_heartbeat.as_ref().is_none_or(|t| t.seconds <= limit))
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+#[derive(Clone)]
+pub struct NodeMonitorArgs {
+    pub leadership: Leadership,
+    pub cluster: ClusterConfiguration,
+    /// The wall clock (heartbeats carry wall-clock times); tests pass their own.
+    pub now: fn() -> SystemTime,
+}
+
+pub enum NodeMonitorMsg {
+    Tick,
+}
+
+pub struct NodeMonitorState {
+    args: NodeMonitorArgs,
+    timeout: Duration,
+    /// Nodes marked NotReady since this leader started (for tests and metrics).
+    marked: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeMonitor;
+
+impl NodeMonitor {
+    pub fn name(node: &str) -> String {
+        format!("node-monitor@{node}")
+    }
+}
+
+impl NodeMonitorState {
+    async fn check(&mut self) -> Result<(), ActorProcessingErr> {
+        let store = self.args.leadership.store.clone();
+        let (kvs, _) = store.list(NODE_STATUS_PREFIX).await?;
+        let mut statuses = Vec::new();
+        let mut by_name: Vec<(String, KeyValue)> = Vec::new();
+        for kv in kvs {
+            let Some(name) = kv.key.strip_prefix(NODE_STATUS_PREFIX).map(str::to_owned) else {
+                continue;
+            };
+            let Ok(status) = NodeStatus::decode(kv.value.as_slice()) else {
+                continue;
+            };
+            statuses.push((name.clone(), status));
+            by_name.push((name, kv));
+        }
+        let now = (self.args.now)();
+        for name in lost_nodes(&statuses, now, self.timeout) {
+            let Some((_, kv)) = by_name.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let Some((_, status)) = statuses.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let mut status = status.clone();
+            status.set_state(NodeState::NotReady);
+            let event = Event {
+                id: format!("{}-{name}-node-lost", seconds(now)),
+                time: Some(pbjson_types::Timestamp {
+                    seconds: seconds(now),
+                    nanos: 0,
+                }),
+                severity: EventSeverity::Warning.into(),
+                reason: "NodeLost".to_owned(),
+                message: format!(
+                    "no heartbeat from {name} for {} s; marked NotReady",
+                    self.timeout.as_secs()
+                ),
+                involved_object: Some(ObjectReference {
+                    kind: "Node".to_owned(),
+                    name: name.to_owned(),
+                    ..Default::default()
+                }),
+                node: name.to_owned(),
+            };
+            // A heartbeat that lands meanwhile wins: the compare on the status fails.
+            let txn = Txn::new()
+                .when([
+                    self.args.leadership.key.fence(),
+                    Compare::unchanged(kv.key.clone(), kv.mod_revision),
+                ])
+                .and_then([
+                    TxnOp::put(kv.key.clone(), status.encode_to_vec()),
+                    TxnOp::put(
+                        format!("{EVENTS_PREFIX}{}", event.id),
+                        event.encode_to_vec(),
+                    ),
+                ]);
+            if store.txn(txn).await?.succeeded {
+                self.marked += 1;
+                tracing::warn!(node = %name, timeout = ?self.timeout, "node lost: marked NotReady");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Actor for NodeMonitor {
+    type Msg = NodeMonitorMsg;
+    type State = NodeMonitorState;
+    type Arguments = NodeMonitorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<NodeMonitorMsg>,
+        args: NodeMonitorArgs,
+    ) -> Result<NodeMonitorState, ActorProcessingErr> {
+        let spec = args.cluster.spec.clone().unwrap_or_default();
+        let tick = Duration::from_secs(u64::from(spec.agent_tick_seconds.max(1)));
+        myself.send_interval(tick, || NodeMonitorMsg::Tick);
+        Ok(NodeMonitorState {
+            timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds)),
+            args,
+            marked: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<NodeMonitorMsg>,
+        msg: NodeMonitorMsg,
+        state: &mut NodeMonitorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMonitorMsg::Tick => {
+                // A failed round is logged and retried at the next tick, not fatal.
+                if let Err(e) = state.check().await {
+                    tracing::warn!(error = %e, "node check failed; retrying next tick");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: NodeState, last: Option<i64>) -> NodeStatus {
+        let mut s = NodeStatus {
+            last_heartbeat: last.map(|seconds| pbjson_types::Timestamp { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        s.set_state(state);
+        s
+    }
+
+    #[test]
+    fn only_ready_nodes_silent_for_the_timeout_are_lost() {
+        let now = UNIX_EPOCH + Duration::from_secs(1000);
+        let nodes = vec![
+            ("fresh".to_owned(), status(NodeState::Ready, Some(990))),
+            ("edge".to_owned(), status(NodeState::Ready, Some(940))),
+            ("stale".to_owned(), status(NodeState::Ready, Some(900))),
+            ("never".to_owned(), status(NodeState::Ready, None)),
+            ("already".to_owned(), status(NodeState::NotReady, Some(100))),
+        ];
+        assert_eq!(
+            lost_nodes(&nodes, now, Duration::from_secs(60)),
+            ["edge", "stale", "never"]
+        );
+        assert_eq!(
+            lost_nodes(&nodes, now, Duration::from_secs(61)),
+            ["stale", "never"]
+        );
+    }
+}
