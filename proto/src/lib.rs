@@ -20,5 +20,15 @@ pub mod v1alpha1 {
     include!(concat!(env!("OUT_DIR"), "/kat.v1alpha1.serde.rs"));
 }
 
+/// A wall-clock time as the proto `Timestamp` every resource uses (whole seconds and
+/// nanoseconds since the Unix epoch; times before it read as the epoch).
+pub fn timestamp(t: std::time::SystemTime) -> pbjson_types::Timestamp {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    pbjson_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// The crate's version, reported by `katcall version` and `kat-agent version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -36,6 +36,11 @@ pub struct NodeApiContext {
     pub cluster: ClusterConfiguration,
 }
 
+/// The store could not be reached or refused the request: the caller may retry.
+fn unavailable(e: crate::store::StoreError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
 /// Why a join was refused, as the joining node is told.
 fn refused_token() -> Status {
     // One message for every token problem: a caller learns nothing about which tokens exist.
@@ -55,7 +60,7 @@ pub async fn join(
         .store
         .get(&token_key)
         .await
-        .map_err(|e| Status::unavailable(e.to_string()))?
+        .map_err(unavailable)?
         .ok_or_else(refused_token)?;
     let mut record = StoredToken::decode(stored.value.as_slice()).map_err(|_| refused_token())?;
     tokens::check(&record, TokenKind::Join, secret, now).map_err(|_| refused_token())?;
@@ -74,7 +79,7 @@ pub async fn join(
         .store
         .get(&node_key)
         .await
-        .map_err(|e| Status::unavailable(e.to_string()))?
+        .map_err(unavailable)?
         .is_some()
     {
         return Err(Status::already_exists(format!(
@@ -130,11 +135,7 @@ pub async fn join(
             Compare::absent(&node_key),
         ])
         .and_then(then);
-    let result = ctx
-        .store
-        .txn(txn)
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let result = ctx.store.txn(txn).await.map_err(unavailable)?;
     if !result.succeeded {
         // Another join raced this one (same token or same name), or leadership moved.
         return Err(Status::aborted(
@@ -191,29 +192,19 @@ pub async fn heartbeat(
         .store
         .get(&node_key(caller))
         .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+        .map_err(unavailable)?;
     if registered.is_none() {
         return Err(Status::not_found(format!(
             "node {caller:?} is not registered (join first)"
         )));
     }
-    let since_epoch = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     let mut status = req.node_status.unwrap_or_default();
     status.state = NodeState::Ready.into();
-    status.last_heartbeat = Some(pbjson_types::Timestamp {
-        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(since_epoch.subsec_nanos()).unwrap_or(0),
-    });
+    status.last_heartbeat = Some(kat_proto::timestamp(now));
     let txn = Txn::new()
         .when([ctx.leader.fence()])
         .and_then([TxnOp::put(node_status_key(caller), status.encode_to_vec())]);
-    let result = ctx
-        .store
-        .txn(txn)
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let result = ctx.store.txn(txn).await.map_err(unavailable)?;
     if !result.succeeded {
         return Err(Status::unavailable(
             "this member is no longer the leader; ask again",

@@ -97,10 +97,7 @@ impl NodeMonitorState {
             status.set_state(NodeState::NotReady);
             let event = Event {
                 id: format!("{}-{name}-node-lost", seconds(now)),
-                time: Some(pbjson_types::Timestamp {
-                    seconds: seconds(now),
-                    nanos: 0,
-                }),
+                time: Some(kat_proto::timestamp(now)),
                 severity: EventSeverity::Warning.into(),
                 reason: "NodeLost".to_owned(),
                 message: format!(

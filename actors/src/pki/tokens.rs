@@ -2,8 +2,9 @@
 //! secret's SHA-256 with expiry and single-use bookkeeping. Plain functions; the API
 //! server and `kat-agent init` store and check them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+use kat_proto::timestamp;
 use kat_proto::v1alpha1::{StoredToken, TokenKind};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -38,14 +39,6 @@ fn sha256(secret: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
         .as_ref()
         .to_vec()
-}
-
-fn timestamp(t: SystemTime) -> pbjson_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    pbjson_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
 }
 
 /// The key a token is stored under.
@@ -127,6 +120,8 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     fn now() -> SystemTime {
