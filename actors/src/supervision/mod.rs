@@ -58,7 +58,13 @@ pub struct ChildSpec {
     /// Called when the child exits on its own and is not restarted (a temporary or
     /// transient child), e.g. so Election learns that its leader subtree is gone.
     pub on_exit: Option<ExitNotify>,
+    /// Called when the child failed and is about to be restarted, with its failure
+    /// reason: a policy hook (the agent subtree switches to Detached this way).
+    pub on_restart: Option<RestartNotify>,
 }
+
+/// Told a child's name and failure reason before it is restarted.
+pub type RestartNotify = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Told a child's name and whether it failed, when it exits for good.
 pub type ExitNotify = Arc<dyn Fn(&str, bool) + Send + Sync>;
@@ -88,6 +94,7 @@ impl ChildSpec {
             restart: Restart::Permanent,
             shutdown_timeout: Duration::from_secs(5),
             on_exit: None,
+            on_restart: None,
             start: StartFn::new(move |supervisor| {
                 let (actor, args, name) = (actor.clone(), args(), actor_name.clone());
                 async move {
@@ -287,6 +294,9 @@ impl SupervisorState {
             return Ok(());
         }
         tracing::warn!(%supervisor, child = %spec.name, failed, %reason, strategy = ?self.strategy, "child exited; restarting");
+        if let Some(notify) = &spec.on_restart {
+            notify(&spec.name, &reason);
+        }
         self.record_restart(myself).await?;
         let affected = policy::affected(self.strategy, i, self.children.len());
         for j in affected.clone().rev() {
