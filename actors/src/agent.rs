@@ -8,20 +8,31 @@
 //! DIR/etcd/          the etcd member's data (control-plane nodes)
 //! DIR/logs/etcd.log  etcd's own log
 //! DIR/pki/           ca.crt, node.crt, node.key (0600): this node's identity
-//! DIR/join-token     the first join token (0600), written by init's leader
+//! DIR/join-token     the first join token with the CA hash (0600), written by init's leader
+//! DIR/katcall.yaml   katcall's server URL, cluster CA and admin API token (0600), init only
 //! ```
+//!
+//! `kat-agent join` writes `agent.json` (role worker, the leader's API address),
+//! `cluster.kat` (as the leader sent it) and `pki/`.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kat_proto::quadlet::{self, ValidationErrors};
-use kat_proto::v1alpha1::ClusterConfiguration;
+use kat_proto::v1alpha1::node_api_client::NodeApiClient;
+use kat_proto::v1alpha1::{ClusterConfiguration, JoinRequest, NodeResources};
 use serde::{Deserialize, Serialize};
 
+use crate::api::ApiEndpoint;
+use crate::client::{api_channel, fetch_pinned_ca};
+use crate::heartbeat::TlsLeaderLink;
 use crate::leader::LocalFiles;
-use crate::node::{ControlPlaneOptions, start_control_plane_node};
+use crate::node::{AgentOptions, ControlPlaneOptions, start_node};
+use crate::pki::ca::node_key_and_csr;
+use crate::pki::pin::JoinCredential;
 use crate::store::StoreBackend;
 use crate::store::etcd_process::EtcdMemberConfig;
 
@@ -34,6 +45,10 @@ pub struct AgentIdentity {
     pub node_name: String,
     pub advertise_address: IpAddr,
     pub control_plane: bool,
+    /// Control-plane API addresses (HOST:PORT) this node reports to; a control-plane
+    /// member also tries its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leader_api: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +70,12 @@ pub enum AgentError {
     NodeName(String),
     #[error("the node's supervision tree failed: {0}")]
     Failed(String),
+    #[error("--token: {0}")]
+    Token(String),
+    #[error("join refused by {leader}: {message}")]
+    JoinRefused { leader: String, message: String },
+    #[error("--leader-api {0}")]
+    Leader(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -79,7 +100,9 @@ pub struct InitOptions {
 pub struct PreparedNode {
     pub identity: AgentIdentity,
     pub state_dir: PathBuf,
-    pub options: ControlPlaneOptions,
+    /// Control-plane members only.
+    pub control_plane: Option<ControlPlaneOptions>,
+    pub agent: AgentOptions,
 }
 
 /// This host's name, as a node name.
@@ -179,6 +202,7 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
             .advertise_address
             .unwrap_or_else(default_advertise_address),
         control_plane: true,
+        leader_api: Vec::new(),
     };
     crate::files::private_dir(dir).map_err(io_err(dir))?;
     write_private(&dir.join(CLUSTER_FILE), &config_bytes)?;
@@ -228,19 +252,31 @@ fn prepared(
     cluster: ClusterConfiguration,
     etcd_bin: &Path,
 ) -> PreparedNode {
-    let member = etcd_member(&identity, dir, &cluster, etcd_bin);
-    let backend = StoreBackend::Etcd(Box::new(member));
-    let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster);
-    let api_port = u16::try_from(cluster_api_port(&options.cluster)).unwrap_or_default();
-    options.api_addr = Some(SocketAddr::new(identity.advertise_address, api_port));
-    options.local_files = Some(LocalFiles {
-        state_dir: dir.to_path_buf(),
-        advertise_address: identity.advertise_address,
+    let api_port = u16::try_from(cluster_api_port(&cluster)).unwrap_or_default();
+    let own_api = SocketAddr::new(identity.advertise_address, api_port);
+    let control_plane = identity.control_plane.then(|| {
+        let member = etcd_member(&identity, dir, &cluster, etcd_bin);
+        let backend = StoreBackend::Etcd(Box::new(member));
+        let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster.clone());
+        options.api = Some(ApiEndpoint::Tcp(own_api));
+        options.local_files = Some(LocalFiles {
+            state_dir: dir.to_path_buf(),
+            advertise_address: identity.advertise_address,
+            api_port,
+        });
+        options
     });
+    let mut leader_api = identity.leader_api.clone();
+    if identity.control_plane && !leader_api.contains(&own_api.to_string()) {
+        leader_api.insert(0, own_api.to_string());
+    }
+    let link = Arc::new(TlsLeaderLink::new(dir.join("pki")));
+    let agent = AgentOptions::new(&identity.node_name, &cluster, leader_api, link);
     PreparedNode {
         identity,
         state_dir: dir.to_path_buf(),
-        options,
+        control_plane,
+        agent,
     }
 }
 
@@ -256,6 +292,13 @@ fn cluster_api_port(cluster: &ClusterConfiguration) -> u32 {
 pub fn etcd_env(state_dir: &Path) -> Result<String, AgentError> {
     let identity = read_identity(state_dir)?
         .ok_or_else(|| AgentError::NotInitialised(state_dir.display().to_string()))?;
+    if !identity.control_plane {
+        return Err(AgentError::Conflict(format!(
+            "node {:?} ({}) is not a control-plane member: it runs no etcd member",
+            identity.node_name,
+            state_dir.display()
+        )));
+    }
     let cluster = read_cluster(state_dir)?;
     let port = cluster.spec.map(|s| s.etcd_client_port).unwrap_or_default();
     let endpoint = SocketAddr::new(
@@ -269,6 +312,125 @@ pub fn etcd_env(state_dir: &Path) -> Result<String, AgentError> {
          # clear certificate settings left over from another cluster.\n\
          unset ETCDCTL_CACERT ETCDCTL_CERT ETCDCTL_KEY\n"
     ))
+}
+
+/// Flags of `kat-agent join`.
+#[derive(Clone)]
+pub struct JoinOptions {
+    pub state_dir: PathBuf,
+    /// The leader's API, HOST:PORT.
+    pub leader_api: String,
+    /// The join credential: `<id>.<secret>.<CA hash>` (DIR/join-token of the init node).
+    pub token: String,
+    pub node_name: Option<String>,
+    pub advertise_address: Option<IpAddr>,
+    pub etcd_bin: PathBuf,
+}
+
+/// This host's CPU (millicores) and memory, as the capacity a node reports at join.
+fn host_capacity() -> NodeResources {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .unwrap_or_default();
+    NodeResources {
+        cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
+        memory_bytes: memory * 1024,
+        gpus: Vec::new(),
+    }
+}
+
+/// `kat-agent join`: checks the leader against the CA hash in the token, makes this
+/// node's key and CSR here, joins, and records the certificate, CA, cluster
+/// configuration and identity in the state directory (identity last: a join that fails
+/// half-way leaves a directory `run` refuses and `join` can retry).
+pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
+    let dir = &opts.state_dir;
+    if let Some(identity) = read_identity(dir)? {
+        return Err(AgentError::Conflict(format!(
+            "{} already belongs to node {:?}; start it with `kat-agent run --state-dir {}`",
+            dir.display(),
+            identity.node_name,
+            dir.display()
+        )));
+    }
+    let credential =
+        JoinCredential::parse(&opts.token).map_err(|e| AgentError::Token(e.to_string()))?;
+    let node_name = match &opts.node_name {
+        Some(name) => name.clone(),
+        None => default_node_name()?,
+    };
+    if let Some(problem) = kat_proto::names::dns_label_problem(&node_name) {
+        return Err(AgentError::NodeName(problem));
+    }
+    let advertise_address = opts
+        .advertise_address
+        .unwrap_or_else(default_advertise_address);
+    let leader = opts.leader_api.clone();
+    if leader.parse::<SocketAddr>().is_err() && !leader.contains(':') {
+        return Err(AgentError::Leader(format!(
+            "{leader:?}: expected HOST:PORT"
+        )));
+    }
+    let ca_pem = fetch_pinned_ca(&leader, &credential.ca_sha256)
+        .await
+        .map_err(|e| AgentError::Leader(e.to_string()))?;
+    let (key_pem, csr_pem) =
+        node_key_and_csr(&node_name).map_err(|e| AgentError::Failed(e.to_string()))?;
+    let channel =
+        api_channel(&leader, &ca_pem, None).map_err(|e| AgentError::Leader(e.to_string()))?;
+    let request = JoinRequest {
+        token: credential.token.clone(),
+        node_name: node_name.clone(),
+        csr_pem,
+        advertise_address: advertise_address.to_string(),
+        capacity: Some(host_capacity()),
+        agent_version: kat_proto::VERSION.to_owned(),
+        ..Default::default()
+    };
+    let response = NodeApiClient::new(channel)
+        .join(request)
+        .await
+        .map_err(|status| AgentError::JoinRefused {
+            leader: leader.clone(),
+            message: status.message().to_owned(),
+        })?
+        .into_inner();
+    let cluster = response
+        .cluster
+        .clone()
+        .ok_or_else(|| AgentError::JoinRefused {
+            leader: leader.clone(),
+            message: "the answer carried no cluster configuration".to_owned(),
+        })?;
+
+    crate::files::private_dir(dir).map_err(io_err(dir))?;
+    let pki = dir.join("pki");
+    crate::files::private_dir(&pki).map_err(io_err(&pki))?;
+    write_private(&pki.join("node.key"), key_pem.as_bytes())?;
+    let public = |path: &Path, data: &str| {
+        crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
+    };
+    public(&pki.join("node.crt"), &response.certificate_pem)?;
+    public(&pki.join("ca.crt"), &response.ca_pem)?;
+    let yaml = quadlet::to_yaml(&cluster).map_err(|e| AgentError::Failed(e.to_string()))?;
+    write_private(&dir.join(CLUSTER_FILE), yaml.as_bytes())?;
+    let identity = AgentIdentity {
+        node_name,
+        advertise_address,
+        control_plane: false,
+        leader_api: vec![leader],
+    };
+    let json =
+        serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;
+    write_private(&dir.join(IDENTITY_FILE), &json)?;
+    tracing::info!(node = %identity.node_name, address = %identity.advertise_address, state_dir = %dir.display(), "joined the cluster");
+    Ok(prepared(identity, dir, cluster, &opts.etcd_bin))
 }
 
 /// How a node's run ended.
@@ -286,9 +448,13 @@ pub async fn run_until(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, AgentError> {
     std::fs::create_dir_all(node.state_dir.join("logs")).map_err(io_err(&node.state_dir))?;
-    let (supervisor, join) = start_control_plane_node(&node.options)
-        .await
-        .map_err(|e| AgentError::Failed(e.to_string()))?;
+    let (supervisor, join) = start_node(
+        &node.identity.node_name,
+        node.control_plane.as_ref(),
+        Some(&node.agent),
+    )
+    .await
+    .map_err(|e| AgentError::Failed(e.to_string()))?;
     tokio::pin!(join);
     tokio::select! {
         () = shutdown => {

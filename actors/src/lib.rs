@@ -7,8 +7,10 @@
 
 pub mod agent;
 pub mod api;
+pub mod client;
 pub mod election;
 pub mod files;
+pub mod heartbeat;
 pub mod leader;
 pub mod node;
 pub mod pki;

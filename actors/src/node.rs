@@ -4,19 +4,27 @@
 //! |---|---|---|---|
 //! | `node@N` (NodeSupervisor) | one_for_one | 3 in 5 min, then the agent exits non-zero | `control-plane@N` |
 //! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, then `leader@N` while leading |
-//! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N` |
+//! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N`, `node-monitor@N`, `api@N` |
+//! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N` |
+//!
+//! Every node runs `agent@N`; control-plane members also run `control-plane@N` (first).
+//! When Heartbeat fails (no leader answered for the loss timeout), `agent@N`'s policy
+//! switches the node to Detached before restarting it (see [`crate::heartbeat`]).
 //!
 //! rest_for_one in the control plane: if the Store (etcd) restarts, Election restarts
 //! after it with a fresh lease, and the leader subtree is dropped until Election wins
 //! again. Names carry the node so several nodes can share one process (simulation).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kat_proto::v1alpha1::ClusterConfiguration;
 use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::task::JoinHandle;
 
+use crate::api::ApiEndpoint;
 use crate::election::{Election, ElectionArgs};
+use crate::heartbeat::{AgentMode, Heartbeat, HeartbeatArgs, LeaderLink, ModeCell, new_mode_cell};
 use crate::leader::{LocalFiles, leader_subtree};
 use crate::store::{Store, StoreArgs, StoreBackend};
 use crate::supervision::{
@@ -38,8 +46,9 @@ pub struct ControlPlaneOptions {
     pub etcd_health_timeout: Duration,
     /// Where this node keeps its certificate and the first join token (init's node).
     pub local_files: Option<LocalFiles>,
-    /// Where the leader's API listens when this node leads (advertise address, apiPort).
-    pub api_addr: Option<std::net::SocketAddr>,
+    /// Where the leader's API is served when this node leads (TCP: advertise address
+    /// and apiPort).
+    pub api: Option<ApiEndpoint>,
 }
 
 impl ControlPlaneOptions {
@@ -51,7 +60,7 @@ impl ControlPlaneOptions {
             lease_ttl: Duration::from_secs(5),
             etcd_health_timeout: Duration::from_secs(30),
             local_files: None,
-            api_addr: None,
+            api: None,
         }
     }
 }
@@ -78,7 +87,7 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
         leader_subtree: Some(leader_subtree(
             opts.cluster.clone(),
             opts.local_files.clone(),
-            opts.api_addr,
+            opts.api.clone(),
         )),
     };
     let election = ChildSpec::actor(Election::name(&node), Election, move || {
@@ -93,6 +102,7 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
         // Children's timeouts and kill waits add up to about 45 s.
         shutdown_timeout: Duration::from_secs(60),
         on_exit: None,
+        on_restart: None,
         start: StartFn::new(move |parent| {
             let args = SupervisorArgs {
                 strategy: Strategy::RestForOne,
@@ -115,10 +125,120 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
     }
 }
 
+/// What every node's agent subtree runs.
+#[derive(Clone)]
+pub struct AgentOptions {
+    pub node: String,
+    /// Control-plane API addresses Heartbeat tries.
+    pub leader_api: Vec<String>,
+    pub tick: Duration,
+    pub loss_timeout: Duration,
+    pub link: Arc<dyn LeaderLink>,
+    /// The node's Attached/Detached mode; created with [`new_mode_cell`].
+    pub mode: ModeCell,
+}
+
+impl AgentOptions {
+    /// Options with the cluster's tick and loss timeout.
+    pub fn new(
+        node: &str,
+        cluster: &ClusterConfiguration,
+        leader_api: Vec<String>,
+        link: Arc<dyn LeaderLink>,
+    ) -> Self {
+        let spec = cluster.spec.clone().unwrap_or_default();
+        Self {
+            node: node.to_owned(),
+            leader_api,
+            tick: Duration::from_secs(u64::from(spec.agent_tick_seconds.max(1))),
+            loss_timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds.max(1))),
+            link,
+            mode: new_mode_cell(),
+        }
+    }
+}
+
+/// Name of node `node`'s agent supervisor.
+pub fn agent_supervisor_name(node: &str) -> String {
+    format!("agent@{node}")
+}
+
+/// `agent@N`: one_for_one over the node's own work. A failed Heartbeat (no leader
+/// answered for the loss timeout) switches the node to Detached before it restarts.
+fn agent_spec(opts: &AgentOptions) -> ChildSpec {
+    let heartbeat_args = HeartbeatArgs {
+        node: opts.node.clone(),
+        targets: opts.leader_api.clone(),
+        tick: opts.tick,
+        loss_timeout: opts.loss_timeout,
+        max_backoff: Duration::from_secs(30).max(opts.tick),
+        link: opts.link.clone(),
+        mode: opts.mode.clone(),
+    };
+    let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
+        heartbeat_args.clone()
+    });
+    let mode = opts.mode.clone();
+    let node = opts.node.clone();
+    heartbeat.on_restart = Some(Arc::new(move |_, reason| {
+        if *mode.borrow() != AgentMode::Detached {
+            tracing::warn!(%node, %reason, "no leader reachable: node is Detached; local work continues");
+            mode.send_replace(AgentMode::Detached);
+        }
+    }));
+    let children = vec![heartbeat];
+    let name = agent_supervisor_name(&opts.node);
+    let sup_name = name.clone();
+    ChildSpec {
+        name,
+        restart: crate::supervision::Restart::Permanent,
+        shutdown_timeout: Duration::from_secs(30),
+        on_exit: None,
+        on_restart: None,
+        start: StartFn::new(move |parent| {
+            let args = SupervisorArgs {
+                strategy: Strategy::OneForOne,
+                // A detach costs one restart; flapping links get some slack.
+                intensity: Intensity {
+                    max_restarts: 10,
+                    window: Duration::from_secs(60),
+                },
+                backoff: Backoff {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(5),
+                },
+                children: children.clone(),
+            };
+            let name = sup_name.clone();
+            async move {
+                let (sup, _) = Actor::spawn_linked(Some(name), Supervisor, args, parent).await?;
+                Ok(sup.get_cell())
+            }
+        }),
+    }
+}
+
 /// Starts a control-plane node's tree; the handle ends when the tree has stopped.
 pub async fn start_control_plane_node(
     opts: &ControlPlaneOptions,
 ) -> Result<(ActorRef<SupervisorMsg>, JoinHandle<()>), SpawnErr> {
+    start_node(&opts.node, Some(opts), None).await
+}
+
+/// Starts node `node`'s tree: the control-plane subtree on control-plane members, then
+/// the agent subtree. The handle ends when the tree has stopped.
+pub async fn start_node(
+    node: &str,
+    control_plane: Option<&ControlPlaneOptions>,
+    agent: Option<&AgentOptions>,
+) -> Result<(ActorRef<SupervisorMsg>, JoinHandle<()>), SpawnErr> {
+    let mut children = Vec::new();
+    if let Some(cp) = control_plane {
+        children.push(control_plane_spec(cp));
+    }
+    if let Some(agent) = agent {
+        children.push(agent_spec(agent));
+    }
     let args = SupervisorArgs {
         strategy: Strategy::OneForOne,
         intensity: Intensity {
@@ -129,7 +249,7 @@ pub async fn start_control_plane_node(
             initial: Duration::from_secs(1),
             max: Duration::from_secs(30),
         },
-        children: vec![control_plane_spec(opts)],
+        children,
     };
-    Actor::spawn(Some(node_supervisor_name(&opts.node)), Supervisor, args).await
+    Actor::spawn(Some(node_supervisor_name(node)), Supervisor, args).await
 }

@@ -49,3 +49,6 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
         LogFormat::Text => builder.init(),
     }
 }
+
+pub mod output;
+pub mod remote;

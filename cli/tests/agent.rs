@@ -4,126 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
-use std::io::BufRead;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kat_tests::programs::{find_program, free_port};
+use common::{Agent, cluster_file, etcd_pid, settle, wait_dead};
+use kat_actors::pki::pin::JoinCredential;
+use kat_tests::programs::find_program;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    fn start(args: &[&str], log: &Path) -> Agent {
-        let out = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
-            .args(["--log-format", "json"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Agent {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// Log records (JSON lines) whose message is `message`.
-    fn records(&self, message: &str) -> Vec<serde_json::Value> {
-        let file = std::fs::File::open(&self.log).unwrap();
-        std::io::BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
-    }
-
-    /// Waits until the log has `count` records with `message`; returns the last.
-    fn wait_for(&mut self, message: &str, count: usize, within: Duration) -> serde_json::Value {
-        let started = Instant::now();
-        loop {
-            let found = self.records(message);
-            if found.len() >= count {
-                return found[count - 1].clone();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "agent exited ({status}) before logging {message:?}:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap()
-                );
-            }
-            assert!(
-                started.elapsed() < within,
-                "no {message:?} (#{count}) within {within:?}:\n{}",
-                std::fs::read_to_string(&self.log).unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-}
-
-/// Whether a process is gone (or a zombie nobody reaped yet).
-fn is_dead(pid: i64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
-fn wait_dead(pid: i64, within: Duration) {
-    let started = Instant::now();
-    while !is_dead(pid) {
-        assert!(
-            started.elapsed() < within,
-            "process {pid} still running after {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn cluster_file(dir: &Path) -> PathBuf {
-    let path = dir.join("cluster.kat");
-    let text = format!(
-        "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: test}}\n\
-         spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n",
-        free_port(),
-        free_port(),
-        free_port()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn settle(d: Duration) {
-    std::thread::sleep(d);
-}
-
-fn etcd_pid(record: &serde_json::Value) -> i64 {
-    record["fields"]["pid"]
-        .as_i64()
-        .expect("pid in the etcd start record")
-}
 
 #[test]
 fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
@@ -177,7 +68,8 @@ fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
             .starts_with("-----BEGIN CERTIFICATE-----")
     );
     let join_token = std::fs::read_to_string(state.join("join-token")).unwrap();
-    let (token_id, _) = kat_actors::pki::tokens::parse(&join_token).unwrap();
+    let credential = JoinCredential::parse(&join_token).unwrap();
+    let (token_id, _) = kat_actors::pki::tokens::parse(&credential.token).unwrap();
 
     // The cluster configuration is readable with etcdctl at the documented key.
     let env = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
@@ -384,10 +276,9 @@ fn a_node_joins_through_the_api_that_init_serves() {
         1,
         Duration::from_secs(10),
     );
-    let token = std::fs::read_to_string(state.join("join-token"))
+    let token = JoinCredential::parse(&std::fs::read_to_string(state.join("join-token")).unwrap())
         .unwrap()
-        .trim()
-        .to_owned();
+        .token;
     let ca = std::fs::read_to_string(state.join("pki/ca.crt")).unwrap();
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -181,8 +181,7 @@ fn help_lists_the_commands_of_the_spec() {
 fn commands_not_built_yet_say_so_and_fail() {
     for args in [
         vec!["apply", "-f", "examples/web"],
-        vec!["get", "nodes"],
-        vec!["token", "create", "join"],
+        vec!["get", "workloads"],
         vec!["drain", "n1"],
     ] {
         let out = katcall(&args);
@@ -194,9 +193,70 @@ fn commands_not_built_yet_say_so_and_fail() {
         );
         assert!(out.stdout.is_empty());
     }
-    let out = kat_agent(&["join", "--leader-api", "127.0.0.1:9115", "--token", "t"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("kat-agent join: not implemented in this build"));
+}
+
+#[test]
+fn remote_commands_without_configuration_say_what_to_pass() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [vec!["get", "nodes"], vec!["token", "create", "join"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_katcall"))
+            .args(&args)
+            .env_remove("KAT_CONFIG")
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("no configuration at"), "{err}");
+        assert!(err.contains("pass --config FILE"), "{err}");
+    }
+    let missing = home.path().join("nope.yaml");
+    let out = katcall(&["--config", missing.to_str().unwrap(), "get", "nodes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("nope.yaml: No such file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let bad = home.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "server: http://x:1\ncertificateAuthority: x\ntoken: y\n",
+    )
+    .unwrap();
+    let out = katcall(&["--config", bad.to_str().unwrap(), "get", "nodes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("bad.yaml: server: \"http://x:1\" must start with https://"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn join_refuses_a_token_without_the_ca_hash_before_any_network_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = kat_agent(&[
+        "join",
+        "--leader-api",
+        "127.0.0.1:9",
+        "--token",
+        "0123456789ab.0123456789abcdef0123456789abcdef",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--node-name",
+        "n2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("--token: malformed join token (expected <id>.<secret>.<CA hash>"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!state.exists());
 }
 
 #[test]

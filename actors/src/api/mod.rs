@@ -6,6 +6,7 @@
 //! transaction. The other node-API calls and the user API come next.
 
 pub mod node_api;
+pub mod user_api;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,12 +25,39 @@ use node_api::NodeApiContext;
 /// leading.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
+/// Where the leader's API is served.
+#[derive(Clone)]
+pub enum ApiEndpoint {
+    /// TLS on this address (the node's advertise address and `apiPort`).
+    Tcp(SocketAddr),
+    /// In this process, for simulations: the node API's handlers are entered in
+    /// `directory` under `addr` while this node leads, and simulated agents call them
+    /// directly (see `kat-tests`' simulated cluster).
+    InProcess {
+        addr: String,
+        directory: ApiDirectory,
+    },
+}
+
+impl std::fmt::Debug for ApiEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "Tcp({addr})"),
+            Self::InProcess { addr, .. } => write!(f, "InProcess({addr})"),
+        }
+    }
+}
+
+/// The in-process "network" of a simulated cluster: API address → the node API of the
+/// leader serving there.
+pub type ApiDirectory =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, NodeApiContext>>>;
+
 #[derive(Clone)]
 pub struct ApiArgs {
     pub leadership: Leadership,
     pub cluster: ClusterConfiguration,
-    /// Where to listen: this node's advertise address and `apiPort`.
-    pub addr: SocketAddr,
+    pub endpoint: ApiEndpoint,
 }
 
 pub enum ApiMsg {
@@ -39,12 +67,30 @@ pub enum ApiMsg {
 
 pub struct ApiState {
     stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
+    server: Option<JoinHandle<()>>,
+    /// In-process endpoint: where this leader entered itself.
+    registered: Option<(ApiDirectory, String, i64)>,
 }
 
 impl Drop for ApiState {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+        self.unregister();
+    }
+}
+
+impl ApiState {
+    fn unregister(&mut self) {
+        if let Some((directory, addr, revision)) = self.registered.take()
+            && let Ok(mut map) = directory.lock()
+            && map
+                .get(&addr)
+                .is_some_and(|ctx| ctx.leader.create_revision == revision)
+        {
+            map.remove(&addr);
+        }
     }
 }
 
@@ -76,20 +122,38 @@ impl Actor for Api {
             .unwrap_or_default();
         let store = args.leadership.store.clone();
         let ca = ensure_ca(store.as_ref(), &args.leadership, &name).await?;
-        let signer = ClusterCa::from_pem(&ca)?;
-        let names = [args.leadership.node.clone(), "localhost".to_owned()];
-        let server_cert =
-            signer.issue_server_cert(&names, &[args.addr.ip()], SERVER_CERT_VALIDITY)?;
-        // Bind here, so a taken port fails the start (and the supervisor retries).
-        let listener = tokio::net::TcpListener::bind(args.addr)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
         let ctx = NodeApiContext {
             store,
             leader: args.leadership.key.clone(),
-            ca,
+            ca: ca.clone(),
             cluster: args.cluster.clone(),
         };
+        let addr = match &args.endpoint {
+            ApiEndpoint::Tcp(addr) => *addr,
+            ApiEndpoint::InProcess { addr, directory } => {
+                directory
+                    .lock()
+                    .map_err(|_| "API directory poisoned")?
+                    .insert(addr.clone(), ctx);
+                tracing::info!(node = %args.leadership.node, %addr, "API serving in process");
+                return Ok(ApiState {
+                    stop: None,
+                    server: None,
+                    registered: Some((
+                        directory.clone(),
+                        addr.clone(),
+                        args.leadership.key.create_revision,
+                    )),
+                });
+            }
+        };
+        let signer = ClusterCa::from_pem(&ca)?;
+        let names = [args.leadership.node.clone(), "localhost".to_owned()];
+        let server_cert = signer.issue_server_cert(&names, &[addr.ip()], SERVER_CERT_VALIDITY)?;
+        // Bind here, so a taken port fails the start (and the supervisor retries).
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let result = node_api::serve(listener, &server_cert, ctx, async {
@@ -102,10 +166,11 @@ impl Actor for Api {
             };
             let _ = myself.send_message(ApiMsg::ServerExited(why));
         });
-        tracing::info!(node = %args.leadership.node, addr = %args.addr, "API listening");
+        tracing::info!(node = %args.leadership.node, %addr, "API listening");
         Ok(ApiState {
             stop: Some(stop),
-            server,
+            server: Some(server),
+            registered: None,
         })
     }
 
@@ -126,10 +191,13 @@ impl Actor for Api {
         _myself: ActorRef<ApiMsg>,
         state: &mut ApiState,
     ) -> Result<(), ActorProcessingErr> {
+        state.unregister();
         if let Some(stop) = state.stop.take() {
             let _ = stop.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut state.server).await;
+        if let Some(server) = &mut state.server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
         Ok(())
     }
 }

@@ -8,15 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kat_proto::v1alpha1::node_api_server::{NodeApi, NodeApiServer};
+use kat_proto::v1alpha1::user_api_server::UserApiServer;
 use kat_proto::v1alpha1::{
-    ClusterConfiguration, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, Node,
-    NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta, RenewCertificateRequest,
-    RenewCertificateResponse, StoredToken, SyncEvent, SyncRequest, TokenKind,
+    ClusterConfiguration, EventSeverity, HeartbeatRequest, HeartbeatResponse, JoinRequest,
+    JoinResponse, Node, NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta,
+    RenewCertificateRequest, RenewCertificateResponse, StoredToken, SyncEvent, SyncRequest,
+    TokenKind,
 };
 use prost::Message;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
+use super::user_api::UserApiService;
+use crate::leader::node_monitor::node_event;
 use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, PkiError};
 use crate::pki::tokens;
 use crate::store::election::LeaderKey;
@@ -201,19 +205,52 @@ pub async fn heartbeat(
     let mut status = req.node_status.unwrap_or_default();
     status.state = NodeState::Ready.into();
     status.last_heartbeat = Some(kat_proto::timestamp(now));
-    let txn = Txn::new()
-        .when([ctx.leader.fence()])
-        .and_then([TxnOp::put(node_status_key(caller), status.encode_to_vec())]);
-    let result = ctx.store.txn(txn).await.map_err(unavailable)?;
-    if !result.succeeded {
-        return Err(Status::unavailable(
-            "this member is no longer the leader; ask again",
-        ));
+    let key = node_status_key(caller);
+    // NodeMonitor may mark the node NotReady at the same moment: the write compares the
+    // status it read, and is tried again on a race.
+    for _ in 0..3 {
+        let previous = ctx.store.get(&key).await.map_err(unavailable)?;
+        let was = previous
+            .as_ref()
+            .and_then(|kv| NodeStatus::decode(kv.value.as_slice()).ok())
+            .map(|s| s.state());
+        let mut then = vec![TxnOp::put(&key, status.encode_to_vec())];
+        let event = if req.rejoining {
+            Some((
+                "NodeRejoined",
+                "rejoined after running detached; the leader's view wins".to_owned(),
+            ))
+        } else if was != Some(NodeState::Ready) {
+            Some(("NodeReady", "heartbeats arrive; Ready".to_owned()))
+        } else {
+            None
+        };
+        if let Some((reason, message)) = event {
+            let (event_key, event) =
+                node_event(caller, reason, EventSeverity::Normal, message, now);
+            then.push(TxnOp::put(event_key, event.encode_to_vec()));
+        }
+        let unchanged = match &previous {
+            Some(kv) => Compare::unchanged(&key, kv.mod_revision),
+            None => Compare::absent(&key),
+        };
+        let txn = Txn::new()
+            .when([ctx.leader.fence(), unchanged])
+            .and_then(then);
+        let result = ctx.store.txn(txn).await.map_err(unavailable)?;
+        if result.succeeded {
+            if was != Some(NodeState::Ready) || req.rejoining {
+                tracing::info!(node = %caller, rejoining = req.rejoining, "node Ready");
+            }
+            return Ok(HeartbeatResponse {
+                revision: result.revision,
+                leader_address: String::new(),
+            });
+        }
     }
-    Ok(HeartbeatResponse {
-        revision: result.revision,
-        leader_address: String::new(),
-    })
+    Err(Status::unavailable(
+        "the status write kept conflicting (or this member no longer leads); ask again",
+    ))
 }
 
 /// The tonic service.
@@ -265,7 +302,7 @@ impl NodeApi for NodeApiService {
     }
 }
 
-/// Serves the node API with TLS on `listener` until `shutdown` resolves. Client
+/// Serves the node API and the user API with TLS on `listener` until `shutdown` resolves. Client
 /// certificates from the cluster CA are requested but optional: `Join` comes before
 /// the node has one; the calls after it will require one.
 pub async fn serve(
@@ -275,8 +312,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let tls = ServerTlsConfig::new()
+        // The chain carries the CA too: a joining node checks it against its pin.
         .identity(Identity::from_pem(
-            &server_cert.cert_pem,
+            format!("{}\n{}", server_cert.cert_pem.trim_end(), ctx.ca.cert_pem),
             &server_cert.key_pem,
         ))
         .client_ca_root(Certificate::from_pem(&ctx.ca.cert_pem))
@@ -284,7 +322,8 @@ pub async fn serve(
     Server::builder()
         .tls_config(tls)?
         .timeout(Duration::from_secs(30))
-        .add_service(NodeApiServer::new(NodeApiService::new(ctx)))
+        .add_service(NodeApiServer::new(NodeApiService::new(ctx.clone())))
+        .add_service(UserApiServer::new(UserApiService::new(ctx)))
         .serve_with_incoming_shutdown(
             tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -12,16 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kat_proto::v1alpha1::{CertificateAuthority, ClusterConfiguration, TokenKind};
+use kat_proto::v1alpha1::{
+    CertificateAuthority, ClusterConfiguration, Node, NodeRole, NodeSpec, ObjectMeta, TokenKind,
+};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 pub mod node_monitor;
 
-use crate::api::{Api, ApiArgs};
+use crate::api::node_api::node_key;
+use crate::api::{Api, ApiArgs, ApiEndpoint};
+use crate::client::KatcallConfig;
 use crate::election::{Election, LeaderSubtree, Leadership};
 use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, generate_ca, node_key_and_csr};
-use crate::pki::tokens;
+use crate::pki::{pin, tokens};
 use crate::store::{Compare, StateStore, Txn, TxnOp, TxnOpResult};
 use node_monitor::{NodeMonitor, NodeMonitorArgs};
 
@@ -41,18 +45,21 @@ pub const CA_KEY: &str = "/kat/pki/ca";
 pub struct LocalFiles {
     pub state_dir: PathBuf,
     pub advertise_address: IpAddr,
+    /// The API's port (for `katcall.yaml`'s server URL).
+    pub api_port: u16,
 }
 
 /// The leader subtree for this node: a `LeaderSupervisor` holding the leader's actors.
 pub fn leader_subtree(
     cluster: ClusterConfiguration,
     local: Option<LocalFiles>,
-    api_addr: Option<std::net::SocketAddr>,
+    api: Option<ApiEndpoint>,
 ) -> LeaderSubtree {
     Arc::new(move |leadership: Leadership| {
         let name = Election::leader_subtree_name(&leadership.node);
         let cluster = cluster.clone();
         let local = local.clone();
+        let api = api.clone();
         let supervisor_name = name.clone();
         ChildSpec {
             name,
@@ -61,6 +68,7 @@ pub fn leader_subtree(
             shutdown_timeout: Duration::from_secs(15),
             // Election sets this to hear when the subtree dies on its own.
             on_exit: None,
+            on_restart: None,
             start: StartFn::new(move |parent| {
                 let bootstrap_args = BootstrapArgs {
                     leadership: leadership.clone(),
@@ -83,11 +91,11 @@ pub fn leader_subtree(
                     move || monitor_args.clone(),
                 );
                 let mut children = vec![bootstrap, monitor];
-                if let Some(addr) = api_addr {
+                if let Some(endpoint) = api.clone() {
                     let api_args = ApiArgs {
                         leadership: leadership.clone(),
                         cluster: cluster.clone(),
-                        addr,
+                        endpoint,
                     };
                     children.push(ChildSpec::actor(
                         Api::name(&leadership.node),
@@ -264,6 +272,8 @@ async fn write_node_files(
             .map_err(file_err(&cert_path))?;
         tracing::info!(node = %leadership.node, path = %cert_path.display(), "node certificate written");
     }
+    register_local_node(leadership, local).await?;
+    write_katcall_config(ca, leadership, local).await?;
     let token_path = local.state_dir.join("join-token");
     if !token_path.exists() {
         let (token, record) = tokens::generate(
@@ -282,14 +292,90 @@ async fn write_node_files(
         if !leadership.store.txn(txn).await?.succeeded {
             return Err("not the leader any more; join token not created".into());
         }
-        crate::files::write_atomic(&token_path, format!("{token}\n").as_bytes(), 0o600)
+        let credential = pin::join_credential(&token, &ca.cert_pem)?;
+        crate::files::write_atomic(&token_path, format!("{credential}\n").as_bytes(), 0o600)
             .map_err(file_err(&token_path))?;
         tracing::info!(
             node = %leadership.node,
             path = %token_path.display(),
             "join token written (single use, expires in 24 h)"
         );
+        println!("join token:     {}", token_path.display());
     }
+    Ok(())
+}
+
+/// Registers init's node (a control-plane member) at `/kat/nodes/<name>` once.
+async fn register_local_node(
+    leadership: &Leadership,
+    local: &LocalFiles,
+) -> Result<(), ActorProcessingErr> {
+    let key = node_key(&leadership.node);
+    if leadership.store.get(&key).await?.is_some() {
+        return Ok(());
+    }
+    let node = Node {
+        api_version: kat_proto::quadlet::API_VERSION.to_owned(),
+        kind: "Node".to_owned(),
+        metadata: Some(ObjectMeta {
+            name: leadership.node.clone(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            advertise_address: local.advertise_address.to_string(),
+            role: NodeRole::ControlPlane.into(),
+            agent_version: kat_proto::VERSION.to_owned(),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let txn = Txn::new()
+        .when([leadership.key.fence(), Compare::absent(&key)])
+        .and_then([TxnOp::put(&key, node.encode_to_vec())]);
+    if leadership.store.txn(txn).await?.succeeded {
+        tracing::info!(node = %leadership.node, "node registered (control plane)");
+    }
+    Ok(())
+}
+
+/// Creates the admin API token and writes `DIR/katcall.yaml` (0600), once.
+async fn write_katcall_config(
+    ca: &CertAndKey,
+    leadership: &Leadership,
+    local: &LocalFiles,
+) -> Result<(), ActorProcessingErr> {
+    let path = local.state_dir.join("katcall.yaml");
+    if path.exists() {
+        return Ok(());
+    }
+    let (token, record) = tokens::generate(
+        TokenKind::Api,
+        None,
+        true,
+        "admin token created by kat-agent init",
+        SystemTime::now(),
+    )?;
+    let txn = Txn::new()
+        .when([leadership.key.fence()])
+        .and_then([TxnOp::put(
+            tokens::key(TokenKind::Api, &record.id),
+            record.encode_to_vec(),
+        )]);
+    if !leadership.store.txn(txn).await?.succeeded {
+        return Err("not the leader any more; API token not created".into());
+    }
+    let config = KatcallConfig {
+        server: format!(
+            "https://{}",
+            std::net::SocketAddr::new(local.advertise_address, local.api_port)
+        ),
+        certificate_authority: ca.cert_pem.clone(),
+        token,
+    };
+    crate::files::write_atomic(&path, config.to_yaml().as_bytes(), 0o600)
+        .map_err(file_err(&path))?;
+    tracing::info!(node = %leadership.node, path = %path.display(), "katcall configuration written (admin API token)");
+    println!("katcall config: {}", path.display());
     Ok(())
 }
 

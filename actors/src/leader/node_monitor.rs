@@ -26,6 +26,35 @@ fn seconds(t: SystemTime) -> i64 {
     i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()).unwrap_or(i64::MAX)
 }
 
+/// An event about node `name` and the key it is stored under. Ids sort by time.
+pub fn node_event(
+    name: &str,
+    reason: &str,
+    severity: EventSeverity,
+    message: String,
+    now: SystemTime,
+) -> (String, Event) {
+    let nanos = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let id = format!("{nanos:020}-{name}-{}", reason.to_ascii_lowercase());
+    let event = Event {
+        id: id.clone(),
+        time: Some(kat_proto::timestamp(now)),
+        severity: severity.into(),
+        reason: reason.to_owned(),
+        message,
+        involved_object: Some(ObjectReference {
+            kind: "Node".to_owned(),
+            name: name.to_owned(),
+            ..Default::default()
+        }),
+        node: name.to_owned(),
+    };
+    (format!("{EVENTS_PREFIX}{id}"), event)
+}
+
 /// The Ready nodes whose last heartbeat is `timeout` or more before `now`.
 pub fn lost_nodes(
     statuses: &[(String, NodeStatus)],
@@ -95,22 +124,16 @@ impl NodeMonitorState {
             };
             let mut status = status.clone();
             status.set_state(NodeState::NotReady);
-            let event = Event {
-                id: format!("{}-{name}-node-lost", seconds(now)),
-                time: Some(kat_proto::timestamp(now)),
-                severity: EventSeverity::Warning.into(),
-                reason: "NodeLost".to_owned(),
-                message: format!(
+            let (event_key, event) = node_event(
+                name,
+                "NodeLost",
+                EventSeverity::Warning,
+                format!(
                     "no heartbeat from {name} for {} s; marked NotReady",
                     self.timeout.as_secs()
                 ),
-                involved_object: Some(ObjectReference {
-                    kind: "Node".to_owned(),
-                    name: name.to_owned(),
-                    ..Default::default()
-                }),
-                node: name.to_owned(),
-            };
+                now,
+            );
             // A heartbeat that lands meanwhile wins: the compare on the status fails.
             let txn = Txn::new()
                 .when([
@@ -119,10 +142,7 @@ impl NodeMonitorState {
                 ])
                 .and_then([
                     TxnOp::put(kv.key.clone(), status.encode_to_vec()),
-                    TxnOp::put(
-                        format!("{EVENTS_PREFIX}{}", event.id),
-                        event.encode_to_vec(),
-                    ),
+                    TxnOp::put(event_key, event.encode_to_vec()),
                 ]);
             if store.txn(txn).await?.succeeded {
                 self.marked += 1;

@@ -5,4 +5,5 @@
 //! server use them.
 
 pub mod ca;
+pub mod pin;
 pub mod tokens;

@@ -280,6 +280,7 @@ async fn exceeding_the_restart_intensity_escalates_to_the_parent() {
     let inner_probe = probe.clone();
     let inner = ChildSpec {
         on_exit: None,
+        on_restart: None,
         name: "esc-inner".to_owned(),
         restart: Restart::Permanent,
         shutdown_timeout: Duration::from_secs(5),

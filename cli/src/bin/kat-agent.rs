@@ -70,7 +70,9 @@ enum Command {
         /// The leader's API address.
         #[arg(long, value_name = "HOST:PORT")]
         leader_api: String,
-        /// Join token printed by `kat-agent init` or `katcall token create join`.
+        /// Join token: the content of the init node's DIR/join-token, or what
+        /// `katcall token create join` prints (<id>.<secret>.<CA hash>). The CA hash
+        /// lets this node check the leader before it sends the secret.
         #[arg(long, env = "KAT_JOIN_TOKEN", hide_env_values = true)]
         token: String,
         #[command(flatten)]
@@ -119,9 +121,17 @@ fn main() -> ExitCode {
             serve(result)
         }
         Command::Run { node } => {
-            let result = etcd_binary(node.etcd_bin.as_deref()).and_then(|bin| {
-                agent::prepare_run(&node.state.state_dir, &bin).map_err(anyhow::Error::from)
-            });
+            // Only control-plane members need etcd.
+            let etcd = etcd_binary(node.etcd_bin.as_deref());
+            let bin = etcd
+                .as_ref()
+                .map_or_else(|_| PathBuf::from("etcd"), Clone::clone);
+            let result = agent::prepare_run(&node.state.state_dir, &bin)
+                .map_err(anyhow::Error::from)
+                .and_then(|prepared| match etcd {
+                    Err(e) if prepared.control_plane.is_some() => Err(e),
+                    _ => Ok(prepared),
+                });
             serve(result)
         }
         Command::EtcdEnv { state } => match agent::etcd_env(&state.state_dir) {
@@ -132,7 +142,29 @@ fn main() -> ExitCode {
             Err(e) => fail(&anyhow::Error::from(e)),
         },
         Command::Restore { .. } => not_implemented("kat-agent", "restore", "etcd backups"),
-        Command::Join { .. } => not_implemented("kat-agent", "join", "PKI and the node API"),
+        Command::Join {
+            leader_api,
+            token,
+            node,
+        } => {
+            // Joined nodes are workers for now: etcd is needed only if one is given.
+            let etcd_bin = match &node.etcd_bin {
+                Some(_) => match etcd_binary(node.etcd_bin.as_deref()) {
+                    Ok(bin) => bin,
+                    Err(e) => return fail(&e),
+                },
+                None => etcd_binary(None).unwrap_or_else(|_| PathBuf::from("etcd")),
+            };
+            let opts = agent::JoinOptions {
+                state_dir: node.state.state_dir.clone(),
+                leader_api,
+                token,
+                node_name: node.node_name.clone(),
+                advertise_address: node.advertise_address,
+                etcd_bin,
+            };
+            serve_after(move || async move { agent::join(&opts).await })
+        }
     }
 }
 
@@ -162,16 +194,28 @@ fn etcd_binary(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
 
 /// Runs a prepared node until SIGTERM or SIGINT; exits non-zero if its tree fails.
 fn serve(prepared: anyhow::Result<agent::PreparedNode>) -> ExitCode {
-    let node = match prepared {
-        Ok(node) => node,
-        Err(e) => return fail(&e),
-    };
+    match prepared {
+        Ok(node) => serve_after(move || async move { Ok(node) }),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prepares the node inside the async runtime (joining needs the network), then runs it.
+fn serve_after<F, Fut>(prepare: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<agent::PreparedNode, agent::AgentError>>,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
+    };
+    let node = match runtime.block_on(prepare()) {
+        Ok(node) => node,
+        Err(e) => return fail(&anyhow::Error::from(e)),
     };
     let outcome = runtime.block_on(async {
         tracing::info!(

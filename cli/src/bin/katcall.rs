@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use kat_cli::output::{self, encode};
+use kat_cli::remote::{Client, ConfigSource, connect, describe_status, load_config};
 use kat_cli::{OutputFormat, not_implemented};
 use kat_proto::quadlet::{self, Document};
+use kat_proto::v1alpha1 as api;
 
 /// Drive a KAT cluster.
 ///
@@ -233,7 +236,12 @@ enum TokenKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let api = "the leader's API, which is not built yet";
+    let api = "the workload API, which is not built yet";
+    let source = ConfigSource {
+        file: cli.config.clone(),
+        server: cli.server.clone(),
+        token: cli.token.clone(),
+    };
     match cli.command {
         Command::Validate { paths } => validate(&paths, cli.output),
         Command::Version => {
@@ -250,8 +258,24 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Apply { .. } => not_implemented("katcall", "apply", api),
-        Command::Get { .. } => not_implemented("katcall", "get", api),
-        Command::Describe { .. } => not_implemented("katcall", "describe", api),
+        Command::Get {
+            resource: resource @ (Resource::Nodes | Resource::Node),
+            name,
+        } => remote(&source, "get", |client| {
+            get_nodes(client, resource, name, cli.output)
+        }),
+        Command::Get { resource, .. } => not_implemented(
+            "katcall",
+            &format!("get {}", resource_name(resource)),
+            "the workload API",
+        ),
+        Command::Describe {
+            kind: DescribeKind::Node,
+            name,
+        } => remote(&source, "describe", |client| describe_node(client, name)),
+        Command::Describe { .. } => {
+            not_implemented("katcall", "describe workload", "the workload API")
+        }
         Command::Delete(_) => not_implemented("katcall", "delete", api),
         Command::Logs { .. } => not_implemented("katcall", "logs", api),
         Command::Exec { .. } => not_implemented("katcall", "exec", api),
@@ -262,7 +286,9 @@ fn main() -> ExitCode {
         Command::Drain { .. } => not_implemented("katcall", "drain", api),
         Command::Label { .. } => not_implemented("katcall", "label", api),
         Command::Taint { .. } => not_implemented("katcall", "taint", api),
-        Command::Token(_) => not_implemented("katcall", "token", api),
+        Command::Token(TokenCommand::Create(create)) => remote(&source, "token create", |client| {
+            create_token(client, create, cli.output)
+        }),
         Command::Backup { .. } => not_implemented("katcall", "backup", api),
     }
 }
@@ -309,4 +335,144 @@ fn print_document(doc: &Document, output: OutputFormat) -> anyhow::Result<()> {
     };
     println!("{}", text.trim_end());
     Ok(())
+}
+
+fn resource_name(resource: Resource) -> String {
+    resource
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// A command's failure: one line on stderr.
+type CmdResult = Result<(), String>;
+
+/// Runs `f` against the API with the configured client; prints a one-line error and
+/// fails if anything goes wrong.
+fn remote<F, Fut>(source: &ConfigSource, what: &str, f: F) -> ExitCode
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = CmdResult>,
+{
+    let result = load_config(source).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime.block_on(async {
+            let client = connect(&config)?;
+            f(client).await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("katcall {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn emit<T: serde::Serialize>(value: &T, format: OutputFormat) -> CmdResult {
+    print!("{}", encode(value, format)?);
+    Ok(())
+}
+
+async fn get_nodes(
+    mut client: Client,
+    resource: Resource,
+    name: Option<String>,
+    format: OutputFormat,
+) -> CmdResult {
+    let now = std::time::SystemTime::now();
+    match (resource, name) {
+        (Resource::Node, None) => Err("get node: which node? (katcall get node NAME)".to_owned()),
+        (_, Some(name)) => {
+            let node = client
+                .get_node(api::GetNodeRequest { name })
+                .await
+                .map_err(|s| describe_status(&s))?
+                .into_inner();
+            match format {
+                OutputFormat::Table => {
+                    print!("{}", output::nodes_table(std::slice::from_ref(&node), now));
+                    Ok(())
+                }
+                _ => emit(&node, format),
+            }
+        }
+        (_, None) => {
+            let list = client
+                .list_nodes(api::ListNodesRequest {})
+                .await
+                .map_err(|s| describe_status(&s))?
+                .into_inner();
+            match format {
+                OutputFormat::Table => {
+                    print!("{}", output::nodes_table(&list.items, now));
+                    Ok(())
+                }
+                _ => emit(&list, format),
+            }
+        }
+    }
+}
+
+async fn describe_node(mut client: Client, name: String) -> CmdResult {
+    let node = client
+        .get_node(api::GetNodeRequest { name: name.clone() })
+        .await
+        .map_err(|s| describe_status(&s))?
+        .into_inner();
+    let events = client
+        .list_events(api::ListEventsRequest {
+            involved: format!("node/{name}"),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| describe_status(&s))?
+        .into_inner()
+        .items;
+    let recent = &events[events.len().saturating_sub(10)..];
+    print!(
+        "{}",
+        output::describe_node(&node, recent, std::time::SystemTime::now())
+    );
+    Ok(())
+}
+
+async fn create_token(mut client: Client, create: TokenCreate, format: OutputFormat) -> CmdResult {
+    let ttl_seconds = match &create.ttl {
+        Some(text) => {
+            let ttl = output::parse_duration(text).map_err(|e| format!("--ttl {e}"))?;
+            u32::try_from(ttl.as_secs()).map_err(|_| format!("--ttl {text:?}: too long"))?
+        }
+        None => 0,
+    };
+    let request = api::CreateTokenRequest {
+        ttl_seconds,
+        reusable: create.reusable,
+        description: String::new(),
+    };
+    let response = match create.kind {
+        TokenKind::Join => client.create_join_token(request).await,
+        TokenKind::Api => client.create_api_token(request).await,
+    }
+    .map_err(|s| describe_status(&s))?
+    .into_inner();
+    match format {
+        OutputFormat::Table => {
+            println!("{}", response.token);
+            match create.kind {
+                TokenKind::Join => eprintln!(
+                    "join a node with: kat-agent join --leader-api HOST:PORT --token <the line above> --state-dir DIR"
+                ),
+                TokenKind::Api => {
+                    eprintln!("shown once; use it as the token in a katcall config or KAT_TOKEN")
+                }
+            }
+            Ok(())
+        }
+        _ => emit(&response, format),
+    }
 }

@@ -1,0 +1,306 @@
+//! The Heartbeat actor (SPEC §3, §6), on every node: every `agentTickSeconds` it
+//! reports this node's status to the leader, trying each known control-plane API
+//! address in turn, so it follows the leader when leadership moves.
+//!
+//! If no leader answers for `nodeLossTimeoutSeconds` it fails. Its supervisor
+//! (`agent@N`) reacts to that failure by switching the node to [`AgentMode::Detached`]
+//! and restarting it; a Heartbeat started in Detached mode keeps retrying with
+//! exponential backoff, and its first accepted heartbeat says `rejoining`, after which
+//! the node is Attached again. Local work keeps running throughout: nothing here stops
+//! anything.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kat_proto::v1alpha1::node_api_client::NodeApiClient;
+use kat_proto::v1alpha1::{HeartbeatRequest, HeartbeatResponse, NodeState, NodeStatus};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::client::api_channel;
+use crate::pki::ca::CertAndKey;
+
+/// Whether this node is in touch with a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMode {
+    /// No heartbeat accepted yet since the agent started.
+    Starting,
+    /// The last heartbeat was accepted.
+    Attached,
+    /// No leader answered for the loss timeout; local work continues, Heartbeat retries.
+    Detached,
+}
+
+/// The node's mode, shared by the agent subtree: Heartbeat and the supervisor's
+/// policy write it; Runtime, Dns and WireGuard read it.
+pub type ModeCell = Arc<watch::Sender<AgentMode>>;
+
+pub fn new_mode_cell() -> ModeCell {
+    Arc::new(watch::channel(AgentMode::Starting).0)
+}
+
+/// Why one heartbeat to one address did not go through.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    /// Nobody answered (connection refused or timed out, partition).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The server answered with an error (not the leader, refused, ...).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// How Heartbeat reaches a leader: mTLS over TCP in production, a direct call in
+/// simulations.
+#[async_trait::async_trait]
+pub trait LeaderLink: Send + Sync {
+    async fn heartbeat(
+        &self,
+        target: &str,
+        request: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, LinkError>;
+}
+
+/// The production link: the node certificate from `DIR/pki` over TLS, one lazily
+/// connected channel per address. The files are read at first use, so the init node's
+/// agent can start before its leader has written them.
+pub struct TlsLeaderLink {
+    pki_dir: std::path::PathBuf,
+    loaded: Mutex<Option<(String, CertAndKey)>>,
+    clients: Mutex<HashMap<String, NodeApiClient<Channel>>>,
+}
+
+impl TlsLeaderLink {
+    pub fn new(pki_dir: std::path::PathBuf) -> Self {
+        Self {
+            pki_dir,
+            loaded: Mutex::new(None),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn credentials(&self) -> Result<(String, CertAndKey), LinkError> {
+        let mut loaded = self
+            .loaded
+            .lock()
+            .map_err(|_| LinkError::Unreachable("poisoned".to_owned()))?;
+        if let Some(c) = loaded.as_ref() {
+            return Ok(c.clone());
+        }
+        let read = |name: &str| {
+            let path = self.pki_dir.join(name);
+            std::fs::read_to_string(&path)
+                .map_err(|e| LinkError::Unreachable(format!("{}: {e}", path.display())))
+        };
+        let creds = (
+            read("ca.crt")?,
+            CertAndKey {
+                cert_pem: read("node.crt")?,
+                key_pem: read("node.key")?,
+            },
+        );
+        *loaded = Some(creds.clone());
+        Ok(creds)
+    }
+
+    fn client(&self, target: &str) -> Result<NodeApiClient<Channel>, LinkError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| LinkError::Unreachable("poisoned".to_owned()))?;
+        if let Some(c) = clients.get(target) {
+            return Ok(c.clone());
+        }
+        let (ca, identity) = self.credentials()?;
+        let channel = api_channel(target, &ca, Some(&identity))
+            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        let client = NodeApiClient::new(channel);
+        clients.insert(target.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaderLink for TlsLeaderLink {
+    async fn heartbeat(
+        &self,
+        target: &str,
+        request: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, LinkError> {
+        let mut client = self.client(target)?;
+        match client.heartbeat(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                Err(LinkError::Unreachable(status.message().to_owned()))
+            }
+            Err(status) => Err(LinkError::Refused(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct HeartbeatArgs {
+    pub node: String,
+    /// Control-plane API addresses (HOST:PORT), tried in turn; the one that answered
+    /// last is tried first.
+    pub targets: Vec<String>,
+    pub tick: Duration,
+    pub loss_timeout: Duration,
+    /// Longest wait between attempts while Detached.
+    pub max_backoff: Duration,
+    pub link: Arc<dyn LeaderLink>,
+    pub mode: ModeCell,
+}
+
+pub enum HeartbeatMsg {
+    Tick,
+    /// Replies with the last accepted response and how long ago it came.
+    Last(ractor::RpcReplyPort<Option<(HeartbeatResponse, Duration)>>),
+}
+
+pub struct HeartbeatState {
+    args: HeartbeatArgs,
+    current: usize,
+    last_ok: Instant,
+    last_response: Option<HeartbeatResponse>,
+    delay: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Heartbeat;
+
+impl Heartbeat {
+    pub fn name(node: &str) -> String {
+        format!("heartbeat@{node}")
+    }
+}
+
+impl HeartbeatState {
+    fn request(&self, rejoining: bool) -> HeartbeatRequest {
+        HeartbeatRequest {
+            node_name: self.args.node.clone(),
+            node_status: Some(NodeStatus {
+                state: NodeState::Ready.into(),
+                ..Default::default()
+            }),
+            rejoining,
+            ..Default::default()
+        }
+    }
+
+    /// One round: each known address once, starting with the last that answered.
+    async fn send(&mut self, rejoining: bool) -> Option<HeartbeatResponse> {
+        let n = self.args.targets.len();
+        for _ in 0..n {
+            let target = self.args.targets[self.current].clone();
+            match self
+                .args
+                .link
+                .heartbeat(&target, self.request(rejoining))
+                .await
+            {
+                Ok(response) => {
+                    self.follow(&target, &response.leader_address);
+                    return Some(response);
+                }
+                Err(e) => {
+                    tracing::debug!(node = %self.args.node, %target, error = %e, "heartbeat not accepted");
+                    self.current = (self.current + 1) % n;
+                }
+            }
+        }
+        None
+    }
+
+    /// Remembers a leader address the answer pointed to.
+    fn follow(&mut self, answered: &str, leader: &str) {
+        if leader.is_empty() || leader == answered {
+            return;
+        }
+        let i = match self.args.targets.iter().position(|t| t == leader) {
+            Some(i) => i,
+            None => {
+                self.args.targets.push(leader.to_owned());
+                self.args.targets.len() - 1
+            }
+        };
+        self.current = i;
+    }
+}
+
+impl Actor for Heartbeat {
+    type Msg = HeartbeatMsg;
+    type State = HeartbeatState;
+    type Arguments = HeartbeatArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HeartbeatMsg>,
+        args: HeartbeatArgs,
+    ) -> Result<HeartbeatState, ActorProcessingErr> {
+        if args.targets.is_empty() {
+            return Err("no leader API address known".into());
+        }
+        let _ = myself.cast(HeartbeatMsg::Tick);
+        Ok(HeartbeatState {
+            delay: args.tick,
+            args,
+            current: 0,
+            last_ok: Instant::now(),
+            last_response: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HeartbeatMsg>,
+        msg: HeartbeatMsg,
+        state: &mut HeartbeatState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            HeartbeatMsg::Last(reply) => {
+                let last = state
+                    .last_response
+                    .clone()
+                    .map(|r| (r, state.last_ok.elapsed()));
+                let _ = reply.send(last);
+                return Ok(());
+            }
+            HeartbeatMsg::Tick => {}
+        }
+        let mode = *state.args.mode.borrow();
+        let detached = mode == AgentMode::Detached;
+        if let Some(response) = state.send(detached).await {
+            state.last_ok = Instant::now();
+            state.last_response = Some(response);
+            state.delay = state.args.tick;
+            if mode != AgentMode::Attached {
+                state.args.mode.send_replace(AgentMode::Attached);
+                let target = &state.args.targets[state.current];
+                if detached {
+                    tracing::info!(node = %state.args.node, leader = %target, "leader answered; rejoined");
+                } else {
+                    tracing::info!(node = %state.args.node, leader = %target, "attached to the leader");
+                }
+            }
+        } else if detached {
+            state.delay = (state.delay * 2).min(state.args.max_backoff);
+        } else if state.last_ok.elapsed() >= state.args.loss_timeout {
+            return Err(format!(
+                "no leader answered for {:?} (tried {})",
+                state.args.loss_timeout,
+                state.args.targets.join(", ")
+            )
+            .into());
+        }
+        myself.send_after(state.delay, || HeartbeatMsg::Tick);
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! How `katcall` prints resources: tables for people, proto3 JSON / YAML for tools
+//! (`{"items": [...]}` for lists, SPEC §11).
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kat_proto::v1alpha1::{Event, Node, NodeRole, NodeState};
+use serde::Serialize;
+
+use crate::OutputFormat;
+
+/// JSON or YAML text of `value` (proto3 JSON field names).
+pub fn encode<T: Serialize>(value: &T, format: OutputFormat) -> Result<String, String> {
+    match format {
+        OutputFormat::Yaml => serde_yaml_ng::to_string(value).map_err(|e| e.to_string()),
+        _ => serde_json::to_string_pretty(value)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// "12s", "5m", "3h", "2d": how long ago `seconds` (Unix time) was, seen at `now`.
+pub fn age(seconds: i64, now: SystemTime) -> String {
+    let now = i64::try_from(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+        .unwrap_or(i64::MAX);
+    let d = (now - seconds).max(0);
+    match d {
+        0..60 => format!("{d}s"),
+        60..3600 => format!("{}m", d / 60),
+        3600..86400 => format!("{}h", d / 3600),
+        _ => format!("{}d", d / 86400),
+    }
+}
+
+/// Parses a duration such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m, h or d, e.g. 24h"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?}: too long"))
+}
+
+fn state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Ready => "Ready",
+        NodeState::NotReady => "NotReady",
+        NodeState::Detached => "Detached",
+        NodeState::Draining => "Draining",
+        NodeState::Cordoned => "Cordoned",
+        NodeState::Unspecified => "Unknown",
+    }
+}
+
+fn role_name(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::ControlPlane => "control-plane",
+        NodeRole::Worker => "worker",
+        NodeRole::Unspecified => "-",
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let mut widths = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}   ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn node_row(node: &Node, now: SystemTime) -> Vec<String> {
+    let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
+    let spec = node.spec.clone().unwrap_or_default();
+    let status = node.status.clone().unwrap_or_default();
+    let heartbeat = status.last_heartbeat.as_ref().map_or_else(
+        || "never".to_owned(),
+        |t| format!("{} ago", age(t.seconds, now)),
+    );
+    vec![
+        name.to_owned(),
+        state_name(status.state()).to_owned(),
+        role_name(spec.role()).to_owned(),
+        spec.advertise_address.clone(),
+        heartbeat,
+        if spec.agent_version.is_empty() {
+            "-".to_owned()
+        } else {
+            spec.agent_version.clone()
+        },
+    ]
+}
+
+/// `katcall get nodes` as a table.
+pub fn nodes_table(nodes: &[Node], now: SystemTime) -> String {
+    let mut rows = vec![
+        [
+            "NAME",
+            "STATUS",
+            "ROLE",
+            "ADDRESS",
+            "LAST HEARTBEAT",
+            "VERSION",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    rows.extend(nodes.iter().map(|n| node_row(n, now)));
+    table(&rows)
+}
+
+fn rfc3339(ts: &pbjson_types::Timestamp) -> String {
+    serde_json::to_value(ts)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn bytes(n: i64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    #[allow(clippy::cast_precision_loss)]
+    let gib = n as f64 / GIB;
+    format!("{gib:.1} GiB")
+}
+
+/// `katcall describe node N`: spec, status and the node's recent events.
+pub fn describe_node(node: &Node, events: &[Event], now: SystemTime) -> String {
+    let meta = node.metadata.clone().unwrap_or_default();
+    let spec = node.spec.clone().unwrap_or_default();
+    let status = node.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| {
+        let _ = writeln!(out, "{:<16}{v}", format!("{k}:"));
+    };
+    field("Name", meta.name.clone());
+    field("Role", role_name(spec.role()).to_owned());
+    field("Address", spec.advertise_address.clone());
+    field("Status", state_name(status.state()).to_owned());
+    field(
+        "Last heartbeat",
+        status.last_heartbeat.as_ref().map_or_else(
+            || "never".to_owned(),
+            |t| format!("{} ({} ago)", rfc3339(t), age(t.seconds, now)),
+        ),
+    );
+    field("Agent version", spec.agent_version.clone());
+    if let Some(c) = &spec.capacity {
+        field(
+            "Capacity",
+            format!("cpu {}m, memory {}", c.cpu_millis, bytes(c.memory_bytes)),
+        );
+    }
+    field("Unschedulable", spec.unschedulable.to_string());
+    let labels: Vec<String> = meta
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    field(
+        "Labels",
+        if labels.is_empty() {
+            "<none>".to_owned()
+        } else {
+            labels.join(", ")
+        },
+    );
+    if !spec.overlay_subnet.is_empty() {
+        field("Overlay subnet", spec.overlay_subnet.clone());
+    }
+    out.push_str("Events:\n");
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let mut rows = vec![["AGE", "REASON", "MESSAGE"].map(str::to_owned).to_vec()];
+        for e in events {
+            rows.push(vec![
+                e.time
+                    .as_ref()
+                    .map_or_else(String::new, |t| age(t.seconds, now)),
+                e.reason.clone(),
+                e.message.clone(),
+            ]);
+        }
+        for line in table(&rows).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn ages_are_short() {
+        let now = UNIX_EPOCH + Duration::from_secs(100_000);
+        assert_eq!(age(99_990, now), "10s");
+        assert_eq!(age(99_000, now), "16m");
+        assert_eq!(age(10_000, now), "1d");
+        assert_eq!(age(200_000, now), "0s");
+    }
+
+    #[test]
+    fn node_table_has_a_row_per_node() {
+        let node = Node {
+            metadata: Some(kat_proto::v1alpha1::ObjectMeta {
+                name: "n1".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = nodes_table(&[node], UNIX_EPOCH);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("NAME"));
+        assert!(lines[1].starts_with("n1 "));
+        assert!(lines[1].contains("Unknown"));
+        assert!(lines[1].contains("never"));
+    }
+}

@@ -1,0 +1,247 @@
+//! The cluster forms across processes (issue 4's acceptance): `kat-agent init` on
+//! 127.0.0.1 and two `kat-agent join`s on 127.0.0.2 and .3, each with its own state
+//! directory, real etcd and real TLS; `katcall get nodes` sees three Ready nodes; a
+//! joined agent killed with SIGKILL turns NotReady within the loss timeout plus a tick,
+//! and `kat-agent run` brings it back Ready with the same identity. Every agent is
+//! stopped by PID when its guard drops.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Agent, cluster_file_with};
+use kat_tests::programs::find_program;
+use nix::sys::signal::Signal;
+
+const TICK: u64 = 1;
+const LOSS: u64 = 3;
+
+fn katcall(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_katcall"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Node name → state, from `katcall get nodes -o json`.
+fn node_states(config: &Path) -> Vec<(String, String)> {
+    let out = katcall(config, &["get", "nodes", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap().to_owned(),
+                n["status"]["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn wait_states(config: &Path, want: &[(&str, &str)], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let states = node_states(config);
+        let matches = want.len() == states.len()
+            && want
+                .iter()
+                .all(|(n, s)| states.iter().any(|(name, st)| name == n && st == s));
+        if matches {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "wanted {want:?} within {within:?}, have {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn join_args<'a>(
+    leader: &'a str,
+    token: &'a str,
+    state: &'a str,
+    name: &'a str,
+    addr: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "join",
+        "--leader-api",
+        leader,
+        "--token",
+        token,
+        "--state-dir",
+        state,
+        "--node-name",
+        name,
+        "--advertise-address",
+        addr,
+    ]
+}
+
+#[test]
+fn init_and_two_joins_form_a_cluster_and_a_killed_node_comes_back() {
+    if find_program("etcd").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file_with(
+        dir.path(),
+        &format!("  agentTickSeconds: {TICK}\n  nodeLossTimeoutSeconds: {LOSS}\n"),
+    );
+    let api_port = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("apiPort: ").map(str::to_owned))
+        .unwrap();
+    let leader = format!("127.0.0.1:{api_port}");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (s1, s2, s3) = (path("n1"), path("n2"), path("n3"));
+
+    let mut n1 = Agent::start(
+        &[
+            "init",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            &s1,
+            "--node-name",
+            "n1",
+            "--advertise-address",
+            "127.0.0.1",
+        ],
+        &dir.path().join("n1.log"),
+    );
+    n1.wait_for(
+        "join token written (single use, expires in 24 h)",
+        1,
+        Duration::from_secs(10),
+    );
+    n1.wait_for(
+        "katcall configuration written (admin API token)",
+        1,
+        Duration::from_secs(10),
+    );
+    let katcall_yaml = dir.path().join("n1/katcall.yaml");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&katcall_yaml)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let token = std::fs::read_to_string(dir.path().join("n1/join-token")).unwrap();
+    let token = token.trim();
+
+    let mut n2 = Agent::start(
+        &join_args(&leader, token, &s2, "n2", "127.0.0.2"),
+        &dir.path().join("n2.log"),
+    );
+    n2.wait_for("joined the cluster", 1, Duration::from_secs(10));
+
+    // init's token is single use: a second join with it is refused and leaves nothing.
+    let reused = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args(join_args(&leader, token, &s3, "n3", "127.0.0.3"))
+        .output()
+        .unwrap();
+    assert_eq!(reused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&reused.stderr);
+    assert!(stderr.contains("join token refused"), "{stderr}");
+    assert!(!Path::new(&s3).exists(), "a refused join writes nothing");
+
+    // A fresh token from katcall works.
+    let created = katcall(&katcall_yaml, &["token", "create", "join", "--ttl", "10m"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token3 = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let mut n3 = Agent::start(
+        &join_args(&leader, &token3, &s3, "n3", "127.0.0.3"),
+        &dir.path().join("n3.log"),
+    );
+    n3.wait_for("joined the cluster", 1, Duration::from_secs(10));
+
+    let formed = wait_states(
+        &katcall_yaml,
+        &[("n1", "READY"), ("n2", "READY"), ("n3", "READY")],
+        Duration::from_secs(15),
+    );
+    eprintln!("three Ready nodes {formed:?} after the last join");
+    let table = katcall(&katcall_yaml, &["get", "nodes"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.lines().nth(2).unwrap().starts_with("n2 "), "{table}");
+
+    // SIGKILL of a joined agent: NotReady within the loss timeout plus one tick
+    // (plus the time katcall takes to ask).
+    let cert = std::fs::read_to_string(dir.path().join("n2/pki/node.crt")).unwrap();
+    n2.signal(Signal::SIGKILL);
+    let _ = n2.child.wait();
+    let lost = wait_states(
+        &katcall_yaml,
+        &[("n1", "READY"), ("n2", "NOT_READY"), ("n3", "READY")],
+        Duration::from_secs(LOSS + TICK + 2),
+    );
+    eprintln!(
+        "n2 NotReady {lost:?} after SIGKILL (bound {} s)",
+        LOSS + TICK
+    );
+    let described = katcall(&katcall_yaml, &["describe", "node", "n2"]);
+    let described = String::from_utf8(described.stdout).unwrap();
+    assert!(described.contains("NodeLost"), "{described}");
+    drop(n2);
+
+    // `kat-agent run` brings it back with the same identity.
+    let mut n2 = Agent::start(&["run", "--state-dir", &s2], &dir.path().join("n2-run.log"));
+    let back = wait_states(
+        &katcall_yaml,
+        &[("n1", "READY"), ("n2", "READY"), ("n3", "READY")],
+        Duration::from_secs(10),
+    );
+    eprintln!("n2 Ready again {back:?} after run");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("n2/pki/node.crt")).unwrap(),
+        cert,
+        "same certificate: the same node came back"
+    );
+
+    // The API refuses a wrong token with Unauthenticated and nothing else.
+    let wrong = katcall(
+        &katcall_yaml,
+        &[
+            "--token",
+            "0123456789ab.0123456789abcdef0123456789abcdef",
+            "get",
+            "nodes",
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&wrong.stderr).trim(),
+        "katcall get: Unauthenticated: missing or invalid API token"
+    );
+    assert!(wrong.stdout.is_empty());
+
+    for agent in [&mut n1, &mut n2, &mut n3] {
+        agent.signal(Signal::SIGTERM);
+    }
+    for agent in [&mut n3, &mut n2, &mut n1] {
+        assert!(agent.child.wait().unwrap().success());
+    }
+}

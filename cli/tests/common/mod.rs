@@ -1,0 +1,130 @@
+//! Helpers shared by the multi-process tests: a `kat-agent` child stopped by PID when
+//! its guard drops, log waits on its JSON log, and a cluster file on free ports.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kat_tests::programs::free_port;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    pub fn start(args: &[&str], log: &Path) -> Agent {
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+            .args(["--log-format", "json"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Log records (JSON lines) whose message is `message`.
+    pub fn records(&self, message: &str) -> Vec<serde_json::Value> {
+        let file = std::fs::File::open(&self.log).unwrap();
+        std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+
+    /// Waits until the log has `count` records with `message`; returns the last.
+    pub fn wait_for(&mut self, message: &str, count: usize, within: Duration) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let found = self.records(message);
+            if found.len() >= count {
+                return found[count - 1].clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "agent exited ({status}) before logging {message:?}:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap()
+                );
+            }
+            assert!(
+                started.elapsed() < within,
+                "no {message:?} (#{count}) within {within:?}:\n{}",
+                std::fs::read_to_string(&self.log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+}
+
+/// Whether a process is gone (or a zombie nobody reaped yet).
+pub fn is_dead(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+pub fn wait_dead(pid: i64, within: Duration) {
+    let started = Instant::now();
+    while !is_dead(pid) {
+        assert!(
+            started.elapsed() < within,
+            "process {pid} still running after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn cluster_file(dir: &Path) -> PathBuf {
+    cluster_file_with(dir, "")
+}
+
+/// A cluster file on free ports with `extra` lines added to its spec (indented by two).
+pub fn cluster_file_with(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("cluster.kat");
+    let text = format!(
+        "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: test}}\n\
+         spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n{extra}",
+        free_port(),
+        free_port(),
+        free_port()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn settle(d: Duration) {
+    std::thread::sleep(d);
+}
+
+pub fn etcd_pid(record: &serde_json::Value) -> i64 {
+    record["fields"]["pid"]
+        .as_i64()
+        .expect("pid in the etcd start record")
+}
