@@ -49,6 +49,8 @@ pub struct ControlPlaneOptions {
     /// Where the leader's API is served when this node leads (TCP: advertise address
     /// and apiPort).
     pub api: Option<ApiEndpoint>,
+    /// The wall clock heartbeat times are compared on (simulations pass their own).
+    pub clock: fn() -> std::time::SystemTime,
 }
 
 impl ControlPlaneOptions {
@@ -61,6 +63,7 @@ impl ControlPlaneOptions {
             etcd_health_timeout: Duration::from_secs(30),
             local_files: None,
             api: None,
+            clock: std::time::SystemTime::now,
         }
     }
 }
@@ -88,6 +91,7 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
             opts.cluster.clone(),
             opts.local_files.clone(),
             opts.api.clone(),
+            opts.clock,
         )),
     };
     let election = ChildSpec::actor(Election::name(&node), Election, move || {

@@ -54,6 +54,7 @@ pub fn leader_subtree(
     cluster: ClusterConfiguration,
     local: Option<LocalFiles>,
     api: Option<ApiEndpoint>,
+    clock: fn() -> SystemTime,
 ) -> LeaderSubtree {
     Arc::new(move |leadership: Leadership| {
         let name = Election::leader_subtree_name(&leadership.node);
@@ -83,7 +84,7 @@ pub fn leader_subtree(
                 let monitor_args = NodeMonitorArgs {
                     leadership: leadership.clone(),
                     cluster: cluster.clone(),
-                    now: SystemTime::now,
+                    now: clock,
                 };
                 let monitor = ChildSpec::actor(
                     NodeMonitor::name(&leadership.node),
