@@ -271,7 +271,8 @@ fn prepared(
         leader_api.insert(0, own_api.to_string());
     }
     let link = Arc::new(TlsLeaderLink::new(dir.join("pki")));
-    let agent = AgentOptions::new(&identity.node_name, &cluster, leader_api, link);
+    let mut agent = AgentOptions::new(&identity.node_name, &cluster, leader_api, link);
+    agent.pki_dir = Some(dir.join("pki"));
     PreparedNode {
         identity,
         state_dir: dir.to_path_buf(),

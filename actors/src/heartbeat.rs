@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kat_proto::v1alpha1::node_api_client::NodeApiClient;
-use kat_proto::v1alpha1::{HeartbeatRequest, HeartbeatResponse, NodeState, NodeStatus};
+use kat_proto::v1alpha1::{
+    HeartbeatRequest, HeartbeatResponse, NodeState, NodeStatus, RenewCertificateRequest,
+    RenewCertificateResponse,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -62,6 +65,24 @@ pub trait LeaderLink: Send + Sync {
         target: &str,
         request: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, LinkError>;
+
+    /// Asks for a new node certificate (NodeCerts).
+    async fn renew(
+        &self,
+        target: &str,
+        request: RenewCertificateRequest,
+    ) -> Result<RenewCertificateResponse, LinkError>;
+
+    /// The node's key and certificate on disk changed: use them from now on.
+    fn reload(&self) {}
+}
+
+fn status_error(status: &tonic::Status) -> LinkError {
+    if status.code() == tonic::Code::Unavailable {
+        LinkError::Unreachable(status.message().to_owned())
+    } else {
+        LinkError::Refused(format!("{:?}: {}", status.code(), status.message()))
+    }
 }
 
 /// The production link: the node certificate from `DIR/pki` over TLS, one lazily
@@ -131,16 +152,32 @@ impl LeaderLink for TlsLeaderLink {
         request: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, LinkError> {
         let mut client = self.client(target)?;
-        match client.heartbeat(request).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                Err(LinkError::Unreachable(status.message().to_owned()))
-            }
-            Err(status) => Err(LinkError::Refused(format!(
-                "{:?}: {}",
-                status.code(),
-                status.message()
-            ))),
+        client
+            .heartbeat(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| status_error(&s))
+    }
+
+    async fn renew(
+        &self,
+        target: &str,
+        request: RenewCertificateRequest,
+    ) -> Result<RenewCertificateResponse, LinkError> {
+        let mut client = self.client(target)?;
+        client
+            .renew_certificate(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| status_error(&s))
+    }
+
+    fn reload(&self) {
+        if let Ok(mut loaded) = self.loaded.lock() {
+            *loaded = None;
+        }
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.clear();
         }
     }
 }

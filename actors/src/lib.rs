@@ -13,6 +13,7 @@ pub mod files;
 pub mod heartbeat;
 pub mod leader;
 pub mod node;
+pub mod node_certs;
 pub mod pki;
 pub mod store;
 pub mod supervision;

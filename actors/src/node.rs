@@ -5,7 +5,7 @@
 //! | `node@N` (NodeSupervisor) | one_for_one | 3 in 5 min, then the agent exits non-zero | `control-plane@N` |
 //! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, then `leader@N` while leading |
 //! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N`, `node-monitor@N`, `api@N` |
-//! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N` |
+//! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N`, `node-certs@N` |
 //!
 //! Every node runs `agent@N`; control-plane members also run `control-plane@N` (first).
 //! When Heartbeat fails (no leader answered for the loss timeout), `agent@N`'s policy
@@ -26,6 +26,7 @@ use crate::api::ApiEndpoint;
 use crate::election::{Election, ElectionArgs};
 use crate::heartbeat::{AgentMode, Heartbeat, HeartbeatArgs, LeaderLink, ModeCell, new_mode_cell};
 use crate::leader::{LocalFiles, leader_subtree};
+use crate::node_certs::{NodeCerts, NodeCertsArgs};
 use crate::store::{Store, StoreArgs, StoreBackend};
 use crate::supervision::{
     Backoff, ChildSpec, Intensity, StartFn, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -140,6 +141,8 @@ pub struct AgentOptions {
     pub link: Arc<dyn LeaderLink>,
     /// The node's Attached/Detached mode; created with [`new_mode_cell`].
     pub mode: ModeCell,
+    /// `DIR/pki` of a real node: NodeCerts renews the certificate there.
+    pub pki_dir: Option<std::path::PathBuf>,
 }
 
 impl AgentOptions {
@@ -158,6 +161,7 @@ impl AgentOptions {
             loss_timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds.max(1))),
             link,
             mode: new_mode_cell(),
+            pki_dir: None,
         }
     }
 }
@@ -190,7 +194,22 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
             mode.send_replace(AgentMode::Detached);
         }
     }));
-    let children = vec![heartbeat];
+    let mut children = vec![heartbeat];
+    if let Some(pki_dir) = &opts.pki_dir {
+        let certs_args = NodeCertsArgs {
+            node: opts.node.clone(),
+            pki_dir: pki_dir.clone(),
+            targets: opts.leader_api.clone(),
+            link: opts.link.clone(),
+            check_every: Duration::from_secs(3600),
+            now: std::time::SystemTime::now,
+        };
+        children.push(ChildSpec::actor(
+            NodeCerts::name(&opts.node),
+            NodeCerts,
+            move || certs_args.clone(),
+        ));
+    }
     let name = agent_supervisor_name(&opts.node);
     let sup_name = name.clone();
     ChildSpec {

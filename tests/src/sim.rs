@@ -31,7 +31,7 @@ use kat_actors::store::{MemoryStore, StateStore, StoreBackend};
 use kat_actors::supervision::SupervisorMsg;
 use kat_proto::v1alpha1::{
     ClusterConfiguration, HeartbeatRequest, HeartbeatResponse, JoinRequest, Node, NodeRole,
-    NodeSpec, NodeState, ObjectMeta, TokenKind,
+    NodeSpec, NodeState, ObjectMeta, RenewCertificateRequest, RenewCertificateResponse, TokenKind,
 };
 use prost::Message;
 use ractor::ActorRef;
@@ -87,6 +87,26 @@ impl LeaderLink for SimLink {
             .and_then(|d| d.get(target).cloned())
             .ok_or_else(|| LinkError::Unreachable(format!("nothing serves {target}")))?;
         node_api::heartbeat(&ctx, &self.node, request, sim_now())
+            .await
+            .map_err(|s| LinkError::Refused(s.message().to_owned()))
+    }
+
+    async fn renew(
+        &self,
+        target: &str,
+        request: RenewCertificateRequest,
+    ) -> Result<RenewCertificateResponse, LinkError> {
+        if self.network.is_partitioned(&self.node) {
+            return Err(LinkError::Unreachable("partitioned".to_owned()));
+        }
+        let ctx = self
+            .network
+            .directory
+            .lock()
+            .ok()
+            .and_then(|d| d.get(target).cloned())
+            .ok_or_else(|| LinkError::Unreachable(format!("nothing serves {target}")))?;
+        node_api::renew_certificate(&ctx, &self.node, request)
             .await
             .map_err(|s| LinkError::Refused(s.message().to_owned()))
     }

@@ -320,3 +320,135 @@ async fn a_joined_node_heartbeats_as_itself_only() {
         "nothing recorded for w2"
     );
 }
+
+#[tokio::test]
+async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
+    use kat_actors::heartbeat::{LeaderLink, TlsLeaderLink};
+    use kat_actors::node_certs::{NodeCerts, NodeCertsArgs, NodeCertsMsg};
+    use kat_actors::pki::ca::validity_of;
+    use kat_proto::v1alpha1::RenewCertificateRequest;
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let mut anonymous = leader.client(None).await.unwrap();
+    anonymous
+        .join(join_request(&token, "w1", "w1"))
+        .await
+        .unwrap();
+    anonymous
+        .join(join_request(&token, "w2", "w2"))
+        .await
+        .unwrap();
+
+    // w1's files, with a certificate issued for 60 s: due for renewal at once (it
+    // counts from 5 minutes before issue, for clock skew).
+    let signer = ClusterCa::from_pem(&leader.ca).unwrap();
+    let (key, csr) = node_key_and_csr("w1").unwrap();
+    let short = signer
+        .sign_node_csr(
+            &csr,
+            "w1",
+            "127.0.0.1".parse().unwrap(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &leader.ca_pem).unwrap();
+    std::fs::write(dir.path().join("node.crt"), &short).unwrap();
+    std::fs::write(dir.path().join("node.key"), &key).unwrap();
+    let target = leader.url.trim_start_matches("https://").to_owned();
+    let link = Arc::new(TlsLeaderLink::new(dir.path().to_path_buf()));
+
+    // The RPC itself: w1 may not renew for w2, nor with a CSR naming w2.
+    let (_, csr_w2) = node_key_and_csr("w2").unwrap();
+    let refused = link
+        .renew(
+            &target,
+            RenewCertificateRequest {
+                node_name: "w2".to_owned(),
+                csr_pem: csr_w2.clone(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("PermissionDenied"),
+        "{refused}"
+    );
+    let refused = link
+        .renew(
+            &target,
+            RenewCertificateRequest {
+                node_name: "w1".to_owned(),
+                csr_pem: csr_w2,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("PermissionDenied"),
+        "{refused}"
+    );
+    // Without a client certificate: Unauthenticated.
+    let err = anonymous
+        .renew_certificate(RenewCertificateRequest {
+            node_name: "w1".to_owned(),
+            csr_pem: csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let args = NodeCertsArgs {
+        node: "w1".to_owned(),
+        pki_dir: dir.path().to_path_buf(),
+        targets: vec![target],
+        link: link.clone(),
+        check_every: Duration::from_secs(3600),
+        now: SystemTime::now,
+    };
+    let (certs, handle) = ractor::Actor::spawn(None, NodeCerts, args).await.unwrap();
+    let mut renewals = 0;
+    for _ in 0..100 {
+        renewals = ractor::call_t!(certs, NodeCertsMsg::Renewals, 1000).unwrap();
+        if renewals > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(renewals, 1);
+    let renewed = std::fs::read_to_string(dir.path().join("node.crt")).unwrap();
+    assert_ne!(renewed, short);
+    let (from, to) = validity_of(&renewed).unwrap();
+    assert!(
+        (to - from).whole_days() > 300,
+        "a full year: {from} .. {to}"
+    );
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join("node.key")).unwrap(),
+        key
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // The link uses the new pair at once: a heartbeat as w1 goes through.
+    let beat = kat_proto::v1alpha1::HeartbeatRequest {
+        node_name: "w1".to_owned(),
+        ..Default::default()
+    };
+    link.heartbeat(leader.url.trim_start_matches("https://"), beat)
+        .await
+        .unwrap();
+    // Not due again: a second check changes nothing.
+    certs.cast(NodeCertsMsg::Check).unwrap();
+    assert_eq!(
+        ractor::call_t!(certs, NodeCertsMsg::Renewals, 1000).unwrap(),
+        1
+    );
+    certs.stop(None);
+    handle.await.unwrap();
+}

@@ -253,6 +253,43 @@ pub async fn heartbeat(
     ))
 }
 
+/// Signs a new certificate for a registered node that asks with its current one; the
+/// CSR (a new key, made on the node) must name the caller.
+pub async fn renew_certificate(
+    ctx: &NodeApiContext,
+    caller: &str,
+    req: RenewCertificateRequest,
+) -> Result<RenewCertificateResponse, Status> {
+    if req.node_name != caller {
+        return Err(Status::permission_denied(format!(
+            "this certificate belongs to node {caller:?}; it cannot renew for {:?}",
+            req.node_name
+        )));
+    }
+    let kv = ctx
+        .store
+        .get(&node_key(caller))
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Status::not_found(format!("node {caller:?} is not registered")))?;
+    let node = Node::decode(kv.value.as_slice())
+        .map_err(|e| Status::internal(format!("node {caller:?}: unreadable record: {e}")))?;
+    let address: IpAddr = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.advertise_address.parse().ok())
+        .ok_or_else(|| Status::internal(format!("node {caller:?} has no advertise address")))?;
+    let signer = ClusterCa::from_pem(&ctx.ca).map_err(|e| Status::internal(e.to_string()))?;
+    let certificate_pem = signer
+        .sign_node_csr(&req.csr_pem, caller, address, NODE_CERT_VALIDITY)
+        .map_err(|e| match e {
+            PkiError::WrongCommonName { .. } => Status::permission_denied(e.to_string()),
+            other => Status::invalid_argument(other.to_string()),
+        })?;
+    tracing::info!(node = %caller, "node certificate renewed");
+    Ok(RenewCertificateResponse { certificate_pem })
+}
+
 /// The tonic service.
 #[derive(Clone)]
 pub struct NodeApiService {
@@ -294,11 +331,12 @@ impl NodeApi for NodeApiService {
 
     async fn renew_certificate(
         &self,
-        _: Request<RenewCertificateRequest>,
+        request: Request<RenewCertificateRequest>,
     ) -> Result<Response<RenewCertificateResponse>, Status> {
-        Err(Status::unimplemented(
-            "certificate renewal is not built yet",
-        ))
+        let caller = caller_node(&request)?;
+        renew_certificate(&self.ctx, &caller, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

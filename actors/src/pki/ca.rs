@@ -195,6 +195,17 @@ impl ClusterCa {
     }
 }
 
+/// The validity period of the first certificate in `cert_pem`.
+pub fn validity_of(cert_pem: &str) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::BadCa(format!("unreadable certificate: {e}")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| PkiError::BadCa(format!("unreadable certificate: {e}")))?;
+    let v = cert.validity();
+    Ok((v.not_before.to_datetime(), v.not_after.to_datetime()))
+}
+
 /// Whether a certificate valid from `not_before` to `not_after` is due for renewal at
 /// `now`: past two thirds of its life (SPEC §6).
 pub fn needs_renewal(
