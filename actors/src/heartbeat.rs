@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use kat_proto::v1alpha1::node_api_client::NodeApiClient;
 use kat_proto::v1alpha1::{
-    HeartbeatRequest, HeartbeatResponse, NodeState, NodeStatus, RenewCertificateRequest,
-    RenewCertificateResponse,
+    HeartbeatRequest, HeartbeatResponse, NodeState, NodeStatus, Peer, RenewCertificateRequest,
+    RenewCertificateResponse, SyncEvent, SyncRequest, sync_event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
@@ -73,8 +73,39 @@ pub trait LeaderLink: Send + Sync {
         request: RenewCertificateRequest,
     ) -> Result<RenewCertificateResponse, LinkError>;
 
+    /// Opens this node's sync stream (SPEC §6) from `request.from_revision`.
+    async fn sync(&self, target: &str, request: SyncRequest) -> Result<SyncReceiver, LinkError>;
+
     /// The node's key and certificate on disk changed: use them from now on.
     fn reload(&self) {}
+}
+
+/// The receiving end of a sync stream; it ends when the stream does.
+pub type SyncReceiver = tokio::sync::mpsc::Receiver<Result<SyncEvent, LinkError>>;
+
+/// What this node knows from its sync stream; the agent's actors read it (WireGuard
+/// the peers; Runtime and Dns their parts in later issues).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Revision of the last event applied (reported in every heartbeat).
+    pub revision: i64,
+    pub peers: Vec<Peer>,
+}
+
+pub type SyncedCell = Arc<watch::Sender<Synced>>;
+
+pub fn new_synced_cell() -> SyncedCell {
+    Arc::new(watch::channel(Synced::default()).0)
+}
+
+/// Applies one sync event.
+pub fn apply_sync_event(synced: &SyncedCell, event: SyncEvent) {
+    synced.send_modify(|s| {
+        s.revision = s.revision.max(event.revision);
+        if let Some(sync_event::Payload::Peers(set)) = event.payload {
+            s.peers = set.peers;
+        }
+    });
 }
 
 fn status_error(status: &tonic::Status) -> LinkError {
@@ -172,6 +203,34 @@ impl LeaderLink for TlsLeaderLink {
             .map_err(|s| status_error(&s))
     }
 
+    async fn sync(&self, target: &str, request: SyncRequest) -> Result<SyncReceiver, LinkError> {
+        let mut client = self.client(target)?;
+        let mut stream = client
+            .sync(request)
+            .await
+            .map_err(|s| status_error(&s))?
+            .into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    () = tx.closed() => return,
+                    item = stream.message() => item,
+                };
+                let item = match item {
+                    Ok(Some(event)) => Ok(event),
+                    Ok(None) => return,
+                    Err(status) => Err(status_error(&status)),
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     fn reload(&self) {
         if let Ok(mut loaded) = self.loaded.lock() {
             *loaded = None;
@@ -194,6 +253,7 @@ pub struct HeartbeatArgs {
     pub max_backoff: Duration,
     pub link: Arc<dyn LeaderLink>,
     pub mode: ModeCell,
+    pub synced: SyncedCell,
 }
 
 pub enum HeartbeatMsg {
@@ -208,6 +268,16 @@ pub struct HeartbeatState {
     last_ok: Instant,
     last_response: Option<HeartbeatResponse>,
     delay: Duration,
+    /// The sync stream being followed, and from which address.
+    sync: Option<(String, tokio::task::JoinHandle<()>)>,
+}
+
+impl Drop for HeartbeatState {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.sync.take() {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -228,6 +298,7 @@ impl HeartbeatState {
                 ..Default::default()
             }),
             rejoining,
+            synced_revision: self.args.synced.borrow().revision,
             ..Default::default()
         }
     }
@@ -254,6 +325,50 @@ impl HeartbeatState {
             }
         }
         None
+    }
+
+    /// Follows the sync stream of the leader at the current address, (re)opening it
+    /// from the last applied revision when it is not open there.
+    fn ensure_sync(&mut self) {
+        let target = self.args.targets[self.current].clone();
+        if let Some((from, task)) = &self.sync
+            && *from == target
+            && !task.is_finished()
+        {
+            return;
+        }
+        if let Some((_, task)) = self.sync.take() {
+            task.abort();
+        }
+        let (link, synced, node) = (
+            self.args.link.clone(),
+            self.args.synced.clone(),
+            self.args.node.clone(),
+        );
+        let addr = target.clone();
+        let task = tokio::spawn(async move {
+            let request = SyncRequest {
+                node_name: node.clone(),
+                from_revision: synced.borrow().revision,
+            };
+            match link.sync(&addr, request).await {
+                Ok(mut rx) => {
+                    while let Some(item) = rx.recv().await {
+                        match item {
+                            Ok(event) => apply_sync_event(&synced, event),
+                            Err(e) => {
+                                tracing::debug!(%node, leader = %addr, error = %e, "sync stream ended");
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%node, leader = %addr, error = %e, "sync stream not opened")
+                }
+            }
+        });
+        self.sync = Some((target, task));
     }
 
     /// Remembers a leader address the answer pointed to.
@@ -292,6 +407,7 @@ impl Actor for Heartbeat {
             current: 0,
             last_ok: Instant::now(),
             last_response: None,
+            sync: None,
         })
     }
 
@@ -318,6 +434,7 @@ impl Actor for Heartbeat {
             state.last_ok = Instant::now();
             state.last_response = Some(response);
             state.delay = state.args.tick;
+            state.ensure_sync();
             if mode != AgentMode::Attached {
                 state.args.mode.send_replace(AgentMode::Attached);
                 let target = &state.args.targets[state.current];

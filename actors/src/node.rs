@@ -24,7 +24,10 @@ use tokio::task::JoinHandle;
 
 use crate::api::ApiEndpoint;
 use crate::election::{Election, ElectionArgs};
-use crate::heartbeat::{AgentMode, Heartbeat, HeartbeatArgs, LeaderLink, ModeCell, new_mode_cell};
+use crate::heartbeat::{
+    AgentMode, Heartbeat, HeartbeatArgs, LeaderLink, ModeCell, SyncedCell, new_mode_cell,
+    new_synced_cell,
+};
 use crate::leader::{LocalFiles, leader_subtree};
 use crate::node_certs::{NodeCerts, NodeCertsArgs};
 use crate::store::{Store, StoreArgs, StoreBackend};
@@ -141,6 +144,8 @@ pub struct AgentOptions {
     pub link: Arc<dyn LeaderLink>,
     /// The node's Attached/Detached mode; created with [`new_mode_cell`].
     pub mode: ModeCell,
+    /// What the sync stream told this node.
+    pub synced: SyncedCell,
     /// `DIR/pki` of a real node: NodeCerts renews the certificate there.
     pub pki_dir: Option<std::path::PathBuf>,
 }
@@ -161,6 +166,7 @@ impl AgentOptions {
             loss_timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds.max(1))),
             link,
             mode: new_mode_cell(),
+            synced: new_synced_cell(),
             pki_dir: None,
         }
     }
@@ -182,6 +188,7 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
         max_backoff: Duration::from_secs(30).max(opts.tick),
         link: opts.link.clone(),
         mode: opts.mode.clone(),
+        synced: opts.synced.clone(),
     };
     let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
         heartbeat_args.clone()

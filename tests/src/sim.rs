@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kat_actors::api::node_api::{self, node_key};
 use kat_actors::api::user_api;
 use kat_actors::api::{ApiDirectory, ApiEndpoint};
-use kat_actors::heartbeat::{AgentMode, LeaderLink, LinkError};
+use kat_actors::heartbeat::{AgentMode, LeaderLink, LinkError, SyncReceiver};
 use kat_actors::node::{AgentOptions, ControlPlaneOptions, start_node};
 use kat_actors::pki::ca::node_key_and_csr;
 use kat_actors::pki::tokens;
@@ -31,7 +31,8 @@ use kat_actors::store::{MemoryStore, StateStore, StoreBackend};
 use kat_actors::supervision::SupervisorMsg;
 use kat_proto::v1alpha1::{
     ClusterConfiguration, HeartbeatRequest, HeartbeatResponse, JoinRequest, Node, NodeRole,
-    NodeSpec, NodeState, ObjectMeta, RenewCertificateRequest, RenewCertificateResponse, TokenKind,
+    NodeSpec, NodeState, ObjectMeta, RenewCertificateRequest, RenewCertificateResponse,
+    SyncRequest, TokenKind,
 };
 use prost::Message;
 use ractor::ActorRef;
@@ -109,6 +110,46 @@ impl LeaderLink for SimLink {
         node_api::renew_certificate(&ctx, &self.node, request)
             .await
             .map_err(|s| LinkError::Refused(s.message().to_owned()))
+    }
+
+    async fn sync(&self, target: &str, request: SyncRequest) -> Result<SyncReceiver, LinkError> {
+        let ctx = self.reach(target)?;
+        let mut events = node_api::sync_events(&ctx, &self.node, request.from_revision)
+            .await
+            .map_err(|s| LinkError::Refused(s.message().to_owned()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (network, node) = (self.network.clone(), self.node.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                // A partition cuts an open stream too.
+                if network.is_partitioned(&node) {
+                    let _ = tx
+                        .send(Err(LinkError::Unreachable("partitioned".to_owned())))
+                        .await;
+                    return;
+                }
+                let event = event.map_err(|s| LinkError::Refused(s.message().to_owned()));
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+impl SimLink {
+    /// The leader context serving `target`, unless this node is cut off.
+    fn reach(&self, target: &str) -> Result<node_api::NodeApiContext, LinkError> {
+        if self.network.is_partitioned(&self.node) {
+            return Err(LinkError::Unreachable("partitioned".to_owned()));
+        }
+        self.network
+            .directory
+            .lock()
+            .ok()
+            .and_then(|d| d.get(target).cloned())
+            .ok_or_else(|| LinkError::Unreachable(format!("nothing serves {target}")))
     }
 }
 

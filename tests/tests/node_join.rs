@@ -452,3 +452,70 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
     certs.stop(None);
     handle.await.unwrap();
 }
+
+#[tokio::test]
+async fn the_sync_stream_sends_peers_and_follows_new_registrations() {
+    use kat_actors::heartbeat::{LeaderLink, TlsLeaderLink};
+    use kat_proto::v1alpha1::{SyncRequest, sync_event::Payload};
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let mut anonymous = leader.client(None).await.unwrap();
+    let (key, csr) = node_key_and_csr("w1").unwrap();
+    let mut request = join_request(&token, "w1", "w1");
+    request.csr_pem = csr;
+    let joined = anonymous.join(request).await.unwrap().into_inner();
+    anonymous
+        .join(join_request(&token, "w2", "w2"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &leader.ca_pem).unwrap();
+    std::fs::write(dir.path().join("node.crt"), &joined.certificate_pem).unwrap();
+    std::fs::write(dir.path().join("node.key"), &key).unwrap();
+    let link = TlsLeaderLink::new(dir.path().to_path_buf());
+    let target = leader.url.trim_start_matches("https://");
+
+    // Only for itself.
+    let other = link
+        .sync(
+            target,
+            SyncRequest {
+                node_name: "w2".to_owned(),
+                from_revision: 0,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(other.to_string().contains("PermissionDenied"), "{other}");
+
+    let mut rx = link
+        .sync(
+            target,
+            SyncRequest {
+                node_name: "w1".to_owned(),
+                from_revision: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let peers = |event: kat_proto::v1alpha1::SyncEvent| -> Vec<String> {
+        match event.payload {
+            Some(Payload::Peers(set)) => set.peers.into_iter().map(|p| p.node_name).collect(),
+            other => panic!("expected peers, got {other:?}"),
+        }
+    };
+    let first = rx.recv().await.unwrap().unwrap();
+    let first_revision = first.revision;
+    assert_eq!(peers(first), ["w2"], "every other node, not itself");
+    anonymous
+        .join(join_request(&token, "w3", "w3"))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(next.revision > first_revision);
+    assert_eq!(peers(next), ["w2", "w3"]);
+}

@@ -50,6 +50,27 @@ async fn five_nodes_form_a_cluster() {
     // A node name is taken once.
     let again = sim.join("w1").await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::AlreadyExists);
+
+    // Each node's sync stream brought it the other four as peers...
+    let peers_of = |name: &str| -> Vec<String> {
+        let mut p: Vec<String> = sim.nodes[name]
+            .agent
+            .synced
+            .borrow()
+            .peers
+            .iter()
+            .map(|p| p.node_name.clone())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(peers_of("w1"), ["cp1", "w2", "w3", "w4"]);
+    assert_eq!(peers_of("cp1"), ["w1", "w2", "w3", "w4"]);
+    // ...and a sixth node reaches every stream without waiting for a tick.
+    sim.join("w5").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(peers_of("w1"), ["cp1", "w2", "w3", "w4", "w5"]);
+    assert!(sim.nodes["w1"].agent.synced.borrow().revision > 0);
     sim.stop().await;
     assert!(
         real.elapsed() < Duration::from_secs(10),

@@ -11,9 +11,9 @@ use kat_proto::v1alpha1::node_api_server::{NodeApi, NodeApiServer};
 use kat_proto::v1alpha1::user_api_server::UserApiServer;
 use kat_proto::v1alpha1::{
     ClusterConfiguration, EventSeverity, HeartbeatRequest, HeartbeatResponse, JoinRequest,
-    JoinResponse, Node, NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta,
+    JoinResponse, Node, NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta, Peer, PeerSet,
     RenewCertificateRequest, RenewCertificateResponse, StoredToken, SyncEvent, SyncRequest,
-    TokenKind,
+    TokenKind, sync_event,
 };
 use prost::Message;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -253,6 +253,100 @@ pub async fn heartbeat(
     ))
 }
 
+/// The WireGuard peers node `caller` should have: every other registered node.
+pub fn peer_set(nodes: &[Node], caller: &str) -> PeerSet {
+    let peers = nodes
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.as_ref()?.name.clone();
+            let spec = n.spec.as_ref()?;
+            (name != caller).then(|| Peer {
+                node_name: name,
+                public_key: spec.wireguard_public_key.clone(),
+                endpoint: spec.wireguard_endpoint.clone(),
+                allowed_ips: if spec.overlay_subnet.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![spec.overlay_subnet.clone()]
+                },
+            })
+        })
+        .collect();
+    PeerSet { peers }
+}
+
+async fn peers_now(
+    store: &dyn crate::store::StateStore,
+    caller: &str,
+) -> Result<(PeerSet, i64), crate::store::StoreError> {
+    let (kvs, revision) = store.list("/kat/nodes/").await?;
+    let nodes: Vec<Node> = kvs
+        .iter()
+        .filter_map(|kv| Node::decode(kv.value.as_slice()).ok())
+        .collect();
+    Ok((peer_set(&nodes, caller), revision))
+}
+
+/// Node `caller`'s sync stream (SPEC §6): the current peer set first (unless the node
+/// says it has seen this revision already), then a new one whenever a registration
+/// changes. Assignments and DNS records join the stream with the issues that create
+/// them. Ends when the receiver is dropped or the store's watch breaks.
+pub async fn sync_events(
+    ctx: &NodeApiContext,
+    caller: &str,
+    from_revision: i64,
+) -> Result<tokio::sync::mpsc::Receiver<Result<SyncEvent, Status>>, Status> {
+    let store = ctx.store.clone();
+    let (peers, revision) = peers_now(store.as_ref(), caller)
+        .await
+        .map_err(unavailable)?;
+    let mut watch = store
+        .watch("/kat/nodes/", revision + 1)
+        .await
+        .map_err(unavailable)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let caller = caller.to_owned();
+    tokio::spawn(async move {
+        if from_revision < revision {
+            let first = SyncEvent {
+                revision,
+                payload: Some(sync_event::Payload::Peers(peers)),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let event = tokio::select! {
+                () = tx.closed() => return,
+                event = watch.recv() => event,
+            };
+            let Some(Ok(mut last)) = event else {
+                let _ = tx
+                    .send(Err(Status::unavailable("the leader's watch ended; resync")))
+                    .await;
+                return;
+            };
+            // A burst of changes becomes one update.
+            while let Ok(Ok(next)) = watch.try_recv() {
+                last = next;
+            }
+            let update = match peers_now(store.as_ref(), &caller).await {
+                Ok((peers, revision)) => Ok(SyncEvent {
+                    revision: revision.max(last.kv.mod_revision),
+                    payload: Some(sync_event::Payload::Peers(peers)),
+                }),
+                Err(e) => Err(unavailable(e)),
+            };
+            let failed = update.is_err();
+            if tx.send(update).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Signs a new certificate for a registered node that asks with its current one; the
 /// CSR (a new key, made on the node) must name the caller.
 pub async fn renew_certificate(
@@ -325,8 +419,22 @@ impl NodeApi for NodeApiService {
 
     type SyncStream = SyncStream;
 
-    async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<Self::SyncStream>, Status> {
-        Err(Status::unimplemented("the sync stream is not built yet"))
+    async fn sync(
+        &self,
+        request: Request<SyncRequest>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let caller = caller_node(&request)?;
+        let req = request.into_inner();
+        if req.node_name != caller {
+            return Err(Status::permission_denied(format!(
+                "this certificate belongs to node {caller:?}; it cannot sync for {:?}",
+                req.node_name
+            )));
+        }
+        let rx = sync_events(&self.ctx, &caller, req.from_revision).await?;
+        Ok(Response::new(Box::pin(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn renew_certificate(
