@@ -27,14 +27,14 @@ use kat_proto::v1alpha1::{ClusterConfiguration, JoinRequest, NodeResources};
 use serde::{Deserialize, Serialize};
 
 use crate::api::ApiEndpoint;
-use crate::client::{api_channel, fetch_pinned_ca};
+use crate::client::{api_channel_with_timeout, fetch_pinned_ca};
 use crate::heartbeat::TlsLeaderLink;
 use crate::leader::LocalFiles;
 use crate::node::{AgentOptions, ControlPlaneOptions, start_node};
-use crate::pki::ca::node_key_and_csr;
+use crate::pki::ca::{ClusterCa, NODE_CERT_VALIDITY, generate_ca, node_key_and_csr};
 use crate::pki::pin::JoinCredential;
 use crate::store::StoreBackend;
-use crate::store::etcd_process::EtcdMemberConfig;
+use crate::store::etcd_process::{ClusterState, EtcdMemberConfig, EtcdTls};
 
 const IDENTITY_FILE: &str = "agent.json";
 const CLUSTER_FILE: &str = "cluster.kat";
@@ -49,6 +49,10 @@ pub struct AgentIdentity {
     /// member also tries its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leader_api: Vec<String>,
+    /// A control-plane member that joined: the etcd `--initial-cluster` it was given
+    /// (it starts with `--initial-cluster-state=existing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_initial_cluster: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -203,14 +207,54 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
             .unwrap_or_else(default_advertise_address),
         control_plane: true,
         leader_api: Vec::new(),
+        etcd_initial_cluster: None,
     };
     crate::files::private_dir(dir).map_err(io_err(dir))?;
     write_private(&dir.join(CLUSTER_FILE), &config_bytes)?;
+    let name = cluster
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    write_init_pki(dir, &name, &identity)?;
     let json =
         serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;
     write_private(&dir.join(IDENTITY_FILE), &json)?;
     tracing::info!(node = %identity.node_name, address = %identity.advertise_address, state_dir = %dir.display(), "state directory initialised");
     Ok(prepared(identity, dir, cluster, &opts.etcd_bin))
+}
+
+/// init's PKI, made before etcd starts so etcd can serve with mTLS from its first
+/// start: the cluster CA (`ca.key` 0600; the leader stores it in etcd for every
+/// control-plane member) and this node's key and certificate.
+fn write_init_pki(
+    dir: &Path,
+    cluster_name: &str,
+    identity: &AgentIdentity,
+) -> Result<(), AgentError> {
+    let pki = dir.join("pki");
+    crate::files::private_dir(&pki).map_err(io_err(&pki))?;
+    let failed = |e: crate::pki::ca::PkiError| AgentError::Failed(e.to_string());
+    let ca = generate_ca(cluster_name).map_err(failed)?;
+    let (key_pem, csr_pem) = node_key_and_csr(&identity.node_name).map_err(failed)?;
+    let cert_pem = ClusterCa::from_pem(&ca)
+        .and_then(|signer| {
+            signer.sign_node_csr(
+                &csr_pem,
+                &identity.node_name,
+                identity.advertise_address,
+                NODE_CERT_VALIDITY,
+            )
+        })
+        .map_err(failed)?;
+    write_private(&pki.join("ca.key"), ca.key_pem.as_bytes())?;
+    write_private(&pki.join("node.key"), key_pem.as_bytes())?;
+    let public = |path: &Path, data: &str| {
+        crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
+    };
+    public(&pki.join("ca.crt"), &ca.cert_pem)?;
+    public(&pki.join("node.crt"), &cert_pem)?;
+    Ok(())
 }
 
 fn read_cluster(dir: &Path) -> Result<ClusterConfiguration, AgentError> {
@@ -235,14 +279,19 @@ fn etcd_member(
 ) -> EtcdMemberConfig {
     let spec = cluster.spec.clone().unwrap_or_default();
     let port = |p: u32| u16::try_from(p).unwrap_or_default();
-    let mut member = EtcdMemberConfig::single(
+    let mut member = EtcdMemberConfig::single_tls(
         etcd_bin.to_path_buf(),
         &identity.node_name,
         dir.join("etcd"),
         SocketAddr::new(identity.advertise_address, port(spec.etcd_client_port)),
         SocketAddr::new(identity.advertise_address, port(spec.etcd_peer_port)),
+        EtcdTls::in_pki_dir(&dir.join("pki")),
     );
     member.log_file = Some(dir.join("logs").join("etcd.log"));
+    if let Some(initial) = &identity.etcd_initial_cluster {
+        member.initial_cluster.clone_from(initial);
+        member.cluster_state = ClusterState::Existing;
+    }
     member
 }
 
@@ -259,11 +308,14 @@ fn prepared(
         let backend = StoreBackend::Etcd(Box::new(member));
         let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster.clone());
         options.api = Some(ApiEndpoint::Tcp(own_api));
-        options.local_files = Some(LocalFiles {
-            state_dir: dir.to_path_buf(),
-            advertise_address: identity.advertise_address,
-            api_port,
-        });
+        // init's node only: the files its leader writes (katcall.yaml, join-token).
+        if identity.etcd_initial_cluster.is_none() {
+            options.local_files = Some(LocalFiles {
+                state_dir: dir.to_path_buf(),
+                advertise_address: identity.advertise_address,
+                api_port,
+            });
+        }
         options
     });
     let mut leader_api = identity.leader_api.clone();
@@ -306,12 +358,18 @@ pub fn etcd_env(state_dir: &Path) -> Result<String, AgentError> {
         identity.advertise_address,
         u16::try_from(port).unwrap_or_default(),
     );
+    let pki = std::fs::canonicalize(state_dir)
+        .unwrap_or_else(|_| state_dir.to_path_buf())
+        .join("pki");
     Ok(format!(
         "export ETCDCTL_API=3\n\
-         export ETCDCTL_ENDPOINTS=http://{endpoint}\n\
-         # etcd serves plain HTTP on the advertise address until the cluster PKI is in place;\n\
-         # clear certificate settings left over from another cluster.\n\
-         unset ETCDCTL_CACERT ETCDCTL_CERT ETCDCTL_KEY\n"
+         export ETCDCTL_ENDPOINTS=https://{endpoint}\n\
+         export ETCDCTL_CACERT={}\n\
+         export ETCDCTL_CERT={}\n\
+         export ETCDCTL_KEY={}\n",
+        pki.join("ca.crt").display(),
+        pki.join("node.crt").display(),
+        pki.join("node.key").display(),
     ))
 }
 
@@ -383,8 +441,9 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
         .map_err(|e| AgentError::Leader(e.to_string()))?;
     let (key_pem, csr_pem) =
         node_key_and_csr(&node_name).map_err(|e| AgentError::Failed(e.to_string()))?;
-    let channel =
-        api_channel(&leader, &ca_pem, None).map_err(|e| AgentError::Leader(e.to_string()))?;
+    // A control-plane join waits while an earlier member catches up in etcd.
+    let channel = api_channel_with_timeout(&leader, &ca_pem, None, Duration::from_secs(60))
+        .map_err(|e| AgentError::Leader(e.to_string()))?;
     let request = JoinRequest {
         token: credential.token.clone(),
         node_name: node_name.clone(),
@@ -424,8 +483,9 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
     let identity = AgentIdentity {
         node_name,
         advertise_address,
-        control_plane: false,
+        control_plane: response.etcd.is_some(),
         leader_api: vec![leader],
+        etcd_initial_cluster: response.etcd.map(|e| e.initial_cluster),
     };
     let json =
         serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;

@@ -130,6 +130,16 @@ pub fn api_channel(
     ca_pem: &str,
     identity: Option<&CertAndKey>,
 ) -> Result<Channel, ClientError> {
+    api_channel_with_timeout(addr, ca_pem, identity, CALL_TIMEOUT)
+}
+
+/// [`api_channel`] with another per-call timeout (joining may wait for etcd).
+pub fn api_channel_with_timeout(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<&CertAndKey>,
+    call_timeout: Duration,
+) -> Result<Channel, ClientError> {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     if let Some(id) = identity {
         tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
@@ -139,7 +149,7 @@ pub fn api_channel(
         .tls_config(tls)
         .map_err(|e| connect_err(addr, e))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+        .timeout(call_timeout);
     Ok(endpoint.connect_lazy())
 }
 

@@ -315,6 +315,12 @@ impl HeartbeatState {
                 .await
             {
                 Ok(response) => {
+                    for api in &response.control_plane_apis {
+                        if !self.args.targets.contains(api) {
+                            tracing::info!(node = %self.args.node, address = %api, "control-plane member learned");
+                            self.args.targets.push(api.clone());
+                        }
+                    }
                     self.follow(&target, &response.leader_address);
                     return Some(response);
                 }

@@ -78,29 +78,52 @@ fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
         .unwrap();
     assert!(env.status.success());
     let env = String::from_utf8(env.stdout).unwrap();
-    let endpoint = env
+    let vars: Vec<(String, String)> = env
         .lines()
-        .find_map(|l| l.strip_prefix("export ETCDCTL_ENDPOINTS="))
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let endpoint = vars
+        .iter()
+        .find(|(k, _)| k == "ETCDCTL_ENDPOINTS")
         .unwrap()
-        .to_owned();
-    let get = Command::new(&etcdctl)
+        .1
+        .clone();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    let etcdctl_cmd = |args: &[&str]| {
+        Command::new(&etcdctl)
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let get = etcdctl_cmd(&["get", "--print-value-only", "/kat/config/cluster_uid"]);
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout).trim(),
+        uid,
+        "{}",
+        String::from_utf8_lossy(&get.stderr)
+    );
+    // etcd speaks only mTLS: without the node's certificate it answers nothing.
+    let plain = Command::new(&etcdctl)
         .env("ETCDCTL_API", "3")
-        .env("ETCDCTL_ENDPOINTS", &endpoint)
-        .args(["get", "--print-value-only", "/kat/config/cluster_uid"])
+        .args([
+            "--endpoints",
+            &endpoint,
+            "--command-timeout=2s",
+            "get",
+            "/kat/config/cluster_uid",
+        ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), uid);
-    let config_key = Command::new(&etcdctl)
-        .env("ETCDCTL_ENDPOINTS", &endpoint)
-        .args(["get", "--keys-only", "/kat/config/cluster"])
-        .output()
-        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "etcd answered a client without a certificate"
+    );
+    let config_key = etcdctl_cmd(&["get", "--keys-only", "/kat/config/cluster"]);
     assert!(String::from_utf8_lossy(&config_key.stdout).contains("/kat/config/cluster"));
-    let stored = Command::new(&etcdctl)
-        .env("ETCDCTL_ENDPOINTS", &endpoint)
-        .args(["get", "--keys-only", "--prefix", "/kat/"])
-        .output()
-        .unwrap();
+    let stored = etcdctl_cmd(&["get", "--keys-only", "--prefix", "/kat/"]);
     let keys = String::from_utf8_lossy(&stored.stdout).into_owned();
     assert!(keys.contains("/kat/pki/ca"), "{keys}");
     assert!(

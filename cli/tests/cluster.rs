@@ -31,7 +31,14 @@ fn katcall(config: &Path, args: &[&str]) -> Output {
 
 /// Node name → state, from `katcall get nodes -o json`.
 fn node_states(config: &Path) -> Vec<(String, String)> {
-    let out = katcall(config, &["get", "nodes", "-o", "json"]);
+    node_states_at(config, &[])
+}
+
+/// The same, with extra katcall flags (e.g. `--server`).
+fn node_states_at(config: &Path, flags: &[&str]) -> Vec<(String, String)> {
+    let mut args = flags.to_vec();
+    args.extend(["get", "nodes", "-o", "json"]);
+    let out = katcall(config, &args);
     assert!(
         out.status.success(),
         "{}",
@@ -242,6 +249,171 @@ fn init_and_two_joins_form_a_cluster_and_a_killed_node_comes_back() {
         agent.signal(Signal::SIGTERM);
     }
     for agent in [&mut n3, &mut n2, &mut n1] {
+        assert!(agent.child.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
+    if find_program("etcd").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file_with(
+        dir.path(),
+        &format!("  quorumSize: 3\n  agentTickSeconds: {TICK}\n  nodeLossTimeoutSeconds: {LOSS}\n"),
+    );
+    let api_port = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("apiPort: ").map(str::to_owned))
+        .unwrap();
+    let leader = format!("127.0.0.1:{api_port}");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let mut n1 = Agent::start(
+        &[
+            "init",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            &path("n1"),
+            "--node-name",
+            "n1",
+            "--advertise-address",
+            "127.0.0.1",
+        ],
+        &dir.path().join("n1.log"),
+    );
+    n1.wait_for(
+        "katcall configuration written (admin API token)",
+        1,
+        Duration::from_secs(10),
+    );
+    n1.wait_for("API listening", 1, Duration::from_secs(10));
+    let katcall_yaml = dir.path().join("n1/katcall.yaml");
+    let created = katcall(&katcall_yaml, &["token", "create", "join", "--reusable"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+
+    // n2 and n3 become etcd members (quorumSize 3); n4 is a worker.
+    let mut others = Vec::new();
+    for (name, addr) in [
+        ("n2", "127.0.0.2"),
+        ("n3", "127.0.0.3"),
+        ("n4", "127.0.0.4"),
+    ] {
+        let state = path(name);
+        let mut agent = Agent::start(
+            &join_args(&leader, &token, &state, name, addr),
+            &dir.path().join(format!("{name}.log")),
+        );
+        agent.wait_for("joined the cluster", 1, Duration::from_secs(60));
+        others.push(agent);
+    }
+    let formed = wait_states(
+        &katcall_yaml,
+        &[
+            ("n1", "READY"),
+            ("n2", "READY"),
+            ("n3", "READY"),
+            ("n4", "READY"),
+        ],
+        Duration::from_secs(30),
+    );
+    eprintln!("four Ready nodes {formed:?} after the last join");
+    let roles = katcall(&katcall_yaml, &["get", "nodes"]);
+    let roles = String::from_utf8(roles.stdout).unwrap();
+    assert_eq!(roles.matches("control-plane").count(), 3, "{roles}");
+    assert_eq!(roles.matches("worker").count(), 1, "{roles}");
+    if let Some(etcdctl) = find_program("etcdctl") {
+        // Three voting members, all speaking mTLS; no learner left.
+        let env = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+            .args(["etcd-env", "--state-dir", &path("n2")])
+            .output()
+            .unwrap();
+        let vars: Vec<(String, String)> = String::from_utf8(env.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let started = Instant::now();
+        loop {
+            let list = Command::new(&etcdctl)
+                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .args(["member", "list"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&list.stdout).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.len() == 3
+                && lines
+                    .iter()
+                    .all(|l| l.contains("started") && l.ends_with("false"))
+            {
+                assert!(lines.iter().all(|l| l.contains("https://")), "{text}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(15), "{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // Kill the leader: another member leads, and everyone else stays Ready.
+    n1.signal(Signal::SIGKILL);
+    let _ = n1.child.wait();
+    let killed = Instant::now();
+    let want = [
+        ("n1", "NOT_READY"),
+        ("n2", "READY"),
+        ("n3", "READY"),
+        ("n4", "READY"),
+    ];
+    let servers = [
+        format!("https://127.0.0.2:{api_port}"),
+        format!("https://127.0.0.3:{api_port}"),
+    ];
+    'wait: loop {
+        for server in &servers {
+            let out = katcall(
+                &katcall_yaml,
+                &["--server", server, "get", "nodes", "-o", "json"],
+            );
+            if out.status.success() {
+                let states = node_states_at(&katcall_yaml, &["--server", server]);
+                if want
+                    .iter()
+                    .all(|(n, s)| states.iter().any(|(name, st)| name == n && st == s))
+                {
+                    eprintln!(
+                        "{server} leads; n1 NotReady {:?} after SIGKILL",
+                        killed.elapsed()
+                    );
+                    break 'wait;
+                }
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "no new leader with the expected view"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The worker followed the new leader without going Detached.
+    let n4_log = std::fs::read_to_string(dir.path().join("n4.log")).unwrap();
+    assert!(
+        n4_log.contains("control-plane member learned"),
+        "the worker learned the members"
+    );
+    assert!(!n4_log.contains("Detached"), "{n4_log}");
+    for agent in &mut others {
+        agent.signal(Signal::SIGTERM);
+    }
+    for agent in others.iter_mut().rev() {
         assert!(agent.child.wait().unwrap().success());
     }
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kat_actors::api::node_api::{self, node_key};
+use kat_actors::api::node_api::{self, control_plane_key, node_key};
 use kat_actors::api::user_api;
 use kat_actors::api::{ApiDirectory, ApiEndpoint};
 use kat_actors::heartbeat::{AgentMode, LeaderLink, LinkError, SyncReceiver};
@@ -247,6 +247,10 @@ impl SimCluster {
         };
         self.store
             .put(&node_key(name), node.encode_to_vec(), None)
+            .await
+            .expect("store");
+        self.store
+            .put(&control_plane_key(name), sim_addr(name).into_bytes(), None)
             .await
             .expect("store");
     }

@@ -34,6 +34,15 @@ async fn leader() -> Leader {
     let key = election::campaign(store.as_ref(), "/kat/election", b"n0".to_vec(), lease.id)
         .await
         .unwrap();
+    // n0 is the (only, quorumSize 1) control-plane member: joiners are workers.
+    store
+        .put(
+            &kat_actors::api::node_api::control_plane_key("n0"),
+            b"127.0.0.1:1".to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
     let ca = generate_ca("join-test").unwrap();
     let signer = ClusterCa::from_pem(&ca).unwrap();
     let server_cert = signer
@@ -48,6 +57,7 @@ async fn leader() -> Leader {
         leader: key,
         ca: ca.clone(),
         cluster: cluster_config("join-test", 1),
+        control_plane: Default::default(),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -121,12 +121,13 @@ impl Actor for Api {
             .map(|m| m.name.clone())
             .unwrap_or_default();
         let store = args.leadership.store.clone();
-        let ca = ensure_ca(store.as_ref(), &args.leadership, &name).await?;
+        let ca = ensure_ca(store.as_ref(), &args.leadership, &name, None).await?;
         let ctx = NodeApiContext {
             store,
             leader: args.leadership.key.clone(),
             ca: ca.clone(),
             cluster: args.cluster.clone(),
+            control_plane: node_api::ControlPlaneCache::default(),
         };
         let addr = match &args.endpoint {
             ApiEndpoint::Tcp(addr) => *addr,

@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime};
 use kat_proto::v1alpha1::node_api_server::{NodeApi, NodeApiServer};
 use kat_proto::v1alpha1::user_api_server::UserApiServer;
 use kat_proto::v1alpha1::{
-    ClusterConfiguration, EventSeverity, HeartbeatRequest, HeartbeatResponse, JoinRequest,
-    JoinResponse, Node, NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta, Peer, PeerSet,
-    RenewCertificateRequest, RenewCertificateResponse, StoredToken, SyncEvent, SyncRequest,
-    TokenKind, sync_event,
+    ClusterConfiguration, EtcdMembership, EventSeverity, HeartbeatRequest, HeartbeatResponse,
+    JoinRequest, JoinResponse, Node, NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta, Peer,
+    PeerSet, RenewCertificateRequest, RenewCertificateResponse, StoredToken, SyncEvent,
+    SyncRequest, TokenKind, sync_event,
 };
 use prost::Message;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -38,6 +38,36 @@ pub struct NodeApiContext {
     pub leader: LeaderKey,
     pub ca: CertAndKey,
     pub cluster: ClusterConfiguration,
+    /// Control-plane API addresses, re-read at most every few seconds (every
+    /// heartbeat answer carries them).
+    pub control_plane: ControlPlaneCache,
+}
+
+/// A short-lived cache of [`control_plane_apis`].
+#[derive(Clone, Default)]
+pub struct ControlPlaneCache(Arc<std::sync::Mutex<Option<(tokio::time::Instant, Vec<String>)>>>);
+
+impl ControlPlaneCache {
+    const FRESH_FOR: Duration = Duration::from_secs(5);
+
+    /// The addresses, read from the store when the cached ones are older than 5 s.
+    pub async fn get(&self, store: &dyn StateStore) -> Vec<String> {
+        if let Ok(cached) = self.0.lock()
+            && let Some((at, apis)) = cached.as_ref()
+            && at.elapsed() < Self::FRESH_FOR
+        {
+            return apis.clone();
+        }
+        match control_plane_apis(store).await {
+            Ok(apis) => {
+                if let Ok(mut cached) = self.0.lock() {
+                    *cached = Some((tokio::time::Instant::now(), apis.clone()));
+                }
+                apis
+            }
+            Err(_) => Vec::new(),
+        }
+    }
 }
 
 /// The store could not be reached or refused the request: the caller may retry.
@@ -100,6 +130,73 @@ pub async fn join(
         })?;
 
     let spec = ctx.cluster.spec.clone().unwrap_or_default();
+    // The first quorumSize nodes are control-plane members: they get an etcd member
+    // (added as a learner, which does not count for quorum until the leader promotes
+    // it) and serve the API when they lead.
+    let (members, _) = ctx
+        .store
+        .list(CONTROL_PLANE_PREFIX)
+        .await
+        .map_err(unavailable)?;
+    let control_plane = members.len() < usize::try_from(spec.quorum_size.max(1)).unwrap_or(1);
+    let port = |p: u32| u16::try_from(p).unwrap_or_default();
+    let mut etcd = None;
+    let mut learner = None;
+    if control_plane {
+        let peer_url = format!(
+            "https://{}",
+            SocketAddr::new(address, port(spec.etcd_peer_port))
+        );
+        // etcd takes one learner at a time, and no new member while one is not yet
+        // connected: a member that joined just before may still be catching up (the
+        // leader promotes it within a tick or two).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+        let members = loop {
+            match ctx.store.add_learner(&peer_url).await {
+                Ok(members) => break members,
+                Err(e)
+                    if (e.to_string().contains("too many learner")
+                        || e.to_string().contains("unhealthy cluster"))
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(Status::unavailable(format!(
+                        "cannot add an etcd member for {}: {e}",
+                        req.node_name
+                    )));
+                }
+            }
+        };
+        learner = members
+            .iter()
+            .find(|m| m.peer_urls.contains(&peer_url))
+            .map(|m| m.id);
+        let initial_cluster: Vec<String> = members
+            .iter()
+            .filter_map(|m| {
+                let url = m.peer_urls.first()?;
+                let name = if *url == peer_url {
+                    req.node_name.clone()
+                } else if m.name.is_empty() {
+                    return None;
+                } else {
+                    m.name.clone()
+                };
+                Some(format!("{name}={url}"))
+            })
+            .collect();
+        etcd = Some(EtcdMembership {
+            member_name: req.node_name.clone(),
+            initial_cluster: initial_cluster.join(","),
+        });
+    }
+    let role = if control_plane {
+        NodeRole::ControlPlane
+    } else {
+        NodeRole::Worker
+    };
     let node = Node {
         api_version: kat_proto::quadlet::API_VERSION.to_owned(),
         kind: "Node".to_owned(),
@@ -116,7 +213,7 @@ pub async fn join(
                 u16::try_from(spec.wireguard_port).unwrap_or_default(),
             )
             .to_string(),
-            role: NodeRole::Worker.into(),
+            role: role.into(),
             agent_version: req.agent_version.clone(),
             capacity: req.capacity.clone(),
             allocatable: req.capacity.clone(),
@@ -128,6 +225,13 @@ pub async fn join(
         }),
     };
     let mut then = vec![TxnOp::put(&node_key, node.encode_to_vec())];
+    if control_plane {
+        let api = SocketAddr::new(address, port(spec.api_port));
+        then.push(TxnOp::put(
+            control_plane_key(&req.node_name),
+            api.to_string(),
+        ));
+    }
     if !record.reusable {
         record.used = true;
         then.push(TxnOp::put(&token_key, record.encode_to_vec()));
@@ -139,22 +243,47 @@ pub async fn join(
             Compare::absent(&node_key),
         ])
         .and_then(then);
-    let result = ctx.store.txn(txn).await.map_err(unavailable)?;
-    if !result.succeeded {
-        // Another join raced this one (same token or same name), or leadership moved.
-        return Err(Status::aborted(
-            "the join conflicted with another change; try again",
-        ));
+    let result = ctx.store.txn(txn).await;
+    if !result.as_ref().is_ok_and(|r| r.succeeded) {
+        // Another join raced this one (same token or same name), leadership moved, or
+        // the store failed: the etcd member added for it goes too.
+        if let Some(id) = learner
+            && let Err(e) = ctx.store.remove_member(id).await
+        {
+            tracing::warn!(node = %req.node_name, error = %e, "could not remove the etcd learner of a failed join");
+        }
+        return Err(match result {
+            Err(e) => unavailable(e),
+            Ok(_) => Status::aborted("the join conflicted with another change; try again"),
+        });
     }
-    tracing::info!(node = %req.node_name, address = %address, "node joined");
+    tracing::info!(node = %req.node_name, address = %address, control_plane, "node joined");
     Ok(JoinResponse {
         certificate_pem,
         ca_pem: ctx.ca.cert_pem.clone(),
         cluster: Some(ctx.cluster.clone()),
         overlay_subnet: String::new(),
         node: Some(node),
-        etcd: None,
+        etcd,
     })
+}
+
+/// `/kat/control-plane/`: one key per control-plane member, its API address.
+pub const CONTROL_PLANE_PREFIX: &str = "/kat/control-plane/";
+
+pub fn control_plane_key(name: &str) -> String {
+    format!("{CONTROL_PLANE_PREFIX}{name}")
+}
+
+/// Every control-plane member's API address (HOST:PORT).
+pub async fn control_plane_apis(
+    store: &dyn crate::store::StateStore,
+) -> Result<Vec<String>, crate::store::StoreError> {
+    let (kvs, _) = store.list(CONTROL_PLANE_PREFIX).await?;
+    Ok(kvs
+        .into_iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .collect())
 }
 
 /// `/kat/status/nodes/<name>`: a node's last reported status.
@@ -245,6 +374,7 @@ pub async fn heartbeat(
             return Ok(HeartbeatResponse {
                 revision: result.revision,
                 leader_address: String::new(),
+                control_plane_apis: ctx.control_plane.get(ctx.store.as_ref()).await,
             });
         }
     }
@@ -467,7 +597,7 @@ pub async fn serve(
         .client_auth_optional(true);
     Server::builder()
         .tls_config(tls)?
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
         .add_service(NodeApiServer::new(NodeApiService::new(ctx.clone())))
         .add_service(UserApiServer::new(UserApiService::new(ctx)))
         .serve_with_incoming_shutdown(

@@ -20,7 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 pub mod node_monitor;
 
-use crate::api::node_api::node_key;
+use crate::api::node_api::{control_plane_key, node_key};
 use crate::api::{Api, ApiArgs, ApiEndpoint};
 use crate::client::KatcallConfig;
 use crate::election::{Election, LeaderSubtree, Leadership};
@@ -204,11 +204,23 @@ pub async fn record_cluster(
     }
 }
 
-/// Reads the cluster CA, creating it (once, fenced) if there is none.
+/// The CA `kat-agent init` made in `DIR/pki` before etcd started (etcd serves with
+/// certificates it signed), if this is init's node.
+pub fn read_local_ca(state_dir: &Path) -> Option<CertAndKey> {
+    let pki = state_dir.join("pki");
+    Some(CertAndKey {
+        cert_pem: std::fs::read_to_string(pki.join("ca.crt")).ok()?,
+        key_pem: std::fs::read_to_string(pki.join("ca.key")).ok()?,
+    })
+}
+
+/// Reads the cluster CA; if there is none, stores `local` (init's) or a new one, once
+/// and fenced.
 pub async fn ensure_ca(
     store: &dyn StateStore,
     leadership: &Leadership,
     cluster_name: &str,
+    local: Option<&CertAndKey>,
 ) -> Result<CertAndKey, ActorProcessingErr> {
     let decode = |bytes: &[u8]| -> Result<CertAndKey, ActorProcessingErr> {
         let ca = CertificateAuthority::decode(bytes)?;
@@ -220,7 +232,10 @@ pub async fn ensure_ca(
     if let Some(kv) = store.get(CA_KEY).await? {
         return decode(&kv.value);
     }
-    let ca = generate_ca(cluster_name)?;
+    let ca = match local {
+        Some(ca) => ca.clone(),
+        None => generate_ca(cluster_name)?,
+    };
     let record = CertificateAuthority {
         cert_pem: ca.cert_pem.clone(),
         key_pem: ca.key_pem.clone(),
@@ -330,9 +345,13 @@ async fn register_local_node(
         }),
         status: None,
     };
+    let api = std::net::SocketAddr::new(local.advertise_address, local.api_port);
     let txn = Txn::new()
         .when([leadership.key.fence(), Compare::absent(&key)])
-        .and_then([TxnOp::put(&key, node.encode_to_vec())]);
+        .and_then([
+            TxnOp::put(&key, node.encode_to_vec()),
+            TxnOp::put(control_plane_key(&leadership.node), api.to_string()),
+        ]);
     if leadership.store.txn(txn).await?.succeeded {
         tracing::info!(node = %leadership.node, "node registered (control plane)");
     }
@@ -404,7 +423,11 @@ impl Actor for Bootstrap {
         } else {
             tracing::info!(node = %args.leadership.node, %uid, "cluster exists; resuming");
         }
-        let ca = ensure_ca(store.as_ref(), &args.leadership, name).await?;
+        let local_ca = args
+            .local
+            .as_ref()
+            .and_then(|l| read_local_ca(&l.state_dir));
+        let ca = ensure_ca(store.as_ref(), &args.leadership, name, local_ca.as_ref()).await?;
         if let Some(local) = &args.local {
             write_node_files(&ca, &args.leadership, local).await?;
         }

@@ -153,6 +153,22 @@ impl NodeMonitorState {
     }
 }
 
+/// Makes every started etcd learner (a control-plane member that joined) a voting
+/// member; etcd refuses until the learner has caught up, so this is retried each tick.
+async fn promote_learners(store: &dyn crate::store::StateStore) {
+    let Ok(members) = store.members().await else {
+        return;
+    };
+    for m in members.iter().filter(|m| m.learner && !m.name.is_empty()) {
+        match store.promote(m.id).await {
+            Ok(()) => tracing::info!(member = %m.name, "etcd learner promoted to voting member"),
+            Err(e) => {
+                tracing::debug!(member = %m.name, error = %e, "etcd learner not promoted yet")
+            }
+        }
+    }
+}
+
 impl Actor for NodeMonitor {
     type Msg = NodeMonitorMsg;
     type State = NodeMonitorState;
@@ -185,6 +201,7 @@ impl Actor for NodeMonitor {
                 if let Err(e) = state.check().await {
                     tracing::warn!(error = %e, "node check failed; retrying next tick");
                 }
+                promote_learners(state.args.leadership.store.as_ref()).await;
             }
         }
         Ok(())

@@ -149,6 +149,14 @@ impl ClusterCa {
         let params = &mut csr.params;
         params.subject_alt_names =
             vec![SanType::DnsName(dns), SanType::IpAddress(advertise_address)];
+        // Loopback connections come from 127.0.0.1 whatever loopback address a node
+        // advertises, and etcd checks a peer's certificate against the address it
+        // connects from: nodes sharing one machine on 127.0.0.x also carry 127.0.0.1
+        // (which names the same machine, so this trusts nothing more).
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        if advertise_address.is_loopback() && advertise_address != localhost {
+            params.subject_alt_names.push(SanType::IpAddress(localhost));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -242,7 +250,7 @@ mod tests {
         let ca = generate_ca("homelab").unwrap();
         let signer = ClusterCa::from_pem(&ca).unwrap();
         let (_key, csr) = node_key_and_csr("node-2").unwrap();
-        let addr: IpAddr = "127.0.0.2".parse().unwrap();
+        let addr: IpAddr = "192.168.1.2".parse().unwrap();
         let cert_pem = signer
             .sign_node_csr(&csr, "node-2", addr, NODE_CERT_VALIDITY)
             .unwrap();
@@ -266,9 +274,7 @@ mod tests {
         assert_eq!(sans.len(), 2, "{names:?}");
         assert!(names.iter().any(|n| n.contains("node-2")), "{names:?}");
         assert!(
-            names
-                .iter()
-                .any(|n| n.contains("127, 0, 0, 2") || n.contains("[127, 0, 0, 2]")),
+            names.iter().any(|n| n.contains("192, 168, 1, 2")),
             "{names:?}"
         );
         let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
@@ -277,6 +283,33 @@ mod tests {
             "about a year: {life}"
         );
         assert!(!cert.is_ca());
+    }
+
+    #[test]
+    fn a_node_on_a_loopback_address_also_carries_127_0_0_1() {
+        let signer = ClusterCa::from_pem(&generate_ca("c").unwrap()).unwrap();
+        let sans = |addr: &str| -> Vec<String> {
+            let (_, csr) = node_key_and_csr("n2").unwrap();
+            let pem = signer
+                .sign_node_csr(&csr, "n2", addr.parse().unwrap(), NODE_CERT_VALIDITY)
+                .unwrap();
+            let (der, _) = parse(&pem);
+            let (_, cert) = X509Certificate::from_der(&der).unwrap();
+            cert.subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect()
+        };
+        let two = sans("127.0.0.2");
+        assert_eq!(two.len(), 3, "{two:?}");
+        assert!(two.iter().any(|n| n.contains("127, 0, 0, 2")), "{two:?}");
+        assert!(two.iter().any(|n| n.contains("127, 0, 0, 1")), "{two:?}");
+        assert_eq!(sans("127.0.0.1").len(), 2);
+        assert_eq!(sans("10.0.0.1").len(), 2);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::state_store::{
     CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, Revision, StateStore, StoreError,
-    StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
+    StoreMember, StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
 };
 
 /// How long a member may take to answer a health probe.
@@ -18,6 +18,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 #[derive(Clone)]
 pub struct EtcdStore {
     client: ec::Client,
+    /// How to reach other members (probes), when etcd speaks mTLS.
+    tls: Option<ec::TlsOptions>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -29,19 +31,45 @@ impl std::fmt::Debug for EtcdStore {
 impl EtcdStore {
     /// Connects to the given endpoints (`http://127.0.0.1:2379`).
     pub async fn connect(endpoints: &[String], timeout: Duration) -> StoreResult<Self> {
-        let options = ec::ConnectOptions::new()
+        Self::connect_tls(endpoints, timeout, None).await
+    }
+
+    /// Connects presenting this node's certificate (`https://` endpoints) when `tls`
+    /// is given.
+    pub async fn connect_tls(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<&super::etcd_process::EtcdTls>,
+    ) -> StoreResult<Self> {
+        let tls = tls
+            .map(super::etcd_process::EtcdTls::client_options)
+            .transpose()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut options = ec::ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(tls) = &tls {
+            options = options.with_tls(tls.clone());
+        }
         let client = ec::Client::connect(endpoints, Some(options))
             .await
             .map_err(unavailable)?;
-        Ok(Self { client })
+        Ok(Self { client, tls })
     }
 
     /// The underlying client, for operations outside `StateStore` (status, members).
     pub fn client(&self) -> ec::Client {
         self.client.clone()
+    }
+}
+
+fn member(m: &ec::Member) -> StoreMember {
+    StoreMember {
+        id: m.id(),
+        name: m.name().to_owned(),
+        peer_urls: m.peer_urls().to_vec(),
+        learner: m.is_learner(),
     }
 }
 
@@ -356,15 +384,59 @@ impl StateStore for EtcdStore {
             .find(|m| m.name() == member)
             .and_then(|m| m.client_urls().first().cloned());
         let Some(url) = url else { return Ok(None) };
-        let options = ec::ConnectOptions::new()
+        let mut options = ec::ConnectOptions::new()
             .with_connect_timeout(PROBE_TIMEOUT)
             .with_timeout(PROBE_TIMEOUT);
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.clone());
+        }
         let probe = async move {
             let mut client = ec::Client::connect([url], Some(options)).await?;
             client.status().await
         };
         let answered = tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await;
         Ok(Some(matches!(answered, Ok(Ok(_)))))
+    }
+
+    async fn members(&self) -> StoreResult<Vec<StoreMember>> {
+        let list = self
+            .client
+            .clone()
+            .member_list()
+            .await
+            .map_err(unavailable)?;
+        Ok(list.members().iter().map(member).collect())
+    }
+
+    async fn add_learner(&self, peer_url: &str) -> StoreResult<Vec<StoreMember>> {
+        let added = self
+            .client
+            .clone()
+            .member_add(
+                [peer_url],
+                Some(ec::MemberAddOptions::new().with_is_learner()),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(added.member_list().iter().map(member).collect())
+    }
+
+    async fn remove_member(&self, id: u64) -> StoreResult<()> {
+        self.client
+            .clone()
+            .member_remove(id)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn promote(&self, id: u64) -> StoreResult<()> {
+        self.client
+            .clone()
+            .member_promote(id)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {

@@ -24,6 +24,62 @@ pub enum ClusterState {
     Existing,
 }
 
+/// mTLS for an etcd member and its clients: the node's certificate (client and server
+/// usage, SANs = node name and advertise address) serves clients and peers, and only
+/// certificates from the cluster CA are accepted on either port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl EtcdTls {
+    /// The files under a node's `DIR/pki`.
+    pub fn in_pki_dir(pki: &std::path::Path) -> Self {
+        Self {
+            ca_file: pki.join("ca.crt"),
+            cert_file: pki.join("node.crt"),
+            key_file: pki.join("node.key"),
+        }
+    }
+
+    /// TLS settings for an etcd client presenting this node's certificate.
+    pub fn client_options(&self) -> std::io::Result<etcd_client::TlsOptions> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca_file)?))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.cert_file)?,
+                read(&self.key_file)?,
+            )))
+    }
+
+    fn args(&self) -> Vec<String> {
+        let (ca, cert, key) = (
+            self.ca_file.display(),
+            self.cert_file.display(),
+            self.key_file.display(),
+        );
+        vec![
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            "--client-cert-auth=true".to_owned(),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth=true".to_owned(),
+        ]
+    }
+}
+
+/// How long one health probe of a starting member may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// How to run one etcd member.
 #[derive(Debug, Clone)]
 pub struct EtcdMemberConfig {
@@ -40,6 +96,8 @@ pub struct EtcdMemberConfig {
     pub election_timeout: Duration,
     /// Where etcd's own log goes; `None` discards it.
     pub log_file: Option<PathBuf>,
+    /// mTLS on both ports (production); `None`: plain HTTP (tests on loopback).
+    pub tls: Option<EtcdTls>,
 }
 
 impl EtcdMemberConfig {
@@ -62,15 +120,35 @@ impl EtcdMemberConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             log_file: None,
+            tls: None,
         }
     }
 
+    /// A one-member cluster served with mTLS.
+    pub fn single_tls(
+        binary: PathBuf,
+        name: &str,
+        data_dir: PathBuf,
+        client_addr: SocketAddr,
+        peer_addr: SocketAddr,
+        tls: EtcdTls,
+    ) -> Self {
+        let mut config = Self::single(binary, name, data_dir, client_addr, peer_addr);
+        config.tls = Some(tls);
+        config.initial_cluster = format!("{name}={}", config.peer_url());
+        config
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://{}", self.client_addr)
+        format!("{}://{}", self.scheme(), self.client_addr)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{}", self.peer_addr)
+        format!("{}://{}", self.scheme(), self.peer_addr)
     }
 
     /// The etcd command-line arguments.
@@ -79,7 +157,7 @@ impl EtcdMemberConfig {
             ClusterState::New => "new",
             ClusterState::Existing => "existing",
         };
-        vec![
+        let mut args = vec![
             format!("--name={}", self.name),
             format!("--data-dir={}", self.data_dir.display()),
             format!("--listen-client-urls={}", self.client_url()),
@@ -96,7 +174,11 @@ impl EtcdMemberConfig {
             // Keep the lease and watch history usable after restarts; compaction is the
             // leader's job (backups), not etcd's auto-compactor.
             "--auto-compaction-retention=0".to_owned(),
-        ]
+        ];
+        if let Some(tls) = &self.tls {
+            args.extend(tls.args());
+        }
+        args
     }
 }
 
@@ -128,6 +210,7 @@ pub struct EtcdProcess {
     child: Child,
     pid: u32,
     client_url: String,
+    tls: Option<EtcdTls>,
 }
 
 impl EtcdProcess {
@@ -167,6 +250,7 @@ impl EtcdProcess {
             child,
             pid,
             client_url: config.client_url(),
+            tls: config.tls.clone(),
         })
     }
 
@@ -186,14 +270,25 @@ impl EtcdProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(EtcdProcessError::Exited { status });
             }
-            match EtcdStore::connect(
-                std::slice::from_ref(&self.client_url),
-                Duration::from_secs(1),
-            )
-            .await
-            {
+            // Probe with a short timeout (a starting member may accept connections
+            // before it answers), then connect for real with the normal one.
+            let endpoints = std::slice::from_ref(&self.client_url);
+            let probe = EtcdStore::connect_tls(endpoints, PROBE_TIMEOUT, self.tls.as_ref()).await;
+            match probe {
                 Ok(store) => match store.get("/kat/health").await {
-                    Ok(_) => return Ok(store),
+                    Ok(_) => {
+                        return EtcdStore::connect_tls(
+                            endpoints,
+                            Duration::from_secs(1),
+                            self.tls.as_ref(),
+                        )
+                        .await
+                        .map_err(|e| EtcdProcessError::NotHealthy {
+                            url: self.client_url.clone(),
+                            waited: started.elapsed(),
+                            last_error: e.to_string(),
+                        });
+                    }
                     Err(e) => last_error = e.to_string(),
                 },
                 Err(e) => last_error = e.to_string(),

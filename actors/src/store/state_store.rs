@@ -174,6 +174,16 @@ pub struct WatchEvent {
 /// The receiving end of a watch; dropping it cancels the watch.
 pub type WatchReceiver = mpsc::UnboundedReceiver<Result<WatchEvent, StoreError>>;
 
+/// A member of the store's cluster (etcd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreMember {
+    pub id: u64,
+    /// Empty until the member has started.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub learner: bool,
+}
+
 /// A granted lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -237,5 +247,30 @@ pub trait StateStore: Send + Sync + 'static {
     async fn member_reachable(&self, member: &str) -> StoreResult<Option<bool>> {
         let _ = member;
         Ok(None)
+    }
+
+    /// The store's members (empty where the store has none).
+    async fn members(&self) -> StoreResult<Vec<StoreMember>> {
+        Ok(Vec::new())
+    }
+
+    /// Adds a non-voting member (an etcd learner) at `peer_url`; returns every member.
+    async fn add_learner(&self, peer_url: &str) -> StoreResult<Vec<StoreMember>> {
+        let _ = peer_url;
+        Err(StoreError::Invalid(
+            "this store has no members to add to".to_owned(),
+        ))
+    }
+
+    /// Removes a member (a learner whose join failed).
+    async fn remove_member(&self, id: u64) -> StoreResult<()> {
+        let _ = id;
+        Err(StoreError::Invalid("this store has no members".to_owned()))
+    }
+
+    /// Makes a learner a voting member; fails while it has not caught up.
+    async fn promote(&self, id: u64) -> StoreResult<()> {
+        let _ = id;
+        Err(StoreError::Invalid("this store has no members".to_owned()))
     }
 }

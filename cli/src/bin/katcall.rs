@@ -359,10 +359,22 @@ where
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        runtime.block_on(async {
-            let client = connect(&config)?;
-            f(client).await
-        })
+        runtime
+            .block_on(async {
+                let client = connect(&config)?;
+                f(client).await
+            })
+            .map_err(|e| {
+                if e.starts_with("Unavailable") && e.contains("connect") {
+                    format!(
+                        "{e}: cannot reach {} (is kat-agent running there, and is that member the leader? \
+                         another control-plane member can be named with --server)",
+                        config.server
+                    )
+                } else {
+                    e
+                }
+            })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
