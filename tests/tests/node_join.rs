@@ -529,3 +529,83 @@ async fn the_sync_stream_sends_peers_and_follows_new_registrations() {
     assert!(next.revision > first_revision);
     assert_eq!(peers(next), ["w2", "w3"]);
 }
+
+#[tokio::test]
+async fn the_user_api_wants_a_valid_bearer_token_before_anything_else() {
+    use kat_proto::v1alpha1::ListWorkloadsRequest;
+    use kat_proto::v1alpha1::user_api_client::UserApiClient;
+    let leader = leader().await;
+    // An API token as init creates it, and a join token (the wrong kind).
+    let (api_token, record) =
+        tokens::generate(TokenKind::Api, None, true, "admin", SystemTime::now()).unwrap();
+    leader
+        .store
+        .put(
+            &tokens::key(TokenKind::Api, &record.id),
+            record.encode_to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    let join_token = leader.token(None, true).await;
+    for bad in [
+        None,
+        Some("garbage".to_owned()),
+        Some("0123456789ab.0123456789abcdef0123456789abcdef".to_owned()),
+        Some(join_token.clone()),
+    ] {
+        let err = list_nodes_as(&leader, bad.as_deref()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{bad:?}");
+        assert_eq!(err.message(), "missing or invalid API token");
+    }
+    let nodes = list_nodes_as(&leader, Some(&api_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nodes.items.is_empty());
+
+    // A call not built yet still checks the token first.
+    let mut client = UserApiClient::new(
+        kat_actors::client::api_channel(
+            leader.url.trim_start_matches("https://"),
+            &leader.ca_pem,
+            None,
+        )
+        .unwrap(),
+    );
+    let err = client
+        .list_workloads(ListWorkloadsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(ListWorkloadsRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {api_token}").parse().unwrap(),
+    );
+    assert_eq!(
+        client.list_workloads(request).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
+}
+
+async fn list_nodes_as(
+    leader: &Leader,
+    token: Option<&str>,
+) -> Result<tonic::Response<kat_proto::v1alpha1::ListNodesResponse>, tonic::Status> {
+    use kat_proto::v1alpha1::ListNodesRequest;
+    use kat_proto::v1alpha1::user_api_client::UserApiClient;
+    let channel = kat_actors::client::api_channel(
+        leader.url.trim_start_matches("https://"),
+        &leader.ca_pem,
+        None,
+    )
+    .unwrap();
+    let mut request = tonic::Request::new(ListNodesRequest {});
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    UserApiClient::new(channel).list_nodes(request).await
+}
