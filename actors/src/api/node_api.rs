@@ -45,7 +45,10 @@ pub struct NodeApiContext {
 
 /// A short-lived cache of [`control_plane_apis`].
 #[derive(Clone, Default)]
-pub struct ControlPlaneCache(Arc<std::sync::Mutex<Option<(tokio::time::Instant, Vec<String>)>>>);
+pub struct ControlPlaneCache(Arc<std::sync::Mutex<Option<CachedApis>>>);
+
+/// When the addresses were read, and what they were.
+type CachedApis = (tokio::time::Instant, Vec<String>);
 
 impl ControlPlaneCache {
     const FRESH_FOR: Duration = Duration::from_secs(5);
