@@ -26,7 +26,7 @@ use kat_proto::v1alpha1::node_api_client::NodeApiClient;
 use kat_proto::v1alpha1::{ClusterConfiguration, JoinRequest, NodeResources};
 use serde::{Deserialize, Serialize};
 
-use crate::api::ApiEndpoint;
+use crate::api::{ApiEndpoint, new_api_slot};
 use crate::client::{api_channel_with_timeout, fetch_pinned_ca};
 use crate::heartbeat::TlsLeaderLink;
 use crate::leader::LocalFiles;
@@ -307,8 +307,12 @@ fn prepared(
         let member = etcd_member(&identity, dir, &cluster, etcd_bin);
         let backend = StoreBackend::Etcd(Box::new(member));
         let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster.clone());
-        options.api = Some(ApiEndpoint::Tcp(own_api));
-        // init's node only: the files its leader writes (katcall.yaml, join-token).
+        options.api = Some(ApiEndpoint::Tcp {
+            addr: own_api,
+            slot: new_api_slot(),
+        });
+        // init's node only: the files its leader writes (katcall.yaml, join-token)
+        // and the CA it made before etcd existed.
         if identity.etcd_initial_cluster.is_none() {
             options.local_files = Some(LocalFiles {
                 state_dir: dir.to_path_buf(),

@@ -51,9 +51,12 @@ pub enum LinkError {
     /// Nobody answered (connection refused or timed out, partition).
     #[error("unreachable: {0}")]
     Unreachable(String),
-    /// The server answered with an error (not the leader, refused, ...).
+    /// The server answered with an error (refused, ...).
     #[error("refused: {0}")]
     Refused(String),
+    /// A control-plane member that does not lead pointed to the leader's API.
+    #[error("not the leader; the leader is at {0}")]
+    NotLeader(String),
 }
 
 /// How Heartbeat reaches a leader: mTLS over TCP in production, a direct call in
@@ -109,6 +112,13 @@ pub fn apply_sync_event(synced: &SyncedCell, event: SyncEvent) {
 }
 
 fn status_error(status: &tonic::Status) -> LinkError {
+    if let Some(leader) = status
+        .metadata()
+        .get(crate::api::LEADER_API_METADATA)
+        .and_then(|v| v.to_str().ok())
+    {
+        return LinkError::NotLeader(leader.to_owned());
+    }
     if status.code() == tonic::Code::Unavailable {
         LinkError::Unreachable(status.message().to_owned())
     } else {
@@ -303,9 +313,10 @@ impl HeartbeatState {
         }
     }
 
-    /// One round: each known address once, starting with the last that answered.
+    /// One round: each known address once, starting with the last that answered; a
+    /// member that points to the leader is followed at once.
     async fn send(&mut self, rejoining: bool) -> Option<HeartbeatResponse> {
-        let n = self.args.targets.len();
+        let n = self.args.targets.len() + 1;
         for _ in 0..n {
             let target = self.args.targets[self.current].clone();
             match self
@@ -324,9 +335,13 @@ impl HeartbeatState {
                     self.follow(&target, &response.leader_address);
                     return Some(response);
                 }
+                Err(LinkError::NotLeader(leader)) if leader != target => {
+                    tracing::debug!(node = %self.args.node, %target, %leader, "following the leader");
+                    self.follow(&target, &leader);
+                }
                 Err(e) => {
                     tracing::debug!(node = %self.args.node, %target, error = %e, "heartbeat not accepted");
-                    self.current = (self.current + 1) % n;
+                    self.current = (self.current + 1) % self.args.targets.len();
                 }
             }
         }

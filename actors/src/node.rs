@@ -3,7 +3,7 @@
 //! | supervisor | strategy | intensity | children |
 //! |---|---|---|---|
 //! | `node@N` (NodeSupervisor) | one_for_one | 3 in 5 min, then the agent exits non-zero | `control-plane@N` |
-//! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, then `leader@N` while leading |
+//! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, `api-server@N`, then `leader@N` while leading |
 //! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N`, `node-monitor@N`, `api@N` |
 //! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N`, `node-certs@N` |
 //!
@@ -22,7 +22,7 @@ use kat_proto::v1alpha1::ClusterConfiguration;
 use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::task::JoinHandle;
 
-use crate::api::ApiEndpoint;
+use crate::api::{ApiEndpoint, ApiServer, ApiServerArgs};
 use crate::election::{Election, ElectionArgs};
 use crate::heartbeat::{
     AgentMode, Heartbeat, HeartbeatArgs, LeaderLink, ModeCell, SyncedCell, new_mode_cell,
@@ -103,7 +103,24 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
     });
     let name = format!("control-plane@{node}");
     let sup_name = name.clone();
-    let children = vec![store, election];
+    let mut children = vec![store, election];
+    // Every member listens on apiPort; it serves as leader while it leads and points
+    // to the leader otherwise.
+    if let Some(ApiEndpoint::Tcp { addr, slot }) = &opts.api {
+        let server_args = ApiServerArgs {
+            node: node.clone(),
+            store_actor: Store::name(&node),
+            addr: *addr,
+            slot: slot.clone(),
+            local_ca_dir: opts.local_files.as_ref().map(|l| l.state_dir.clone()),
+        };
+        children.push(
+            ChildSpec::actor(ApiServer::name(&node), ApiServer, move || {
+                server_args.clone()
+            })
+            .shutdown_timeout(Duration::from_secs(10)),
+        );
+    }
     ChildSpec {
         name,
         restart: crate::supervision::Restart::Permanent,

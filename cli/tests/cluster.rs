@@ -363,6 +363,13 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
         }
     }
 
+    // A member that does not lead points katcall to the leader.
+    let via_n2 = node_states_at(
+        &katcall_yaml,
+        &["--server", &format!("https://127.0.0.2:{api_port}")],
+    );
+    assert_eq!(via_n2.len(), 4, "{via_n2:?}");
+
     // Kill the leader: another member leads, and everyone else stays Ready.
     n1.signal(Signal::SIGKILL);
     let _ = n1.child.wait();
@@ -390,7 +397,7 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
                     .all(|(n, s)| states.iter().any(|(name, st)| name == n && st == s))
                 {
                     eprintln!(
-                        "{server} leads; n1 NotReady {:?} after SIGKILL",
+                        "{server} answered; n1 NotReady {:?} after SIGKILL",
                         killed.elapsed()
                     );
                     break 'wait;
@@ -402,6 +409,11 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
             "no new leader with the expected view"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // Both survivors answer, the follower by pointing to the new leader.
+    for server in &servers {
+        let states = node_states_at(&katcall_yaml, &["--server", server]);
+        assert_eq!(states.len(), 4, "{server}: {states:?}");
     }
     // The worker followed the new leader without going Detached.
     let n4_log = std::fs::read_to_string(dir.path().join("n4.log")).unwrap();

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kat_actors::api::node_api::{NodeApiContext, node_key, serve};
+use kat_actors::api::node_api::{NodeApiContext, Served, node_key, serve};
 use kat_actors::pki::ca::{ClusterCa, generate_ca, node_key_and_csr};
 use kat_actors::pki::tokens;
 use kat_actors::store::election;
@@ -63,7 +63,7 @@ async fn leader() -> Leader {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move {
-        serve(listener, &server_cert, ctx, async {
+        serve(listener, &server_cert, Served::leading(ctx), async {
             let _ = stopped.await;
         })
         .await
@@ -608,4 +608,98 @@ async fn list_nodes_as(
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
     UserApiClient::new(channel).list_nodes(request).await
+}
+
+#[tokio::test]
+async fn a_member_that_does_not_lead_points_to_the_leader() {
+    use kat_actors::api::{LEADER_API_METADATA, new_api_slot};
+    use kat_actors::heartbeat::{LeaderLink, LinkError, TlsLeaderLink};
+    use kat_proto::v1alpha1::HeartbeatRequest;
+    // The store knows a leader, n0, whose API is at 127.0.0.9:1234 ...
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    election::campaign(store.as_ref(), "/kat/election", b"n0".to_vec(), lease.id)
+        .await
+        .unwrap();
+    store
+        .put(
+            &kat_actors::api::node_api::control_plane_key("n0"),
+            b"127.0.0.9:1234".to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    // ... and this member's server has no leader context.
+    let ca = generate_ca("follower").unwrap();
+    let signer = ClusterCa::from_pem(&ca).unwrap();
+    let server_cert = signer
+        .issue_server_cert(
+            &[],
+            &["127.0.0.1".parse().unwrap()],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let served = Served {
+        slot: new_api_slot(),
+        store,
+        ca_pem: ca.cert_pem.clone(),
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = serve(listener, &server_cert, served, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    // An agent's heartbeat is told where the leader is.
+    let (key, csr) = node_key_and_csr("w1").unwrap();
+    let cert = signer
+        .sign_node_csr(
+            &csr,
+            "w1",
+            "127.0.0.1".parse().unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).unwrap();
+    std::fs::write(dir.path().join("node.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("node.key"), key).unwrap();
+    let link = TlsLeaderLink::new(dir.path().to_path_buf());
+    let beat = HeartbeatRequest {
+        node_name: "w1".to_owned(),
+        ..Default::default()
+    };
+    let mut answer = Err(LinkError::Unreachable("not tried".to_owned()));
+    for _ in 0..50 {
+        answer = link.heartbeat(&addr.to_string(), beat.clone()).await;
+        if !matches!(answer, Err(LinkError::Unreachable(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match answer {
+        Err(LinkError::NotLeader(leader)) => assert_eq!(leader, "127.0.0.9:1234"),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // So is an anonymous join, in the message and the metadata.
+    let mut client = NodeApiClient::new(
+        kat_actors::client::api_channel(&addr.to_string(), &ca.cert_pem, None).unwrap(),
+    );
+    let err = client
+        .join(join_request("x", "w2", "w2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message()
+            .contains("the leader's API is at 127.0.0.9:1234"),
+        "{err}"
+    );
+    assert_eq!(
+        err.metadata().get(LEADER_API_METADATA).unwrap(),
+        "127.0.0.9:1234"
+    );
 }

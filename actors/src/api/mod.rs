@@ -1,9 +1,11 @@
-//! The leader's API on `apiPort` (SPEC §10), served by tonic over rustls, and the
-//! [`Api`] actor that runs it in the leader subtree.
+//! The API on `apiPort` (SPEC §2, §10), served by tonic over rustls.
 //!
-//! So far the node API's `Join` ([`node_api`]): a token-authenticated call that turns
-//! a CSR into a node certificate and registers the node, all in one fenced
-//! transaction. The other node-API calls and the user API come next.
+//! Every control-plane member listens ([`ApiServer`], in its control-plane subtree).
+//! While the member leads, the [`Api`] actor in its leader subtree puts the leader's
+//! context (store, election fence, CA) into the server's [`ApiSlot`] and the node API
+//! ([`node_api`]) and user API ([`user_api`]) are served; otherwise every call is
+//! answered `Unavailable` with the leader's API address in the message and in the
+//! `kat-leader-api` metadata, and agents and `katcall` follow it.
 
 pub mod node_api;
 pub mod user_api;
@@ -25,11 +27,23 @@ use node_api::NodeApiContext;
 /// leading.
 const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
+/// The leader's context while this member leads, else `None`: what [`ApiServer`]
+/// serves from.
+pub type ApiSlot = std::sync::Arc<tokio::sync::watch::Sender<Option<NodeApiContext>>>;
+
+pub fn new_api_slot() -> ApiSlot {
+    std::sync::Arc::new(tokio::sync::watch::channel(None).0)
+}
+
+/// Metadata key naming the leader's API address in a follower's answer.
+pub const LEADER_API_METADATA: &str = "kat-leader-api";
+
 /// Where the leader's API is served.
 #[derive(Clone)]
 pub enum ApiEndpoint {
-    /// TLS on this address (the node's advertise address and `apiPort`).
-    Tcp(SocketAddr),
+    /// TLS on `addr` (the node's advertise address and `apiPort`), by the member's
+    /// [`ApiServer`], from `slot`.
+    Tcp { addr: SocketAddr, slot: ApiSlot },
     /// In this process, for simulations: the node API's handlers are entered in
     /// `directory` under `addr` while this node leads, and simulated agents call them
     /// directly (see `kat-tests`' simulated cluster).
@@ -42,7 +56,7 @@ pub enum ApiEndpoint {
 impl std::fmt::Debug for ApiEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Tcp(addr) => write!(f, "Tcp({addr})"),
+            Self::Tcp { addr, .. } => write!(f, "Tcp({addr})"),
             Self::InProcess { addr, .. } => write!(f, "InProcess({addr})"),
         }
     }
@@ -60,29 +74,37 @@ pub struct ApiArgs {
     pub endpoint: ApiEndpoint,
 }
 
-pub enum ApiMsg {
-    /// Internal: the server stopped on its own.
-    ServerExited(String),
-}
+pub enum ApiMsg {}
 
 pub struct ApiState {
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
+    /// Tcp: the slot this leader filled.
+    slot: Option<(ApiSlot, i64)>,
     /// In-process endpoint: where this leader entered itself.
     registered: Option<(ApiDirectory, String, i64)>,
 }
 
 impl Drop for ApiState {
     fn drop(&mut self) {
-        if let Some(server) = &self.server {
-            server.abort();
-        }
-        self.unregister();
+        self.release();
     }
 }
 
 impl ApiState {
-    fn unregister(&mut self) {
+    /// Withdraws this leader's context (only if it is still the one there).
+    fn release(&mut self) {
+        if let Some((slot, revision)) = self.slot.take() {
+            slot.send_if_modified(|ctx| {
+                if ctx
+                    .as_ref()
+                    .is_some_and(|c| c.leader.create_revision == revision)
+                {
+                    *ctx = None;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
         if let Some((directory, addr, revision)) = self.registered.take()
             && let Ok(mut map) = directory.lock()
             && map
@@ -94,7 +116,7 @@ impl ApiState {
     }
 }
 
-/// Serves the API while this node leads.
+/// Puts the leader's context where the API is served from, while this node leads.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Api;
 
@@ -111,7 +133,7 @@ impl Actor for Api {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<ApiMsg>,
+        _myself: ActorRef<ApiMsg>,
         args: ApiArgs,
     ) -> Result<ApiState, ActorProcessingErr> {
         let name = args
@@ -125,65 +147,31 @@ impl Actor for Api {
         let ctx = NodeApiContext {
             store,
             leader: args.leadership.key.clone(),
-            ca: ca.clone(),
+            ca,
             cluster: args.cluster.clone(),
             control_plane: node_api::ControlPlaneCache::default(),
         };
-        let addr = match &args.endpoint {
-            ApiEndpoint::Tcp(addr) => *addr,
+        let revision = args.leadership.key.create_revision;
+        match &args.endpoint {
+            ApiEndpoint::Tcp { addr, slot } => {
+                slot.send_replace(Some(ctx));
+                tracing::info!(node = %args.leadership.node, %addr, "API serving as leader");
+                Ok(ApiState {
+                    slot: Some((slot.clone(), revision)),
+                    registered: None,
+                })
+            }
             ApiEndpoint::InProcess { addr, directory } => {
                 directory
                     .lock()
                     .map_err(|_| "API directory poisoned")?
                     .insert(addr.clone(), ctx);
                 tracing::info!(node = %args.leadership.node, %addr, "API serving in process");
-                return Ok(ApiState {
-                    stop: None,
-                    server: None,
-                    registered: Some((
-                        directory.clone(),
-                        addr.clone(),
-                        args.leadership.key.create_revision,
-                    )),
-                });
+                Ok(ApiState {
+                    slot: None,
+                    registered: Some((directory.clone(), addr.clone(), revision)),
+                })
             }
-        };
-        let signer = ClusterCa::from_pem(&ca)?;
-        let names = [args.leadership.node.clone(), "localhost".to_owned()];
-        let server_cert = signer.issue_server_cert(&names, &[addr.ip()], SERVER_CERT_VALIDITY)?;
-        // Bind here, so a taken port fails the start (and the supervisor retries).
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let result = node_api::serve(listener, &server_cert, ctx, async {
-                let _ = stopped.await;
-            })
-            .await;
-            let why = match result {
-                Ok(()) => "API server stopped".to_owned(),
-                Err(e) => format!("API server failed: {e}"),
-            };
-            let _ = myself.send_message(ApiMsg::ServerExited(why));
-        });
-        tracing::info!(node = %args.leadership.node, %addr, "API listening");
-        Ok(ApiState {
-            stop: Some(stop),
-            server: Some(server),
-            registered: None,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<ApiMsg>,
-        msg: ApiMsg,
-        state: &mut ApiState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ApiMsg::ServerExited(why) if state.stop.is_some() => Err(why.into()),
-            ApiMsg::ServerExited(_) => Ok(()),
         }
     }
 
@@ -192,13 +180,143 @@ impl Actor for Api {
         _myself: ActorRef<ApiMsg>,
         state: &mut ApiState,
     ) -> Result<(), ActorProcessingErr> {
-        state.unregister();
+        state.release();
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiServerArgs {
+    pub node: String,
+    /// The Store actor to get the store handle from.
+    pub store_actor: String,
+    pub addr: SocketAddr,
+    pub slot: ApiSlot,
+    /// init's node: `DIR`, whose `pki/ca.*` serve until the leader has stored the CA.
+    pub local_ca_dir: Option<std::path::PathBuf>,
+}
+
+pub enum ApiServerMsg {
+    /// Internal: the server stopped on its own.
+    ServerExited(String),
+}
+
+pub struct ApiServerState {
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for ApiServerState {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Listens on `apiPort` on every control-plane member; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiServer;
+
+impl ApiServer {
+    pub fn name(node: &str) -> String {
+        format!("api-server@{node}")
+    }
+}
+
+/// The cluster CA from the store, else init's files, waiting a little for either.
+async fn cluster_ca(
+    store: &dyn crate::store::StateStore,
+    local: Option<&std::path::Path>,
+) -> Result<crate::pki::ca::CertAndKey, ActorProcessingErr> {
+    use kat_proto::v1alpha1::CertificateAuthority;
+    use prost::Message;
+    for _ in 0..100 {
+        if let Some(kv) = store.get(crate::leader::CA_KEY).await? {
+            let ca = CertificateAuthority::decode(kv.value.as_slice())?;
+            return Ok(crate::pki::ca::CertAndKey {
+                cert_pem: ca.cert_pem,
+                key_pem: ca.key_pem,
+            });
+        }
+        if let Some(ca) = local.and_then(crate::leader::read_local_ca) {
+            return Ok(ca);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("no cluster CA in the store yet".into())
+}
+
+impl Actor for ApiServer {
+    type Msg = ApiServerMsg;
+    type State = ApiServerState;
+    type Arguments = ApiServerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ApiServerMsg>,
+        args: ApiServerArgs,
+    ) -> Result<ApiServerState, ActorProcessingErr> {
+        use crate::store::StoreMsg;
+        let store_actor = ractor::registry::where_is(args.store_actor.clone())
+            .ok_or_else(|| format!("{} is not running", args.store_actor))?;
+        let store: std::sync::Arc<dyn crate::store::StateStore> = ractor::call_t!(
+            ActorRef::<StoreMsg>::from(store_actor),
+            StoreMsg::Handle,
+            10_000
+        )?;
+        let ca = cluster_ca(store.as_ref(), args.local_ca_dir.as_deref()).await?;
+        let signer = ClusterCa::from_pem(&ca)?;
+        let names = [args.node.clone(), "localhost".to_owned()];
+        let server_cert =
+            signer.issue_server_cert(&names, &[args.addr.ip()], SERVER_CERT_VALIDITY)?;
+        // Bind here, so a taken port fails the start (and the supervisor retries).
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+        let served = node_api::Served {
+            slot: args.slot.clone(),
+            store,
+            ca_pem: ca.cert_pem.clone(),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let result = node_api::serve(listener, &server_cert, served, async {
+                let _ = stopped.await;
+            })
+            .await;
+            let why = match result {
+                Ok(()) => "API server stopped".to_owned(),
+                Err(e) => format!("API server failed: {e}"),
+            };
+            let _ = myself.send_message(ApiServerMsg::ServerExited(why));
+        });
+        tracing::info!(node = %args.node, addr = %args.addr, "API listening");
+        Ok(ApiServerState {
+            stop: Some(stop),
+            server,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<ApiServerMsg>,
+        msg: ApiServerMsg,
+        state: &mut ApiServerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ApiServerMsg::ServerExited(why) if state.stop.is_some() => Err(why.into()),
+            ApiServerMsg::ServerExited(_) => Ok(()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ApiServerMsg>,
+        state: &mut ApiServerState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(stop) = state.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(server) = &mut state.server {
-            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut state.server).await;
         Ok(())
     }
 }

@@ -517,15 +517,79 @@ pub async fn renew_certificate(
     Ok(RenewCertificateResponse { certificate_pem })
 }
 
+/// What a member's API server serves from: the leader's context while it leads, and
+/// the store to find the leader otherwise.
+#[derive(Clone)]
+pub struct Served {
+    pub slot: super::ApiSlot,
+    pub store: Arc<dyn StateStore>,
+    /// The cluster CA certificate (client certificates are checked against it).
+    pub ca_pem: String,
+}
+
+impl Served {
+    /// A server that is always the leader (tests).
+    pub fn leading(ctx: NodeApiContext) -> Self {
+        Self {
+            store: ctx.store.clone(),
+            ca_pem: ctx.ca.cert_pem.clone(),
+            slot: std::sync::Arc::new(tokio::sync::watch::channel(Some(ctx)).0),
+        }
+    }
+
+    /// The leader's context, or the answer that points the caller to the leader.
+    pub async fn leader(&self) -> Result<NodeApiContext, Status> {
+        if let Some(ctx) = self.slot.borrow().clone() {
+            return Ok(ctx);
+        }
+        Err(self.redirect().await)
+    }
+
+    async fn redirect(&self) -> Status {
+        let leader =
+            crate::store::election::leader(self.store.as_ref(), crate::node::ELECTION_PREFIX)
+                .await
+                .ok()
+                .flatten()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        let address = match &leader {
+            Some(name) => self
+                .store
+                .get(&control_plane_key(name))
+                .await
+                .ok()
+                .flatten()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+            None => None,
+        };
+        match address {
+            Some(address) => {
+                let mut status = Status::unavailable(format!(
+                    "this member is not the leader; the leader's API is at {address}"
+                ));
+                if let Ok(value) = address.parse() {
+                    status
+                        .metadata_mut()
+                        .insert(super::LEADER_API_METADATA, value);
+                }
+                status
+            }
+            None => Status::unavailable(
+                "this member is not the leader and no leader is known yet; try again",
+            ),
+        }
+    }
+}
+
 /// The tonic service.
 #[derive(Clone)]
 pub struct NodeApiService {
-    ctx: NodeApiContext,
+    served: Served,
 }
 
 impl NodeApiService {
-    pub fn new(ctx: NodeApiContext) -> Self {
-        Self { ctx }
+    pub fn new(served: Served) -> Self {
+        Self { served }
     }
 }
 
@@ -535,7 +599,8 @@ type SyncStream =
 #[tonic::async_trait]
 impl NodeApi for NodeApiService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        join(&self.ctx, request.into_inner(), SystemTime::now())
+        let ctx = self.served.leader().await?;
+        join(&ctx, request.into_inner(), SystemTime::now())
             .await
             .map(Response::new)
     }
@@ -545,7 +610,8 @@ impl NodeApi for NodeApiService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let caller = caller_node(&request)?;
-        heartbeat(&self.ctx, &caller, request.into_inner(), SystemTime::now())
+        let ctx = self.served.leader().await?;
+        heartbeat(&ctx, &caller, request.into_inner(), SystemTime::now())
             .await
             .map(Response::new)
     }
@@ -564,7 +630,8 @@ impl NodeApi for NodeApiService {
                 req.node_name
             )));
         }
-        let rx = sync_events(&self.ctx, &caller, req.from_revision).await?;
+        let ctx = self.served.leader().await?;
+        let rx = sync_events(&ctx, &caller, req.from_revision).await?;
         Ok(Response::new(Box::pin(
             tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -575,7 +642,8 @@ impl NodeApi for NodeApiService {
         request: Request<RenewCertificateRequest>,
     ) -> Result<Response<RenewCertificateResponse>, Status> {
         let caller = caller_node(&request)?;
-        renew_certificate(&self.ctx, &caller, request.into_inner())
+        let ctx = self.served.leader().await?;
+        renew_certificate(&ctx, &caller, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -587,22 +655,22 @@ impl NodeApi for NodeApiService {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server_cert: &CertAndKey,
-    ctx: NodeApiContext,
+    served: Served,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let tls = ServerTlsConfig::new()
         // The chain carries the CA too: a joining node checks it against its pin.
         .identity(Identity::from_pem(
-            format!("{}\n{}", server_cert.cert_pem.trim_end(), ctx.ca.cert_pem),
+            format!("{}\n{}", server_cert.cert_pem.trim_end(), served.ca_pem),
             &server_cert.key_pem,
         ))
-        .client_ca_root(Certificate::from_pem(&ctx.ca.cert_pem))
+        .client_ca_root(Certificate::from_pem(&served.ca_pem))
         .client_auth_optional(true);
     Server::builder()
         .tls_config(tls)?
         .timeout(Duration::from_secs(60))
-        .add_service(NodeApiServer::new(NodeApiService::new(ctx.clone())))
-        .add_service(UserApiServer::new(UserApiService::new(ctx)))
+        .add_service(NodeApiServer::new(NodeApiService::new(served.clone())))
+        .add_service(UserApiServer::new(UserApiService::new(served)))
         .serve_with_incoming_shutdown(
             tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

@@ -16,7 +16,7 @@ use prost::Message;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::node_api::{NodeApiContext, node_key, node_status_key};
+use super::node_api::{NodeApiContext, Served, node_key, node_status_key};
 use crate::leader::node_monitor::{EVENTS_PREFIX, NODE_STATUS_PREFIX};
 use crate::pki::{pin, tokens};
 use crate::store::{StateStore, Txn, TxnOp};
@@ -208,12 +208,12 @@ pub async fn create_token(
 /// The tonic service.
 #[derive(Clone)]
 pub struct UserApiService {
-    ctx: NodeApiContext,
+    served: Served,
 }
 
 impl UserApiService {
-    pub fn new(ctx: NodeApiContext) -> Self {
-        Self { ctx }
+    pub fn new(served: Served) -> Self {
+        Self { served }
     }
 
     /// A call authorised but not built yet: says so.
@@ -224,13 +224,12 @@ impl UserApiService {
         )))
     }
 
-    async fn auth<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        authorize(
-            self.ctx.store.as_ref(),
-            request.metadata(),
-            SystemTime::now(),
-        )
-        .await
+    /// The leader's context once the caller's token checks out (a follower points the
+    /// caller to the leader first).
+    async fn auth<T>(&self, request: &Request<T>) -> Result<NodeApiContext, Status> {
+        let ctx = self.served.leader().await?;
+        authorize(ctx.store.as_ref(), request.metadata(), SystemTime::now()).await?;
+        Ok(ctx)
     }
 }
 
@@ -329,14 +328,14 @@ impl UserApi for UserApiService {
         &self,
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        self.auth(&request).await?;
-        let items = list_nodes(self.ctx.store.as_ref()).await?;
+        let ctx = self.auth(&request).await?;
+        let items = list_nodes(ctx.store.as_ref()).await?;
         Ok(Response::new(ListNodesResponse { items }))
     }
 
     async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
-        self.auth(&request).await?;
-        get_node(self.ctx.store.as_ref(), &request.get_ref().name)
+        let ctx = self.auth(&request).await?;
+        get_node(ctx.store.as_ref(), &request.get_ref().name)
             .await
             .map(Response::new)
     }
@@ -383,8 +382,8 @@ impl UserApi for UserApiService {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        self.auth(&request).await?;
-        let items = list_events(self.ctx.store.as_ref(), request.get_ref()).await?;
+        let ctx = self.auth(&request).await?;
+        let items = list_events(ctx.store.as_ref(), request.get_ref()).await?;
         Ok(Response::new(ListEventsResponse { items }))
     }
 
@@ -400,46 +399,36 @@ impl UserApi for UserApiService {
         &self,
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
-        self.auth(&request).await?;
-        create_token(
-            &self.ctx,
-            TokenKind::Join,
-            request.get_ref(),
-            SystemTime::now(),
-        )
-        .await
-        .map(Response::new)
+        let ctx = self.auth(&request).await?;
+        create_token(&ctx, TokenKind::Join, request.get_ref(), SystemTime::now())
+            .await
+            .map(Response::new)
     }
 
     async fn create_api_token(
         &self,
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
-        self.auth(&request).await?;
-        create_token(
-            &self.ctx,
-            TokenKind::Api,
-            request.get_ref(),
-            SystemTime::now(),
-        )
-        .await
-        .map(Response::new)
+        let ctx = self.auth(&request).await?;
+        create_token(&ctx, TokenKind::Api, request.get_ref(), SystemTime::now())
+            .await
+            .map(Response::new)
     }
 
     async fn delete_token(
         &self,
         request: Request<DeleteTokenRequest>,
     ) -> Result<Response<DeleteTokenResponse>, Status> {
-        self.auth(&request).await?;
+        let ctx = self.auth(&request).await?;
         let id = &request.get_ref().id;
         let keys = [
             tokens::key(TokenKind::Join, id),
             tokens::key(TokenKind::Api, id),
         ];
         let txn = Txn::new()
-            .when([self.ctx.leader.fence()])
+            .when([ctx.leader.fence()])
             .and_then(keys.iter().map(TxnOp::delete));
-        let result = self.ctx.store.txn(txn).await.map_err(unavailable)?;
+        let result = ctx.store.txn(txn).await.map_err(unavailable)?;
         if !result.succeeded {
             return Err(Status::unavailable(
                 "this member is no longer the leader; ask again",

@@ -216,7 +216,7 @@ enum TokenCommand {
     Create(TokenCreate),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct TokenCreate {
     #[arg(value_enum)]
     kind: TokenKind,
@@ -262,7 +262,7 @@ fn main() -> ExitCode {
             resource: resource @ (Resource::Nodes | Resource::Node),
             name,
         } => remote(&source, "get", |client| {
-            get_nodes(client, resource, name, cli.output)
+            get_nodes(client, resource, name.clone(), cli.output)
         }),
         Command::Get { resource, .. } => not_implemented(
             "katcall",
@@ -272,7 +272,9 @@ fn main() -> ExitCode {
         Command::Describe {
             kind: DescribeKind::Node,
             name,
-        } => remote(&source, "describe", |client| describe_node(client, name)),
+        } => remote(&source, "describe", |client| {
+            describe_node(client, name.clone())
+        }),
         Command::Describe { .. } => {
             not_implemented("katcall", "describe workload", "the workload API")
         }
@@ -287,7 +289,7 @@ fn main() -> ExitCode {
         Command::Label { .. } => not_implemented("katcall", "label", api),
         Command::Taint { .. } => not_implemented("katcall", "taint", api),
         Command::Token(TokenCommand::Create(create)) => remote(&source, "token create", |client| {
-            create_token(client, create, cli.output)
+            create_token(client, create.clone(), cli.output)
         }),
         Command::Backup { .. } => not_implemented("katcall", "backup", api),
     }
@@ -344,6 +346,9 @@ fn resource_name(resource: Resource) -> String {
         .unwrap_or_default()
 }
 
+/// How a control-plane member that does not lead names the leader's API.
+const LEADER_IS_AT: &str = "the leader's API is at ";
+
 /// A command's failure: one line on stderr.
 type CmdResult = Result<(), String>;
 
@@ -351,10 +356,10 @@ type CmdResult = Result<(), String>;
 /// fails if anything goes wrong.
 fn remote<F, Fut>(source: &ConfigSource, what: &str, f: F) -> ExitCode
 where
-    F: FnOnce(Client) -> Fut,
+    F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = CmdResult>,
 {
-    let result = load_config(source).and_then(|config| {
+    let result = load_config(source).and_then(|mut config| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -362,7 +367,20 @@ where
         runtime
             .block_on(async {
                 let client = connect(&config)?;
-                f(client).await
+                match f(client).await {
+                    // A member that does not lead names the leader: ask it instead.
+                    Err(e) if e.contains(LEADER_IS_AT) => {
+                        let leader = e
+                            .rsplit(LEADER_IS_AT)
+                            .next()
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned();
+                        config.server = format!("https://{leader}");
+                        f(connect(&config)?).await
+                    }
+                    other => other,
+                }
             })
             .map_err(|e| {
                 if e.starts_with("Unavailable") && e.contains("connect") {
