@@ -85,3 +85,71 @@ impl EtcdGuard {
         panic!("etcd did not start: {last}");
     }
 }
+
+/// The image every container test uses, made from the host's static busybox.
+pub const BUSYBOX_IMAGE: &str = "localhost/busybox:latest";
+
+/// Podman with `localhost/busybox:latest` present (imported from `busybox-static` as
+/// TESTBED.md describes, once per machine), or `None` (skip) when Podman or busybox
+/// is missing.
+pub fn podman_with_busybox() -> Option<PathBuf> {
+    let podman = find_program("podman")?;
+    let exists = std::process::Command::new(&podman)
+        .args(["image", "exists", BUSYBOX_IMAGE])
+        .status()
+        .is_ok_and(|s| s.success());
+    if exists {
+        return Some(podman);
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    let Some(busybox) = busybox else {
+        eprintln!("SKIPPED: busybox is not installed (apt-get install busybox-static)");
+        return None;
+    };
+    let root = tempfile::tempdir().expect("temp dir for the busybox rootfs");
+    let bin = root.path().join("rootfs").join("bin");
+    std::fs::create_dir_all(&bin).expect("rootfs/bin");
+    std::fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "sleep", "echo", "cat", "ls", "true", "false", "kill", "ps", "wget", "nc", "touch",
+        "test", "mkdir", "rm", "env", "id", "date", "printf",
+    ] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("applet link");
+    }
+    let archive = root.path().join("rootfs.tar");
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(bin.parent().expect("rootfs"))
+        .arg("-cf")
+        .arg(&archive)
+        .arg("bin")
+        .status()
+        .expect("tar");
+    assert!(tarred.success(), "tar of the busybox rootfs failed");
+    let imported = std::process::Command::new(&podman)
+        .arg("import")
+        .arg(&archive)
+        .arg(BUSYBOX_IMAGE)
+        .output()
+        .expect("podman import");
+    assert!(
+        imported.status.success(),
+        "podman import failed: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    Some(podman)
+}
+
+/// A unique name for a test's container, network or directory.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,315 @@
+//! The Podman backend: each operation is one `podman` command (arguments from
+//! [`args`], JSON read by [`inspect`]), with a timeout, stderr kept for errors, and
+//! "no such container/image" turned into [`RuntimeError::NotFound`].
+
+pub mod args;
+pub mod inspect;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::types::{
+    BuildOptions, ContainerCreateOptions, ContainerStatus, ContainerSummary, ExecOutput,
+    ImageSummary, LogLine, LogOptions, LogStream, RuntimeError,
+};
+use crate::{ContainerRuntime, LogReceiver};
+
+/// How long an ordinary Podman command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pulls and builds may take much longer.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Podman, run as the agent's user (rootful) or with the given environment.
+#[derive(Debug, Clone)]
+pub struct Podman {
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Podman {
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+            env: Vec::new(),
+        }
+    }
+
+    /// `podman` on `PATH`, if there is one.
+    pub fn find() -> Option<Self> {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path)
+            .map(|d| d.join("podman"))
+            .find(|p| p.is_file())
+            .map(Self::new)
+    }
+
+    /// Adds an environment variable to every command (e.g. `XDG_RUNTIME_DIR`).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn command(&self, args: &[String]) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    fn describe(args: &[String]) -> String {
+        format!("podman {}", args.join(" "))
+    }
+
+    /// Runs one command to completion; its stdout on success.
+    async fn run(&self, args: &[String], timeout: Duration) -> Result<Vec<u8>, RuntimeError> {
+        let out = self.output(args, timeout).await?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        Err(failure(args, &out.status, &out.stderr))
+    }
+
+    async fn output(
+        &self,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<std::process::Output, RuntimeError> {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| RuntimeError::Spawn {
+                program: self.binary.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(RuntimeError::Spawn {
+                program: self.binary.display().to_string(),
+                reason: e.to_string(),
+            }),
+            // Dropping the future kills the child (kill_on_drop).
+            Err(_) => Err(RuntimeError::Timeout {
+                command: Self::describe(args),
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// A failed command as an error; "no such ..." becomes NotFound.
+fn failure(args: &[String], status: &std::process::ExitStatus, stderr: &[u8]) -> RuntimeError {
+    let text = String::from_utf8_lossy(stderr).trim().to_owned();
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("no such container")
+        || lower.contains("no such object")
+        || lower.contains("image not known")
+        || lower.contains("no container with name or id")
+    {
+        return RuntimeError::NotFound(args.last().cloned().unwrap_or_default());
+    }
+    RuntimeError::Command {
+        command: Podman::describe(args),
+        status: status.to_string(),
+        stderr: text,
+    }
+}
+
+fn parse_err(args: &[String], reason: String) -> RuntimeError {
+    RuntimeError::Parse {
+        command: Podman::describe(args),
+        reason,
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for Podman {
+    async fn pull_image(&self, image: &str, platform: Option<&str>) -> Result<(), RuntimeError> {
+        self.run(&args::pull_args(image, platform), IMAGE_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    async fn build_image(&self, opts: &BuildOptions) -> Result<String, RuntimeError> {
+        let a = args::build_args(opts);
+        let out = self.run(&a, IMAGE_TIMEOUT).await?;
+        // The image ID is the last line podman build prints.
+        String::from_utf8_lossy(&out)
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| parse_err(&a, "no image ID in the output".to_owned()))
+    }
+
+    async fn images(&self) -> Result<Vec<ImageSummary>, RuntimeError> {
+        let a: Vec<String> = vec!["images".into(), "--format=json".into()];
+        let out = self.run(&a, COMMAND_TIMEOUT).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out).map_err(|e| parse_err(&a, e.to_string()))?;
+        Ok(v.as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|i| ImageSummary {
+                        id: i["Id"].as_str().unwrap_or_default().to_owned(),
+                        names: i["Names"]
+                            .as_array()
+                            .map(|n| {
+                                n.iter()
+                                    .filter_map(|s| s.as_str().map(str::to_owned))
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                        size: i["Size"].as_u64().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn create(&self, opts: &ContainerCreateOptions) -> Result<String, RuntimeError> {
+        args::validate(opts)?;
+        let a = args::create_args(opts);
+        let out = self.run(&a, COMMAND_TIMEOUT).await?;
+        let id = String::from_utf8_lossy(&out).trim().to_owned();
+        if id.is_empty() {
+            return Err(parse_err(&a, "no container ID in the output".to_owned()));
+        }
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run(&args::start_args(id), COMMAND_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    async fn stop(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        self.run(&args::stop_args(id, timeout), timeout + COMMAND_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    async fn remove(
+        &self,
+        id: &str,
+        force: bool,
+        remove_volumes: bool,
+    ) -> Result<(), RuntimeError> {
+        self.run(
+            &args::remove_args(id, force, remove_volumes),
+            COMMAND_TIMEOUT,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn status(&self, id_or_name: &str) -> Result<ContainerStatus, RuntimeError> {
+        let a = args::inspect_args(id_or_name);
+        let out = self.run(&a, COMMAND_TIMEOUT).await?;
+        inspect::parse_inspect(&out).map_err(|e| parse_err(&a, e))
+    }
+
+    async fn logs(&self, id: &str, opts: &LogOptions) -> Result<LogReceiver, RuntimeError> {
+        // Fail now, not in the stream, when there is no such container.
+        self.status(id).await?;
+        let a = args::logs_args(id, opts);
+        let mut child = self
+            .command(&a)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| RuntimeError::Spawn {
+                program: self.binary.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut out = child.stdout.take().map(|s| BufReader::new(s).split(b'\n'));
+        let mut err = child.stderr.take().map(|s| BufReader::new(s).split(b'\n'));
+        tokio::spawn(async move {
+            // The child is killed when this task ends (kill_on_drop).
+            let _child = child;
+            while out.is_some() || err.is_some() {
+                let (line, stream) = tokio::select! {
+                    () = tx.closed() => return,
+                    line = next_line(&mut out) => (line, LogStream::Stdout),
+                    line = next_line(&mut err) => (line, LogStream::Stderr),
+                };
+                match line {
+                    Some(line) => {
+                        if tx.send(Ok(LogLine { stream, line })).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => match stream {
+                        LogStream::Stdout => out = None,
+                        LogStream::Stderr => err = None,
+                    },
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidOptions {
+                field: "exec".to_owned(),
+                reason: "no command".to_owned(),
+            });
+        }
+        let a = args::exec_args(id, cmd);
+        let out = self.output(&a, timeout).await?;
+        // 125: podman itself failed (no such container, not running); 126/127: the
+        // command could not run — an answer about the container, still an exit code.
+        if out.status.code() == Some(125) {
+            return Err(failure(&a, &out.status, &out.stderr));
+        }
+        Ok(ExecOutput {
+            exit_code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
+    async fn list(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let a = args::list_args(labels);
+        let out = self.run(&a, COMMAND_TIMEOUT).await?;
+        inspect::parse_ps(&out).map_err(|e| parse_err(&a, e))
+    }
+}
+
+type Lines<R> = tokio::io::Split<BufReader<R>>;
+
+/// The next line of an open stream; `None` at its end (or when it is closed already,
+/// in which case it waits forever, so `select!` picks the other stream).
+async fn next_line<R: tokio::io::AsyncRead + Unpin>(
+    lines: &mut Option<Lines<R>>,
+) -> Option<Vec<u8>> {
+    match lines {
+        Some(l) => l.next_segment().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
