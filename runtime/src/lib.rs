@@ -7,6 +7,7 @@
 
 pub mod fake;
 pub mod podman;
+pub mod systemd;
 pub mod types;
 
 use std::collections::BTreeMap;

@@ -10,5 +10,6 @@ pub mod cluster;
 pub mod programs;
 pub mod sim;
 pub mod store_contract;
+pub mod systemd;
 
 pub use bundle::{CraftedTar, MINIMAL_WORKLOAD};

@@ -1,0 +1,270 @@
+//! systemd over D-Bus with zbus (SPEC §8.2): `org.freedesktop.systemd1.Manager`'s
+//! `Reload`, `StartUnit`, `StopUnit`, `ResetFailedUnit`, `LoadUnit`, and the unit's
+//! `ActiveState`/`SubState`/`MainPID`/`NRestarts`, followed through
+//! `PropertiesChanged`. Never `systemctl`.
+
+pub mod unit;
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use zbus::OwnedObjectPath;
+
+use crate::types::RuntimeError;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn reload(&self) -> zbus::Result<()>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn sub_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn load_state(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
+    #[zbus(property, name = "NRestarts")]
+    fn n_restarts(&self) -> zbus::Result<u32>;
+    #[zbus(property, name = "ExecMainStatus")]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitState {
+    /// `active`, `activating`, `deactivating`, `inactive`, `failed`, ...
+    pub active: String,
+    /// `running`, `auto-restart`, `dead`, `failed`, ...
+    pub sub: String,
+    pub load: String,
+    pub main_pid: u32,
+    pub restarts: u32,
+    /// Exit status of the main process's last run.
+    pub exit_status: i32,
+    /// `success`, `exit-code`, `start-limit-hit`, ...
+    pub result: String,
+}
+
+fn dbus_err(what: &str) -> impl FnOnce(zbus::Error) -> RuntimeError + '_ {
+    move |e| RuntimeError::Command {
+        command: format!("systemd {what}"),
+        status: "D-Bus error".to_owned(),
+        stderr: e.to_string(),
+    }
+}
+
+/// A connection to one systemd manager's bus.
+#[derive(Clone)]
+pub struct Systemd {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl std::fmt::Debug for Systemd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Systemd").finish_non_exhaustive()
+    }
+}
+
+impl Systemd {
+    /// Connects to the bus at `address` (e.g. `unix:path=/run/user/1000/bus`) and
+    /// subscribes to the manager's signals.
+    pub async fn connect(address: &str) -> Result<Self, RuntimeError> {
+        let conn = zbus::connection::Builder::address(address)
+            .build()
+            .await
+            .map_err(dbus_err("connect"))?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .map_err(dbus_err("Manager"))?;
+        manager.subscribe().await.map_err(dbus_err("Subscribe"))?;
+        Ok(Self { conn, manager })
+    }
+
+    pub async fn reload(&self) -> Result<(), RuntimeError> {
+        self.manager.reload().await.map_err(dbus_err("Reload"))
+    }
+
+    pub async fn start(&self, unit: &str) -> Result<(), RuntimeError> {
+        self.manager
+            .start_unit(unit, "replace")
+            .await
+            .map(|_| ())
+            .map_err(dbus_err("StartUnit"))
+    }
+
+    pub async fn stop(&self, unit: &str) -> Result<(), RuntimeError> {
+        self.manager
+            .stop_unit(unit, "replace")
+            .await
+            .map(|_| ())
+            .map_err(dbus_err("StopUnit"))
+    }
+
+    /// Clears a failed unit's state and start-limit counter; a unit that is not
+    /// failed (or not loaded) is fine.
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), RuntimeError> {
+        match self.manager.reset_failed_unit(unit).await {
+            Ok(()) => Ok(()),
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(dbus_err("ResetFailedUnit")(e)),
+        }
+    }
+
+    async fn path(&self, unit: &str) -> Result<OwnedObjectPath, RuntimeError> {
+        self.manager
+            .load_unit(unit)
+            .await
+            .map_err(dbus_err("LoadUnit"))
+    }
+
+    /// The unit's current state.
+    pub async fn state(&self, unit: &str) -> Result<UnitState, RuntimeError> {
+        let path = self.path(unit).await?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path.clone())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(dbus_err("Unit"))?;
+        let s = ServiceProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(dbus_err("Service"))?;
+        Ok(UnitState {
+            active: u.active_state().await.map_err(dbus_err("ActiveState"))?,
+            sub: u.sub_state().await.map_err(dbus_err("SubState"))?,
+            load: u.load_state().await.map_err(dbus_err("LoadState"))?,
+            main_pid: s.main_pid().await.unwrap_or_default(),
+            restarts: s.n_restarts().await.unwrap_or_default(),
+            exit_status: s.exec_main_status().await.unwrap_or_default(),
+            result: s.result().await.unwrap_or_default(),
+        })
+    }
+
+    /// Waits until `done(state)` holds, woken by the unit's `PropertiesChanged`
+    /// signals (and re-reading at least every second); returns the state that held.
+    pub async fn wait_for(
+        &self,
+        unit: &str,
+        timeout: Duration,
+        done: impl Fn(&UnitState) -> bool,
+    ) -> Result<UnitState, RuntimeError> {
+        let path = self.path(unit).await?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path)
+            .build()
+            .await
+            .map_err(dbus_err("Unit"))?;
+        let mut changes = u.receive_sub_state_changed().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let state = self.state(unit).await?;
+            if done(&state) {
+                return Ok(state);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(RuntimeError::Timeout {
+                    command: format!("waiting for {unit} (last: {}/{})", state.active, state.sub),
+                    after: timeout,
+                });
+            }
+            let wait = (deadline - now).min(Duration::from_secs(1));
+            let _ = tokio::time::timeout(wait, changes.next()).await;
+        }
+    }
+}
+
+/// Instances as units of one systemd manager: unit files in `unit_dir`, run and
+/// stopped over D-Bus.
+#[derive(Debug, Clone)]
+pub struct Units {
+    pub systemd: Systemd,
+    /// A directory the manager loads units from (`$XDG_RUNTIME_DIR/systemd/user` for
+    /// a user manager, `/run/systemd/system` for the system one).
+    pub unit_dir: std::path::PathBuf,
+    pub podman: std::path::PathBuf,
+    pub cgroups: unit::CgroupsMode,
+    /// How long a container may take to stop before it is killed.
+    pub stop_timeout: Duration,
+}
+
+impl Units {
+    /// Writes the instance's unit and starts it; returns the unit's name.
+    pub async fn run(
+        &self,
+        opts: &crate::types::ContainerCreateOptions,
+    ) -> Result<String, RuntimeError> {
+        crate::podman::args::validate(opts)?;
+        let name = unit::unit_name(&opts.namespace, &opts.workload, &opts.instance_id);
+        let text = unit::render_unit(opts, &self.podman, self.cgroups, self.stop_timeout);
+        std::fs::create_dir_all(&self.unit_dir).map_err(|e| io_err(&self.unit_dir, &e))?;
+        let path = self.unit_dir.join(&name);
+        let tmp = self.unit_dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, &e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, &e))?;
+        self.systemd.reload().await?;
+        self.systemd.reset_failed(&name).await?;
+        self.systemd.start(&name).await?;
+        Ok(name)
+    }
+
+    /// Stops the unit (its ExecStop/ExecStopPost remove the container), waits until
+    /// it is inactive, and deletes the unit file.
+    pub async fn remove(&self, unit: &str) -> Result<(), RuntimeError> {
+        self.systemd.stop(unit).await?;
+        self.systemd
+            .wait_for(unit, self.stop_timeout + Duration::from_secs(30), |s| {
+                s.active == "inactive" || s.active == "failed"
+            })
+            .await?;
+        let path = self.unit_dir.join(unit);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path, &e)),
+        }
+        self.systemd.reload().await?;
+        self.systemd.reset_failed(unit).await
+    }
+}
+
+fn io_err(path: &std::path::Path, e: &std::io::Error) -> RuntimeError {
+    RuntimeError::Spawn {
+        program: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}

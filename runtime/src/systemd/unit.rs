@@ -1,0 +1,228 @@
+//! One systemd service unit per instance (SPEC §8.2), rendered here: `podman run
+//! --rm --replace --sdnotify=conmon -d …` with cleanup on stop, and the instance's
+//! restart policy as systemd's `Restart=` and start limits. Pure functions.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::podman::args::container_args;
+use crate::types::{ContainerCreateOptions, RestartPolicy};
+
+/// How conmon and the container are placed in cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupsMode {
+    /// conmon in the unit's cgroup, the container in a sub-cgroup (needs a systemd
+    /// manager with a cgroup of its own).
+    Split,
+    /// conmon stays in the unit's cgroup, the container under Podman's parent cgroup:
+    /// works everywhere (the test machines' user managers included).
+    #[default]
+    NoConmon,
+}
+
+/// `kat-<ns>-<workload>-<id>.service`.
+pub fn unit_name(namespace: &str, workload: &str, instance_id: &str) -> String {
+    format!("kat-{namespace}-{workload}-{instance_id}.service")
+}
+
+/// One argument quoted for a systemd `Exec*=` line: in double quotes, with `\` and
+/// `"` escaped, `%` and `$` doubled so systemd expands nothing.
+pub fn quote(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len() + 2);
+    out.push('"');
+    for c in arg.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '%' => out.push_str("%%"),
+            '$' => out.push_str("$$"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn exec_line(program: &Path, args: &[String]) -> String {
+    let mut line = quote(&program.display().to_string());
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    line
+}
+
+/// The unit file for one instance.
+pub fn render_unit(
+    opts: &ContainerCreateOptions,
+    podman: &Path,
+    cgroups: CgroupsMode,
+    stop_timeout: Duration,
+) -> String {
+    let mut opts = opts.clone();
+    opts.systemd_mode = true;
+    let mut run: Vec<String> = vec![
+        "run".into(),
+        "--rm".into(),
+        "--replace".into(),
+        "--sdnotify=conmon".into(),
+        match cgroups {
+            CgroupsMode::Split => "--cgroups=split".into(),
+            CgroupsMode::NoConmon => "--cgroups=no-conmon".into(),
+        },
+        "--detach".into(),
+    ];
+    run.extend(container_args(&opts));
+    let name = opts.name.clone();
+    let secs = stop_timeout.as_secs();
+    let stop: Vec<String> = vec![
+        "stop".into(),
+        "--ignore".into(),
+        format!("--time={secs}"),
+        name.clone(),
+    ];
+    let cleanup: Vec<String> = vec![
+        "rm".into(),
+        "--force".into(),
+        "--ignore".into(),
+        "--time=0".into(),
+        name.clone(),
+    ];
+    let (restart, limits) = match opts.restart {
+        RestartPolicy::Always => ("always", String::new()),
+        RestartPolicy::Never => ("no", String::new()),
+        // The first start counts against the burst: max_restarts restarts need one more.
+        RestartPolicy::MaxCount {
+            max_restarts,
+            reset_seconds,
+        } => (
+            "on-failure",
+            format!(
+                "StartLimitIntervalSec={}\nStartLimitBurst={}\n",
+                reset_seconds.max(1),
+                max_restarts.saturating_add(1)
+            ),
+        ),
+    };
+    let mut unit = String::new();
+    let _ = write!(
+        unit,
+        "# Written by kat-agent for instance {ns}/{wl}/{id}; do not edit.\n\
+         [Unit]\n\
+         Description=KAT instance {ns}/{wl}/{id}\n\
+         {limits}\
+         \n\
+         [Service]\n\
+         Type=notify\n\
+         NotifyAccess=all\n\
+         Environment=PODMAN_SYSTEMD_UNIT=%n\n\
+         ExecStart={start}\n\
+         ExecStop={stop}\n\
+         ExecStopPost={cleanup}\n\
+         Restart={restart}\n\
+         RestartSec=1\n\
+         TimeoutStartSec=300\n\
+         TimeoutStopSec={timeout}\n\
+         KillMode=mixed\n",
+        ns = opts.namespace,
+        wl = opts.workload,
+        id = opts.instance_id,
+        start = exec_line(podman, &run),
+        stop = exec_line(podman, &stop),
+        cleanup = exec_line(podman, &cleanup),
+        timeout = secs + 10,
+    );
+    unit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> ContainerCreateOptions {
+        ContainerCreateOptions {
+            instance_id: "a1b2".into(),
+            namespace: "default".into(),
+            workload: "web".into(),
+            name: "kat-default-web-a1b2".into(),
+            image: "localhost/busybox:latest".into(),
+            command: vec!["sh".into(), "-c".into()],
+            args: vec!["echo \"$HOME\" 100% \\o/".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_and_quoting() {
+        assert_eq!(
+            unit_name("default", "web", "a1b2"),
+            "kat-default-web-a1b2.service"
+        );
+        assert_eq!(quote("plain"), "\"plain\"");
+        assert_eq!(quote("a \"b\" $c 5% \\"), r#""a \"b\" $$c 5%% \\""#);
+    }
+
+    #[test]
+    fn the_unit_runs_podman_under_systemd_with_cleanup() {
+        let unit = render_unit(
+            &opts(),
+            Path::new("/usr/bin/podman"),
+            CgroupsMode::NoConmon,
+            Duration::from_secs(10),
+        );
+        let line = |key: &str| {
+            unit.lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or_else(|| panic!("no {key} in\n{unit}"))
+                .to_owned()
+        };
+        let start = line("ExecStart=");
+        for part in [
+            r#""/usr/bin/podman" "run" "--rm" "--replace" "--sdnotify=conmon" "--cgroups=no-conmon" "--detach""#,
+            r#""--label" "kat.dws.rip/instance-id=a1b2""#,
+            r#""localhost/busybox:latest" "echo \"$$HOME\" 100%% \\o/""#,
+        ] {
+            assert!(start.contains(part), "{part} not in {start}");
+        }
+        assert!(!start.contains("--restart"), "systemd restarts, not podman");
+        assert_eq!(
+            line("ExecStop="),
+            r#"ExecStop="/usr/bin/podman" "stop" "--ignore" "--time=10" "kat-default-web-a1b2""#
+        );
+        assert!(line("ExecStopPost=").contains(r#""rm" "--force" "--ignore""#));
+        assert_eq!(line("Type="), "Type=notify");
+        assert_eq!(line("KillMode="), "KillMode=mixed");
+        assert_eq!(line("Restart="), "Restart=always");
+        assert!(!unit.contains("StartLimitBurst"));
+    }
+
+    #[test]
+    fn restart_policies_map_to_systemd() {
+        let mut o = opts();
+        o.restart = RestartPolicy::Never;
+        let unit = render_unit(
+            &o,
+            Path::new("/p"),
+            CgroupsMode::Split,
+            Duration::from_secs(5),
+        );
+        assert!(unit.contains("\nRestart=no\n"));
+        assert!(unit.contains("--cgroups=split"));
+        o.restart = RestartPolicy::MaxCount {
+            max_restarts: 3,
+            reset_seconds: 600,
+        };
+        let unit = render_unit(
+            &o,
+            Path::new("/p"),
+            CgroupsMode::Split,
+            Duration::from_secs(5),
+        );
+        assert!(unit.contains("\nRestart=on-failure\n"));
+        assert!(unit.contains("\nStartLimitIntervalSec=600\nStartLimitBurst=4\n"));
+        // The limits belong to [Unit], before [Service].
+        assert!(unit.find("StartLimitBurst").unwrap() < unit.find("[Service]").unwrap());
+    }
+}

@@ -1,0 +1,208 @@
+//! Instances as systemd units over D-Bus (zbus) against a private systemd user manager
+//! and real Podman (SPEC §8.2; skipped with a printed reason where either is missing):
+//! StartUnit runs the container with the KAT labels; a killed container is restarted
+//! under ALWAYS, not under NEVER, and at most maxRestarts times under MAX_COUNT;
+//! removing the unit removes the container.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::time::Duration;
+
+use kat_runtime::podman::Podman;
+use kat_runtime::systemd::unit::CgroupsMode;
+use kat_runtime::systemd::{Systemd, UnitState, Units};
+use kat_runtime::{
+    ContainerCreateOptions, ContainerRuntime, ContainerState, LABEL_INSTANCE, RestartPolicy,
+    RuntimeError,
+};
+use kat_tests::programs::{BUSYBOX_IMAGE, podman_with_busybox, unique_name};
+use kat_tests::systemd::UserManager;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+struct Setup {
+    units: Units,
+    podman: Podman,
+    podman_bin: std::path::PathBuf,
+    _manager: UserManager,
+}
+
+async fn setup() -> Option<Setup> {
+    let podman_bin = podman_with_busybox()?;
+    let manager = UserManager::start()?;
+    let systemd = Systemd::connect(&manager.bus_address()).await.unwrap();
+    Some(Setup {
+        units: Units {
+            systemd,
+            unit_dir: manager.unit_dir(),
+            podman: podman_bin.clone(),
+            cgroups: CgroupsMode::NoConmon,
+            stop_timeout: Duration::from_secs(5),
+        },
+        podman: Podman::new(&podman_bin),
+        podman_bin,
+        _manager: manager,
+    })
+}
+
+/// Removes the container when dropped, whatever the unit did.
+struct Removed(std::path::PathBuf, String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0)
+            .args(["rm", "--force", "--time=0", &self.1])
+            .output();
+    }
+}
+
+fn instance(id: &str, restart: RestartPolicy) -> ContainerCreateOptions {
+    let name = format!("kat-default-web-{id}");
+    ContainerCreateOptions {
+        instance_id: id.into(),
+        namespace: "default".into(),
+        workload: "web".into(),
+        name,
+        image: BUSYBOX_IMAGE.into(),
+        command: vec!["sh".into(), "-c".into()],
+        args: vec!["trap 'exit 0' TERM; while true; do sleep 0.2; done".into()],
+        network: Some("none".into()),
+        restart,
+        ..Default::default()
+    }
+}
+
+async fn running(podman: &Podman, name: &str) -> kat_runtime::ContainerStatus {
+    for _ in 0..200 {
+        if let Ok(s) = podman.status(name).await
+            && s.state == ContainerState::Running
+        {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} never ran");
+}
+
+/// Kills the container's main process, as a crash would.
+async fn crash(podman: &Podman, name: &str) -> String {
+    let s = running(podman, name).await;
+    kill(Pid::from_raw(s.pid.unwrap() as i32), Signal::SIGKILL).unwrap();
+    s.id
+}
+
+fn active_running(s: &UnitState) -> bool {
+    s.active == "active" && s.sub == "running"
+}
+
+#[tokio::test]
+async fn a_unit_runs_the_instance_and_always_restarts_it() {
+    let Some(t) = setup().await else { return };
+    let id = unique_name("always").replace('-', "");
+    let opts = instance(&id, RestartPolicy::Always);
+    let _guard = Removed(t.podman_bin.clone(), opts.name.clone());
+    let unit = t.units.run(&opts).await.unwrap();
+    assert_eq!(unit, format!("kat-default-web-{id}.service"));
+    t.units
+        .systemd
+        .wait_for(&unit, Duration::from_secs(30), active_running)
+        .await
+        .unwrap();
+    let status = running(&t.podman, &opts.name).await;
+    assert_eq!(status.labels[LABEL_INSTANCE], id);
+    assert_eq!(status.labels["kat.dws.rip/namespace"], "default");
+    assert_eq!(status.labels["kat.dws.rip/workload-name"], "web");
+
+    // A crash: systemd starts it again (a new container replaces the old one).
+    let first = crash(&t.podman, &opts.name).await;
+    let again = t
+        .units
+        .systemd
+        .wait_for(&unit, Duration::from_secs(30), |s| {
+            s.restarts >= 1 && active_running(s)
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.restarts, 1);
+    let second = running(&t.podman, &opts.name).await;
+    assert_ne!(second.id, first, "a new container");
+
+    // Removing the unit removes the container and the unit file.
+    t.units.remove(&unit).await.unwrap();
+    assert!(matches!(
+        t.podman.status(&opts.name).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    assert!(!t.units.unit_dir.join(&unit).exists());
+}
+
+#[tokio::test]
+async fn never_is_not_restarted_and_max_count_gives_up() {
+    let Some(t) = setup().await else { return };
+    // NEVER: after a crash the unit stays down.
+    let id = unique_name("never").replace('-', "");
+    let never = instance(&id, RestartPolicy::Never);
+    let _g1 = Removed(t.podman_bin.clone(), never.name.clone());
+    let unit = t.units.run(&never).await.unwrap();
+    t.units
+        .systemd
+        .wait_for(&unit, Duration::from_secs(30), active_running)
+        .await
+        .unwrap();
+    crash(&t.podman, &never.name).await;
+    let down = t
+        .units
+        .systemd
+        .wait_for(&unit, Duration::from_secs(30), |s| {
+            !active_running(s) && s.active != "activating" && s.active != "deactivating"
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = t.units.systemd.state(&unit).await.unwrap();
+    assert_eq!(later.restarts, 0, "{down:?} then {later:?}");
+    assert_ne!(later.active, "active");
+
+    // MAX_COUNT 2: two restarts, then the start limit stops it for good.
+    let id = unique_name("max").replace('-', "");
+    let max = instance(
+        &id,
+        RestartPolicy::MaxCount {
+            max_restarts: 2,
+            reset_seconds: 300,
+        },
+    );
+    let _g2 = Removed(t.podman_bin.clone(), max.name.clone());
+    let unit = t.units.run(&max).await.unwrap();
+    for round in 0..3 {
+        t.units
+            .systemd
+            .wait_for(&unit, Duration::from_secs(30), |s| {
+                active_running(s) && s.restarts == round
+            })
+            .await
+            .unwrap();
+        crash(&t.podman, &max.name).await;
+    }
+    let failed = t
+        .units
+        .systemd
+        .wait_for(&unit, Duration::from_secs(30), |s| s.active == "failed")
+        .await
+        .unwrap();
+    // It ran three times (the start and two restarts); systemd counts the third,
+    // refused restart too.
+    assert!(failed.restarts <= 3, "{failed:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !matches!(t.podman.status(&max.name).await, Ok(s) if s.state == ContainerState::Running),
+        "no fourth run"
+    );
+    assert_eq!(t.units.systemd.state(&unit).await.unwrap().active, "failed");
+    t.units.remove(&never_unit(&never)).await.unwrap();
+    t.units.remove(&unit).await.unwrap();
+}
+
+fn never_unit(opts: &ContainerCreateOptions) -> String {
+    kat_runtime::systemd::unit::unit_name(&opts.namespace, &opts.workload, &opts.instance_id)
+}
