@@ -474,6 +474,10 @@ impl Actor for Heartbeat {
                 state.args.targets.join(", ")
             )
             .into());
+        } else if mode == AgentMode::Starting {
+            // Until the first answer (e.g. init's own leader still starting), ask
+            // every second rather than every tick.
+            state.delay = state.args.tick.min(Duration::from_secs(1));
         }
         myself.send_after(state.delay, || HeartbeatMsg::Tick);
         Ok(())
