@@ -15,5 +15,6 @@ pub mod leader;
 pub mod node;
 pub mod node_certs;
 pub mod pki;
+pub mod runtime;
 pub mod store;
 pub mod supervision;

@@ -6,6 +6,7 @@
 //! actor that reconciles them build on this trait (see `docs/runtime.md`).
 
 pub mod fake;
+pub mod host;
 pub mod podman;
 pub mod systemd;
 pub mod types;

@@ -6,13 +6,15 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
 /// Labels every KAT container carries (SPEC §8.2).
 pub const LABEL_WORKLOAD: &str = "kat.dws.rip/workload-name";
 pub const LABEL_NAMESPACE: &str = "kat.dws.rip/namespace";
 pub const LABEL_INSTANCE: &str = "kat.dws.rip/instance-id";
 
 /// What KAT does when an instance's process exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum RestartPolicy {
     #[default]
     Always,
@@ -25,14 +27,14 @@ pub enum RestartPolicy {
 }
 
 /// CPU and memory limits, and GPUs by device index.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceSpec {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub gpus: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Protocol {
     #[default]
     Tcp,
@@ -40,7 +42,7 @@ pub enum Protocol {
 }
 
 /// A container port, published on the host when `host_port` is set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
     pub container_port: u16,
     pub host_port: Option<u16>,
@@ -48,7 +50,7 @@ pub struct PortMapping {
 }
 
 /// A host directory bound into the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeMount {
     pub source: PathBuf,
     pub target: PathBuf,
@@ -56,7 +58,7 @@ pub struct VolumeMount {
 }
 
 /// Everything needed to create one instance's container.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerCreateOptions {
     pub instance_id: String,
     pub namespace: String,

@@ -1,0 +1,338 @@
+//! The Runtime actor (SPEC §3, §8), on every node: makes the node's instances what
+//! they should be and says how they are.
+//!
+//! Every tick (and at once when the desired set changes) it ensures each desired
+//! instance exists as desired — adopting one that already does, e.g. after a
+//! `kat-agent` restart, without restarting it — retires instances that are not
+//! desired, observes each (phase, restarts, exit code, IP), runs exec health checks
+//! on each probe's schedule, and publishes the reports. The desired set comes from the
+//! sync stream (or a test); it is cached on disk, so after a restart while no leader
+//! answers the node keeps running what it last knew (detached operation).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kat_proto::v1alpha1::instance_status::Health as ProtoHealth;
+use kat_proto::v1alpha1::{InstancePhase, InstanceStatus};
+use kat_runtime::host::{DesiredInstance, Ensured, InstanceHost, Phase};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The desired instances; `None` until someone (the sync stream) says.
+pub type DesiredCell = Arc<watch::Sender<Option<Vec<DesiredInstance>>>>;
+/// The latest status of each instance, by instance ID.
+pub type ReportsCell = Arc<watch::Sender<BTreeMap<String, InstanceStatus>>>;
+
+pub fn new_desired_cell() -> DesiredCell {
+    Arc::new(watch::channel(None).0)
+}
+
+pub fn new_reports_cell() -> ReportsCell {
+    Arc::new(watch::channel(BTreeMap::new()).0)
+}
+
+#[derive(Clone)]
+pub struct RuntimeArgs {
+    pub node: String,
+    pub host: Arc<dyn InstanceHost>,
+    pub desired: DesiredCell,
+    /// Where the last known desired set is kept (`DIR/runtime/desired.json`).
+    pub cache: Option<PathBuf>,
+    pub reports: ReportsCell,
+    pub tick: Duration,
+}
+
+pub enum RuntimeMsg {
+    Reconcile,
+    /// Replies once a reconcile round has run after this message.
+    Settle(RpcReplyPort<()>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug)]
+struct HealthTrack {
+    next: Instant,
+    successes: u32,
+    failures: u32,
+    health: Health,
+    /// The container the counters are about (a restart starts over).
+    container: Option<String>,
+}
+
+pub struct RuntimeState {
+    args: RuntimeArgs,
+    desired: Vec<DesiredInstance>,
+    health: HashMap<String, HealthTrack>,
+    announced: HashMap<String, Ensured>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RuntimeState {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Runtime;
+
+impl Runtime {
+    pub fn name(node: &str) -> String {
+        format!("runtime@{node}")
+    }
+}
+
+fn read_cache(path: &PathBuf) -> Option<Vec<DesiredInstance>> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(list) => Some(list),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable instance cache; ignored");
+            None
+        }
+    }
+}
+
+fn phase_of(phase: Phase) -> InstancePhase {
+    match phase {
+        Phase::Starting => InstancePhase::Starting,
+        Phase::Running => InstancePhase::Running,
+        Phase::Exited => InstancePhase::Succeeded,
+        Phase::Failed => InstancePhase::Failed,
+        Phase::Unknown => InstancePhase::Unspecified,
+    }
+}
+
+fn health_of(h: Health) -> ProtoHealth {
+    match h {
+        Health::None => ProtoHealth::None,
+        Health::Starting => ProtoHealth::Starting,
+        Health::Healthy => ProtoHealth::Healthy,
+        Health::Unhealthy => ProtoHealth::Unhealthy,
+    }
+}
+
+impl RuntimeState {
+    /// The desired set: the cell's when known (cached to disk), else the cache's.
+    fn refresh_desired(&mut self) {
+        let known = self.args.desired.borrow().clone();
+        if let Some(list) = known {
+            if list != self.desired
+                && let Some(path) = &self.args.cache
+                && let Ok(json) = serde_json::to_vec_pretty(&list)
+                && let Err(e) = crate::files::write_atomic(path, &json, 0o600)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the instance cache");
+            }
+            self.desired = list;
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        self.refresh_desired();
+        let node = self.args.node.clone();
+        let host = self.args.host.clone();
+        let mut reports = BTreeMap::new();
+        for d in &self.desired {
+            match host.ensure(d).await {
+                Ok(how) => {
+                    if self.announced.get(d.id()) != Some(&how) || how != Ensured::Adopted {
+                        tracing::info!(%node, instance = %d.id(), outcome = ?how, "instance ensured");
+                    }
+                    self.announced.insert(d.id().to_owned(), how);
+                }
+                Err(e) => {
+                    tracing::warn!(%node, instance = %d.id(), error = %e, "cannot run instance");
+                    reports.insert(
+                        d.id().to_owned(),
+                        InstanceStatus {
+                            phase: InstancePhase::Failed.into(),
+                            reason: "StartFailed".to_owned(),
+                            message: e.to_string(),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        }
+        if let Ok(present) = host.present().await {
+            for id in present {
+                if !self.desired.iter().any(|d| d.id() == id) {
+                    match host.retire(&id).await {
+                        Ok(()) => tracing::info!(%node, instance = %id, "instance retired"),
+                        Err(e) => {
+                            tracing::warn!(%node, instance = %id, error = %e, "cannot retire instance")
+                        }
+                    }
+                    self.health.remove(&id);
+                    self.announced.remove(&id);
+                }
+            }
+        }
+        let desired = self.desired.clone();
+        for d in &desired {
+            if reports.contains_key(d.id()) {
+                continue;
+            }
+            let obs = match host.observe(d).await {
+                Ok(obs) => obs,
+                Err(e) => {
+                    reports.insert(
+                        d.id().to_owned(),
+                        InstanceStatus {
+                            phase: InstancePhase::Unspecified.into(),
+                            message: e.to_string(),
+                            ..Default::default()
+                        },
+                    );
+                    continue;
+                }
+            };
+            let health = self.check_health(d, &obs).await;
+            reports.insert(
+                d.id().to_owned(),
+                InstanceStatus {
+                    phase: phase_of(obs.phase).into(),
+                    health: health_of(health).into(),
+                    restarts: obs.restarts,
+                    exit_code: obs.exit_code.unwrap_or_default(),
+                    ip: obs.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                    message: obs.message.clone(),
+                    ..Default::default()
+                },
+            );
+        }
+        self.args.reports.send_replace(reports);
+    }
+
+    /// Runs the instance's health check if one is due; returns its health.
+    async fn check_health(
+        &mut self,
+        d: &DesiredInstance,
+        obs: &kat_runtime::host::Observation,
+    ) -> Health {
+        let Some(probe) = &d.health else {
+            return Health::None;
+        };
+        if obs.phase != Phase::Running {
+            self.health.remove(d.id());
+            return Health::Starting;
+        }
+        let now = Instant::now();
+        let track = self
+            .health
+            .entry(d.id().to_owned())
+            .or_insert_with(|| HealthTrack {
+                next: now + probe.initial_delay,
+                successes: 0,
+                failures: 0,
+                health: Health::Starting,
+                container: obs.container_id.clone(),
+            });
+        if track.container != obs.container_id {
+            // A restarted container starts over.
+            *track = HealthTrack {
+                next: now + probe.initial_delay,
+                successes: 0,
+                failures: 0,
+                health: Health::Starting,
+                container: obs.container_id.clone(),
+            };
+        }
+        if now < track.next {
+            return track.health;
+        }
+        track.next = now + probe.period.max(Duration::from_millis(100));
+        let ok = matches!(
+            self.args.host.exec(d, &probe.command, probe.timeout).await,
+            Ok(out) if out.exit_code == 0
+        );
+        let Some(track) = self.health.get_mut(d.id()) else {
+            return Health::Starting;
+        };
+        if ok {
+            track.successes += 1;
+            track.failures = 0;
+            if track.successes >= probe.success_threshold.max(1) && track.health != Health::Healthy
+            {
+                track.health = Health::Healthy;
+                tracing::info!(node = %self.args.node, instance = %d.id(), "instance healthy");
+            }
+        } else {
+            track.failures += 1;
+            track.successes = 0;
+            if track.failures >= probe.failure_threshold.max(1) && track.health != Health::Unhealthy
+            {
+                track.health = Health::Unhealthy;
+                tracing::warn!(node = %self.args.node, instance = %d.id(), failures = track.failures, "instance unhealthy");
+            }
+        }
+        track.health
+    }
+}
+
+impl Actor for Runtime {
+    type Msg = RuntimeMsg;
+    type State = RuntimeState;
+    type Arguments = RuntimeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RuntimeMsg>,
+        args: RuntimeArgs,
+    ) -> Result<RuntimeState, ActorProcessingErr> {
+        let desired = if args.desired.borrow().is_some() {
+            Vec::new()
+        } else {
+            let cached = args.cache.as_ref().and_then(read_cache).unwrap_or_default();
+            if !cached.is_empty() {
+                tracing::info!(node = %args.node, instances = cached.len(), "running the cached instances until the leader says otherwise");
+            }
+            cached
+        };
+        let mut changes = args.desired.subscribe();
+        let me = myself.clone();
+        let watcher = tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if me.cast(RuntimeMsg::Reconcile).is_err() {
+                    return;
+                }
+            }
+        });
+        myself.send_interval(args.tick, || RuntimeMsg::Reconcile);
+        let _ = myself.cast(RuntimeMsg::Reconcile);
+        Ok(RuntimeState {
+            args,
+            desired,
+            health: HashMap::new(),
+            announced: HashMap::new(),
+            watcher,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RuntimeMsg>,
+        msg: RuntimeMsg,
+        state: &mut RuntimeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RuntimeMsg::Reconcile => state.reconcile().await,
+            RuntimeMsg::Settle(reply) => {
+                state.reconcile().await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+}

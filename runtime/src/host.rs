@@ -1,0 +1,373 @@
+//! Where a node's instances live, as the Runtime actor sees it: make an instance
+//! exist as desired (adopting one that already does), retire one, observe one, exec
+//! in one. [`SystemdHost`] keeps instances as systemd units of Podman containers
+//! (systemd applies restart policies); [`FakeHost`] keeps them in the fake runtime and
+//! applies restart policies itself, standing in for systemd.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContainerRuntime;
+use crate::fake::FakeRuntime;
+use crate::podman::Podman;
+use crate::systemd::Units;
+use crate::systemd::unit::{render_unit, unit_name};
+use crate::types::{
+    ContainerCreateOptions, ContainerState, ExecOutput, RestartPolicy, RuntimeError,
+};
+
+/// An exec health check (from `VirtualLoadBalancer.kat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthProbe {
+    pub command: Vec<String>,
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+/// One instance this node should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredInstance {
+    pub opts: ContainerCreateOptions,
+    pub health: Option<HealthProbe>,
+}
+
+impl DesiredInstance {
+    pub fn id(&self) -> &str {
+        &self.opts.instance_id
+    }
+}
+
+/// What [`InstanceHost::ensure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// It was there as desired (e.g. after an agent restart): left alone.
+    Adopted,
+    Started,
+    /// It was there with another spec: replaced.
+    Replaced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Running,
+    /// Ended and will not be restarted (policy, or restarts used up).
+    Exited,
+    Failed,
+    Unknown,
+}
+
+/// An instance as observed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub phase: Phase,
+    pub container_id: Option<String>,
+    pub restarts: u32,
+    pub exit_code: Option<i32>,
+    pub ip: Option<IpAddr>,
+    pub message: String,
+}
+
+#[async_trait::async_trait]
+pub trait InstanceHost: Send + Sync {
+    /// IDs of the instances this host has now (desired or not).
+    async fn present(&self) -> Result<Vec<String>, RuntimeError>;
+    async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError>;
+    async fn retire(&self, instance_id: &str) -> Result<(), RuntimeError>;
+    async fn observe(&self, desired: &DesiredInstance) -> Result<Observation, RuntimeError>;
+    async fn exec(
+        &self,
+        desired: &DesiredInstance,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError>;
+}
+
+/// Instances as systemd units of Podman containers.
+#[derive(Debug, Clone)]
+pub struct SystemdHost {
+    pub units: Units,
+    pub podman: Podman,
+}
+
+/// The instance ID a unit file was written for (its first line says).
+fn instance_of_unit(text: &str) -> Option<String> {
+    let first = text.lines().next()?;
+    let rest = first.strip_prefix("# Written by kat-agent for instance ")?;
+    let ids = rest.split(';').next()?;
+    ids.rsplit('/').next().map(str::to_owned)
+}
+
+impl SystemdHost {
+    fn unit_files(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        let dir = &self.units.unit_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(RuntimeError::Spawn {
+                    program: dir.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let mut units = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("kat-") && name.ends_with(".service")) {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(entry.path())
+                && let Some(id) = instance_of_unit(&text)
+            {
+                units.push((id, name));
+            }
+        }
+        Ok(units)
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceHost for SystemdHost {
+    async fn present(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.unit_files()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError> {
+        let o = &desired.opts;
+        let name = unit_name(&o.namespace, &o.workload, &o.instance_id);
+        let path = self.units.unit_dir.join(&name);
+        let want = render_unit(
+            o,
+            &self.units.podman,
+            self.units.cgroups,
+            self.units.stop_timeout,
+        );
+        match std::fs::read_to_string(&path) {
+            // Same unit: systemd has it (and applies its restart policy); adopt.
+            Ok(have) if have == want => Ok(Ensured::Adopted),
+            Ok(_) => {
+                self.units.remove(&name).await?;
+                self.units.run(o).await?;
+                Ok(Ensured::Replaced)
+            }
+            Err(_) => {
+                self.units.run(o).await?;
+                Ok(Ensured::Started)
+            }
+        }
+    }
+
+    async fn retire(&self, instance_id: &str) -> Result<(), RuntimeError> {
+        for (id, unit) in self.unit_files()? {
+            if id == instance_id {
+                self.units.remove(&unit).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, desired: &DesiredInstance) -> Result<Observation, RuntimeError> {
+        let o = &desired.opts;
+        let unit = unit_name(&o.namespace, &o.workload, &o.instance_id);
+        let state = self.units.systemd.state(&unit).await?;
+        let container = self.podman.status(&o.name).await.ok();
+        let running = container
+            .as_ref()
+            .is_some_and(|c| c.state == ContainerState::Running);
+        let phase = match (state.active.as_str(), state.sub.as_str()) {
+            ("active", "running") if running => Phase::Running,
+            ("active" | "activating" | "reloading", _) => Phase::Starting,
+            ("failed", _) => Phase::Failed,
+            ("inactive" | "deactivating", _) => Phase::Exited,
+            _ => Phase::Unknown,
+        };
+        let exit_code = matches!(phase, Phase::Exited | Phase::Failed).then_some(state.exit_status);
+        Ok(Observation {
+            phase,
+            container_id: container.as_ref().map(|c| c.id.clone()),
+            restarts: state.restarts,
+            exit_code,
+            ip: container.as_ref().and_then(|c| c.ip),
+            message: format!("unit {}/{} ({})", state.active, state.sub, state.result),
+        })
+    }
+
+    async fn exec(
+        &self,
+        desired: &DesiredInstance,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        self.podman.exec(&desired.opts.name, cmd, timeout).await
+    }
+}
+
+#[derive(Debug)]
+struct FakeEntry {
+    desired: DesiredInstance,
+    container: String,
+    restarts: u32,
+}
+
+/// Instances in the fake runtime, restart policies applied here.
+#[derive(Debug, Default)]
+pub struct FakeHost {
+    pub runtime: Arc<FakeRuntime>,
+    entries: Mutex<HashMap<String, FakeEntry>>,
+}
+
+impl FakeHost {
+    pub fn new(runtime: Arc<FakeRuntime>) -> Self {
+        Self {
+            runtime,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, FakeEntry>>, RuntimeError> {
+        self.entries.lock().map_err(|_| RuntimeError::Spawn {
+            program: "fake host".to_owned(),
+            reason: "lock poisoned".to_owned(),
+        })
+    }
+
+    async fn launch(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+        let id = self.runtime.create(&desired.opts).await?;
+        self.runtime.start(&id).await?;
+        self.lock()?.insert(
+            desired.id().to_owned(),
+            FakeEntry {
+                desired: desired.clone(),
+                container: id,
+                restarts: 0,
+            },
+        );
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceHost for FakeHost {
+    async fn present(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(self.lock()?.keys().cloned().collect())
+    }
+
+    async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError> {
+        let same = self
+            .lock()?
+            .get(desired.id())
+            .map(|e| e.desired.opts == desired.opts);
+        match same {
+            Some(true) => Ok(Ensured::Adopted),
+            Some(false) => {
+                self.retire(desired.id()).await?;
+                self.launch(desired).await?;
+                Ok(Ensured::Replaced)
+            }
+            None => {
+                self.launch(desired).await?;
+                Ok(Ensured::Started)
+            }
+        }
+    }
+
+    async fn retire(&self, instance_id: &str) -> Result<(), RuntimeError> {
+        let container = self.lock()?.remove(instance_id).map(|e| e.container);
+        if let Some(c) = container {
+            let _ = self.runtime.stop(&c, Duration::from_secs(10)).await;
+            self.runtime.remove(&c, true, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, desired: &DesiredInstance) -> Result<Observation, RuntimeError> {
+        let (container, restarts, policy) = {
+            let entries = self.lock()?;
+            let e = entries
+                .get(desired.id())
+                .ok_or_else(|| RuntimeError::NotFound(desired.id().to_owned()))?;
+            (e.container.clone(), e.restarts, e.desired.opts.restart)
+        };
+        let mut status = self.runtime.status(&container).await?;
+        let mut restarts = restarts;
+        if status.state == ContainerState::Exited {
+            let code = status.exit_code.unwrap_or(0);
+            let again = match policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::Never => false,
+                RestartPolicy::MaxCount { max_restarts, .. } => {
+                    code != 0 && restarts < max_restarts
+                }
+            };
+            if again {
+                self.runtime.start(&container).await?;
+                restarts += 1;
+                if let Some(e) = self.lock()?.get_mut(desired.id()) {
+                    e.restarts = restarts;
+                }
+                status = self.runtime.status(&container).await?;
+            }
+        }
+        let phase = match status.state {
+            ContainerState::Running => Phase::Running,
+            ContainerState::Created => Phase::Starting,
+            ContainerState::Exited if status.exit_code == Some(0) => Phase::Exited,
+            ContainerState::Exited => Phase::Failed,
+            _ => Phase::Unknown,
+        };
+        Ok(Observation {
+            phase,
+            container_id: Some(status.id),
+            restarts,
+            exit_code: status.exit_code,
+            ip: status.ip,
+            message: String::new(),
+        })
+    }
+
+    async fn exec(
+        &self,
+        desired: &DesiredInstance,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let container = self
+            .lock()?
+            .get(desired.id())
+            .map(|e| e.container.clone())
+            .ok_or_else(|| RuntimeError::NotFound(desired.id().to_owned()))?;
+        self.runtime.exec(&container, cmd, timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_file_names_its_instance() {
+        let unit = render_unit(
+            &ContainerCreateOptions {
+                instance_id: "x9".into(),
+                namespace: "ns".into(),
+                workload: "w".into(),
+                name: "kat-ns-w-x9".into(),
+                image: "i".into(),
+                ..Default::default()
+            },
+            std::path::Path::new("/usr/bin/podman"),
+            crate::systemd::unit::CgroupsMode::NoConmon,
+            Duration::from_secs(5),
+        );
+        assert_eq!(instance_of_unit(&unit).as_deref(), Some("x9"));
+        assert_eq!(instance_of_unit("[Unit]\n"), None);
+    }
+}
