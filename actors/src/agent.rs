@@ -532,3 +532,72 @@ pub async fn run_until(
         _ = &mut join => Err(AgentError::Failed("restart intensity exhausted; see the log above".to_owned())),
     }
 }
+
+/// `--runtime`: what runs this node's instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Podman containers as units of the systemd manager on `bus`, unit files in
+    /// `unit_dir` (rootful: the system manager).
+    Podman {
+        bus: String,
+        unit_dir: PathBuf,
+        podman: Option<PathBuf>,
+    },
+    /// The in-memory runtime (demos, simulations).
+    Fake,
+}
+
+/// Gives the node its Runtime actor. A Podman host that cannot be reached (no Podman,
+/// no systemd manager on the bus) leaves the node without one, with a warning: it
+/// still joins and reports, but runs no instances.
+pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
+    use kat_runtime::host::{FakeHost, InstanceHost, SystemdHost};
+    let host: Arc<dyn InstanceHost> = match choice {
+        RuntimeChoice::Fake => Arc::new(FakeHost::new(Arc::new(
+            kat_runtime::fake::FakeRuntime::new(),
+        ))),
+        RuntimeChoice::Podman {
+            bus,
+            unit_dir,
+            podman,
+        } => {
+            let Some(podman) = podman
+                .clone()
+                .map(kat_runtime::podman::Podman::new)
+                .or_else(kat_runtime::podman::Podman::find)
+            else {
+                tracing::warn!(node = %node.identity.node_name, "no container runtime: podman is not installed (install it, or run with --runtime fake)");
+                return;
+            };
+            let systemd = match kat_runtime::systemd::Systemd::connect(bus).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(node = %node.identity.node_name, %bus, error = %e, "no container runtime: cannot reach systemd (set --systemd-bus, or run with --runtime fake)");
+                    return;
+                }
+            };
+            Arc::new(SystemdHost {
+                units: kat_runtime::systemd::Units {
+                    systemd,
+                    unit_dir: unit_dir.clone(),
+                    podman: podman.binary().to_path_buf(),
+                    cgroups: kat_runtime::systemd::unit::CgroupsMode::default(),
+                    stop_timeout: Duration::from_secs(10),
+                },
+                podman,
+            })
+        }
+    };
+    let runtime_dir = node.state_dir.join("runtime");
+    if let Err(e) = crate::files::private_dir(&runtime_dir) {
+        tracing::warn!(path = %runtime_dir.display(), error = %e, "cannot create the runtime directory; instances are not cached");
+    }
+    node.agent.runtime = Some(crate::node::RuntimeSetup {
+        host,
+        desired: crate::runtime::new_desired_cell(),
+        reports: crate::runtime::new_reports_cell(),
+        cache: Some(runtime_dir.join("desired.json")),
+        tick: Duration::from_secs(5),
+    });
+    tracing::info!(node = %node.identity.node_name, runtime = ?choice, "container runtime ready");
+}

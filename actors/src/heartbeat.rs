@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use kat_proto::v1alpha1::node_api_client::NodeApiClient;
 use kat_proto::v1alpha1::{
-    HeartbeatRequest, HeartbeatResponse, NodeState, NodeStatus, Peer, RenewCertificateRequest,
-    RenewCertificateResponse, SyncEvent, SyncRequest, sync_event,
+    HeartbeatRequest, HeartbeatResponse, InstanceReport, NodeState, NodeStatus, Peer,
+    RenewCertificateRequest, RenewCertificateResponse, SyncEvent, SyncRequest, sync_event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
@@ -264,6 +264,8 @@ pub struct HeartbeatArgs {
     pub link: Arc<dyn LeaderLink>,
     pub mode: ModeCell,
     pub synced: SyncedCell,
+    /// The Runtime actor's instance reports, sent with every heartbeat.
+    pub reports: Option<crate::runtime::ReportsCell>,
 }
 
 pub enum HeartbeatMsg {
@@ -309,6 +311,20 @@ impl HeartbeatState {
             }),
             rejoining,
             synced_revision: self.args.synced.borrow().revision,
+            instances: self
+                .args
+                .reports
+                .as_ref()
+                .map(|r| {
+                    r.borrow()
+                        .iter()
+                        .map(|(id, status)| InstanceReport {
+                            id: id.clone(),
+                            status: Some(status.clone()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..Default::default()
         }
     }

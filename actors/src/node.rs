@@ -5,7 +5,7 @@
 //! | `node@N` (NodeSupervisor) | one_for_one | 3 in 5 min, then the agent exits non-zero | `control-plane@N` |
 //! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, `api-server@N`, then `leader@N` while leading |
 //! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N`, `node-monitor@N`, `api@N` |
-//! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N`, `node-certs@N` |
+//! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N`, `node-certs@N`, `runtime@N` |
 //!
 //! Every node runs `agent@N`; control-plane members also run `control-plane@N` (first).
 //! When Heartbeat fails (no leader answered for the loss timeout), `agent@N`'s policy
@@ -30,6 +30,7 @@ use crate::heartbeat::{
 };
 use crate::leader::{LocalFiles, leader_subtree};
 use crate::node_certs::{NodeCerts, NodeCertsArgs};
+use crate::runtime::{Runtime, RuntimeArgs};
 use crate::store::{Store, StoreArgs, StoreBackend};
 use crate::supervision::{
     Backoff, ChildSpec, Intensity, StartFn, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -165,6 +166,19 @@ pub struct AgentOptions {
     pub synced: SyncedCell,
     /// `DIR/pki` of a real node: NodeCerts renews the certificate there.
     pub pki_dir: Option<std::path::PathBuf>,
+    /// The node's instances, when it runs a Runtime actor.
+    pub runtime: Option<RuntimeSetup>,
+}
+
+/// What the Runtime actor of a node works with.
+#[derive(Clone)]
+pub struct RuntimeSetup {
+    pub host: Arc<dyn kat_runtime::host::InstanceHost>,
+    pub desired: crate::runtime::DesiredCell,
+    pub reports: crate::runtime::ReportsCell,
+    /// `DIR/runtime/desired.json`.
+    pub cache: Option<std::path::PathBuf>,
+    pub tick: Duration,
 }
 
 impl AgentOptions {
@@ -185,6 +199,7 @@ impl AgentOptions {
             mode: new_mode_cell(),
             synced: new_synced_cell(),
             pki_dir: None,
+            runtime: None,
         }
     }
 }
@@ -206,6 +221,7 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
         link: opts.link.clone(),
         mode: opts.mode.clone(),
         synced: opts.synced.clone(),
+        reports: opts.runtime.as_ref().map(|r| r.reports.clone()),
     };
     let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
         heartbeat_args.clone()
@@ -233,6 +249,22 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
             NodeCerts,
             move || certs_args.clone(),
         ));
+    }
+    if let Some(rt) = &opts.runtime {
+        let runtime_args = RuntimeArgs {
+            node: opts.node.clone(),
+            host: rt.host.clone(),
+            desired: rt.desired.clone(),
+            cache: rt.cache.clone(),
+            reports: rt.reports.clone(),
+            tick: rt.tick,
+        };
+        children.push(
+            ChildSpec::actor(Runtime::name(&opts.node), Runtime, move || {
+                runtime_args.clone()
+            })
+            .shutdown_timeout(Duration::from_secs(30)),
+        );
     }
     let name = agent_supervisor_name(&opts.node);
     let sup_name = name.clone();

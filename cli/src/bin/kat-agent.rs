@@ -47,12 +47,43 @@ struct NodeOptions {
     /// Extra DNS listener (repeatable), e.g. 127.0.0.1:5353.
     #[arg(long, value_name = "ADDR:PORT")]
     dns_listen: Vec<String>,
-    /// Container runtime: podman, or fake (in-memory, for demos and simulations).
-    #[arg(long, default_value = "podman")]
-    runtime: String,
+    /// Container runtime: podman (containers as systemd units), or fake (in-memory,
+    /// for demos and simulations).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Podman)]
+    runtime: RuntimeKind,
+    /// D-Bus address of the systemd manager that runs the instances' units.
+    #[arg(
+        long,
+        env = "KAT_SYSTEMD_BUS",
+        default_value = "unix:path=/run/dbus/system_bus_socket",
+        value_name = "ADDRESS"
+    )]
+    systemd_bus: String,
+    /// Where instance unit files are written (a directory that manager loads units from).
+    #[arg(long, default_value = "/run/systemd/system", value_name = "DIR")]
+    unit_dir: PathBuf,
     /// Path to the etcd binary (default: etcd on PATH).
     #[arg(long, value_name = "PATH")]
     etcd_bin: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeKind {
+    Podman,
+    Fake,
+}
+
+impl NodeOptions {
+    fn runtime_choice(&self) -> agent::RuntimeChoice {
+        match self.runtime {
+            RuntimeKind::Fake => agent::RuntimeChoice::Fake,
+            RuntimeKind::Podman => agent::RuntimeChoice::Podman {
+                bus: self.systemd_bus.clone(),
+                unit_dir: self.unit_dir.clone(),
+                podman: None,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,7 +149,7 @@ fn main() -> ExitCode {
                 };
                 agent::prepare_init(&opts).map_err(anyhow::Error::from)
             });
-            serve(result)
+            serve(result, node.runtime_choice())
         }
         Command::Run { node } => {
             // Only control-plane members need etcd.
@@ -132,7 +163,7 @@ fn main() -> ExitCode {
                     Err(e) if prepared.control_plane.is_some() => Err(e),
                     _ => Ok(prepared),
                 });
-            serve(result)
+            serve(result, node.runtime_choice())
         }
         Command::EtcdEnv { state } => match agent::etcd_env(&state.state_dir) {
             Ok(lines) => {
@@ -163,7 +194,8 @@ fn main() -> ExitCode {
                 advertise_address: node.advertise_address,
                 etcd_bin,
             };
-            serve_after(move || async move { agent::join(&opts).await })
+            let choice = node.runtime_choice();
+            serve_after(choice, move || async move { agent::join(&opts).await })
         }
     }
 }
@@ -193,15 +225,15 @@ fn etcd_binary(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs a prepared node until SIGTERM or SIGINT; exits non-zero if its tree fails.
-fn serve(prepared: anyhow::Result<agent::PreparedNode>) -> ExitCode {
+fn serve(prepared: anyhow::Result<agent::PreparedNode>, runtime: agent::RuntimeChoice) -> ExitCode {
     match prepared {
-        Ok(node) => serve_after(move || async move { Ok(node) }),
+        Ok(node) => serve_after(runtime, move || async move { Ok(node) }),
         Err(e) => fail(&e),
     }
 }
 
 /// Prepares the node inside the async runtime (joining needs the network), then runs it.
-fn serve_after<F, Fut>(prepare: F) -> ExitCode
+fn serve_after<F, Fut>(runtime_choice: agent::RuntimeChoice, prepare: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<agent::PreparedNode, agent::AgentError>>,
@@ -213,10 +245,11 @@ where
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
     };
-    let node = match runtime.block_on(prepare()) {
+    let mut node = match runtime.block_on(prepare()) {
         Ok(node) => node,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
+    runtime.block_on(agent::attach_runtime(&mut node, &runtime_choice));
     let outcome = runtime.block_on(async {
         tracing::info!(
             node = %node.identity.node_name,

@@ -1,0 +1,323 @@
+//! Volumes on a node (SPEC §8.3): `simpleClusterStorage` is a directory under
+//! `volumeBasePath/<ns>/<workload>/<volume>`, owned by the workload's user, kept across
+//! restarts and updates and removed only by [`purge`]; `hostMount` binds a host path,
+//! checked or created as its `ensureType` says. [`prepare`] turns a container's
+//! volume mounts into bind mounts, making what needs to exist.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+
+use kat_proto::v1alpha1::{HostPathType, Volume, VolumeMount as SpecMount, volume};
+
+use crate::types::{RuntimeError, VolumeMount};
+
+/// Who owns created storage (the workload's user in rootless mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn invalid(field: String, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::InvalidOptions {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn io(path: &Path, e: &std::io::Error) -> RuntimeError {
+    RuntimeError::Spawn {
+        program: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// `base/<ns>/<workload>/<volume>`.
+pub fn storage_dir(base: &Path, namespace: &str, workload: &str, volume: &str) -> PathBuf {
+    base.join(namespace).join(workload).join(volume)
+}
+
+fn chown(path: &Path, owner: Option<Owner>) -> Result<(), RuntimeError> {
+    if let Some(o) = owner {
+        std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid)).map_err(|e| io(path, &e))?;
+    }
+    Ok(())
+}
+
+fn ensure_host_path(path: &Path, kind: HostPathType, field: &str) -> Result<(), RuntimeError> {
+    let meta = std::fs::metadata(path);
+    match kind {
+        HostPathType::Unspecified | HostPathType::DirectoryOrCreate => {
+            std::fs::create_dir_all(path).map_err(|e| io(path, &e))
+        }
+        HostPathType::Directory => match meta {
+            Ok(m) if m.is_dir() => Ok(()),
+            _ => Err(invalid(
+                field.to_owned(),
+                format!(
+                    "{} is not an existing directory (ensureType DIRECTORY)",
+                    path.display()
+                ),
+            )),
+        },
+        HostPathType::FileOrCreate => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io(parent, &e))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(|_| ())
+                .map_err(|e| io(path, &e))
+        }
+        HostPathType::File => match meta {
+            Ok(m) if m.is_file() => Ok(()),
+            _ => Err(invalid(
+                field.to_owned(),
+                format!(
+                    "{} is not an existing file (ensureType FILE)",
+                    path.display()
+                ),
+            )),
+        },
+        HostPathType::Socket => match meta {
+            Ok(m) if m.file_type().is_socket() => Ok(()),
+            _ => Err(invalid(
+                field.to_owned(),
+                format!(
+                    "{} is not an existing socket (ensureType SOCKET)",
+                    path.display()
+                ),
+            )),
+        },
+    }
+}
+
+/// The bind mounts for a container's `volumeMounts`, after making the storage and
+/// host paths exist as their volumes say.
+pub fn prepare(
+    base: &Path,
+    namespace: &str,
+    workload: &str,
+    volumes: &[Volume],
+    mounts: &[SpecMount],
+    owner: Option<Owner>,
+) -> Result<Vec<VolumeMount>, RuntimeError> {
+    let mut out = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        let field = format!("container.volumeMounts[{i}]");
+        let v = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| {
+            invalid(
+                format!("{field}.name"),
+                format!("no volume named {:?}", m.name),
+            )
+        })?;
+        let sub = Path::new(&m.sub_path);
+        if sub.is_absolute() || sub.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(invalid(
+                format!("{field}.subPath"),
+                "must be relative, without ..",
+            ));
+        }
+        let source = match &v.source {
+            Some(volume::Source::SimpleClusterStorage(_)) => {
+                let dir = storage_dir(base, namespace, workload, &v.name);
+                std::fs::create_dir_all(&dir).map_err(|e| io(&dir, &e))?;
+                chown(&dir, owner)?;
+                let source = dir.join(sub);
+                if !m.sub_path.is_empty() {
+                    std::fs::create_dir_all(&source).map_err(|e| io(&source, &e))?;
+                    chown(&source, owner)?;
+                }
+                source
+            }
+            Some(volume::Source::HostMount(h)) => {
+                let path = PathBuf::from(&h.host_path);
+                if !path.is_absolute() {
+                    return Err(invalid(
+                        format!("volumes.{}.hostMount.hostPath", v.name),
+                        "must be an absolute path",
+                    ));
+                }
+                ensure_host_path(
+                    &path,
+                    h.ensure_type(),
+                    &format!("volumes.{}.hostMount.hostPath", v.name),
+                )?;
+                path.join(sub)
+            }
+            None => {
+                return Err(invalid(
+                    format!("volumes.{}", v.name),
+                    "neither simpleClusterStorage nor hostMount",
+                ));
+            }
+        };
+        out.push(VolumeMount {
+            source,
+            target: PathBuf::from(&m.mount_path),
+            read_only: m.read_only,
+        });
+    }
+    Ok(out)
+}
+
+/// Removes a workload's simpleClusterStorage (`katcall delete workload --purge-volumes`).
+pub fn purge(base: &Path, namespace: &str, workload: &str) -> Result<(), RuntimeError> {
+    let dir = base.join(namespace).join(workload);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&dir, &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kat_proto::v1alpha1::{HostMount, SimpleClusterStorage};
+    use std::os::unix::fs::MetadataExt;
+
+    fn storage(name: &str) -> Volume {
+        Volume {
+            name: name.into(),
+            source: Some(volume::Source::SimpleClusterStorage(
+                SimpleClusterStorage {},
+            )),
+        }
+    }
+
+    fn host(name: &str, path: &Path, kind: HostPathType) -> Volume {
+        Volume {
+            name: name.into(),
+            source: Some(volume::Source::HostMount(HostMount {
+                host_path: path.display().to_string(),
+                ensure_type: kind.into(),
+            })),
+        }
+    }
+
+    fn mount(name: &str, at: &str, sub: &str) -> SpecMount {
+        SpecMount {
+            name: name.into(),
+            mount_path: at.into(),
+            sub_path: sub.into(),
+            read_only: false,
+        }
+    }
+
+    #[test]
+    fn cluster_storage_is_made_owned_and_kept() {
+        let base = tempfile::tempdir().unwrap();
+        // Giving storage to another user needs root (as the agent runs).
+        let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        if !root {
+            eprintln!("SKIPPED (ownership part): not running as root");
+        }
+        let owner = Owner {
+            uid: 12345,
+            gid: 54321,
+        };
+        let owner_if_root = root.then_some(owner);
+        let mounts = prepare(
+            base.path(),
+            "default",
+            "web",
+            &[storage("data")],
+            &[mount("data", "/data", ""), mount("data", "/logs", "logs")],
+            owner_if_root,
+        )
+        .unwrap();
+        let dir = base.path().join("default/web/data");
+        assert_eq!(mounts[0].source, dir);
+        assert_eq!(mounts[1].source, dir.join("logs"));
+        assert!(dir.join("logs").is_dir());
+        if root {
+            let meta = std::fs::metadata(&dir).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (owner.uid, owner.gid));
+        }
+        std::fs::write(dir.join("kept"), "x").unwrap();
+        // Prepared again (a restart, an update): the data is still there.
+        prepare(
+            base.path(),
+            "default",
+            "web",
+            &[storage("data")],
+            &[mount("data", "/data", "")],
+            None,
+        )
+        .unwrap();
+        assert!(dir.join("kept").exists());
+        purge(base.path(), "default", "web").unwrap();
+        assert!(!dir.exists());
+        purge(base.path(), "default", "web").unwrap();
+    }
+
+    #[test]
+    fn host_mounts_follow_their_ensure_type() {
+        let root = tempfile::tempdir().unwrap();
+        let p = |s: &str| root.path().join(s);
+        let ok = |v: Volume| {
+            prepare(root.path(), "n", "w", &[v], &[mount("v", "/x", "")], None)
+                .map(|m| m[0].source.clone())
+        };
+        assert_eq!(
+            ok(host("v", &p("made/dir"), HostPathType::DirectoryOrCreate)).unwrap(),
+            p("made/dir")
+        );
+        assert!(p("made/dir").is_dir());
+        assert!(ok(host("v", &p("made/file"), HostPathType::FileOrCreate)).is_ok());
+        assert!(p("made/file").is_file());
+        assert!(ok(host("v", &p("made/dir"), HostPathType::Directory)).is_ok());
+        assert!(ok(host("v", &p("made/file"), HostPathType::File)).is_ok());
+        for (path, kind) in [
+            ("missing", HostPathType::Directory),
+            ("made/file", HostPathType::Directory),
+            ("missing", HostPathType::File),
+            ("made/dir", HostPathType::File),
+            ("made/file", HostPathType::Socket),
+        ] {
+            match ok(host("v", &p(path), kind)) {
+                Err(RuntimeError::InvalidOptions { field, reason }) => {
+                    assert_eq!(field, "volumes.v.hostMount.hostPath");
+                    assert!(reason.contains(path), "{reason}");
+                }
+                other => panic!("{path} {kind:?}: {other:?}"),
+            }
+        }
+        assert!(!p("missing").exists(), "checking creates nothing");
+    }
+
+    #[test]
+    fn bad_mounts_name_the_field() {
+        let base = tempfile::tempdir().unwrap();
+        let err = |vols: &[Volume], m: SpecMount| match prepare(
+            base.path(),
+            "n",
+            "w",
+            vols,
+            &[m],
+            None,
+        ) {
+            Err(RuntimeError::InvalidOptions { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            err(&[], mount("nope", "/x", "")),
+            "container.volumeMounts[0].name"
+        );
+        assert_eq!(
+            err(&[storage("d")], mount("d", "/x", "../escape")),
+            "container.volumeMounts[0].subPath"
+        );
+        assert_eq!(
+            err(
+                &[host("h", Path::new("relative"), HostPathType::Directory)],
+                mount("h", "/x", "")
+            ),
+            "volumes.h.hostMount.hostPath"
+        );
+    }
+}
