@@ -58,6 +58,7 @@ async fn leader() -> Leader {
         ca: ca.clone(),
         cluster: cluster_config("join-test", 1),
         control_plane: Default::default(),
+        events: Default::default(),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -150,6 +150,7 @@ impl Actor for Api {
             ca,
             cluster: args.cluster.clone(),
             control_plane: node_api::ControlPlaneCache::default(),
+            events: Default::default(),
         };
         let revision = args.leadership.key.create_revision;
         match &args.endpoint {

@@ -41,6 +41,8 @@ pub struct NodeApiContext {
     /// Control-plane API addresses, re-read at most every few seconds (every
     /// heartbeat answer carries them).
     pub control_plane: ControlPlaneCache,
+    /// The lease events are written under.
+    pub events: crate::leader::node_monitor::EventLease,
 }
 
 /// A short-lived cache of [`control_plane_apis`].
@@ -360,7 +362,8 @@ pub async fn heartbeat(
         if let Some((reason, message)) = event {
             let (event_key, event) =
                 node_event(caller, reason, EventSeverity::Normal, message, now);
-            then.push(TxnOp::put(event_key, event.encode_to_vec()));
+            let lease = ctx.events.get(ctx.store.as_ref()).await;
+            then.push(TxnOp::put_leased(event_key, event.encode_to_vec(), lease));
         }
         let unchanged = match &previous {
             Some(kv) => Compare::unchanged(&key, kv.mod_revision),

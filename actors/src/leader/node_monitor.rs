@@ -15,7 +15,7 @@ use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::election::Leadership;
-use crate::store::{Compare, KeyValue, Txn, TxnOp};
+use crate::store::{Compare, KeyValue, LeaseId, StateStore, Txn, TxnOp};
 
 /// Prefix of the nodes' reported status.
 pub const NODE_STATUS_PREFIX: &str = "/kat/status/nodes/";
@@ -24,6 +24,40 @@ pub const EVENTS_PREFIX: &str = "/kat/events/";
 
 fn seconds(t: SystemTime) -> i64 {
     i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Events live about an hour (SPEC §5): they are written under a shared lease of
+/// 70 minutes that is replaced by a fresh one every 10 minutes, so each event lasts
+/// 60 to 70 minutes and the leader holds at most a handful of leases.
+#[derive(Clone, Default)]
+pub struct EventLease(std::sync::Arc<std::sync::Mutex<Option<(LeaseId, tokio::time::Instant)>>>);
+
+impl EventLease {
+    const TTL: Duration = Duration::from_secs(70 * 60);
+    const FRESH_FOR: Duration = Duration::from_secs(10 * 60);
+
+    /// The lease to write events under; `None` if none can be granted (the event is
+    /// then written without one rather than lost).
+    pub async fn get(&self, store: &dyn StateStore) -> Option<LeaseId> {
+        if let Ok(cached) = self.0.lock()
+            && let Some((id, at)) = *cached
+            && at.elapsed() < Self::FRESH_FOR
+        {
+            return Some(id);
+        }
+        match store.grant_lease(Self::TTL).await {
+            Ok(lease) => {
+                if let Ok(mut cached) = self.0.lock() {
+                    *cached = Some((lease.id, tokio::time::Instant::now()));
+                }
+                Some(lease.id)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot grant the events lease; events kept without expiry");
+                None
+            }
+        }
+    }
 }
 
 /// An event about node `name` and the key it is stored under. Ids sort by time.
@@ -87,6 +121,7 @@ pub struct NodeMonitorState {
     timeout: Duration,
     /// Nodes marked NotReady since this leader started (for tests and metrics).
     marked: u64,
+    events: EventLease,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,6 +159,7 @@ impl NodeMonitorState {
             };
             let mut status = status.clone();
             status.set_state(NodeState::NotReady);
+            let lease = self.events.get(store.as_ref()).await;
             let (event_key, event) = node_event(
                 name,
                 "NodeLost",
@@ -142,7 +178,7 @@ impl NodeMonitorState {
                 ])
                 .and_then([
                     TxnOp::put(kv.key.clone(), status.encode_to_vec()),
-                    TxnOp::put(event_key, event.encode_to_vec()),
+                    TxnOp::put_leased(event_key, event.encode_to_vec(), lease),
                 ]);
             if store.txn(txn).await?.succeeded {
                 self.marked += 1;
@@ -186,6 +222,7 @@ impl Actor for NodeMonitor {
             timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds)),
             args,
             marked: 0,
+            events: EventLease::default(),
         })
     }
 
@@ -219,6 +256,35 @@ mod tests {
         };
         s.set_state(state);
         s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_expire_after_about_an_hour_and_share_a_lease() {
+        #![allow(clippy::unwrap_used)]
+        use crate::store::MemoryStore;
+        let store = MemoryStore::new();
+        let events = EventLease::default();
+        let first = events.get(&store).await.unwrap();
+        assert_eq!(events.get(&store).await, Some(first), "shared while fresh");
+        let txn = Txn::new().and_then([TxnOp::put_leased(
+            "/kat/events/e1",
+            b"x".to_vec(),
+            Some(first),
+        )]);
+        store.txn(txn).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+        let second = events.get(&store).await.unwrap();
+        assert_ne!(second, first, "a fresh lease after 10 minutes");
+        tokio::time::sleep(Duration::from_secs(50 * 60)).await;
+        assert!(
+            store.get("/kat/events/e1").await.unwrap().is_some(),
+            "61 minutes: still there"
+        );
+        tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+        assert!(
+            store.get("/kat/events/e1").await.unwrap().is_none(),
+            "71 minutes: gone"
+        );
     }
 
     #[test]

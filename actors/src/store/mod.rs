@@ -14,5 +14,5 @@ pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
 pub use state_store::{
     CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, Revision, StateStore, StoreError,
-    StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
+    StoreMember, StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
 };

@@ -100,6 +100,19 @@ impl TxnOp {
         }
     }
 
+    /// A put whose key goes when `lease` ends (or a plain put without one).
+    pub fn put_leased(
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        lease: Option<LeaseId>,
+    ) -> Self {
+        TxnOp::Put {
+            key: key.into(),
+            value: value.into(),
+            lease,
+        }
+    }
+
     pub fn delete(key: impl Into<String>) -> Self {
         TxnOp::Delete { key: key.into() }
     }
