@@ -33,7 +33,7 @@ use crate::node_certs::{NodeCerts, NodeCertsArgs};
 use crate::runtime::{Runtime, RuntimeArgs};
 use crate::store::{Store, StoreArgs, StoreBackend};
 use crate::supervision::{
-    Backoff, ChildSpec, Intensity, StartFn, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
+    Backoff, ChildSpec, Intensity, Strategy, Supervisor, SupervisorArgs, SupervisorMsg,
 };
 
 /// Key prefix of the leader election.
@@ -103,7 +103,6 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
         election_args.clone()
     });
     let name = format!("control-plane@{node}");
-    let sup_name = name.clone();
     let mut children = vec![store, election];
     // Every member listens on apiPort; it serves as leader while it leads and points
     // to the leader otherwise.
@@ -122,33 +121,20 @@ fn control_plane_spec(opts: &ControlPlaneOptions) -> ChildSpec {
             .shutdown_timeout(Duration::from_secs(10)),
         );
     }
-    ChildSpec {
-        name,
-        restart: crate::supervision::Restart::Permanent,
-        // Children's timeouts and kill waits add up to about 45 s.
-        shutdown_timeout: Duration::from_secs(60),
-        on_exit: None,
-        on_restart: None,
-        start: StartFn::new(move |parent| {
-            let args = SupervisorArgs {
-                strategy: Strategy::RestForOne,
-                intensity: Intensity {
-                    max_restarts: 5,
-                    window: Duration::from_secs(60),
-                },
-                backoff: Backoff {
-                    initial: Duration::from_millis(100),
-                    max: Duration::from_secs(5),
-                },
-                children: children.clone(),
-            };
-            let name = sup_name.clone();
-            async move {
-                let (sup, _) = Actor::spawn_linked(Some(name), Supervisor, args, parent).await?;
-                Ok(sup.get_cell())
-            }
-        }),
-    }
+    let args = SupervisorArgs {
+        strategy: Strategy::RestForOne,
+        intensity: Intensity {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+        },
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        },
+        children,
+    };
+    // Children's timeouts and kill waits add up to about 45 s.
+    ChildSpec::supervisor(name, args).shutdown_timeout(Duration::from_secs(60))
 }
 
 /// What every node's agent subtree runs.
@@ -266,35 +252,21 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
             .shutdown_timeout(Duration::from_secs(30)),
         );
     }
-    let name = agent_supervisor_name(&opts.node);
-    let sup_name = name.clone();
-    ChildSpec {
-        name,
-        restart: crate::supervision::Restart::Permanent,
-        shutdown_timeout: Duration::from_secs(30),
-        on_exit: None,
-        on_restart: None,
-        start: StartFn::new(move |parent| {
-            let args = SupervisorArgs {
-                strategy: Strategy::OneForOne,
-                // A detach costs one restart; flapping links get some slack.
-                intensity: Intensity {
-                    max_restarts: 10,
-                    window: Duration::from_secs(60),
-                },
-                backoff: Backoff {
-                    initial: Duration::from_millis(100),
-                    max: Duration::from_secs(5),
-                },
-                children: children.clone(),
-            };
-            let name = sup_name.clone();
-            async move {
-                let (sup, _) = Actor::spawn_linked(Some(name), Supervisor, args, parent).await?;
-                Ok(sup.get_cell())
-            }
-        }),
-    }
+    let args = SupervisorArgs {
+        strategy: Strategy::OneForOne,
+        // A detach costs one restart; flapping links get some slack.
+        intensity: Intensity {
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+        },
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        },
+        children,
+    };
+    ChildSpec::supervisor(agent_supervisor_name(&opts.node), args)
+        .shutdown_timeout(Duration::from_secs(30))
 }
 
 /// Starts a control-plane node's tree; the handle ends when the tree has stopped.

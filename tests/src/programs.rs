@@ -153,3 +153,16 @@ pub fn unique_name(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Removes a Podman container by name when dropped (`podman rm --force`), whatever a
+/// test did with it.
+#[derive(Debug)]
+pub struct RemovedContainer(pub PathBuf, pub String);
+
+impl Drop for RemovedContainer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0)
+            .args(["rm", "--force", "--time=0", &self.1])
+            .output();
+    }
+}

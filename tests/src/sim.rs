@@ -77,16 +77,7 @@ impl LeaderLink for SimLink {
         target: &str,
         request: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, LinkError> {
-        if self.network.is_partitioned(&self.node) {
-            return Err(LinkError::Unreachable("partitioned".to_owned()));
-        }
-        let ctx = self
-            .network
-            .directory
-            .lock()
-            .ok()
-            .and_then(|d| d.get(target).cloned())
-            .ok_or_else(|| LinkError::Unreachable(format!("nothing serves {target}")))?;
+        let ctx = self.reach(target)?;
         node_api::heartbeat(&ctx, &self.node, request, sim_now())
             .await
             .map_err(|s| LinkError::Refused(s.message().to_owned()))
@@ -97,16 +88,7 @@ impl LeaderLink for SimLink {
         target: &str,
         request: RenewCertificateRequest,
     ) -> Result<RenewCertificateResponse, LinkError> {
-        if self.network.is_partitioned(&self.node) {
-            return Err(LinkError::Unreachable("partitioned".to_owned()));
-        }
-        let ctx = self
-            .network
-            .directory
-            .lock()
-            .ok()
-            .and_then(|d| d.get(target).cloned())
-            .ok_or_else(|| LinkError::Unreachable(format!("nothing serves {target}")))?;
+        let ctx = self.reach(target)?;
         node_api::renew_certificate(&ctx, &self.node, request)
             .await
             .map_err(|s| LinkError::Refused(s.message().to_owned()))

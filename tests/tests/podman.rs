@@ -13,18 +13,7 @@ use kat_runtime::{
     ContainerCreateOptions, ContainerRuntime, ContainerState, LABEL_INSTANCE, LABEL_NAMESPACE,
     LABEL_WORKLOAD, LogOptions, LogStream, RestartPolicy, RuntimeError, VolumeMount,
 };
-use kat_tests::programs::{BUSYBOX_IMAGE, podman_with_busybox, unique_name};
-
-/// Removes the named container when dropped.
-struct Removed(std::path::PathBuf, String);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.0)
-            .args(["rm", "--force", "--time=0", &self.1])
-            .output();
-    }
-}
+use kat_tests::programs::{BUSYBOX_IMAGE, RemovedContainer, podman_with_busybox, unique_name};
 
 /// A shell loop that exits at once on SIGTERM (busybox sleep ignores it).
 fn serving(script: &str) -> Vec<String> {
@@ -55,7 +44,7 @@ async fn a_container_runs_with_the_kat_labels_logs_execs_and_goes_away() {
     };
     let podman = Podman::new(&binary);
     let name = unique_name("kat-test-life");
-    let _guard = Removed(binary.clone(), name.clone());
+    let _guard = RemovedContainer(binary.clone(), name.clone());
     let mut opts = options(&name);
     opts.args = serving("echo hello; echo oops >&2");
     opts.env.insert("GREETING".into(), "hi there".into());
@@ -145,7 +134,7 @@ async fn followed_logs_stream_new_lines_and_exit_codes_are_kept() {
     };
     let podman = Podman::new(&binary);
     let name = unique_name("kat-test-follow");
-    let _guard = Removed(binary.clone(), name.clone());
+    let _guard = RemovedContainer(binary.clone(), name.clone());
     let mut opts = options(&name);
     opts.args = vec![
         "-c".into(),
@@ -203,7 +192,7 @@ async fn a_bind_mount_is_shared_with_the_host_and_bad_input_changes_nothing() {
     let podman = Podman::new(&binary);
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name("kat-test-volume");
-    let _guard = Removed(binary.clone(), name.clone());
+    let _guard = RemovedContainer(binary.clone(), name.clone());
     let mut opts = options(&name);
     opts.args = vec!["-c".into(), "echo kept > /data/file".into()];
     opts.volumes = vec![VolumeMount {
@@ -242,7 +231,7 @@ async fn a_bind_mount_is_shared_with_the_host_and_bad_input_changes_nothing() {
     ));
     // Podman's own refusal (an image that does not exist) is a command error.
     let missing = unique_name("kat-test-missing");
-    let _guard2 = Removed(binary.clone(), missing.clone());
+    let _guard2 = RemovedContainer(binary.clone(), missing.clone());
     let mut opts = options(&missing);
     opts.image = "localhost/no-such-image:never".into();
     assert!(podman.create(&opts).await.is_err());

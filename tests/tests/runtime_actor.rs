@@ -19,7 +19,7 @@ use kat_runtime::podman::Podman;
 use kat_runtime::systemd::unit::CgroupsMode;
 use kat_runtime::systemd::{Systemd, Units};
 use kat_runtime::{ContainerCreateOptions, ContainerRuntime, RestartPolicy, VolumeMount};
-use kat_tests::programs::{BUSYBOX_IMAGE, podman_with_busybox, unique_name};
+use kat_tests::programs::{BUSYBOX_IMAGE, RemovedContainer, podman_with_busybox, unique_name};
 use kat_tests::systemd::UserManager;
 use ractor::{Actor, ActorRef};
 
@@ -202,7 +202,7 @@ async fn real_units_are_adopted_after_a_restart_checked_and_keep_their_volume() 
         "echo from-first > /data/note; trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
     ];
     x.health = Some(probe("test -f /data/healthy", Duration::from_millis(500)));
-    let _cleanup = scopeguard(podman_bin.clone(), x.opts.name.clone());
+    let _cleanup = RemovedContainer(podman_bin.clone(), x.opts.name.clone());
 
     let desired = new_desired_cell();
     let reports = new_reports_cell();
@@ -292,19 +292,4 @@ async fn wait(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("{id} never got there: {:?}", reports.borrow().get(id));
-}
-
-/// Removes a container when dropped, whatever happened.
-struct Cleanup(std::path::PathBuf, String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.0)
-            .args(["rm", "--force", "--time=0", &self.1])
-            .output();
-    }
-}
-
-fn scopeguard(podman: std::path::PathBuf, name: String) -> Cleanup {
-    Cleanup(podman, name)
 }

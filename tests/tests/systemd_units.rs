@@ -15,7 +15,7 @@ use kat_runtime::{
     ContainerCreateOptions, ContainerRuntime, ContainerState, LABEL_INSTANCE, RestartPolicy,
     RuntimeError,
 };
-use kat_tests::programs::{BUSYBOX_IMAGE, podman_with_busybox, unique_name};
+use kat_tests::programs::{BUSYBOX_IMAGE, RemovedContainer, podman_with_busybox, unique_name};
 use kat_tests::systemd::UserManager;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -43,17 +43,6 @@ async fn setup() -> Option<Setup> {
         podman_bin,
         _manager: manager,
     })
-}
-
-/// Removes the container when dropped, whatever the unit did.
-struct Removed(std::path::PathBuf, String);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.0)
-            .args(["rm", "--force", "--time=0", &self.1])
-            .output();
-    }
 }
 
 fn instance(id: &str, restart: RestartPolicy) -> ContainerCreateOptions {
@@ -100,7 +89,7 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
     let Some(t) = setup().await else { return };
     let id = unique_name("always").replace('-', "");
     let opts = instance(&id, RestartPolicy::Always);
-    let _guard = Removed(t.podman_bin.clone(), opts.name.clone());
+    let _guard = RemovedContainer(t.podman_bin.clone(), opts.name.clone());
     let unit = t.units.run(&opts).await.unwrap();
     assert_eq!(unit, format!("kat-default-web-{id}.service"));
     t.units
@@ -142,7 +131,7 @@ async fn never_is_not_restarted_and_max_count_gives_up() {
     // NEVER: after a crash the unit stays down.
     let id = unique_name("never").replace('-', "");
     let never = instance(&id, RestartPolicy::Never);
-    let _g1 = Removed(t.podman_bin.clone(), never.name.clone());
+    let _g1 = RemovedContainer(t.podman_bin.clone(), never.name.clone());
     let unit = t.units.run(&never).await.unwrap();
     t.units
         .systemd
@@ -172,7 +161,7 @@ async fn never_is_not_restarted_and_max_count_gives_up() {
             reset_seconds: 300,
         },
     );
-    let _g2 = Removed(t.podman_bin.clone(), max.name.clone());
+    let _g2 = RemovedContainer(t.podman_bin.clone(), max.name.clone());
     let unit = t.units.run(&max).await.unwrap();
     for round in 0..3 {
         t.units

@@ -106,6 +106,11 @@ impl ChildSpec {
         }
     }
 
+    /// A permanent child that is itself a [`Supervisor`] with `args`.
+    pub fn supervisor(name: impl Into<String>, args: SupervisorArgs) -> Self {
+        Self::actor(name, Supervisor, move || args.clone())
+    }
+
     pub fn restart(mut self, restart: Restart) -> Self {
         self.restart = restart;
         self
