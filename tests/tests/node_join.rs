@@ -363,9 +363,7 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.crt"), &leader.ca_pem).unwrap();
-    std::fs::write(dir.path().join("node.crt"), &short).unwrap();
-    std::fs::write(dir.path().join("node.key"), &key).unwrap();
+    write_pki(dir.path(), &leader.ca_pem, &short, &key);
     let target = leader.url.trim_start_matches("https://").to_owned();
     let link = Arc::new(TlsLeaderLink::new(dir.path().to_path_buf()));
 
@@ -480,9 +478,7 @@ async fn the_sync_stream_sends_peers_and_follows_new_registrations() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.crt"), &leader.ca_pem).unwrap();
-    std::fs::write(dir.path().join("node.crt"), &joined.certificate_pem).unwrap();
-    std::fs::write(dir.path().join("node.key"), &key).unwrap();
+    write_pki(dir.path(), &leader.ca_pem, &joined.certificate_pem, &key);
     let link = TlsLeaderLink::new(dir.path().to_path_buf());
     let target = leader.url.trim_start_matches("https://");
 
@@ -665,9 +661,7 @@ async fn a_member_that_does_not_lead_points_to_the_leader() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.crt"), &ca.cert_pem).unwrap();
-    std::fs::write(dir.path().join("node.crt"), cert).unwrap();
-    std::fs::write(dir.path().join("node.key"), key).unwrap();
+    write_pki(dir.path(), &ca.cert_pem, &cert, &key);
     let link = TlsLeaderLink::new(dir.path().to_path_buf());
     let beat = HeartbeatRequest {
         node_name: "w1".to_owned(),
@@ -703,4 +697,11 @@ async fn a_member_that_does_not_lead_points_to_the_leader() {
         err.metadata().get(LEADER_API_METADATA).unwrap(),
         "127.0.0.9:1234"
     );
+}
+
+/// A node's `DIR/pki` as `TlsLeaderLink` reads it.
+fn write_pki(dir: &std::path::Path, ca_pem: &str, cert_pem: &str, key_pem: &str) {
+    std::fs::write(dir.join("ca.crt"), ca_pem).unwrap();
+    std::fs::write(dir.join("node.crt"), cert_pem).unwrap();
+    std::fs::write(dir.join("node.key"), key_pem).unwrap();
 }
