@@ -10,6 +10,7 @@ pub mod host;
 pub mod podman;
 pub mod systemd;
 pub mod types;
+pub mod users;
 pub mod volumes;
 
 use std::collections::BTreeMap;
