@@ -157,7 +157,11 @@ impl RuntimeState {
                         d.id().to_owned(),
                         InstanceStatus {
                             phase: InstancePhase::Failed.into(),
-                            reason: "StartFailed".to_owned(),
+                            reason: match e {
+                                kat_runtime::RuntimeError::ImagePull { .. } => "ImagePullFailed",
+                                _ => "StartFailed",
+                            }
+                            .to_owned(),
                             message: e.to_string(),
                             ..Default::default()
                         },

@@ -154,11 +154,14 @@ impl InstanceHost for SystemdHost {
             // Same unit: systemd has it (and applies its restart policy); adopt.
             Ok(have) if have == want => Ok(Ensured::Adopted),
             Ok(_) => {
+                // Images are pulled before the unit starts (SPEC §8.2).
+                self.podman.ensure_image(&o.image).await?;
                 self.units.remove(&name).await?;
                 self.units.run(o).await?;
                 Ok(Ensured::Replaced)
             }
             Err(_) => {
+                self.podman.ensure_image(&o.image).await?;
                 self.units.run(o).await?;
                 Ok(Ensured::Started)
             }
@@ -240,6 +243,14 @@ impl FakeHost {
     }
 
     async fn launch(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+        let image = &desired.opts.image;
+        self.runtime
+            .pull_image(image, None)
+            .await
+            .map_err(|e| RuntimeError::ImagePull {
+                image: image.clone(),
+                reason: e.to_string(),
+            })?;
         let id = self.runtime.create(&desired.opts).await?;
         self.runtime.start(&id).await?;
         self.lock()?.insert(

@@ -216,6 +216,8 @@ pub enum RuntimeError {
     },
     #[error("`{command}` timed out after {after:?}")]
     Timeout { command: String, after: Duration },
+    #[error("cannot pull image {image}: {reason}")]
+    ImagePull { image: String, reason: String },
     #[error("unreadable output of `{command}`: {reason}")]
     Parse { command: String, reason: String },
 }

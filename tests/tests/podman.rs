@@ -242,3 +242,23 @@ async fn a_bind_mount_is_shared_with_the_host_and_bad_input_changes_nothing() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn images_are_pulled_only_when_missing_and_a_failed_pull_says_which() {
+    let Some(binary) = podman_with_busybox() else {
+        return;
+    };
+    let podman = Podman::new(&binary);
+    assert!(podman.image_exists(BUSYBOX_IMAGE).await.unwrap());
+    // Present: nothing to pull (no registry is reachable here, so a pull would fail).
+    podman.ensure_image(BUSYBOX_IMAGE).await.unwrap();
+    let missing = "localhost/kat-no-such-image:never";
+    assert!(!podman.image_exists(missing).await.unwrap());
+    match podman.ensure_image(missing).await {
+        Err(RuntimeError::ImagePull { image, reason }) => {
+            assert_eq!(image, missing);
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected ImagePull, got {other:?}"),
+    }
+}

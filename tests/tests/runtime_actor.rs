@@ -168,6 +168,39 @@ async fn the_fake_host_reconciles_restarts_checks_health_and_adopts_after_a_rest
     rt.stop_and_wait(None, None).await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_image_that_cannot_be_pulled_fails_the_instance_and_creates_nothing() {
+    let fake = Arc::new(FakeRuntime::new());
+    fake.refuse_pull("registry.invalid/app:1");
+    let host = Arc::new(FakeHost::new(fake.clone()));
+    let desired = new_desired_cell();
+    let reports = new_reports_cell();
+    let dir = tempfile::tempdir().unwrap();
+    let mut x = instance("x", RestartPolicy::Always);
+    x.opts.image = "registry.invalid/app:1".into();
+    desired.send_replace(Some(vec![x.clone()]));
+    let rt = start(
+        host.clone(),
+        &desired,
+        &reports,
+        &dir.path().join("c.json"),
+        Duration::from_secs(1),
+    )
+    .await;
+    settle(&rt).await;
+    let r = report(&reports, "x");
+    assert_eq!(r.phase(), InstancePhase::Failed);
+    assert_eq!(r.reason, "ImagePullFailed");
+    assert!(
+        r.message.contains("registry.invalid/app:1"),
+        "{}",
+        r.message
+    );
+    assert!(host.present().await.unwrap().is_empty());
+    assert!(fake.status(&x.opts.name).await.is_err(), "no container");
+    rt.stop_and_wait(None, None).await.unwrap();
+}
+
 #[tokio::test]
 async fn real_units_are_adopted_after_a_restart_checked_and_keep_their_volume() {
     let Some(podman_bin) = podman_with_busybox() else {

@@ -58,6 +58,34 @@ impl Podman {
         &self.binary
     }
 
+    /// Whether the image is in local storage.
+    pub async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
+        let a: Vec<String> = vec!["image".into(), "exists".into(), image.into()];
+        let out = self.output(&a, COMMAND_TIMEOUT).await?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(failure(&a, &out.status, &out.stderr)),
+        }
+    }
+
+    /// Pulls the image unless it is already here.
+    pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        if self.image_exists(image).await? {
+            return Ok(());
+        }
+        tracing::info!(%image, "pulling image");
+        self.pull_image(image, None)
+            .await
+            .map_err(|e| RuntimeError::ImagePull {
+                image: image.to_owned(),
+                reason: match e {
+                    RuntimeError::Command { stderr, .. } => stderr,
+                    other => other.to_string(),
+                },
+            })
+    }
+
     fn command(&self, args: &[String]) -> Command {
         let mut c = Command::new(&self.binary);
         c.args(args)
