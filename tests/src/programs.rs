@@ -101,6 +101,24 @@ pub fn podman_with_busybox() -> Option<PathBuf> {
     if exists {
         return Some(podman);
     }
+    let (_dir, archive) = busybox_archive()?;
+    let imported = std::process::Command::new(&podman)
+        .arg("import")
+        .arg(&archive)
+        .arg(BUSYBOX_IMAGE)
+        .output()
+        .expect("podman import");
+    assert!(
+        imported.status.success(),
+        "podman import failed: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    Some(podman)
+}
+
+/// A tar of a root file system holding the host's static busybox and its applets
+/// (readable by every user), in a temp dir that goes with the first value.
+pub fn busybox_archive() -> Option<(tempfile::TempDir, PathBuf)> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(PathBuf::from)
@@ -129,18 +147,10 @@ pub fn podman_with_busybox() -> Option<PathBuf> {
         .status()
         .expect("tar");
     assert!(tarred.success(), "tar of the busybox rootfs failed");
-    let imported = std::process::Command::new(&podman)
-        .arg("import")
-        .arg(&archive)
-        .arg(BUSYBOX_IMAGE)
-        .output()
-        .expect("podman import");
-    assert!(
-        imported.status.success(),
-        "podman import failed: {}",
-        String::from_utf8_lossy(&imported.stderr)
-    );
-    Some(podman)
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    Some((root, archive))
 }
 
 /// A unique name for a test's container, network or directory.

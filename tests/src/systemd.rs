@@ -50,9 +50,118 @@ fn remove_cgroup(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// An unprivileged user made for a test (`useradd -m`, which also adds its subuid and
+/// subgid ranges), with rootless Podman set up in its home. Dropping it kills the
+/// user's processes by PID and removes the user and its home.
+#[derive(Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    /// A runtime directory the user owns (mode 0700), for `XDG_RUNTIME_DIR`.
+    pub runtime_dir: tempfile::TempDir,
+}
+
+impl TestUser {
+    pub fn create(name: &str) -> Option<Self> {
+        find_program("useradd")?;
+        find_program("setpriv")?;
+        let made = Command::new("useradd")
+            .args(["--create-home", "--shell", "/usr/sbin/nologin", name])
+            .output()
+            .expect("useradd");
+        if !made.status.success() {
+            eprintln!(
+                "SKIPPED: cannot create user {name}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            return None;
+        }
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, name]).output().expect("id");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("numeric id")
+        };
+        let user = Self {
+            name: name.to_owned(),
+            uid: id("-u"),
+            gid: id("-g"),
+            home: PathBuf::from("/home").join(name),
+            runtime_dir: tempfile::tempdir().expect("runtime dir"),
+        };
+        let _ = Command::new("chown")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .arg(user.runtime_dir.path())
+            .status();
+        // Rootless storage on overlay, as TESTBED.md says (else Podman falls back to vfs).
+        let conf = user.home.join(".config/containers");
+        std::fs::create_dir_all(&conf).expect("containers config dir");
+        std::fs::write(
+            conf.join("storage.conf"),
+            "[storage]\ndriver = \"overlay\"\n",
+        )
+        .expect("storage.conf");
+        let _ = Command::new("chown")
+            .args(["-R", &format!("{}:{}", user.uid, user.gid)])
+            .arg(user.home.join(".config"))
+            .status();
+        Some(user)
+    }
+
+    /// PIDs of the processes running as this user.
+    fn processes(&self) -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                    status.lines().any(|l| {
+                        l.starts_with("Uid:")
+                            && l.split_whitespace().nth(1) == Some(&self.uid.to_string())
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let pids = self.processes();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("userdel")
+            .args(["--remove", &self.name])
+            .output();
+    }
+}
+
 impl UserManager {
     /// Starts one, or `None` (after printing why) where the machine cannot.
     pub fn start() -> Option<Self> {
+        Self::start_for(None)
+    }
+
+    /// A systemd user manager running as `user` (as lingering would give it). Its bus
+    /// answers that user only, not root (see docs/runtime.md).
+    pub fn start_as(user: &TestUser) -> Option<Self> {
+        Self::start_for(Some(user))
+    }
+
+    fn start_for(user: Option<&TestUser>) -> Option<Self> {
         let unshare = find_program("unshare")?;
         if !Path::new(SYSTEMD).is_file() {
             eprintln!("SKIPPED: {SYSTEMD} is not installed");
@@ -71,15 +180,41 @@ impl UserManager {
                 cgroups.push(cgroup);
             }
         }
+        let exec = match user {
+            None => format!("exec {SYSTEMD} --user"),
+            Some(u) => {
+                // The user owns its runtime dir and its cgroups (systemd delegates below).
+                let owner = format!("{}:{}", u.uid, u.gid);
+                let _ = Command::new("chown").arg(&owner).arg(dir.path()).status();
+                for cgroup in &cgroups {
+                    let _ = Command::new("chown")
+                        .args(["-R", &owner])
+                        .arg(cgroup)
+                        .status();
+                }
+                format!(
+                    "exec setpriv --reuid={uid} --regid={gid} --init-groups env HOME={home} USER={name} XDG_RUNTIME_DIR={xdg} {SYSTEMD} --user",
+                    uid = u.uid,
+                    gid = u.gid,
+                    home = u.home.display(),
+                    name = u.name,
+                    xdg = dir.path().display()
+                )
+            }
+        };
         let child = Command::new(unshare)
             .args(["-m", "--propagation", "unchanged", "sh", "-c"])
             .arg(format!(
-                "{join}mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && exec {SYSTEMD} --user"
+                "{join}mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && {exec}"
             ))
             .env("XDG_RUNTIME_DIR", dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("manager.log")).ok().map_or(Stdio::null(), Stdio::from))
+            .stderr(
+                std::fs::File::create(dir.path().join("manager.log"))
+                    .ok()
+                    .map_or(Stdio::null(), Stdio::from),
+            )
             .spawn()
             .expect("spawn the systemd user manager");
         let manager = Self {

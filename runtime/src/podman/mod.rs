@@ -29,6 +29,18 @@ const IMAGE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub struct Podman {
     binary: PathBuf,
     env: Vec<(String, String)>,
+    /// Runs every command as this user (rootless): `setpriv` drops to it first.
+    user: Option<RunAs>,
+}
+
+/// An unprivileged user Podman runs as (rootless mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    /// The user's runtime directory (its own, mode 0700).
+    pub runtime_dir: PathBuf,
 }
 
 impl Podman {
@@ -36,7 +48,14 @@ impl Podman {
         Self {
             binary: binary.into(),
             env: Vec::new(),
+            user: None,
         }
+    }
+
+    /// Runs every command as `user` (rootless Podman, storage in the user's home).
+    pub fn as_user(mut self, user: RunAs) -> Self {
+        self.user = Some(user);
+        self
     }
 
     /// `podman` on `PATH`, if there is one.
@@ -87,7 +106,23 @@ impl Podman {
     }
 
     fn command(&self, args: &[String]) -> Command {
-        let mut c = Command::new(&self.binary);
+        let mut c = match &self.user {
+            None => Command::new(&self.binary),
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={}", u.uid))
+                    .arg(format!("--regid={}", u.gid))
+                    .arg("--init-groups")
+                    .arg("--")
+                    .arg(&self.binary)
+                    .env_clear()
+                    .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+                    .env("HOME", &u.home)
+                    .env("XDG_RUNTIME_DIR", &u.runtime_dir)
+                    .current_dir(&u.home);
+                c
+            }
+        };
         c.args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -100,6 +100,10 @@ impl Systemd {
             .build()
             .await
             .map_err(dbus_err("connect"))?;
+        Self::on(conn).await
+    }
+
+    async fn on(conn: zbus::Connection) -> Result<Self, RuntimeError> {
         let manager = ManagerProxy::new(&conn)
             .await
             .map_err(dbus_err("Manager"))?;
