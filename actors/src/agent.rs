@@ -329,12 +329,32 @@ fn prepared(
     let link = Arc::new(TlsLeaderLink::new(dir.join("pki")));
     let mut agent = AgentOptions::new(&identity.node_name, &cluster, leader_api, link);
     agent.pki_dir = Some(dir.join("pki"));
+    agent.remember_targets = Some(remember_targets(dir, &identity));
     PreparedNode {
         identity,
         state_dir: dir.to_path_buf(),
         control_plane,
         agent,
     }
+}
+
+/// Records learned control-plane API addresses in `agent.json` (its other fields as
+/// they were), so a restarted node can reach a leader even if the one it joined is gone.
+fn remember_targets(dir: &Path, identity: &AgentIdentity) -> crate::heartbeat::RememberTargets {
+    let path = dir.join(IDENTITY_FILE);
+    let identity = identity.clone();
+    Arc::new(move |targets: &[String]| {
+        let mut updated = identity.clone();
+        updated.leader_api = targets.to_vec();
+        match serde_json::to_vec_pretty(&updated) {
+            Ok(json) => {
+                if let Err(e) = crate::files::write_atomic(&path, &json, 0o600) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot record the control-plane addresses");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode agent.json"),
+        }
+    })
 }
 
 fn cluster_api_port(cluster: &ClusterConfiguration) -> u32 {

@@ -266,7 +266,13 @@ pub struct HeartbeatArgs {
     pub synced: SyncedCell,
     /// The Runtime actor's instance reports, sent with every heartbeat.
     pub reports: Option<crate::runtime::ReportsCell>,
+    /// Told the full address list whenever a new control-plane member is learned, so
+    /// the node still finds a leader after a restart when the one it joined is gone.
+    pub remember_targets: Option<RememberTargets>,
 }
+
+/// See [`HeartbeatArgs::remember_targets`].
+pub type RememberTargets = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 pub enum HeartbeatMsg {
     Tick,
@@ -342,11 +348,16 @@ impl HeartbeatState {
                 .await
             {
                 Ok(response) => {
+                    let mut learned = false;
                     for api in &response.control_plane_apis {
                         if !self.args.targets.contains(api) {
                             tracing::info!(node = %self.args.node, address = %api, "control-plane member learned");
                             self.args.targets.push(api.clone());
+                            learned = true;
                         }
+                    }
+                    if learned && let Some(remember) = &self.args.remember_targets {
+                        remember(&self.args.targets);
                     }
                     self.follow(&target, &response.leader_address);
                     return Some(response);

@@ -154,6 +154,8 @@ pub struct AgentOptions {
     pub pki_dir: Option<std::path::PathBuf>,
     /// The node's instances, when it runs a Runtime actor.
     pub runtime: Option<RuntimeSetup>,
+    /// Persists learned control-plane addresses (`agent.json` of a real node).
+    pub remember_targets: Option<crate::heartbeat::RememberTargets>,
 }
 
 /// What the Runtime actor of a node works with.
@@ -186,6 +188,7 @@ impl AgentOptions {
             synced: new_synced_cell(),
             pki_dir: None,
             runtime: None,
+            remember_targets: None,
         }
     }
 }
@@ -208,6 +211,7 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
         mode: opts.mode.clone(),
         synced: opts.synced.clone(),
         reports: opts.runtime.as_ref().map(|r| r.reports.clone()),
+        remember_targets: opts.remember_targets.clone(),
     };
     let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
         heartbeat_args.clone()

@@ -422,6 +422,42 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
         "the worker learned the members"
     );
     assert!(!n4_log.contains("Detached"), "{n4_log}");
+
+    // It wrote them down: restarted while the node it joined through is dead, it
+    // finds the leader and is Ready again.
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("n4/agent.json")).unwrap()).unwrap();
+    assert_eq!(
+        identity["leader_api"].as_array().unwrap().len(),
+        3,
+        "{identity}"
+    );
+    let mut n4 = others.pop().unwrap();
+    n4.signal(Signal::SIGTERM);
+    assert!(n4.child.wait().unwrap().success());
+    drop(n4);
+    let n4 = Agent::start(
+        &["run", "--state-dir", &path("n4")],
+        &dir.path().join("n4-run.log"),
+    );
+    let restarted = Instant::now();
+    loop {
+        let states = node_states_at(&katcall_yaml, &["--server", &servers[0]]);
+        let n4_state = states
+            .iter()
+            .find(|(n, _)| n == "n4")
+            .map(|(_, s)| s.clone());
+        let n4_log = std::fs::read_to_string(dir.path().join("n4-run.log")).unwrap_or_default();
+        if n4_log.contains("attached to the leader") && n4_state.as_deref() == Some("READY") {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(20),
+            "n4 did not come back: {states:?}\n{n4_log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    others.push(n4);
     for agent in &mut others {
         agent.signal(Signal::SIGTERM);
     }
