@@ -93,12 +93,54 @@ pub fn connect(config: &KatcallConfig) -> Result<Client, String> {
     Ok(UserApiClient::with_interceptor(channel, Bearer(value)))
 }
 
-/// One line for a failed call: the gRPC code name and the server's message.
-pub fn describe_status(status: &tonic::Status) -> String {
-    let code = format!("{:?}", status.code());
-    let message = status.message();
-    if status.code() == tonic::Code::Unavailable && message.contains("transport") {
-        return format!("{code}: cannot reach the API ({message})");
+/// A failed command: its one-line message; for a failed call, also where the leader
+/// is (when a control-plane member that does not lead answered) and whether the
+/// server could not be reached at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdError {
+    pub message: String,
+    pub leader_api: Option<String>,
+    pub unreachable: bool,
+}
+
+impl std::fmt::Display for CmdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
-    format!("{code}: {message}")
+}
+
+impl From<String> for CmdError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            leader_api: None,
+            unreachable: false,
+        }
+    }
+}
+
+impl From<&str> for CmdError {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl From<tonic::Status> for CmdError {
+    fn from(status: tonic::Status) -> Self {
+        let leader_api = status
+            .metadata()
+            .get(kat_actors::api::LEADER_API_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let message = status.message();
+        // The transport's own failures, not an answer from a server.
+        let unreachable = status.code() == tonic::Code::Unavailable
+            && leader_api.is_none()
+            && (message.contains("connect") || message.contains("transport"));
+        Self {
+            message: format!("{:?}: {message}", status.code()),
+            leader_api,
+            unreachable,
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use kat_cli::output::{self, encode};
-use kat_cli::remote::{Client, ConfigSource, connect, describe_status, load_config};
+use kat_cli::remote::{Client, CmdError, ConfigSource, connect, load_config};
 use kat_cli::{OutputFormat, not_implemented};
 use kat_proto::quadlet::{self, Document};
 use kat_proto::v1alpha1 as api;
@@ -346,11 +346,8 @@ fn resource_name(resource: Resource) -> String {
         .unwrap_or_default()
 }
 
-/// How a control-plane member that does not lead names the leader's API.
-const LEADER_IS_AT: &str = "the leader's API is at ";
-
 /// A command's failure: one line on stderr.
-type CmdResult = Result<(), String>;
+type CmdResult = Result<(), CmdError>;
 
 /// Runs `f` against the API with the configured client; prints a one-line error and
 /// fails if anything goes wrong.
@@ -369,13 +366,10 @@ where
                 let client = connect(&config)?;
                 match f(client).await {
                     // A member that does not lead names the leader: ask it instead.
-                    Err(e) if e.contains(LEADER_IS_AT) => {
-                        let leader = e
-                            .rsplit(LEADER_IS_AT)
-                            .next()
-                            .unwrap_or_default()
-                            .trim()
-                            .to_owned();
+                    Err(CmdError {
+                        leader_api: Some(leader),
+                        ..
+                    }) => {
                         config.server = format!("https://{leader}");
                         f(connect(&config)?).await
                     }
@@ -383,14 +377,14 @@ where
                 }
             })
             .map_err(|e| {
-                if e.starts_with("Unavailable") && e.contains("connect") {
+                if e.unreachable {
                     format!(
                         "{e}: cannot reach {} (is kat-agent running there, and is that member the leader? \
                          another control-plane member can be named with --server)",
                         config.server
                     )
                 } else {
-                    e
+                    e.message
                 }
             })
     });
@@ -416,12 +410,12 @@ async fn get_nodes(
 ) -> CmdResult {
     let now = std::time::SystemTime::now();
     match (resource, name) {
-        (Resource::Node, None) => Err("get node: which node? (katcall get node NAME)".to_owned()),
+        (Resource::Node, None) => Err("get node: which node? (katcall get node NAME)".into()),
         (_, Some(name)) => {
             let node = client
                 .get_node(api::GetNodeRequest { name })
                 .await
-                .map_err(|s| describe_status(&s))?
+                .map_err(CmdError::from)?
                 .into_inner();
             match format {
                 OutputFormat::Table => {
@@ -435,7 +429,7 @@ async fn get_nodes(
             let list = client
                 .list_nodes(api::ListNodesRequest {})
                 .await
-                .map_err(|s| describe_status(&s))?
+                .map_err(CmdError::from)?
                 .into_inner();
             match format {
                 OutputFormat::Table => {
@@ -452,7 +446,7 @@ async fn describe_node(mut client: Client, name: String) -> CmdResult {
     let node = client
         .get_node(api::GetNodeRequest { name: name.clone() })
         .await
-        .map_err(|s| describe_status(&s))?
+        .map_err(CmdError::from)?
         .into_inner();
     let events = client
         .list_events(api::ListEventsRequest {
@@ -460,7 +454,7 @@ async fn describe_node(mut client: Client, name: String) -> CmdResult {
             ..Default::default()
         })
         .await
-        .map_err(|s| describe_status(&s))?
+        .map_err(CmdError::from)?
         .into_inner()
         .items;
     let recent = &events[events.len().saturating_sub(10)..];
@@ -488,7 +482,7 @@ async fn create_token(mut client: Client, create: TokenCreate, format: OutputFor
         TokenKind::Join => client.create_join_token(request).await,
         TokenKind::Api => client.create_api_token(request).await,
     }
-    .map_err(|s| describe_status(&s))?
+    .map_err(CmdError::from)?
     .into_inner();
     match format {
         OutputFormat::Table => {
