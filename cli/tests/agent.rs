@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, cluster_file, etcd_pid, settle, wait_dead};
+use common::{Agent, api_port, cluster_file, etcd_pid, settle, wait_dead};
 use kat_actors::pki::pin::JoinCredential;
 use kat_tests::programs::find_program;
 use nix::sys::signal::{Signal, kill};
@@ -272,16 +272,6 @@ fn init_node1() -> (tempfile::TempDir, PathBuf, PathBuf, Agent) {
     ];
     let agent = Agent::start(&args, &dir.path().join("agent.log"));
     (dir, config, state, agent)
-}
-
-/// The apiPort written into a cluster file by `cluster_file`.
-fn api_port(config: &Path) -> u16 {
-    let text = std::fs::read_to_string(config).unwrap();
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("apiPort: "))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Agent, cluster_file_with};
+use common::{Agent, api_port, cluster_file_with};
 use kat_tests::programs::find_program;
 use nix::sys::signal::Signal;
 
@@ -109,11 +109,7 @@ fn init_and_two_joins_form_a_cluster_and_a_killed_node_comes_back() {
         dir.path(),
         &format!("  agentTickSeconds: {TICK}\n  nodeLossTimeoutSeconds: {LOSS}\n"),
     );
-    let api_port = std::fs::read_to_string(&config)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("apiPort: ").map(str::to_owned))
-        .unwrap();
+    let api_port = api_port(&config);
     let leader = format!("127.0.0.1:{api_port}");
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let (s1, s2, s3) = (path("n1"), path("n2"), path("n3"));
@@ -263,11 +259,7 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
         dir.path(),
         &format!("  quorumSize: 3\n  agentTickSeconds: {TICK}\n  nodeLossTimeoutSeconds: {LOSS}\n"),
     );
-    let api_port = std::fs::read_to_string(&config)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("apiPort: ").map(str::to_owned))
-        .unwrap();
+    let api_port = api_port(&config);
     let leader = format!("127.0.0.1:{api_port}");
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let mut n1 = Agent::start(

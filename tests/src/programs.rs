@@ -176,3 +176,29 @@ impl Drop for RemovedContainer {
             .output();
     }
 }
+
+/// A shell loop that runs until SIGTERM and then exits 0 at once (busybox `sleep`
+/// ignores SIGTERM, so a bare sleep would wait out the whole stop timeout).
+pub const SERVE_UNTIL_TERM: &str = "trap 'exit 0' TERM; while true; do sleep 0.2; done";
+
+/// An instance of workload `<namespace>/<workload>` running [`SERVE_UNTIL_TERM`] in
+/// the busybox image, without a network, named as the runtime names it.
+pub fn busybox_instance(
+    namespace: &str,
+    workload: &str,
+    id: &str,
+    restart: kat_runtime::RestartPolicy,
+) -> kat_runtime::ContainerCreateOptions {
+    kat_runtime::ContainerCreateOptions {
+        instance_id: id.into(),
+        namespace: namespace.into(),
+        workload: workload.into(),
+        name: format!("kat-{namespace}-{workload}-{id}"),
+        image: BUSYBOX_IMAGE.into(),
+        command: vec!["sh".into(), "-c".into()],
+        args: vec![SERVE_UNTIL_TERM.into()],
+        network: Some("none".into()),
+        restart,
+        ..Default::default()
+    }
+}

@@ -284,10 +284,7 @@ async fn a_joined_node_heartbeats_as_itself_only() {
     let token = leader.token(None, true).await;
     let mut anonymous = leader.client(None).await.unwrap();
     // Join two nodes, keeping w1's key to present its certificate.
-    let (key, csr) = node_key_and_csr("w1").unwrap();
-    let mut request = join_request(&token, "w1", "w1");
-    request.csr_pem = csr;
-    let joined = anonymous.join(request).await.unwrap().into_inner();
+    let (key, joined) = join_keeping_key(&mut anonymous, &token, "w1").await;
     anonymous
         .join(join_request(&token, "w2", "w2"))
         .await
@@ -469,10 +466,7 @@ async fn the_sync_stream_sends_peers_and_follows_new_registrations() {
     let leader = leader().await;
     let token = leader.token(None, true).await;
     let mut anonymous = leader.client(None).await.unwrap();
-    let (key, csr) = node_key_and_csr("w1").unwrap();
-    let mut request = join_request(&token, "w1", "w1");
-    request.csr_pem = csr;
-    let joined = anonymous.join(request).await.unwrap().into_inner();
+    let (key, joined) = join_keeping_key(&mut anonymous, &token, "w1").await;
     anonymous
         .join(join_request(&token, "w2", "w2"))
         .await
@@ -704,4 +698,16 @@ fn write_pki(dir: &std::path::Path, ca_pem: &str, cert_pem: &str, key_pem: &str)
     std::fs::write(dir.join("ca.crt"), ca_pem).unwrap();
     std::fs::write(dir.join("node.crt"), cert_pem).unwrap();
     std::fs::write(dir.join("node.key"), key_pem).unwrap();
+}
+
+/// Joins `name` with a CSR made here; returns the node's key and the answer.
+async fn join_keeping_key(
+    client: &mut NodeApiClient<Channel>,
+    token: &str,
+    name: &str,
+) -> (String, kat_proto::v1alpha1::JoinResponse) {
+    let (key, csr) = node_key_and_csr(name).unwrap();
+    let mut request = join_request(token, name, name);
+    request.csr_pem = csr;
+    (key, client.join(request).await.unwrap().into_inner())
 }

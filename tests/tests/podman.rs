@@ -13,14 +13,13 @@ use kat_runtime::{
     ContainerCreateOptions, ContainerRuntime, ContainerState, LABEL_INSTANCE, LABEL_NAMESPACE,
     LABEL_WORKLOAD, LogOptions, LogStream, RestartPolicy, RuntimeError, VolumeMount,
 };
-use kat_tests::programs::{BUSYBOX_IMAGE, RemovedContainer, podman_with_busybox, unique_name};
+use kat_tests::programs::{
+    BUSYBOX_IMAGE, RemovedContainer, SERVE_UNTIL_TERM, podman_with_busybox, unique_name,
+};
 
 /// A shell loop that exits at once on SIGTERM (busybox sleep ignores it).
 fn serving(script: &str) -> Vec<String> {
-    vec![
-        "-c".into(),
-        format!("trap 'exit 0' TERM; {script}; while true; do sleep 0.2; done"),
-    ]
+    vec!["-c".into(), format!("{script}; {SERVE_UNTIL_TERM}")]
 }
 
 fn options(name: &str) -> ContainerCreateOptions {

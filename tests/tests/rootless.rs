@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use kat_runtime::podman::{Podman, RunAs};
 use kat_runtime::users::workload_user;
-use kat_runtime::{ContainerCreateOptions, ContainerRuntime, ContainerState, RestartPolicy};
-use kat_tests::programs::{BUSYBOX_IMAGE, busybox_archive, podman_with_busybox};
+use kat_runtime::{ContainerRuntime, ContainerState, RestartPolicy};
+use kat_tests::programs::{BUSYBOX_IMAGE, busybox_archive, busybox_instance, podman_with_busybox};
 use kat_tests::systemd::TestUser;
 
 #[tokio::test]
@@ -62,18 +62,7 @@ async fn a_container_runs_as_its_workload_user() {
     }
     assert!(podman.image_exists(BUSYBOX_IMAGE).await.unwrap());
 
-    let opts = ContainerCreateOptions {
-        instance_id: "r1".into(),
-        namespace: "test".into(),
-        workload: workload.clone(),
-        name: format!("kat-test-{workload}-r1"),
-        image: BUSYBOX_IMAGE.into(),
-        command: vec!["sh".into(), "-c".into()],
-        args: vec!["trap 'exit 0' TERM; while true; do sleep 0.2; done".into()],
-        network: Some("none".into()),
-        restart: RestartPolicy::Never,
-        ..Default::default()
-    };
+    let opts = busybox_instance("test", &workload, "r1", RestartPolicy::Never);
     let id = podman.create(&opts).await.unwrap();
     podman.start(&id).await.unwrap();
     let status = podman.status(&id).await.unwrap();

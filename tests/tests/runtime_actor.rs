@@ -18,25 +18,16 @@ use kat_runtime::host::{DesiredInstance, FakeHost, HealthProbe, InstanceHost, Sy
 use kat_runtime::podman::Podman;
 use kat_runtime::systemd::unit::CgroupsMode;
 use kat_runtime::systemd::{Systemd, Units};
-use kat_runtime::{ContainerCreateOptions, ContainerRuntime, RestartPolicy, VolumeMount};
-use kat_tests::programs::{BUSYBOX_IMAGE, RemovedContainer, podman_with_busybox, unique_name};
+use kat_runtime::{ContainerRuntime, RestartPolicy, VolumeMount};
+use kat_tests::programs::{
+    RemovedContainer, SERVE_UNTIL_TERM, busybox_instance, podman_with_busybox, unique_name,
+};
 use kat_tests::systemd::UserManager;
 use ractor::{Actor, ActorRef};
 
 fn instance(id: &str, restart: RestartPolicy) -> DesiredInstance {
     DesiredInstance {
-        opts: ContainerCreateOptions {
-            instance_id: id.into(),
-            namespace: "default".into(),
-            workload: "web".into(),
-            name: format!("kat-default-web-{id}"),
-            image: BUSYBOX_IMAGE.into(),
-            command: vec!["sh".into(), "-c".into()],
-            args: vec!["trap 'exit 0' TERM; while true; do sleep 0.2; done".into()],
-            network: Some("none".into()),
-            restart,
-            ..Default::default()
-        },
+        opts: busybox_instance("default", "web", id, restart),
         health: None,
     }
 }
@@ -231,9 +222,7 @@ async fn real_units_are_adopted_after_a_restart_checked_and_keep_their_volume() 
         target: "/data".into(),
         read_only: false,
     }];
-    x.opts.args = vec![
-        "echo from-first > /data/note; trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
-    ];
+    x.opts.args = vec![format!("echo from-first > /data/note; {SERVE_UNTIL_TERM}")];
     x.health = Some(probe("test -f /data/healthy", Duration::from_millis(500)));
     let _cleanup = RemovedContainer(podman_bin.clone(), x.opts.name.clone());
 
@@ -280,9 +269,7 @@ async fn real_units_are_adopted_after_a_restart_checked_and_keep_their_volume() 
     // A new spec replaces the container; the volume's file is still there for it.
     let mut y = x.clone();
     y.opts.env.insert("GENERATION".into(), "2".into());
-    y.opts.args = vec![
-        "cat /data/note > /data/seen; trap 'exit 0' TERM; while true; do sleep 0.2; done".into(),
-    ];
+    y.opts.args = vec![format!("cat /data/note > /data/seen; {SERVE_UNTIL_TERM}")];
     fresh.send_replace(Some(vec![y.clone()]));
     settle(&rt).await;
     wait(&rt, &reports, &id, |r| r.phase() == InstancePhase::Running).await;

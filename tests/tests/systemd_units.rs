@@ -15,7 +15,7 @@ use kat_runtime::{
     ContainerCreateOptions, ContainerRuntime, ContainerState, LABEL_INSTANCE, RestartPolicy,
     RuntimeError,
 };
-use kat_tests::programs::{BUSYBOX_IMAGE, RemovedContainer, podman_with_busybox, unique_name};
+use kat_tests::programs::{RemovedContainer, busybox_instance, podman_with_busybox, unique_name};
 use kat_tests::systemd::UserManager;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -46,19 +46,7 @@ async fn setup() -> Option<Setup> {
 }
 
 fn instance(id: &str, restart: RestartPolicy) -> ContainerCreateOptions {
-    let name = format!("kat-default-web-{id}");
-    ContainerCreateOptions {
-        instance_id: id.into(),
-        namespace: "default".into(),
-        workload: "web".into(),
-        name,
-        image: BUSYBOX_IMAGE.into(),
-        command: vec!["sh".into(), "-c".into()],
-        args: vec!["trap 'exit 0' TERM; while true; do sleep 0.2; done".into()],
-        network: Some("none".into()),
-        restart,
-        ..Default::default()
-    }
+    busybox_instance("default", "web", id, restart)
 }
 
 async fn running(podman: &Podman, name: &str) -> kat_runtime::ContainerStatus {

@@ -128,3 +128,13 @@ pub fn etcd_pid(record: &serde_json::Value) -> i64 {
         .as_i64()
         .expect("pid in the etcd start record")
 }
+
+/// The apiPort written into a cluster file by `cluster_file`.
+pub fn api_port(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("apiPort: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}

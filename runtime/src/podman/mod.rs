@@ -143,20 +143,24 @@ impl Podman {
         Err(failure(args, &out.status, &out.stderr))
     }
 
-    async fn output(
-        &self,
-        args: &[String],
-        timeout: Duration,
-    ) -> Result<std::process::Output, RuntimeError> {
-        let child = self
-            .command(args)
+    /// Starts a command with stdout and stderr piped.
+    fn spawn_piped(&self, args: &[String]) -> Result<tokio::process::Child, RuntimeError> {
+        self.command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| RuntimeError::Spawn {
                 program: self.binary.display().to_string(),
                 reason: e.to_string(),
-            })?;
+            })
+    }
+
+    async fn output(
+        &self,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<std::process::Output, RuntimeError> {
+        let child = self.spawn_piped(args)?;
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(RuntimeError::Spawn {
@@ -291,15 +295,7 @@ impl ContainerRuntime for Podman {
         // Fail now, not in the stream, when there is no such container.
         self.status(id).await?;
         let a = args::logs_args(id, opts);
-        let mut child = self
-            .command(&a)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| RuntimeError::Spawn {
-                program: self.binary.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        let mut child = self.spawn_piped(&a)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut out = child.stdout.take().map(|s| BufReader::new(s).split(b'\n'));
         let mut err = child.stderr.take().map(|s| BufReader::new(s).split(b'\n'));
