@@ -553,6 +553,10 @@ pub async fn run_until(
     }
 }
 
+/// Runtime directories of the workload users' managers kat-agent starts itself (a
+/// tmpfs: a reboot leaves no stale units behind).
+pub const AGENT_MANAGERS_DIR: &str = "/run/kat/users";
+
 /// `--runtime`: what runs this node's instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuntimeChoice {
@@ -562,16 +566,36 @@ pub enum RuntimeChoice {
         bus: String,
         unit_dir: PathBuf,
         podman: Option<PathBuf>,
+        mode: RuntimeMode,
     },
     /// The in-memory runtime (demos, simulations).
     Fake,
+}
+
+/// `--runtime-mode`: whose containers the instances are (docs/runtime.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeMode {
+    /// Each workload runs as its own unprivileged user, in that user's systemd manager.
+    Rootless(UserManagerChoice),
+    /// Root's Podman, units of the system manager on the bus.
+    Rootful,
+}
+
+/// `--user-managers`: how workload users' systemd managers are kept running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserManagerChoice {
+    /// logind's lingering where the host was booted with systemd, else the agent's own.
+    Auto,
+    Logind,
+    /// The agent starts them (hosts without logind: containers, minimal systems).
+    Agent,
 }
 
 /// Gives the node its Runtime actor. A Podman host that cannot be reached (no Podman,
 /// no systemd manager on the bus) leaves the node without one, with a warning: it
 /// still joins and reports, but runs no instances.
 pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
-    use kat_runtime::host::{FakeHost, InstanceHost, SystemdHost};
+    use kat_runtime::host::{FakeHost, InstanceHost};
     let host: Arc<dyn InstanceHost> = match choice {
         RuntimeChoice::Fake => Arc::new(FakeHost::new(Arc::new(
             kat_runtime::fake::FakeRuntime::new(),
@@ -580,6 +604,7 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
             bus,
             unit_dir,
             podman,
+            mode,
         } => {
             let Some(podman) = podman
                 .clone()
@@ -589,23 +614,28 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
                 tracing::warn!(node = %node.identity.node_name, "no container runtime: podman is not installed (install it, or run with --runtime fake)");
                 return;
             };
-            let systemd = match kat_runtime::systemd::Systemd::connect(bus).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(node = %node.identity.node_name, %bus, error = %e, "no container runtime: cannot reach systemd (set --systemd-bus, or run with --runtime fake)");
+            if let RuntimeMode::Rootless(managers) = mode {
+                use kat_runtime::rootless::{AgentStarted, Logind, RootlessHost, UserManagers};
+                let booted = std::path::Path::new("/run/systemd/system").is_dir();
+                let managers: Box<dyn UserManagers> = match managers {
+                    UserManagerChoice::Logind => Box::new(Logind {
+                        system_bus: bus.clone(),
+                    }),
+                    UserManagerChoice::Auto if booted => Box::new(Logind {
+                        system_bus: bus.clone(),
+                    }),
+                    UserManagerChoice::Agent | UserManagerChoice::Auto => Box::new(AgentStarted {
+                        base: PathBuf::from(AGENT_MANAGERS_DIR),
+                    }),
+                };
+                tracing::info!(node = %node.identity.node_name, ?managers, "rootless: each workload runs as its own user");
+                Arc::new(RootlessHost::new(podman.binary().to_path_buf(), managers))
+            } else {
+                let Some(host) = rootful_host(node, bus, unit_dir, podman).await else {
                     return;
-                }
-            };
-            Arc::new(SystemdHost {
-                units: kat_runtime::systemd::Units {
-                    systemd,
-                    unit_dir: unit_dir.clone(),
-                    podman: podman.binary().to_path_buf(),
-                    cgroups: kat_runtime::systemd::unit::CgroupsMode::default(),
-                    stop_timeout: Duration::from_secs(10),
-                },
-                podman,
-            })
+                };
+                Arc::new(host)
+            }
         }
     };
     let runtime_dir = node.state_dir.join("runtime");
@@ -620,4 +650,31 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
         tick: Duration::from_secs(5),
     });
     tracing::info!(node = %node.identity.node_name, runtime = ?choice, "container runtime ready");
+}
+
+/// Root's Podman, instances as units of the (system) manager on `bus`.
+async fn rootful_host(
+    node: &PreparedNode,
+    bus: &str,
+    unit_dir: &std::path::Path,
+    podman: kat_runtime::podman::Podman,
+) -> Option<kat_runtime::host::SystemdHost> {
+    let systemd = match kat_runtime::systemd::Systemd::connect(bus).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(node = %node.identity.node_name, %bus, error = %e, "no container runtime: cannot reach systemd (set --systemd-bus, or run with --runtime fake)");
+            return None;
+        }
+    };
+    Some(kat_runtime::host::SystemdHost {
+        units: kat_runtime::systemd::Units {
+            systemd,
+            unit_dir: unit_dir.to_path_buf(),
+            podman: podman.binary().to_path_buf(),
+            cgroups: kat_runtime::systemd::unit::CgroupsMode::default(),
+            stop_timeout: Duration::from_secs(10),
+        },
+        podman,
+        image_source: None,
+    })
 }

@@ -47,7 +47,8 @@ pub struct RuntimeArgs {
 
 pub enum RuntimeMsg {
     Reconcile,
-    /// Replies once a reconcile round has run after this message.
+    /// Replies once a reconcile round has run after this message and the
+    /// preparations (image pulls) it started have ended.
     Settle(RpcReplyPort<()>),
 }
 
@@ -69,9 +70,20 @@ struct HealthTrack {
     container: Option<String>,
 }
 
+/// An instance's preparation (image pull) running in the background.
+struct Preparing {
+    image: String,
+    task: tokio::task::JoinHandle<Result<(), kat_runtime::RuntimeError>>,
+}
+
 pub struct RuntimeState {
     args: RuntimeArgs,
+    myself: ActorRef<RuntimeMsg>,
     desired: Vec<DesiredInstance>,
+    /// Preparations under way, by instance ID.
+    preparing: HashMap<String, Preparing>,
+    /// The image each instance was prepared with.
+    prepared: HashMap<String, String>,
     health: HashMap<String, HealthTrack>,
     announced: HashMap<String, Ensured>,
     watcher: tokio::task::JoinHandle<()>,
@@ -80,6 +92,22 @@ pub struct RuntimeState {
 impl Drop for RuntimeState {
     fn drop(&mut self) {
         self.watcher.abort();
+        for p in self.preparing.values() {
+            p.task.abort();
+        }
+    }
+}
+
+fn failed_report(e: &kat_runtime::RuntimeError) -> InstanceStatus {
+    InstanceStatus {
+        phase: InstancePhase::Failed.into(),
+        reason: match e {
+            kat_runtime::RuntimeError::ImagePull { .. } => "ImagePullFailed",
+            _ => "StartFailed",
+        }
+        .to_owned(),
+        message: e.to_string(),
+        ..Default::default()
     }
 }
 
@@ -140,10 +168,16 @@ impl RuntimeState {
 
     async fn reconcile(&mut self) {
         self.refresh_desired();
+        self.forget_undesired_preparations();
         let node = self.args.node.clone();
         let host = self.args.host.clone();
         let mut reports = BTreeMap::new();
-        for d in &self.desired {
+        let desired = self.desired.clone();
+        for d in &desired {
+            if let Some(report) = self.preparation(d).await {
+                reports.insert(d.id().to_owned(), report);
+                continue;
+            }
             match host.ensure(d).await {
                 Ok(how) => {
                     if self.announced.get(d.id()) != Some(&how) || how != Ensured::Adopted {
@@ -153,19 +187,7 @@ impl RuntimeState {
                 }
                 Err(e) => {
                     tracing::warn!(%node, instance = %d.id(), error = %e, "cannot run instance");
-                    reports.insert(
-                        d.id().to_owned(),
-                        InstanceStatus {
-                            phase: InstancePhase::Failed.into(),
-                            reason: match e {
-                                kat_runtime::RuntimeError::ImagePull { .. } => "ImagePullFailed",
-                                _ => "StartFailed",
-                            }
-                            .to_owned(),
-                            message: e.to_string(),
-                            ..Default::default()
-                        },
-                    );
+                    reports.insert(d.id().to_owned(), failed_report(&e));
                 }
             }
         }
@@ -180,10 +202,10 @@ impl RuntimeState {
                     }
                     self.health.remove(&id);
                     self.announced.remove(&id);
+                    self.prepared.remove(&id);
                 }
             }
         }
-        let desired = self.desired.clone();
         for d in &desired {
             if reports.contains_key(d.id()) {
                 continue;
@@ -217,6 +239,84 @@ impl RuntimeState {
             );
         }
         self.args.reports.send_replace(reports);
+    }
+
+    /// Whether the instance is ready to be ensured (`None`), or the report to give
+    /// while its preparation runs or after it failed. Starts the preparation in the
+    /// background when it is needed; its end triggers a reconcile.
+    async fn preparation(&mut self, d: &DesiredInstance) -> Option<InstanceStatus> {
+        let image = &d.opts.image;
+        if self.prepared.get(d.id()) == Some(image) {
+            return None;
+        }
+        let pulling = || InstanceStatus {
+            phase: InstancePhase::Pulling.into(),
+            reason: "Pulling".to_owned(),
+            message: format!("getting image {image}"),
+            ..Default::default()
+        };
+        match self.preparing.get(d.id()) {
+            Some(p) if p.image == *image && !p.task.is_finished() => return Some(pulling()),
+            Some(p) if p.image == *image => {
+                let p = self.preparing.remove(d.id())?;
+                return match p.task.await {
+                    Ok(Ok(())) => {
+                        self.prepared.insert(d.id().to_owned(), image.clone());
+                        None
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(node = %self.args.node, instance = %d.id(), error = %e, "cannot prepare instance");
+                        Some(failed_report(&e))
+                    }
+                    Err(e) => Some(InstanceStatus {
+                        phase: InstancePhase::Failed.into(),
+                        reason: "StartFailed".to_owned(),
+                        message: format!("preparation ended: {e}"),
+                        ..Default::default()
+                    }),
+                };
+            }
+            Some(p) => p.task.abort(),
+            None => {}
+        }
+        let host = self.args.host.clone();
+        let me = self.myself.clone();
+        let instance = d.clone();
+        let task = tokio::spawn(async move {
+            let result = host.prepare(&instance).await;
+            let _ = me.cast(RuntimeMsg::Reconcile);
+            result
+        });
+        self.preparing.insert(
+            d.id().to_owned(),
+            Preparing {
+                image: image.clone(),
+                task,
+            },
+        );
+        Some(pulling())
+    }
+
+    /// Drops preparations of instances no longer desired.
+    fn forget_undesired_preparations(&mut self) {
+        let desired = &self.desired;
+        self.preparing.retain(|id, p| {
+            let keep = desired.iter().any(|d| d.id() == id);
+            if !keep {
+                p.task.abort();
+            }
+            keep
+        });
+    }
+
+    /// Reconciles, waits for the preparations it started, and reconciles again: what
+    /// can be done now is done when it returns.
+    async fn settle(&mut self) {
+        self.reconcile().await;
+        while self.preparing.values().any(|p| !p.task.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.reconcile().await;
     }
 
     /// Runs the instance's health check if one is due; returns its health.
@@ -317,7 +417,10 @@ impl Actor for Runtime {
         let _ = myself.cast(RuntimeMsg::Reconcile);
         Ok(RuntimeState {
             args,
+            myself: myself.clone(),
             desired,
+            preparing: HashMap::new(),
+            prepared: HashMap::new(),
             health: HashMap::new(),
             announced: HashMap::new(),
             watcher,
@@ -333,7 +436,7 @@ impl Actor for Runtime {
         match msg {
             RuntimeMsg::Reconcile => state.reconcile().await,
             RuntimeMsg::Settle(reply) => {
-                state.reconcile().await;
+                state.settle().await;
                 let _ = reply.send(());
             }
         }

@@ -39,6 +39,8 @@ struct Inner {
     images: HashSet<String>,
     /// Images whose pull fails.
     unpullable: HashSet<String>,
+    /// Images whose pull takes this long (a big image, a slow registry).
+    slow: HashMap<String, std::time::Duration>,
     next_id: u64,
 }
 
@@ -72,6 +74,14 @@ impl FakeRuntime {
     pub fn refuse_pull(&self, image: &str) {
         let _ = self.with(|i| {
             i.unpullable.insert(image.to_owned());
+            Ok(())
+        });
+    }
+
+    /// Makes pulls of `image` take `delay`.
+    pub fn slow_pull(&self, image: &str, delay: std::time::Duration) {
+        let _ = self.with(|i| {
+            i.slow.insert(image.to_owned(), delay);
             Ok(())
         });
     }
@@ -159,6 +169,16 @@ fn summary(c: &FakeContainer) -> ContainerSummary {
 #[async_trait::async_trait]
 impl ContainerRuntime for FakeRuntime {
     async fn pull_image(&self, image: &str, _platform: Option<&str>) -> Result<(), RuntimeError> {
+        // A slow image is slow once: then it is in local storage.
+        let delay = self.with(|i| {
+            Ok(i.slow
+                .get(image)
+                .copied()
+                .filter(|_| !i.images.contains(image)))
+        })?;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         self.with(|i| {
             if i.unpullable.contains(image) {
                 return Err(RuntimeError::Command {

@@ -79,6 +79,10 @@ pub struct Observation {
 pub trait InstanceHost: Send + Sync {
     /// IDs of the instances this host has now (desired or not).
     async fn present(&self) -> Result<Vec<String>, RuntimeError>;
+    /// Gets what the instance needs before it can start — its image, pulled (which
+    /// may take minutes) — so that `ensure` is quick. The Runtime actor runs it in
+    /// the background.
+    async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError>;
     async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError>;
     async fn retire(&self, instance_id: &str) -> Result<(), RuntimeError>;
     async fn observe(&self, desired: &DesiredInstance) -> Result<Observation, RuntimeError>;
@@ -95,6 +99,9 @@ pub trait InstanceHost: Send + Sync {
 pub struct SystemdHost {
     pub units: Units,
     pub podman: Podman,
+    /// Where images missing from `podman`'s storage are copied from before pulling
+    /// (root's storage, for a rootless user).
+    pub image_source: Option<Podman>,
 }
 
 /// The instance ID a unit file was written for (its first line says).
@@ -140,6 +147,12 @@ impl InstanceHost for SystemdHost {
         Ok(self.unit_files()?.into_iter().map(|(id, _)| id).collect())
     }
 
+    async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+        self.podman
+            .ensure_image_from(&desired.opts.image, self.image_source.as_ref())
+            .await
+    }
+
     async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError> {
         let o = &desired.opts;
         let name = unit_name(&o.namespace, &o.workload, &o.instance_id);
@@ -151,17 +164,30 @@ impl InstanceHost for SystemdHost {
             self.units.stop_timeout,
         );
         match std::fs::read_to_string(&path) {
-            // Same unit: systemd has it (and applies its restart policy); adopt.
-            Ok(have) if have == want => Ok(Ensured::Adopted),
+            // Same unit: systemd has it (and applies its restart policy); adopt it,
+            // unless this manager never started it (it restarted since): start it.
+            Ok(have) if have == want => {
+                let state = self.units.systemd.state(&name).await?;
+                if state.ever_started {
+                    Ok(Ensured::Adopted)
+                } else {
+                    self.units.run(o).await?;
+                    Ok(Ensured::Started)
+                }
+            }
             Ok(_) => {
                 // Images are pulled before the unit starts (SPEC §8.2).
-                self.podman.ensure_image(&o.image).await?;
+                self.podman
+                    .ensure_image_from(&o.image, self.image_source.as_ref())
+                    .await?;
                 self.units.remove(&name).await?;
                 self.units.run(o).await?;
                 Ok(Ensured::Replaced)
             }
             Err(_) => {
-                self.podman.ensure_image(&o.image).await?;
+                self.podman
+                    .ensure_image_from(&o.image, self.image_source.as_ref())
+                    .await?;
                 self.units.run(o).await?;
                 Ok(Ensured::Started)
             }
@@ -242,15 +268,20 @@ impl FakeHost {
         })
     }
 
-    async fn launch(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+    async fn pull(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
         let image = &desired.opts.image;
         self.runtime
             .pull_image(image, None)
             .await
+            .map(|_| ())
             .map_err(|e| RuntimeError::ImagePull {
                 image: image.clone(),
                 reason: e.to_string(),
-            })?;
+            })
+    }
+
+    async fn launch(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+        self.pull(desired).await?;
         let id = self.runtime.create(&desired.opts).await?;
         self.runtime.start(&id).await?;
         self.lock()?.insert(
@@ -269,6 +300,10 @@ impl FakeHost {
 impl InstanceHost for FakeHost {
     async fn present(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(self.lock()?.keys().cloned().collect())
+    }
+
+    async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+        self.pull(desired).await
     }
 
     async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError> {

@@ -8,6 +8,7 @@
 pub mod fake;
 pub mod host;
 pub mod podman;
+pub mod rootless;
 pub mod systemd;
 pub mod types;
 pub mod users;

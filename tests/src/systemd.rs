@@ -4,50 +4,21 @@
 //! stops its units, then SIGKILL) when the guard drops, also when the test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::programs::find_program;
+use kat_runtime::rootless::{self, ManagerSpawn, WorkloadUser};
 
-const SYSTEMD: &str = "/lib/systemd/systemd";
+use crate::programs::find_program;
 
 #[derive(Debug)]
 pub struct UserManager {
-    child: Child,
+    pid: u32,
     dir: tempfile::TempDir,
-    /// The cgroups made for it (removed after it exits).
-    cgroups: Vec<PathBuf>,
-}
-
-/// The cgroup hierarchies a systemd manager tracks its processes in: the named
-/// `systemd` one and the unified one on a hybrid host, the one unified tree otherwise.
-fn hierarchies() -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
-    let hybrid: Vec<PathBuf> = ["systemd", "unified"]
-        .iter()
-        .map(|h| root.join(h))
-        .filter(|p| p.join("cgroup.procs").exists())
-        .collect();
-    if hybrid.is_empty() && root.join("cgroup.procs").exists() {
-        vec![root.to_path_buf()]
-    } else {
-        hybrid
-    }
-}
-
-/// Removes a cgroup and the ones systemd made below it, deepest first.
-fn remove_cgroup(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup(&entry.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
+    cgroup: String,
 }
 
 /// An unprivileged user made for a test (`useradd -m`, which also adds its subuid and
@@ -110,43 +81,76 @@ impl TestUser {
             .status();
         Some(user)
     }
-
-    /// PIDs of the processes running as this user.
-    fn processes(&self) -> Vec<i32> {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-                    status.lines().any(|l| {
-                        l.starts_with("Uid:")
-                            && l.split_whitespace().nth(1) == Some(&self.uid.to_string())
-                    })
-                })
-            })
-            .collect()
-    }
 }
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let pids = self.processes();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        remove_user(&self.name, self.uid);
+        // Had code under test started a manager for it (rootless mode).
+        for cgroup in rootless::manager_cgroups(&rootless::agent_started_cgroup(&self.name)) {
+            rootless::remove_cgroup(&cgroup);
         }
-        let _ = Command::new("userdel")
-            .args(["--remove", &self.name])
-            .output();
     }
+}
+
+/// Kills `uid`'s processes (by PID, until none are left) and removes the user and its
+/// home.
+fn remove_user(name: &str, uid: u32) {
+    for _ in 0..50 {
+        let pids = processes_of(uid);
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("userdel").args(["--remove", name]).output();
+}
+
+/// A workload user the code under test makes (rootless mode): when dropped, its
+/// processes are killed by PID, the user and its home removed, and the cgroups of the
+/// manager the agent started for it removed.
+#[derive(Debug)]
+pub struct WorkloadUserCleanup(pub String);
+
+impl Drop for WorkloadUserCleanup {
+    fn drop(&mut self) {
+        let uid = std::fs::read_to_string("/etc/passwd")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.first() == Some(&self.0.as_str()))
+                    .then(|| f.get(2).and_then(|u| u.parse::<u32>().ok()))
+                    .flatten()
+            });
+        if let Some(uid) = uid {
+            remove_user(&self.0, uid);
+        }
+        for cgroup in rootless::manager_cgroups(&rootless::agent_started_cgroup(&self.0)) {
+            rootless::remove_cgroup(&cgroup);
+        }
+    }
+}
+
+/// PIDs of the processes running as `uid`.
+fn processes_of(uid: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status.lines().any(|l| {
+                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
+                })
+            })
+        })
+        .collect()
 }
 
 impl UserManager {
@@ -162,79 +166,46 @@ impl UserManager {
     }
 
     fn start_for(user: Option<&TestUser>) -> Option<Self> {
-        let unshare = find_program("unshare")?;
-        if !Path::new(SYSTEMD).is_file() {
-            eprintln!("SKIPPED: {SYSTEMD} is not installed");
+        find_program("unshare")?;
+        find_program("setsid")?;
+        if rootless::systemd_binary().is_none() {
+            eprintln!("SKIPPED: systemd is not installed");
             return None;
         }
         let dir = tempfile::tempdir().expect("runtime dir");
-        // A cgroup of its own: a manager sharing its cgroup (with PID 1, or with another
-        // test's manager) would reorganise processes that are not its own.
-        let name = crate::programs::unique_name("kat-test-manager");
-        let mut cgroups = Vec::new();
-        let mut join = String::new();
-        for hierarchy in hierarchies() {
-            let cgroup = hierarchy.join(&name);
-            if std::fs::create_dir(&cgroup).is_ok() {
-                join.push_str(&format!("echo $$ > {}/cgroup.procs && ", cgroup.display()));
-                cgroups.push(cgroup);
-            }
-        }
-        let exec = match user {
-            None => format!("exec {SYSTEMD} --user"),
-            Some(u) => {
-                // The user owns its runtime dir and its cgroups (systemd delegates below).
-                let owner = format!("{}:{}", u.uid, u.gid);
-                let _ = Command::new("chown").arg(&owner).arg(dir.path()).status();
-                for cgroup in &cgroups {
-                    let _ = Command::new("chown")
-                        .args(["-R", &owner])
-                        .arg(cgroup)
-                        .status();
+        let cgroup = crate::programs::unique_name("kat-test-manager");
+        let as_user = user.map(|u| WorkloadUser {
+            name: u.name.clone(),
+            uid: u.uid,
+            gid: u.gid,
+            home: u.home.clone(),
+        });
+        let spawned = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(rootless::spawn_manager(&ManagerSpawn {
+                            user: as_user.as_ref(),
+                            runtime_dir: dir.path(),
+                            cgroup: &cgroup,
+                        }))
+                })
+                .join()
+                .expect("spawning thread")
+        });
+        match spawned {
+            Ok(pid) => Some(Self { pid, dir, cgroup }),
+            Err(e) => {
+                eprintln!("SKIPPED: the systemd user manager did not start: {e}");
+                for c in rootless::manager_cgroups(&cgroup) {
+                    rootless::remove_cgroup(&c);
                 }
-                format!(
-                    "exec setpriv --reuid={uid} --regid={gid} --init-groups env HOME={home} USER={name} XDG_RUNTIME_DIR={xdg} {SYSTEMD} --user",
-                    uid = u.uid,
-                    gid = u.gid,
-                    home = u.home.display(),
-                    name = u.name,
-                    xdg = dir.path().display()
-                )
+                None
             }
-        };
-        let child = Command::new(unshare)
-            .args(["-m", "--propagation", "unchanged", "sh", "-c"])
-            .arg(format!(
-                "{join}mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && {exec}"
-            ))
-            .env("XDG_RUNTIME_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.path().join("manager.log"))
-                    .ok()
-                    .map_or(Stdio::null(), Stdio::from),
-            )
-            .spawn()
-            .expect("spawn the systemd user manager");
-        let manager = Self {
-            child,
-            dir,
-            cgroups,
-        };
-        let started = Instant::now();
-        while !manager.bus_path().exists() {
-            if started.elapsed() > Duration::from_secs(10) {
-                eprintln!(
-                    "SKIPPED: the systemd user manager opened no bus within 10 s:\n{}",
-                    std::fs::read_to_string(manager.dir.path().join("manager.log"))
-                        .unwrap_or_default()
-                );
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        Some(manager)
     }
 
     pub fn runtime_dir(&self) -> &Path {
@@ -258,23 +229,19 @@ impl UserManager {
 
 impl Drop for UserManager {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        // SIGTERM stops its units; SIGKILL if it takes too long.
+        let pid = Pid::from_raw(i32::try_from(self.pid).unwrap_or(0));
         let _ = kill(pid, Signal::SIGTERM);
         let started = Instant::now();
-        let mut exited = false;
-        while started.elapsed() < Duration::from_secs(20) {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                exited = true;
-                break;
-            }
+        while rootless::alive(self.pid) && started.elapsed() < Duration::from_secs(20) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if rootless::alive(self.pid) {
+            let _ = kill(pid, Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(100));
         }
-        for cgroup in &self.cgroups {
-            remove_cgroup(cgroup);
+        for cgroup in rootless::manager_cgroups(&self.cgroup) {
+            rootless::remove_cgroup(&cgroup);
         }
     }
 }

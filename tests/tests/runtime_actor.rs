@@ -192,6 +192,56 @@ async fn an_image_that_cannot_be_pulled_fails_the_instance_and_creates_nothing()
     rt.stop_and_wait(None, None).await.unwrap();
 }
 
+/// A slow pull (a big image) shows as PULLING and holds up nothing else: the other
+/// instance runs meanwhile, and the slow one starts when its image is there.
+#[tokio::test(start_paused = true)]
+async fn a_slow_pull_reports_pulling_without_holding_up_other_instances() {
+    let fake = Arc::new(FakeRuntime::new());
+    fake.slow_pull("registry.example/big:1", Duration::from_secs(120));
+    let host = Arc::new(FakeHost::new(fake.clone()));
+    let desired = new_desired_cell();
+    let reports = new_reports_cell();
+    let dir = tempfile::tempdir().unwrap();
+    let mut big = instance("big", RestartPolicy::Always);
+    big.opts.image = "registry.example/big:1".into();
+    let small = instance("small", RestartPolicy::Always);
+    desired.send_replace(Some(vec![big.clone(), small.clone()]));
+    let rt = start(
+        host.clone(),
+        &desired,
+        &reports,
+        &dir.path().join("c.json"),
+        Duration::from_secs(1),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    // Plain reconciles (every tick) while the big image is still coming.
+    let mut saw = false;
+    while started.elapsed() < Duration::from_secs(100) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = reports.borrow().clone();
+        if let (Some(b), Some(s)) = (r.get("big"), r.get("small")) {
+            assert_eq!(b.phase(), InstancePhase::Pulling);
+            assert!(
+                b.message.contains("registry.example/big:1"),
+                "{}",
+                b.message
+            );
+            if s.phase() == InstancePhase::Running {
+                saw = true;
+            }
+        }
+    }
+    assert!(saw, "the small instance ran while the big image was pulled");
+    assert!(
+        fake.status(&big.opts.name).await.is_err(),
+        "not created yet"
+    );
+    settle(&rt).await;
+    assert_eq!(report(&reports, "big").phase(), InstancePhase::Running);
+    rt.stop_and_wait(None, None).await.unwrap();
+}
+
 #[tokio::test]
 async fn real_units_are_adopted_after_a_restart_checked_and_keep_their_volume() {
     let Some(podman_bin) = podman_with_busybox() else {
@@ -211,6 +261,7 @@ async fn real_units_are_adopted_after_a_restart_checked_and_keep_their_volume() 
             stop_timeout: Duration::from_secs(5),
         },
         podman: podman.clone(),
+        image_source: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("data");

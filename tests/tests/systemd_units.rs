@@ -183,3 +183,34 @@ async fn never_is_not_restarted_and_max_count_gives_up() {
 fn never_unit(opts: &ContainerCreateOptions) -> String {
     kat_runtime::systemd::unit::unit_name(&opts.namespace, &opts.workload, &opts.instance_id)
 }
+
+/// A unit file this manager never started (left from before a reboot or a restart
+/// of the manager) is started, not taken for a running instance; a started one is
+/// adopted.
+#[tokio::test]
+async fn a_unit_file_the_manager_never_started_is_started_not_adopted() {
+    use kat_runtime::host::{DesiredInstance, Ensured, InstanceHost, SystemdHost};
+    use kat_runtime::systemd::unit::{render_unit, unit_name};
+    let Some(t) = setup().await else { return };
+    let id = unique_name("left").replace('-', "");
+    let opts = instance(&id, RestartPolicy::Always);
+    let _guard = RemovedContainer(t.podman_bin.clone(), opts.name.clone());
+    let name = unit_name(&opts.namespace, &opts.workload, &opts.instance_id);
+    std::fs::create_dir_all(&t.units.unit_dir).unwrap();
+    std::fs::write(
+        t.units.unit_dir.join(&name),
+        render_unit(&opts, &t.podman_bin, t.units.cgroups, t.units.stop_timeout),
+    )
+    .unwrap();
+    t.units.systemd.reload().await.unwrap();
+    let host = SystemdHost {
+        units: t.units.clone(),
+        podman: t.podman.clone(),
+        image_source: None,
+    };
+    let x = DesiredInstance { opts, health: None };
+    assert_eq!(host.ensure(&x).await.unwrap(), Ensured::Started);
+    running(&t.podman, &x.opts.name).await;
+    assert_eq!(host.ensure(&x).await.unwrap(), Ensured::Adopted);
+    host.retire(&id).await.unwrap();
+}

@@ -59,9 +59,20 @@ struct NodeOptions {
         value_name = "ADDRESS"
     )]
     systemd_bus: String,
-    /// Where instance unit files are written (a directory that manager loads units from).
+    /// Where instance unit files are written in rootful mode (a directory the system
+    /// manager loads units from).
     #[arg(long, default_value = "/run/systemd/system", value_name = "DIR")]
     unit_dir: PathBuf,
+    /// rootless: each workload runs as its own unprivileged user (kat_wl_<ns>_<name>)
+    /// in that user's systemd manager; rootful: as root, in the system manager (for
+    /// hosts where rootless Podman cannot work). See docs/runtime.md.
+    #[arg(long, value_enum, default_value_t = ModeKind::Rootless)]
+    runtime_mode: ModeKind,
+    /// Rootless: how workload users' systemd managers run. logind: lingering; agent:
+    /// kat-agent starts them (hosts without logind); auto: logind on hosts booted with
+    /// systemd, else agent.
+    #[arg(long, value_enum, default_value_t = ManagersKind::Auto)]
+    user_managers: ManagersKind,
     /// Path to the etcd binary (default: etcd on PATH).
     #[arg(long, value_name = "PATH")]
     etcd_bin: Option<PathBuf>,
@@ -73,6 +84,19 @@ enum RuntimeKind {
     Fake,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeKind {
+    Rootless,
+    Rootful,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ManagersKind {
+    Auto,
+    Logind,
+    Agent,
+}
+
 impl NodeOptions {
     fn runtime_choice(&self) -> agent::RuntimeChoice {
         match self.runtime {
@@ -81,6 +105,14 @@ impl NodeOptions {
                 bus: self.systemd_bus.clone(),
                 unit_dir: self.unit_dir.clone(),
                 podman: None,
+                mode: match self.runtime_mode {
+                    ModeKind::Rootful => agent::RuntimeMode::Rootful,
+                    ModeKind::Rootless => agent::RuntimeMode::Rootless(match self.user_managers {
+                        ManagersKind::Auto => agent::UserManagerChoice::Auto,
+                        ManagersKind::Logind => agent::UserManagerChoice::Logind,
+                        ManagersKind::Agent => agent::UserManagerChoice::Agent,
+                    }),
+                },
             },
         }
     }

@@ -90,8 +90,29 @@ impl Podman {
 
     /// Pulls the image unless it is already here.
     pub async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        self.ensure_image_from(image, None).await
+    }
+
+    /// Makes the image present: already here; else copied from `source`'s storage
+    /// when that has it (root's, for a rootless user: images side-loaded or built
+    /// there need no registry); else pulled.
+    pub async fn ensure_image_from(
+        &self,
+        image: &str,
+        source: Option<&Podman>,
+    ) -> Result<(), RuntimeError> {
         if self.image_exists(image).await? {
             return Ok(());
+        }
+        if let (Some(src), Some(user)) = (source, &self.user)
+            && src.image_exists(image).await.unwrap_or(false)
+        {
+            match self.copy_image(src, user, image).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(%image, error = %e, "cannot copy the image from root's storage; pulling it");
+                }
+            }
         }
         tracing::info!(%image, "pulling image");
         self.pull_image(image, None)
@@ -103,6 +124,44 @@ impl Podman {
                     other => other.to_string(),
                 },
             })
+    }
+
+    /// `podman save` by `src`, `podman load` by this user, through an archive in the
+    /// user's runtime directory (removed afterwards).
+    async fn copy_image(
+        &self,
+        src: &Podman,
+        user: &RunAs,
+        image: &str,
+    ) -> Result<(), RuntimeError> {
+        let archive = user.runtime_dir.join(format!(
+            ".kat-image-{}-{}.tar",
+            std::process::id(),
+            image.replace(['/', ':', '@'], "_")
+        ));
+        let path = archive.display().to_string();
+        let result = async {
+            src.run(
+                &["save".into(), "-o".into(), path.clone(), image.into()],
+                IMAGE_TIMEOUT,
+            )
+            .await?;
+            std::os::unix::fs::chown(&archive, Some(user.uid), Some(user.gid)).map_err(|e| {
+                RuntimeError::Spawn {
+                    program: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            self.run(&["load".into(), "-i".into(), path.clone()], IMAGE_TIMEOUT)
+                .await
+                .map(|_| ())
+        }
+        .await;
+        let _ = std::fs::remove_file(&archive);
+        if result.is_ok() {
+            tracing::info!(%image, uid = user.uid, "copied image from root's storage");
+        }
+        result
     }
 
     fn command(&self, args: &[String]) -> Command {

@@ -38,6 +38,8 @@ trait Unit {
     fn sub_state(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn load_state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn inactive_exit_timestamp_monotonic(&self) -> zbus::Result<u64>;
 }
 
 #[zbus::proxy(
@@ -69,6 +71,9 @@ pub struct UnitState {
     pub exit_status: i32,
     /// `success`, `exit-code`, `start-limit-hit`, ...
     pub result: String,
+    /// Whether this manager has ever started the unit (a manager that restarted, or
+    /// a host that rebooted, has not).
+    pub ever_started: bool,
 }
 
 fn dbus_err(what: &str) -> impl FnOnce(zbus::Error) -> RuntimeError + '_ {
@@ -97,6 +102,43 @@ impl Systemd {
     /// subscribes to the manager's signals.
     pub async fn connect(address: &str) -> Result<Self, RuntimeError> {
         let conn = zbus::connection::Builder::address(address)
+            .build()
+            .await
+            .map_err(dbus_err("connect"))?;
+        Self::on(conn).await
+    }
+
+    /// Connects to a workload user's bus (`unix:path=...` only) as that user: a user
+    /// bus admits its own user alone, checking the connecting socket's credentials
+    /// (`SO_PEERCRED`, taken at `connect`), so the socket is connected from a
+    /// short-lived thread that has switched to the user's ids (per thread, by raw
+    /// system call; the thread ends right after), then authenticates with the
+    /// user's uid. Needs root (or CAP_SETUID/CAP_SETGID).
+    pub async fn connect_as(address: &str, uid: u32, gid: u32) -> Result<Self, RuntimeError> {
+        let path = address
+            .strip_prefix("unix:path=")
+            .map(|p| p.split(',').next().unwrap_or(p).to_owned())
+            .ok_or_else(|| RuntimeError::InvalidOptions {
+                field: "bus address".to_owned(),
+                reason: format!("{address:?}: only unix:path= addresses can be reached as a user"),
+            })?;
+        let stream = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || connect_with_ids(std::path::Path::new(&path), uid, gid))
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("connecting thread panicked")))
+        })
+        .await
+        .map_err(|e| RuntimeError::Spawn {
+            program: "bus connection".to_owned(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| RuntimeError::Command {
+            command: format!("systemd connect to {address} as uid {uid}"),
+            status: "connect failed".to_owned(),
+            stderr: e.to_string(),
+        })?;
+        let conn = zbus::connection::Builder::unix_stream(stream)
+            .user_id(uid)
             .build()
             .await
             .map_err(dbus_err("connect"))?;
@@ -175,6 +217,10 @@ impl Systemd {
             restarts: s.n_restarts().await.unwrap_or_default(),
             exit_status: s.exec_main_status().await.unwrap_or_default(),
             result: s.result().await.unwrap_or_default(),
+            ever_started: u
+                .inactive_exit_timestamp_monotonic()
+                .await
+                .is_ok_and(|t| t > 0),
         })
     }
 
@@ -264,6 +310,29 @@ impl Units {
         self.systemd.reload().await?;
         self.systemd.reset_failed(unit).await
     }
+}
+
+/// Run on a thread of its own that ends afterwards: switches this thread (only) to
+/// `gid`/`uid` and connects to `path`.
+#[allow(unsafe_code)]
+fn connect_with_ids(
+    path: &std::path::Path,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let keep = libc::uid_t::MAX; // -1: leave that id as it is
+    // SAFETY: raw setresgid(2)/setresuid(2) take plain integers and change the
+    // credentials of the calling thread alone (glibc's wrappers would change every
+    // thread of the process); this thread exits once the socket is connected.
+    unsafe {
+        if libc::syscall(libc::SYS_setresgid, keep, gid, keep) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_setresuid, keep, uid, keep) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    std::os::unix::net::UnixStream::connect(path)
 }
 
 fn io_err(path: &std::path::Path, e: &std::io::Error) -> RuntimeError {

@@ -1,0 +1,619 @@
+//! Rootless mode (SPEC §8.2): each workload's instances run as the workload's own
+//! unprivileged user, as units of that user's own systemd manager, with that user's
+//! Podman storage.
+//!
+//! [`RootlessHost`] makes the user when a workload first needs it (`useradd`, which
+//! gives it subordinate uid/gid ranges), makes sure its manager runs ([`UserManagers`]:
+//! lingering through logind, or a manager the agent starts itself where there is no
+//! logind), and reaches that manager's bus with the user's credentials
+//! ([`Systemd::connect_as`]). Images the user lacks are copied from root's storage
+//! when root has them (side-loaded or built there), else pulled as the user.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+use crate::host::{DesiredInstance, Ensured, InstanceHost, Observation, SystemdHost};
+use crate::podman::{Podman, RunAs};
+use crate::systemd::unit::CgroupsMode;
+use crate::systemd::{Systemd, Units};
+use crate::types::{ExecOutput, RuntimeError};
+use crate::users::workload_user;
+
+/// Where the systemd binary is on Debian-like and other systems.
+const SYSTEMD_BINARIES: [&str; 2] = ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
+const NOLOGIN: &str = "/usr/sbin/nologin";
+/// Prefix of every workload user's name.
+pub const USER_PREFIX: &str = "kat_wl_";
+
+/// An existing workload user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+fn failed(command: &str, out: &std::process::Output) -> RuntimeError {
+    RuntimeError::Command {
+        command: command.to_owned(),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
+fn spawn_err(program: &str, e: &std::io::Error) -> RuntimeError {
+    RuntimeError::Spawn {
+        program: program.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// A `passwd` line as a user, if it is one.
+fn parse_passwd_line(line: &str) -> Option<WorkloadUser> {
+    let f: Vec<&str> = line.trim().split(':').collect();
+    if f.len() < 7 {
+        return None;
+    }
+    Some(WorkloadUser {
+        name: f[0].to_owned(),
+        uid: f[2].parse().ok()?,
+        gid: f[3].parse().ok()?,
+        home: PathBuf::from(f[5]),
+    })
+}
+
+/// The user called `name`, if there is one (through NSS, as `getent` sees it).
+pub async fn lookup_user(name: &str) -> Result<Option<WorkloadUser>, RuntimeError> {
+    let out = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .await
+        .map_err(|e| spawn_err("getent", &e))?;
+    match out.status.code() {
+        Some(0) => Ok(parse_passwd_line(&String::from_utf8_lossy(&out.stdout))),
+        // 2: no such key.
+        Some(2) => Ok(None),
+        _ => Err(failed(&format!("getent passwd {name}"), &out)),
+    }
+}
+
+/// The workload users this host has (local users in `/etc/passwd`, as `useradd`
+/// makes them).
+pub fn workload_users() -> Vec<WorkloadUser> {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(parse_passwd_line)
+        .filter(|u| u.name.starts_with(USER_PREFIX))
+        .collect()
+}
+
+/// Whether `file` (`/etc/subuid` or `/etc/subgid`) gives `user` a range.
+fn has_subordinate_range(file: &Path, user: &WorkloadUser) -> bool {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let owner = l.split(':').next().unwrap_or_default();
+            owner == user.name || owner == user.uid.to_string()
+        })
+}
+
+/// The workload user `name`, made if missing: a login-less user with a home (its
+/// Podman storage) and subordinate uid/gid ranges, with rootless storage on overlay.
+pub async fn ensure_user(name: &str) -> Result<WorkloadUser, RuntimeError> {
+    let user = match lookup_user(name).await? {
+        Some(u) => u,
+        None => {
+            let out = Command::new("useradd")
+                .args([
+                    "--create-home",
+                    "--shell",
+                    NOLOGIN,
+                    "--comment",
+                    "KAT workload user",
+                    name,
+                ])
+                .output()
+                .await
+                .map_err(|e| spawn_err("useradd", &e))?;
+            // Another task may have made it meanwhile (exit 9: name in use).
+            if !out.status.success() && out.status.code() != Some(9) {
+                return Err(failed(&format!("useradd {name}"), &out));
+            }
+            tracing::info!(user = %name, "made workload user");
+            lookup_user(name)
+                .await?
+                .ok_or_else(|| RuntimeError::NotFound(format!("user {name}")))?
+        }
+    };
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        if !has_subordinate_range(Path::new(file), &user) {
+            return Err(RuntimeError::InvalidOptions {
+                field: file.to_owned(),
+                reason: format!(
+                    "workload user {name} has no subordinate range, which rootless Podman needs: \
+                     give it one (usermod --add-subuids/--add-subgids), or set SUB_UID_COUNT/SUB_GID_COUNT \
+                     in /etc/login.defs so useradd does, or run with --runtime-mode rootful"
+                ),
+            });
+        }
+    }
+    let conf = user.home.join(".config/containers");
+    let storage = conf.join("storage.conf");
+    if !storage.exists() {
+        std::fs::create_dir_all(&conf).map_err(|e| spawn_err(&conf.display().to_string(), &e))?;
+        std::fs::write(&storage, "[storage]\ndriver = \"overlay\"\n")
+            .map_err(|e| spawn_err(&storage.display().to_string(), &e))?;
+        for dir in [user.home.join(".config"), conf.clone(), storage] {
+            std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))
+                .map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
+        }
+    }
+    Ok(user)
+}
+
+/// Makes sure a workload user's systemd manager runs; gives its runtime directory
+/// (`XDG_RUNTIME_DIR`, where its `bus` is).
+#[async_trait::async_trait]
+pub trait UserManagers: Send + Sync + std::fmt::Debug {
+    async fn ensure(&self, user: &WorkloadUser) -> Result<PathBuf, RuntimeError>;
+    /// The runtime directory of the user's manager if it runs now (starting nothing).
+    fn running(&self, user: &WorkloadUser) -> Option<PathBuf>;
+}
+
+async fn wait_for_bus(bus: &Path, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if bus.exists() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bus.exists()
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.login1.Manager",
+    default_service = "org.freedesktop.login1",
+    default_path = "/org/freedesktop/login1"
+)]
+trait Login {
+    fn set_user_linger(&self, uid: u32, enable: bool, interactive: bool) -> zbus::Result<()>;
+}
+
+/// Lingering through systemd-logind (hosts booted with systemd): logind starts the
+/// user's manager (`user@UID.service`) and keeps it running without a login.
+#[derive(Debug, Clone)]
+pub struct Logind {
+    /// The system bus address.
+    pub system_bus: String,
+}
+
+#[async_trait::async_trait]
+impl UserManagers for Logind {
+    fn running(&self, user: &WorkloadUser) -> Option<PathBuf> {
+        let runtime_dir = PathBuf::from(format!("/run/user/{}", user.uid));
+        runtime_dir.join("bus").exists().then_some(runtime_dir)
+    }
+
+    async fn ensure(&self, user: &WorkloadUser) -> Result<PathBuf, RuntimeError> {
+        let runtime_dir = PathBuf::from(format!("/run/user/{}", user.uid));
+        if let Some(dir) = self.running(user) {
+            return Ok(dir);
+        }
+        let dbus = |what: &'static str| {
+            move |e: zbus::Error| RuntimeError::Command {
+                command: format!("logind {what}"),
+                status: "D-Bus error".to_owned(),
+                stderr: e.to_string(),
+            }
+        };
+        let conn = zbus::connection::Builder::address(self.system_bus.as_str())
+            .build()
+            .await
+            .map_err(dbus("connect"))?;
+        LoginProxy::new(&conn)
+            .await
+            .map_err(dbus("Manager"))?
+            .set_user_linger(user.uid, true, false)
+            .await
+            .map_err(dbus("SetUserLinger"))?;
+        if !wait_for_bus(&runtime_dir.join("bus"), Duration::from_secs(30)).await {
+            return Err(RuntimeError::Timeout {
+                command: format!("waiting for {}'s systemd manager (lingering)", user.name),
+                after: Duration::from_secs(30),
+            });
+        }
+        Ok(runtime_dir)
+    }
+}
+
+/// The cgroup hierarchies a systemd manager tracks its processes in: the named
+/// `systemd` one and the unified one on a hybrid host, the one unified tree otherwise.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let hybrid: Vec<PathBuf> = ["systemd", "unified"]
+        .iter()
+        .map(|h| root.join(h))
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect();
+    if hybrid.is_empty() && root.join("cgroup.procs").exists() {
+        vec![root.to_path_buf()]
+    } else {
+        hybrid
+    }
+}
+
+/// Removes a cgroup and the ones below it, deepest first (each must be empty).
+pub fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The cgroup (in each hierarchy) a manager started by [`spawn_manager`] runs in.
+pub fn manager_cgroups(cgroup: &str) -> Vec<PathBuf> {
+    cgroup_hierarchies()
+        .into_iter()
+        .map(|h| h.join(cgroup))
+        .collect()
+}
+
+/// The systemd binary, if installed.
+pub fn systemd_binary() -> Option<&'static str> {
+    SYSTEMD_BINARIES
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+}
+
+/// A systemd user manager to start with [`spawn_manager`].
+#[derive(Debug, Clone)]
+pub struct ManagerSpawn<'a> {
+    /// `None`: a manager running as root.
+    pub user: Option<&'a WorkloadUser>,
+    /// Its `XDG_RUNTIME_DIR` (made, and owned by the user).
+    pub runtime_dir: &'a Path,
+    /// Name of the cgroup it gets in each hierarchy.
+    pub cgroup: &'a str,
+}
+
+/// Starts a systemd user manager detached from the caller (it outlives the agent, as
+/// the instances it runs must), in a cgroup of its own (a manager sharing one would
+/// reorganise processes that are not its own). Where systemd is not the init system
+/// (containers, some test machines) it runs in a mount namespace of its own with a
+/// tmpfs on `/run/systemd`, so it believes it is; the host is untouched. Its PID is
+/// written to `RUNTIME_DIR/manager.pid`, its output to `RUNTIME_DIR/manager.log`.
+/// Returns once its bus is open.
+pub async fn spawn_manager(spawn: &ManagerSpawn<'_>) -> Result<u32, RuntimeError> {
+    let systemd = systemd_binary().ok_or_else(|| RuntimeError::Spawn {
+        program: SYSTEMD_BINARIES[0].to_owned(),
+        reason: "systemd is not installed".to_owned(),
+    })?;
+    let dir = spawn.runtime_dir;
+    std::fs::create_dir_all(dir).map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
+    let pid_file = dir.join("manager.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let _ = std::fs::remove_file(dir.join("bus"));
+    let mut script = String::from("echo $$ > \"$KAT_PID_FILE\" && ");
+    let cgroups = manager_cgroups(spawn.cgroup);
+    for cgroup in &cgroups {
+        if std::fs::create_dir(cgroup).is_ok() || cgroup.is_dir() {
+            script.push_str(&format!("echo $$ > {}/cgroup.procs && ", cgroup.display()));
+        }
+    }
+    let namespace = !Path::new("/run/systemd/system").is_dir();
+    if namespace {
+        script.push_str("mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && ");
+    }
+    match spawn.user {
+        None => script.push_str(&format!("exec {systemd} --user")),
+        Some(u) => {
+            // The user owns its runtime dir and its cgroups (systemd delegates below).
+            std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))
+                .map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
+            for cgroup in &cgroups {
+                chown_tree(cgroup, u.uid, u.gid);
+            }
+            script.push_str(&format!(
+                "exec setpriv --reuid={uid} --regid={gid} --init-groups env HOME='{home}' USER={name} {systemd} --user",
+                uid = u.uid,
+                gid = u.gid,
+                home = u.home.display(),
+                name = u.name,
+            ));
+        }
+    }
+    let log = std::fs::File::create(dir.join("manager.log"))
+        .map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
+    let mut command = Command::new("setsid");
+    command.arg("--fork");
+    if namespace {
+        command.args(["unshare", "-m", "--propagation", "unchanged"]);
+    }
+    let status = command
+        .args(["sh", "-c", &script])
+        .env("XDG_RUNTIME_DIR", dir)
+        .env("KAT_PID_FILE", &pid_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .status()
+        .await
+        .map_err(|e| spawn_err("setsid", &e))?;
+    if !status.success() {
+        return Err(RuntimeError::Command {
+            command: "setsid --fork ... systemd --user".to_owned(),
+            status: status.to_string(),
+            stderr: std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default(),
+        });
+    }
+    if !wait_for_bus(&dir.join("bus"), Duration::from_secs(15)).await {
+        return Err(RuntimeError::Command {
+            command: format!("{systemd} --user"),
+            status: "opened no bus within 15 s".to_owned(),
+            stderr: std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default(),
+        });
+    }
+    std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| RuntimeError::Parse {
+            command: pid_file.display().to_string(),
+            reason: "no PID written".to_owned(),
+        })
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            chown_tree(&entry.path(), uid, gid);
+        }
+    }
+}
+
+/// Whether the process `pid` is alive (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    })
+}
+
+/// Managers the agent starts itself, for hosts without logind: one per workload
+/// user, runtime directory `BASE/<user>` (on a tmpfs such as `/run`, like logind's
+/// `/run/user/UID`, so a reboot leaves no stale units), cgroup `kat-user-<user>`. A
+/// manager that is already running (e.g. across an agent restart) is reused.
+#[derive(Debug, Clone)]
+pub struct AgentStarted {
+    pub base: PathBuf,
+}
+
+/// The cgroup name of the manager [`AgentStarted`] starts for `user`.
+pub fn agent_started_cgroup(user: &str) -> String {
+    format!("kat-user-{user}")
+}
+
+#[async_trait::async_trait]
+impl UserManagers for AgentStarted {
+    fn running(&self, user: &WorkloadUser) -> Option<PathBuf> {
+        let dir = self.base.join(&user.name);
+        let alive = std::fs::read_to_string(dir.join("manager.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(alive);
+        (alive && dir.join("bus").exists()).then_some(dir)
+    }
+
+    async fn ensure(&self, user: &WorkloadUser) -> Result<PathBuf, RuntimeError> {
+        if let Some(dir) = self.running(user) {
+            return Ok(dir);
+        }
+        let dir = self.base.join(&user.name);
+        let pid = spawn_manager(&ManagerSpawn {
+            user: Some(user),
+            runtime_dir: &dir,
+            cgroup: &agent_started_cgroup(&user.name),
+        })
+        .await?;
+        tracing::info!(user = %user.name, pid, "started the workload user's systemd manager");
+        Ok(dir)
+    }
+}
+
+/// Instances of each workload as units of its own user's systemd manager.
+#[derive(Debug)]
+pub struct RootlessHost {
+    pub podman: PathBuf,
+    pub managers: Box<dyn UserManagers>,
+    pub cgroups: CgroupsMode,
+    pub stop_timeout: Duration,
+    /// One host per workload user reached so far.
+    hosts: Mutex<HashMap<String, SystemdHost>>,
+}
+
+impl RootlessHost {
+    pub fn new(podman: PathBuf, managers: Box<dyn UserManagers>) -> Self {
+        Self {
+            podman,
+            managers,
+            cgroups: CgroupsMode::default(),
+            stop_timeout: Duration::from_secs(10),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The host of workload user `name`: the user made, its manager running, its bus
+    /// reached with its credentials.
+    async fn host(&self, name: &str) -> Result<SystemdHost, RuntimeError> {
+        if let Some(h) = self.hosts.lock().await.get(name) {
+            return Ok(h.clone());
+        }
+        let user = ensure_user(name).await?;
+        let runtime_dir = self.managers.ensure(&user).await?;
+        let bus = format!("unix:path={}", runtime_dir.join("bus").display());
+        let systemd = Systemd::connect_as(&bus, user.uid, user.gid).await?;
+        let host = SystemdHost {
+            units: Units {
+                systemd,
+                unit_dir: runtime_dir.join("systemd").join("user"),
+                podman: self.podman.clone(),
+                cgroups: self.cgroups,
+                stop_timeout: self.stop_timeout,
+            },
+            podman: Podman::new(&self.podman).as_user(RunAs {
+                uid: user.uid,
+                gid: user.gid,
+                home: user.home.clone(),
+                runtime_dir,
+            }),
+            image_source: Some(Podman::new(&self.podman)),
+        };
+        self.hosts
+            .lock()
+            .await
+            .insert(name.to_owned(), host.clone());
+        Ok(host)
+    }
+
+    async fn host_for(&self, desired: &DesiredInstance) -> Result<SystemdHost, RuntimeError> {
+        self.host(&workload_user(
+            &desired.opts.namespace,
+            &desired.opts.workload,
+        ))
+        .await
+    }
+
+    /// Forgets a user's host after a failure, so the next use reaches it afresh (its
+    /// manager may have died).
+    async fn forget<T>(&self, name: &str, r: Result<T, RuntimeError>) -> Result<T, RuntimeError> {
+        if r.is_err() {
+            self.hosts.lock().await.remove(name);
+        }
+        r
+    }
+
+    /// The host of every workload user whose manager runs now (with a warning for
+    /// those that cannot be reached). A user whose manager does not run has no
+    /// instance running.
+    async fn all_hosts(&self) -> Vec<SystemdHost> {
+        let mut hosts = Vec::new();
+        for user in workload_users() {
+            if self.managers.running(&user).is_none() {
+                continue;
+            }
+            let name = user.name;
+            match self.host(&name).await {
+                Ok(h) => hosts.push(h),
+                Err(e) => {
+                    tracing::warn!(user = %name, error = %e, "cannot reach the workload user's systemd manager")
+                }
+            }
+        }
+        hosts
+    }
+}
+
+#[async_trait::async_trait]
+impl InstanceHost for RootlessHost {
+    async fn present(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut ids = Vec::new();
+        for host in self.all_hosts().await {
+            ids.extend(host.present().await?);
+        }
+        Ok(ids)
+    }
+
+    async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+        let user = workload_user(&desired.opts.namespace, &desired.opts.workload);
+        let r = match self.host(&user).await {
+            Ok(h) => h.prepare(desired).await,
+            Err(e) => Err(e),
+        };
+        self.forget(&user, r).await
+    }
+
+    async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError> {
+        let user = workload_user(&desired.opts.namespace, &desired.opts.workload);
+        let r = match self.host(&user).await {
+            Ok(h) => h.ensure(desired).await,
+            Err(e) => Err(e),
+        };
+        self.forget(&user, r).await
+    }
+
+    async fn retire(&self, instance_id: &str) -> Result<(), RuntimeError> {
+        for host in self.all_hosts().await {
+            host.retire(instance_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn observe(&self, desired: &DesiredInstance) -> Result<Observation, RuntimeError> {
+        self.host_for(desired).await?.observe(desired).await
+    }
+
+    async fn exec(
+        &self,
+        desired: &DesiredInstance,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        self.host_for(desired)
+            .await?
+            .exec(desired, cmd, timeout)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_lines_are_read() {
+        let u = parse_passwd_line(
+            "kat_wl_default_web:x:1001:1001:KAT workload user:/home/kat_wl_default_web:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        assert_eq!(u.name, "kat_wl_default_web");
+        assert_eq!((u.uid, u.gid), (1001, 1001));
+        assert_eq!(u.home, PathBuf::from("/home/kat_wl_default_web"));
+        assert_eq!(parse_passwd_line("broken:x:1"), None);
+        assert_eq!(parse_passwd_line("a:x:notanumber:1::/h:/bin/sh"), None);
+    }
+
+    #[test]
+    fn subordinate_ranges_are_found_by_name_or_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("subuid");
+        std::fs::write(&file, "alice:100000:65536\n1002:165536:65536\n").unwrap();
+        let user = |name: &str, uid| WorkloadUser {
+            name: name.into(),
+            uid,
+            gid: uid,
+            home: PathBuf::from("/h"),
+        };
+        assert!(has_subordinate_range(&file, &user("alice", 1001)));
+        assert!(has_subordinate_range(&file, &user("bob", 1002)));
+        assert!(!has_subordinate_range(&file, &user("carol", 1003)));
+        assert!(!has_subordinate_range(
+            &dir.path().join("missing"),
+            &user("alice", 1001)
+        ));
+    }
+}
