@@ -19,6 +19,7 @@ use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 pub mod node_monitor;
+pub mod scheduler;
 
 use crate::api::node_api::{control_plane_key, node_key};
 use crate::api::{Api, ApiArgs, ApiEndpoint};

@@ -1,0 +1,666 @@
+//! Placement (SPEC §7) as a pure function over a snapshot: filter the nodes, score
+//! the ones left, pick the best; or say why nothing fits.
+//!
+//! Filters, in order (a node is counted under the first it fails): Ready, not
+//! cordoned, `nodeSelector`, `NO_SCHEDULE` taints tolerated, free cpu, free memory, a
+//! free GPU of the driver and VRAM asked for. Among the nodes left the order is:
+//! fewest untolerated `PREFER_NO_SCHEDULE` taints, then fewest instances of the same
+//! workload (spreading before packing), then "most empty" (highest mean remaining
+//! fraction of cpu and memory after placement), then node name — so the result is
+//! the same for the same snapshot.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kat_proto::v1alpha1::{Gpu, GpuDriver, TaintEffect, Toleration, TolerationOperator};
+
+/// A taint as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTaint {
+    pub key: String,
+    pub value: String,
+    pub effect: TaintEffect,
+}
+
+impl NodeTaint {
+    fn describe(&self) -> String {
+        let effect = match self.effect {
+            TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+            _ => "NoSchedule",
+        };
+        if self.value.is_empty() {
+            format!("taint {}:{effect}", self.key)
+        } else {
+            format!("taint {}={}:{effect}", self.key, self.value)
+        }
+    }
+}
+
+/// A node as the scheduler sees it, with what is already placed on it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub ready: bool,
+    pub unschedulable: bool,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<NodeTaint>,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub gpus: Vec<Gpu>,
+    /// Sums of the requests of instances placed here.
+    pub used_cpu_millis: i64,
+    pub used_memory_bytes: i64,
+    /// GPU indexes given to instances here.
+    pub used_gpus: BTreeSet<u32>,
+    /// Instances here, by workload key (`ns/name`).
+    pub per_workload: HashMap<String, u32>,
+}
+
+/// A GPU an instance asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuNeed {
+    pub driver: GpuDriver,
+    pub min_vram_mb: u32,
+}
+
+/// What one instance asks of its node.
+#[derive(Debug, Clone, Default)]
+pub struct Demand {
+    /// `ns/name`: instances of the same workload are spread.
+    pub workload: String,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub gpu: Option<GpuNeed>,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+}
+
+/// Where an instance went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub node: String,
+    /// The GPU given to it, by device index.
+    pub gpu: Option<u32>,
+}
+
+/// Why an instance fits nowhere, e.g. "0/3 nodes: 2 insufficient memory, 1 taint
+/// gpu:NoSchedule".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unschedulable(pub String);
+
+impl std::fmt::Display for Unschedulable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `tol` tolerates `taint`.
+pub fn tolerates(tol: &Toleration, taint: &NodeTaint) -> bool {
+    let effect_matches = tol.effect() == TaintEffect::Unspecified || tol.effect() == taint.effect;
+    let key_matches = match tol.operator() {
+        // An empty key with EXISTS tolerates every taint.
+        TolerationOperator::Exists => tol.key.is_empty() || tol.key == taint.key,
+        TolerationOperator::Equal | TolerationOperator::Unspecified => {
+            tol.key == taint.key && tol.value == taint.value
+        }
+    };
+    effect_matches && key_matches
+}
+
+fn tolerated(tolerations: &[Toleration], taint: &NodeTaint) -> bool {
+    tolerations.iter().any(|t| tolerates(t, taint))
+}
+
+fn gpu_matches(gpu: &Gpu, need: GpuNeed) -> bool {
+    let driver = match need.driver {
+        GpuDriver::Unspecified | GpuDriver::Any => true,
+        d => gpu.driver() == d,
+    };
+    driver && gpu.vram_mb >= need.min_vram_mb
+}
+
+impl NodeInfo {
+    /// The first filter this node fails for `d`, or the GPU it would give (if any).
+    fn check(&self, d: &Demand) -> Result<Option<u32>, String> {
+        if !self.ready {
+            return Err("not ready".to_owned());
+        }
+        if self.unschedulable {
+            return Err("cordoned".to_owned());
+        }
+        if d.node_selector
+            .iter()
+            .any(|(k, v)| self.labels.get(k) != Some(v))
+        {
+            return Err("node selector mismatch".to_owned());
+        }
+        if let Some(t) = self
+            .taints
+            .iter()
+            .find(|t| t.effect != TaintEffect::PreferNoSchedule && !tolerated(&d.tolerations, t))
+        {
+            return Err(t.describe());
+        }
+        if self.used_cpu_millis + d.cpu_millis > self.cpu_millis && d.cpu_millis > 0 {
+            return Err("insufficient cpu".to_owned());
+        }
+        if self.used_memory_bytes + d.memory_bytes > self.memory_bytes && d.memory_bytes > 0 {
+            return Err("insufficient memory".to_owned());
+        }
+        match d.gpu {
+            None => Ok(None),
+            Some(need) => self
+                .gpus
+                .iter()
+                .filter(|g| !self.used_gpus.contains(&g.index) && gpu_matches(g, need))
+                // The smallest GPU that does, leaving big ones for big asks.
+                .min_by_key(|g| (g.vram_mb, g.index))
+                .map(|g| Some(g.index))
+                .ok_or_else(|| "no free GPU matching the request".to_owned()),
+        }
+    }
+
+    fn untolerated_preferences(&self, d: &Demand) -> usize {
+        self.taints
+            .iter()
+            .filter(|t| t.effect == TaintEffect::PreferNoSchedule && !tolerated(&d.tolerations, t))
+            .count()
+    }
+
+    /// Mean remaining fraction of cpu and memory after placing `d`, in millionths.
+    fn emptiness_after(&self, d: &Demand) -> i64 {
+        let left = |total: i64, used: i64, more: i64| -> i64 {
+            if total <= 0 {
+                0
+            } else {
+                (total - used - more).max(0) * 1_000_000 / total
+            }
+        };
+        (left(self.cpu_millis, self.used_cpu_millis, d.cpu_millis)
+            + left(self.memory_bytes, self.used_memory_bytes, d.memory_bytes))
+            / 2
+    }
+
+    /// Records an instance placed here.
+    pub fn add(&mut self, d: &Demand, gpu: Option<u32>) {
+        self.used_cpu_millis += d.cpu_millis;
+        self.used_memory_bytes += d.memory_bytes;
+        if let Some(g) = gpu {
+            self.used_gpus.insert(g);
+        }
+        *self.per_workload.entry(d.workload.clone()).or_default() += 1;
+    }
+
+    /// Records an instance removed from here.
+    pub fn remove(&mut self, d: &Demand, gpu: Option<u32>) {
+        self.used_cpu_millis -= d.cpu_millis;
+        self.used_memory_bytes -= d.memory_bytes;
+        if let Some(g) = gpu {
+            self.used_gpus.remove(&g);
+        }
+        if let Some(n) = self.per_workload.get_mut(&d.workload) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// The nodes placements are made on, with what each already has.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    nodes: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+}
+
+/// "0/3 nodes: 2 insufficient memory, 1 cordoned": counts, most frequent first.
+fn summarize(total: usize, reasons: &BTreeMap<String, usize>) -> Unschedulable {
+    if total == 0 {
+        return Unschedulable("0/0 nodes: no nodes in the cluster".to_owned());
+    }
+    let mut counted: Vec<(&String, &usize)> = reasons.iter().collect();
+    counted.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = counted
+        .into_iter()
+        .map(|(reason, n)| format!("{n} {reason}"))
+        .collect();
+    Unschedulable(format!("0/{total} nodes: {}", parts.join(", ")))
+}
+
+impl Snapshot {
+    pub fn new(mut nodes: Vec<NodeInfo>) -> Self {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        Self { nodes, index }
+    }
+
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        let i = *self.index.get(name)?;
+        self.nodes.get_mut(i)
+    }
+
+    /// Places one instance and records it on the chosen node.
+    pub fn place(&mut self, d: &Demand) -> Result<Placement, Unschedulable> {
+        let mut best: Option<(usize, usize, u32, i64, Option<u32>)> = None;
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            match node.check(d) {
+                Err(reason) => *reasons.entry(reason).or_default() += 1,
+                Ok(gpu) => {
+                    let prefer = node.untolerated_preferences(d);
+                    let same = node.per_workload.get(&d.workload).copied().unwrap_or(0);
+                    let empty = node.emptiness_after(d);
+                    // Nodes come sorted by name: the first of equals wins.
+                    let better = best
+                        .as_ref()
+                        .is_none_or(|&(_, bp, bs, be, _)| (prefer, same, -empty) < (bp, bs, -be));
+                    if better {
+                        best = Some((i, prefer, same, empty, gpu));
+                    }
+                }
+            }
+        }
+        let Some((i, _, _, _, gpu)) = best else {
+            return Err(summarize(self.nodes.len(), &reasons));
+        };
+        let node = &mut self.nodes[i];
+        node.add(d, gpu);
+        Ok(Placement {
+            node: node.name.clone(),
+            gpu,
+        })
+    }
+
+    /// For a DAEMON_SERVICE: whether `node` should run one (it passes the filters that
+    /// say where the workload belongs: ready, not cordoned, selector, taints), and if
+    /// so whether it fits there now.
+    pub fn daemon_fit(&self, node: &str, d: &Demand) -> DaemonFit {
+        let Some(n) = self.index.get(node).map(|&i| &self.nodes[i]) else {
+            return DaemonFit::NotEligible;
+        };
+        match n.check(d) {
+            Ok(gpu) => DaemonFit::Fits(gpu),
+            Err(reason)
+                if reason.starts_with("insufficient") || reason.starts_with("no free GPU") =>
+            {
+                DaemonFit::NoRoom(Unschedulable(format!("0/1 nodes: 1 {reason}")))
+            }
+            Err(_) => DaemonFit::NotEligible,
+        }
+    }
+}
+
+/// What [`Snapshot::daemon_fit`] says of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonFit {
+    Fits(Option<u32>),
+    /// It belongs there but there is no room now (stays Pending).
+    NoRoom(Unschedulable),
+    NotEligible,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GI: i64 = 1 << 30;
+
+    fn node(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            ready: true,
+            cpu_millis: 4000,
+            memory_bytes: 8 * GI,
+            ..Default::default()
+        }
+    }
+
+    fn demand(workload: &str) -> Demand {
+        Demand {
+            workload: workload.into(),
+            cpu_millis: 100,
+            memory_bytes: 64 << 20,
+            ..Default::default()
+        }
+    }
+
+    fn taint(key: &str, value: &str, effect: TaintEffect) -> NodeTaint {
+        NodeTaint {
+            key: key.into(),
+            value: value.into(),
+            effect,
+        }
+    }
+
+    fn toleration(
+        key: &str,
+        op: TolerationOperator,
+        value: &str,
+        effect: TaintEffect,
+    ) -> Toleration {
+        Toleration {
+            key: key.into(),
+            operator: op.into(),
+            value: value.into(),
+            effect: effect.into(),
+        }
+    }
+
+    fn place(s: &mut Snapshot, d: &Demand) -> String {
+        s.place(d).unwrap().node
+    }
+
+    #[test]
+    fn replicas_spread_over_nodes_before_packing() {
+        let mut s = Snapshot::new(vec![node("c"), node("a"), node("b")]);
+        let d = demand("default/web");
+        let mut placed: Vec<String> = (0..3).map(|_| place(&mut s, &d)).collect();
+        placed.sort();
+        assert_eq!(placed, ["a", "b", "c"]);
+        // The fourth goes to the emptiest; all equal: the first by name.
+        assert_eq!(place(&mut s, &d), "a");
+    }
+
+    #[test]
+    fn ties_are_broken_by_node_name_whatever_the_input_order() {
+        for order in [["x", "y", "z"], ["z", "y", "x"], ["y", "z", "x"]] {
+            let mut s = Snapshot::new(order.iter().map(|n| node(n)).collect());
+            assert_eq!(place(&mut s, &demand("ns/w")), "x");
+        }
+    }
+
+    #[test]
+    fn the_emptiest_node_wins() {
+        let mut busy = node("a");
+        busy.used_cpu_millis = 3000;
+        busy.used_memory_bytes = 6 * GI;
+        let mut s = Snapshot::new(vec![busy, node("b")]);
+        assert_eq!(place(&mut s, &demand("ns/w")), "b");
+        // A bigger node is emptier after placement than a small one.
+        let mut small = node("a");
+        small.cpu_millis = 1000;
+        small.memory_bytes = GI;
+        let mut s = Snapshot::new(vec![small, node("b")]);
+        assert_eq!(place(&mut s, &demand("ns/other")), "b");
+    }
+
+    #[test]
+    fn other_workloads_do_not_count_for_spreading() {
+        let mut a = node("a");
+        a.per_workload.insert("ns/other".into(), 5);
+        let mut b = node("b");
+        b.per_workload.insert("ns/w".into(), 1);
+        let mut s = Snapshot::new(vec![a, b]);
+        assert_eq!(place(&mut s, &demand("ns/w")), "a");
+    }
+
+    #[test]
+    fn not_ready_and_cordoned_nodes_get_nothing() {
+        let mut down = node("a");
+        down.ready = false;
+        let mut cordoned = node("b");
+        cordoned.unschedulable = true;
+        let mut s = Snapshot::new(vec![down, cordoned, node("c")]);
+        assert_eq!(place(&mut s, &demand("ns/w")), "c");
+        let mut s = Snapshot::new(vec![
+            {
+                let mut n = node("a");
+                n.ready = false;
+                n
+            },
+            {
+                let mut n = node("b");
+                n.unschedulable = true;
+                n
+            },
+        ]);
+        assert_eq!(
+            s.place(&demand("ns/w")).unwrap_err().0,
+            "0/2 nodes: 1 cordoned, 1 not ready"
+        );
+    }
+
+    #[test]
+    fn the_node_selector_must_match_every_label() {
+        let mut ssd = node("a");
+        ssd.labels.insert("disktype".into(), "ssd".into());
+        ssd.labels.insert("zone".into(), "1".into());
+        let mut hdd = node("b");
+        hdd.labels.insert("disktype".into(), "hdd".into());
+        let mut s = Snapshot::new(vec![ssd, hdd, node("c")]);
+        let mut d = demand("ns/w");
+        d.node_selector.insert("disktype".into(), "ssd".into());
+        assert_eq!(place(&mut s, &d), "a");
+        d.node_selector.insert("zone".into(), "2".into());
+        assert_eq!(
+            s.place(&d).unwrap_err().0,
+            "0/3 nodes: 3 node selector mismatch"
+        );
+    }
+
+    #[test]
+    fn no_schedule_taints_need_a_toleration() {
+        let mut gpu = node("a");
+        gpu.taints.push(taint("gpu", "", TaintEffect::NoSchedule));
+        let mut s = Snapshot::new(vec![gpu]);
+        assert_eq!(
+            s.place(&demand("ns/w")).unwrap_err().0,
+            "0/1 nodes: 1 taint gpu:NoSchedule"
+        );
+        let mut d = demand("ns/w");
+        d.tolerations.push(toleration(
+            "gpu",
+            TolerationOperator::Exists,
+            "",
+            TaintEffect::NoSchedule,
+        ));
+        assert_eq!(place(&mut s, &d), "a");
+    }
+
+    #[test]
+    fn tolerations_match_by_key_value_operator_and_effect() {
+        let t = taint("team", "blue", TaintEffect::NoSchedule);
+        let exists = |key: &str, effect| toleration(key, TolerationOperator::Exists, "", effect);
+        let equal = |key: &str, value: &str, effect| {
+            toleration(key, TolerationOperator::Equal, value, effect)
+        };
+        assert!(tolerates(&exists("team", TaintEffect::NoSchedule), &t));
+        assert!(
+            tolerates(&exists("team", TaintEffect::Unspecified), &t),
+            "any effect"
+        );
+        assert!(
+            tolerates(&exists("", TaintEffect::Unspecified), &t),
+            "empty key: every taint"
+        );
+        assert!(!tolerates(&exists("other", TaintEffect::NoSchedule), &t));
+        assert!(
+            !tolerates(&exists("team", TaintEffect::PreferNoSchedule), &t),
+            "other effect"
+        );
+        assert!(tolerates(
+            &equal("team", "blue", TaintEffect::NoSchedule),
+            &t
+        ));
+        assert!(!tolerates(
+            &equal("team", "red", TaintEffect::NoSchedule),
+            &t
+        ));
+        assert!(!tolerates(&equal("", "blue", TaintEffect::NoSchedule), &t));
+        let unspecified = toleration(
+            "team",
+            TolerationOperator::Unspecified,
+            "blue",
+            TaintEffect::Unspecified,
+        );
+        assert!(tolerates(&unspecified, &t), "unspecified operator is EQUAL");
+    }
+
+    #[test]
+    fn prefer_no_schedule_only_lowers_the_preference() {
+        let mut soft = node("a");
+        soft.taints
+            .push(taint("spot", "", TaintEffect::PreferNoSchedule));
+        let mut busy = node("b");
+        busy.used_cpu_millis = 3900;
+        busy.used_memory_bytes = 7 * GI;
+        let mut s = Snapshot::new(vec![soft.clone(), busy]);
+        // The untainted node is chosen though it is fuller.
+        assert_eq!(place(&mut s, &demand("ns/w")), "b");
+        // The tainted node is still used when nothing else fits.
+        let mut s = Snapshot::new(vec![soft.clone()]);
+        assert_eq!(place(&mut s, &demand("ns/w")), "a");
+        // Tolerated: no longer avoided.
+        let mut s = Snapshot::new(vec![soft, node("b")]);
+        let mut d = demand("ns/w");
+        d.tolerations.push(toleration(
+            "spot",
+            TolerationOperator::Exists,
+            "",
+            TaintEffect::PreferNoSchedule,
+        ));
+        assert_eq!(place(&mut s, &d), "a");
+    }
+
+    #[test]
+    fn cpu_and_memory_requests_must_fit_in_what_is_left() {
+        let mut s = Snapshot::new(vec![node("a")]);
+        let mut d = demand("ns/w");
+        d.cpu_millis = 1500;
+        d.memory_bytes = GI;
+        assert_eq!(place(&mut s, &d), "a");
+        assert_eq!(place(&mut s, &d), "a");
+        // 3000 of 4000 millicores used: a third does not fit.
+        assert_eq!(s.place(&d).unwrap_err().0, "0/1 nodes: 1 insufficient cpu");
+        let mut d = demand("ns/m");
+        d.memory_bytes = 7 * GI;
+        assert_eq!(
+            s.place(&d).unwrap_err().0,
+            "0/1 nodes: 1 insufficient memory"
+        );
+        // Removing an instance frees its share.
+        let mut big = demand("ns/w");
+        big.cpu_millis = 1500;
+        big.memory_bytes = GI;
+        s.node_mut("a").unwrap().remove(&big, None);
+        assert_eq!(place(&mut s, &big), "a");
+    }
+
+    #[test]
+    fn gpus_match_driver_and_vram_and_are_given_once() {
+        let gpu = |index, driver: GpuDriver, vram_mb| Gpu {
+            driver: driver.into(),
+            model: String::new(),
+            vram_mb,
+            index,
+        };
+        let mut a = node("a");
+        a.gpus = vec![
+            gpu(0, GpuDriver::Nvidia, 24_000),
+            gpu(1, GpuDriver::Nvidia, 8_000),
+        ];
+        let mut b = node("b");
+        b.gpus = vec![gpu(0, GpuDriver::Amd, 16_000)];
+        let mut s = Snapshot::new(vec![a, b, node("c")]);
+        let mut d = demand("ns/ml");
+        d.gpu = Some(GpuNeed {
+            driver: GpuDriver::Nvidia,
+            min_vram_mb: 4_000,
+        });
+        // The smallest GPU that fits is given first.
+        assert_eq!(
+            s.place(&d).unwrap(),
+            Placement {
+                node: "a".into(),
+                gpu: Some(1)
+            }
+        );
+        assert_eq!(s.place(&d).unwrap().gpu, Some(0));
+        assert_eq!(
+            s.place(&d).unwrap_err().0,
+            "0/3 nodes: 3 no free GPU matching the request"
+        );
+        let mut any = demand("ns/any");
+        any.gpu = Some(GpuNeed {
+            driver: GpuDriver::Any,
+            min_vram_mb: 16_000,
+        });
+        assert_eq!(s.place(&any).unwrap().node, "b");
+        let mut huge = demand("ns/huge");
+        huge.gpu = Some(GpuNeed {
+            driver: GpuDriver::Amd,
+            min_vram_mb: 32_000,
+        });
+        assert!(s.place(&huge).is_err());
+    }
+
+    #[test]
+    fn pending_reasons_count_each_node_under_its_first_failed_filter() {
+        let mut down = node("a");
+        down.ready = false;
+        down.taints.push(taint("gpu", "", TaintEffect::NoSchedule));
+        let mut tainted = node("b");
+        tainted
+            .taints
+            .push(taint("gpu", "", TaintEffect::NoSchedule));
+        let mut full1 = node("c");
+        full1.used_memory_bytes = 8 * GI;
+        let mut full2 = node("d");
+        full2.used_memory_bytes = 8 * GI;
+        let mut s = Snapshot::new(vec![down, tainted, full1, full2]);
+        assert_eq!(
+            s.place(&demand("ns/w")).unwrap_err().0,
+            "0/4 nodes: 2 insufficient memory, 1 not ready, 1 taint gpu:NoSchedule"
+        );
+        assert_eq!(
+            Snapshot::new(Vec::new())
+                .place(&demand("ns/w"))
+                .unwrap_err()
+                .0,
+            "0/0 nodes: no nodes in the cluster"
+        );
+    }
+
+    #[test]
+    fn zero_requests_fit_on_nodes_of_unknown_size() {
+        let mut unknown = node("a");
+        unknown.cpu_millis = 0;
+        unknown.memory_bytes = 0;
+        let mut s = Snapshot::new(vec![unknown]);
+        let d = Demand {
+            workload: "ns/w".into(),
+            ..Default::default()
+        };
+        assert_eq!(place(&mut s, &d), "a");
+        assert!(s.place(&demand("ns/w")).is_err());
+    }
+
+    #[test]
+    fn daemons_belong_on_eligible_nodes_and_wait_for_room() {
+        let mut worker = node("a");
+        worker.labels.insert("role".into(), "edge".into());
+        let mut full = node("b");
+        full.labels.insert("role".into(), "edge".into());
+        full.used_cpu_millis = 4000;
+        let mut tainted = node("c");
+        tainted.labels.insert("role".into(), "edge".into());
+        tainted.taints.push(taint("x", "", TaintEffect::NoSchedule));
+        let s = Snapshot::new(vec![worker, full, tainted, node("d")]);
+        let mut d = demand("ns/agent");
+        d.node_selector.insert("role".into(), "edge".into());
+        assert_eq!(s.daemon_fit("a", &d), DaemonFit::Fits(None));
+        assert_eq!(
+            s.daemon_fit("b", &d),
+            DaemonFit::NoRoom(Unschedulable("0/1 nodes: 1 insufficient cpu".into()))
+        );
+        assert_eq!(s.daemon_fit("c", &d), DaemonFit::NotEligible);
+        assert_eq!(s.daemon_fit("d", &d), DaemonFit::NotEligible);
+        assert_eq!(s.daemon_fit("missing", &d), DaemonFit::NotEligible);
+    }
+}
