@@ -9,6 +9,7 @@
 
 pub mod node_api;
 pub mod user_api;
+pub mod workloads;
 
 use std::net::SocketAddr;
 use std::time::Duration;

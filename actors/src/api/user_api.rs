@@ -3,8 +3,8 @@
 //! store before anything else happens; a missing or wrong token gets
 //! `Unauthenticated` and nothing else.
 //!
-//! Implemented so far: nodes (list, get), events (list), tokens (create join/API,
-//! delete) and version. The other calls answer `Unimplemented` with the issue that
+//! Implemented so far: workloads (apply, get, list, delete, status), instances,
+//! nodes (list, get), events (list), tokens (create join/API, delete) and version. The other calls answer `Unimplemented` with the issue that
 //! brings them.
 
 use std::pin::Pin;
@@ -17,6 +17,7 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::node_api::{NodeApiContext, Served, node_key, node_status_key};
+use super::workloads;
 use crate::leader::node_monitor::{EVENTS_PREFIX, NODE_STATUS_PREFIX};
 use crate::pki::{pin, tokens};
 use crate::store::{StateStore, Txn, TxnOp};
@@ -205,6 +206,15 @@ pub async fn create_token(
     })
 }
 
+/// `ns`, or `default` when empty.
+fn namespace_or_default(ns: &str) -> &str {
+    if ns.is_empty() {
+        kat_proto::quadlet::defaults::DEFAULT_NAMESPACE
+    } else {
+        ns
+    }
+}
+
 /// The tonic service.
 #[derive(Clone)]
 pub struct UserApiService {
@@ -241,37 +251,93 @@ impl UserApi for UserApiService {
         &self,
         request: Request<CreateWorkloadRequest>,
     ) -> Result<Response<Quadlet>, Status> {
-        self.later(&request, "workloads").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        // An existing workload is updated: `katcall apply` creates or updates.
+        workloads::apply_bundle(
+            &ctx,
+            &req.namespace,
+            None,
+            &req.bundle,
+            workloads::ApplyMode::Apply,
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
     async fn update_workload(
         &self,
         request: Request<UpdateWorkloadRequest>,
     ) -> Result<Response<Quadlet>, Status> {
-        self.later(&request, "workloads").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        workloads::apply_bundle(
+            &ctx,
+            &req.namespace,
+            Some(&req.name),
+            &req.bundle,
+            workloads::ApplyMode::Update,
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
     async fn get_workload(
         &self,
         request: Request<GetWorkloadRequest>,
     ) -> Result<Response<Quadlet>, Status> {
-        self.later(&request, "workloads").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        let ns = namespace_or_default(&req.namespace);
+        let status = workloads::workload_status_response(ctx.store.as_ref(), ns, &req.name).await?;
+        let mut q = workloads::get_quadlet(ctx.store.as_ref(), ns, &req.name).await?;
+        if let Some(w) = q.workload.as_mut() {
+            w.status = status.workload.and_then(|w| w.status);
+        }
+        Ok(Response::new(q))
     }
     async fn list_workloads(
         &self,
         request: Request<ListWorkloadsRequest>,
     ) -> Result<Response<ListWorkloadsResponse>, Status> {
-        self.later(&request, "workloads").await
+        let ctx = self.auth(&request).await?;
+        let items =
+            workloads::list_quadlets(ctx.store.as_ref(), &request.get_ref().namespace).await?;
+        Ok(Response::new(ListWorkloadsResponse { items }))
     }
     async fn delete_workload(
         &self,
         request: Request<DeleteWorkloadRequest>,
     ) -> Result<Response<DeleteWorkloadResponse>, Status> {
-        self.later(&request, "workloads").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        if req.purge_volumes {
+            return Err(Status::unimplemented(
+                "--purge-volumes: not available in this build yet (delete without it keeps the volumes)",
+            ));
+        }
+        workloads::delete_workload(
+            &ctx,
+            namespace_or_default(&req.namespace),
+            &req.name,
+            SystemTime::now(),
+        )
+        .await?;
+        Ok(Response::new(DeleteWorkloadResponse {}))
     }
     async fn get_workload_status(
         &self,
         request: Request<GetWorkloadRequest>,
     ) -> Result<Response<WorkloadStatusResponse>, Status> {
-        self.later(&request, "workloads").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        workloads::workload_status_response(
+            ctx.store.as_ref(),
+            namespace_or_default(&req.namespace),
+            &req.name,
+        )
+        .await
+        .map(Response::new)
     }
     async fn rollback_workload(
         &self,
@@ -297,7 +363,12 @@ impl UserApi for UserApiService {
         &self,
         request: Request<ListInstancesRequest>,
     ) -> Result<Response<ListInstancesResponse>, Status> {
-        self.later(&request, "instances").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        let items =
+            workloads::list_instances(ctx.store.as_ref(), &req.namespace, &req.workload, &req.node)
+                .await?;
+        Ok(Response::new(ListInstancesResponse { items }))
     }
     async fn list_namespaces(
         &self,

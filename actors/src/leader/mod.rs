@@ -4,8 +4,8 @@
 //!
 //! So far it holds [`Bootstrap`], which records the cluster's identity, configuration
 //! and CA the first time a leader exists, and on init's node writes that node's
-//! certificate and the first join token. Pki, Scheduler, Ipam, NodeMonitor, Api and
-//! Backup join it in later issues.
+//! certificate and the first join token; NodeMonitor (lost nodes); the Scheduler
+//! (placements, updates); the Api actor. Ipam and Backup join it in later issues.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,17 @@ pub fn leader_subtree(
                     NodeMonitor,
                     move || monitor_args.clone(),
                 );
-                let mut children = vec![bootstrap, monitor];
+                let scheduler_args = scheduler::SchedulerArgs {
+                    leadership: leadership.clone(),
+                    cluster: cluster.clone(),
+                    now: clock,
+                };
+                let scheduler = ChildSpec::actor(
+                    scheduler::Scheduler::name(&leadership.node),
+                    scheduler::Scheduler,
+                    move || scheduler_args.clone(),
+                );
+                let mut children = vec![bootstrap, monitor, scheduler];
                 if let Some(endpoint) = api.clone() {
                     let api_args = ApiArgs {
                         leadership: leadership.clone(),

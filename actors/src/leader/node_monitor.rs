@@ -68,23 +68,42 @@ pub fn node_event(
     message: String,
     now: SystemTime,
 ) -> (String, Event) {
+    let involved = ObjectReference {
+        kind: "Node".to_owned(),
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    object_event(involved, name, reason, severity, message, now)
+}
+
+/// An event about `involved` (on `node`, if any) and the key it is stored under. Ids
+/// sort by time.
+pub fn object_event(
+    involved: ObjectReference,
+    node: &str,
+    reason: &str,
+    severity: EventSeverity,
+    message: String,
+    now: SystemTime,
+) -> (String, Event) {
     let nanos = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let id = format!("{nanos:020}-{name}-{}", reason.to_ascii_lowercase());
+    let who = if involved.namespace.is_empty() {
+        involved.name.clone()
+    } else {
+        format!("{}.{}", involved.namespace, involved.name)
+    };
+    let id = format!("{nanos:020}-{who}-{}", reason.to_ascii_lowercase());
     let event = Event {
         id: id.clone(),
         time: Some(kat_proto::timestamp(now)),
         severity: severity.into(),
         reason: reason.to_owned(),
         message,
-        involved_object: Some(ObjectReference {
-            kind: "Node".to_owned(),
-            name: name.to_owned(),
-            ..Default::default()
-        }),
-        node: name.to_owned(),
+        involved_object: Some(involved),
+        node: node.to_owned(),
     };
     (format!("{EVENTS_PREFIX}{id}"), event)
 }

@@ -27,7 +27,7 @@ pub enum TokenError {
     Random,
 }
 
-fn random_hex(bytes: usize) -> Result<String, TokenError> {
+pub fn random_hex(bytes: usize) -> Result<String, TokenError> {
     let mut buf = vec![0u8; bytes];
     SystemRandom::new()
         .fill(&mut buf)

@@ -174,6 +174,9 @@ impl EtcdMemberConfig {
             // Keep the lease and watch history usable after restarts; compaction is the
             // leader's job (backups), not etcd's auto-compactor.
             "--auto-compaction-retention=0".to_owned(),
+            // The scheduler writes a workload's changes in one transaction (etcd's
+            // default allows 128 operations).
+            format!("--max-txn-ops={}", crate::store::MAX_TXN_OPS),
         ];
         if let Some(tls) = &self.tls {
             args.extend(tls.args());

@@ -16,3 +16,7 @@ pub use state_store::{
     CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, Revision, StateStore, StoreError,
     StoreMember, StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
 };
+
+/// The most operations one transaction may hold (etcd is started with this as its
+/// `--max-txn-ops`); writers split bigger changes into transactions of this size.
+pub const MAX_TXN_OPS: usize = 4096;

@@ -1,4 +1,689 @@
-//! The scheduler (SPEC §7): [`place`] is the pure placement function; the actor
-//! feeds it snapshots and writes the results.
+//! The scheduler (leader; SPEC §7, §8.4, §8.6). [`place`] is the pure placement
+//! function; [`plan_workload`] decides, purely, what a workload's instances should
+//! become (create, place, replace, remove) given a snapshot; the [`Scheduler`] actor
+//! feeds both from the store and writes each workload's changes in one fenced
+//! transaction.
+//!
+//! Rounds run when workloads, nodes or reported instance states change (debounced)
+//! and every `agentTickSeconds` (node readiness changes with heartbeats).
 
 pub mod place;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use kat_proto::v1alpha1::instance_status::Health;
+use kat_proto::v1alpha1::{
+    ClusterConfiguration, DesiredState, EventSeverity, Instance, InstancePhase, InstanceStatus,
+    Node, NodeState, NodeStatus, Quadlet, UpdateStrategyType, WorkloadSpec, WorkloadType,
+};
+use place::{DaemonFit, Demand, GpuNeed, NodeInfo, NodeTaint, Snapshot};
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::api::user_api::NODES_PREFIX;
+use crate::api::workloads::{
+    INSTANCE_STATUS_PREFIX, INSTANCES_PREFIX, WORKLOADS_PREFIX, instance_key, quadlet_name,
+    workload_event,
+};
+use crate::election::Leadership;
+use crate::leader::node_monitor::{EventLease, NODE_STATUS_PREFIX};
+use crate::store::{StateStore, Txn, TxnOp};
+
+/// What one instance of the workload asks of its node.
+pub fn demand_of(ns: &str, name: &str, spec: &WorkloadSpec) -> Demand {
+    let resources = spec
+        .container
+        .as_ref()
+        .and_then(|c| c.resources.clone())
+        .unwrap_or_default();
+    let requests = resources.requests.unwrap_or_default();
+    let cpu = kat_proto::quantity::parse_cpu_millis(&requests.cpu).unwrap_or(0);
+    let memory = kat_proto::quantity::parse_memory_bytes(&requests.memory).unwrap_or(0);
+    Demand {
+        workload: format!("{ns}/{name}"),
+        cpu_millis: i64::try_from(cpu).unwrap_or(i64::MAX),
+        memory_bytes: i64::try_from(memory).unwrap_or(i64::MAX),
+        gpu: resources
+            .gpu
+            .filter(|g| g.driver() != kat_proto::v1alpha1::GpuDriver::Unspecified)
+            .map(|g| GpuNeed {
+                driver: g.driver(),
+                min_vram_mb: g.min_vram_mb,
+            }),
+        node_selector: spec
+            .node_selector
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        tolerations: spec.tolerations.clone(),
+    }
+}
+
+/// A node as the scheduler sees it, before instances are counted in.
+pub fn node_info(node: &Node, status: Option<&NodeStatus>) -> NodeInfo {
+    let meta = node.metadata.clone().unwrap_or_default();
+    let spec = node.spec.clone().unwrap_or_default();
+    let alloc = spec
+        .allocatable
+        .clone()
+        .or(spec.capacity.clone())
+        .unwrap_or_default();
+    NodeInfo {
+        name: meta.name,
+        ready: status.is_some_and(|s| s.state() == NodeState::Ready),
+        unschedulable: spec.unschedulable || spec.draining,
+        labels: meta.labels.into_iter().collect(),
+        taints: spec
+            .taints
+            .iter()
+            .map(|t| NodeTaint {
+                key: t.key.clone(),
+                value: t.value.clone(),
+                effect: t.effect(),
+            })
+            .collect(),
+        cpu_millis: alloc.cpu_millis,
+        memory_bytes: alloc.memory_bytes,
+        gpus: alloc.gpus,
+        ..Default::default()
+    }
+}
+
+/// `maxSurge` of `replicas`: an integer, or a percentage rounded up; at least 1.
+pub fn max_surge(text: &str, replicas: u32) -> u32 {
+    let text = text.trim();
+    let n = if let Some(p) = text.strip_suffix('%') {
+        let p: u64 = p.trim().parse().unwrap_or(25);
+        u32::try_from((u64::from(replicas) * p).div_ceil(100)).unwrap_or(u32::MAX)
+    } else {
+        text.parse().unwrap_or(1)
+    };
+    n.max(1)
+}
+
+/// What should happen to a workload's instances.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkloadPlan {
+    /// Instances to write (new ones, newly placed ones, changed pending reasons).
+    pub put: Vec<Instance>,
+    /// Instances to remove (their nodes stop them).
+    pub delete: Vec<Instance>,
+    /// Events to record: (reason, severity, message).
+    pub events: Vec<(String, EventSeverity, String)>,
+}
+
+/// Running, and healthy where a health check says so.
+fn ready(i: &Instance) -> bool {
+    i.status.as_ref().is_some_and(|s| {
+        s.phase() == InstancePhase::Running
+            && !matches!(s.health(), Health::Starting | Health::Unhealthy)
+    })
+}
+
+/// Which of `candidates` to remove first: pending ones, then not ready ones, then the
+/// newest.
+fn removal_order(candidates: &mut [Instance]) {
+    candidates.sort_by(|a, b| {
+        let rank = |i: &Instance| (!i.node.is_empty(), ready(i));
+        rank(a)
+            .cmp(&rank(b))
+            .then_with(|| {
+                b.created_at
+                    .map(|t| (t.seconds, t.nanos))
+                    .cmp(&a.created_at.map(|t| (t.seconds, t.nanos)))
+            })
+            .then_with(|| b.id.cmp(&a.id))
+    });
+}
+
+/// Makes a new instance ID.
+pub type IdMaker<'a> = &'a mut dyn FnMut() -> String;
+
+fn new_instance(ns: &str, name: &str, generation: i64, now: SystemTime, id: String) -> Instance {
+    Instance {
+        id,
+        namespace: ns.to_owned(),
+        workload: name.to_owned(),
+        generation,
+        desired_state: DesiredState::Run.into(),
+        created_at: Some(kat_proto::timestamp(now)),
+        status: Some(InstanceStatus {
+            phase: InstancePhase::Pending.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Decides what one workload's instances should become. `instances` are the
+/// workload's (with reported statuses); `snapshot` has every placed instance counted
+/// in and is updated with what this plan places and removes; `lost` says whether a
+/// node is gone (not Ready): its instances are replaced elsewhere.
+pub fn plan_workload(
+    quadlet: &Quadlet,
+    instances: &[Instance],
+    snapshot: &mut Snapshot,
+    now: SystemTime,
+    new_id: IdMaker<'_>,
+) -> WorkloadPlan {
+    let (ns, name) = quadlet_name(quadlet);
+    let workload = quadlet.workload.clone().unwrap_or_default();
+    let spec = workload.spec.clone().unwrap_or_default();
+    let generation = workload.metadata.as_ref().map_or(0, |m| m.generation);
+    let demand = demand_of(&ns, &name, &spec);
+    let mut plan = WorkloadPlan::default();
+    let ready_nodes: HashMap<String, bool> = snapshot
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), n.ready))
+        .collect();
+    let remove = |plan: &mut WorkloadPlan, snapshot: &mut Snapshot, i: Instance| {
+        if !i.node.is_empty()
+            && let Some(n) = snapshot.node_mut(&i.node)
+        {
+            n.remove(&demand, None);
+        }
+        plan.delete.push(i);
+    };
+
+    // Instances on nodes that are gone are replaced elsewhere.
+    let mut alive = Vec::new();
+    let mut lost = Vec::new();
+    for i in instances {
+        if !i.node.is_empty() && !ready_nodes.get(&i.node).copied().unwrap_or(false) {
+            lost.push(i.clone());
+        } else {
+            alive.push(i.clone());
+        }
+    }
+    if !lost.is_empty() && spec.r#type() != WorkloadType::DaemonService {
+        let names: Vec<String> = lost
+            .iter()
+            .map(|i| format!("{} on {}", i.id, i.node))
+            .collect();
+        plan.events.push((
+            "InstancesRescheduled".to_owned(),
+            EventSeverity::Warning,
+            format!("node lost; replacing {}", names.join(", ")),
+        ));
+    }
+    for i in lost {
+        remove(&mut plan, snapshot, i);
+    }
+
+    match spec.r#type() {
+        WorkloadType::DaemonService => {
+            plan_daemon(
+                &ns, &name, generation, &demand, alive, snapshot, now, new_id, &mut plan,
+            );
+            return plan;
+        }
+        WorkloadType::Job => {
+            // JOB runs come with their own controller (completions, backoff, cron).
+            return plan;
+        }
+        _ => {}
+    }
+
+    let replicas = u32::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .is_none_or(|u| u.r#type() != UpdateStrategyType::Simultaneous);
+    let surge = max_surge(
+        spec.update_strategy
+            .as_ref()
+            .map_or("1", |u| u.max_surge.as_str()),
+        replicas,
+    );
+    let (mut current, mut old): (Vec<Instance>, Vec<Instance>) =
+        alive.into_iter().partition(|i| i.generation == generation);
+
+    // Too many of the current generation: remove the extras.
+    if current.len() > replicas as usize {
+        removal_order(&mut current);
+        let extra = current.len() - replicas as usize;
+        for i in current.drain(..extra) {
+            remove(&mut plan, snapshot, i);
+        }
+    }
+    // Old generations: all at once (SIMULTANEOUS), or as new ones become ready.
+    let keep_old = if rolling {
+        let ready_current = current.iter().filter(|i| ready(i)).count();
+        (replicas as usize).saturating_sub(ready_current)
+    } else {
+        0
+    };
+    if old.len() > keep_old {
+        removal_order(&mut old);
+        let n = old.len() - keep_old;
+        for i in old.drain(..n) {
+            remove(&mut plan, snapshot, i);
+        }
+    }
+    // Missing ones of the current generation, within the surge while old ones remain.
+    let missing = (replicas as usize).saturating_sub(current.len());
+    let room = if rolling && !old.is_empty() {
+        (replicas + surge) as usize - (current.len() + old.len()).min((replicas + surge) as usize)
+    } else {
+        missing
+    };
+    for _ in 0..missing.min(room) {
+        current.push(new_instance(&ns, &name, generation, now, new_id()));
+    }
+    place_pending(&demand, current, snapshot, &mut plan);
+    plan
+}
+
+/// Places the unplaced ones among `instances` (in ID order); records changed ones.
+fn place_pending(
+    demand: &Demand,
+    mut instances: Vec<Instance>,
+    snapshot: &mut Snapshot,
+    plan: &mut WorkloadPlan,
+) {
+    instances.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut placed = Vec::new();
+    let mut pending_reason = None;
+    for mut i in instances {
+        if !i.node.is_empty() {
+            continue;
+        }
+        match snapshot.place(demand) {
+            Ok(p) => {
+                i.node = p.node.clone();
+                i.status = Some(InstanceStatus {
+                    phase: InstancePhase::Scheduled.into(),
+                    ..Default::default()
+                });
+                placed.push(format!("{} on {}", i.id, p.node));
+                plan.put.push(i);
+            }
+            Err(why) => {
+                let status = i.status.get_or_insert_with(Default::default);
+                if status.reason != why.0 {
+                    status.set_phase(InstancePhase::Pending);
+                    status.reason = why.0.clone();
+                    plan.put.push(i);
+                    pending_reason = Some(why.0);
+                }
+            }
+        }
+    }
+    if !placed.is_empty() {
+        plan.events.push((
+            "Scheduled".to_owned(),
+            EventSeverity::Normal,
+            format!("placed {}", placed.join(", ")),
+        ));
+    }
+    if let Some(reason) = pending_reason {
+        plan.events.push((
+            "FailedScheduling".to_owned(),
+            EventSeverity::Warning,
+            reason,
+        ));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_daemon(
+    ns: &str,
+    name: &str,
+    generation: i64,
+    demand: &Demand,
+    alive: Vec<Instance>,
+    snapshot: &mut Snapshot,
+    now: SystemTime,
+    new_id: IdMaker<'_>,
+    plan: &mut WorkloadPlan,
+) {
+    let mut by_node: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+    for i in alive {
+        by_node.entry(i.node.clone()).or_default().push(i);
+    }
+    // Unplaced daemon instances are not kept: each round decides per node.
+    for i in by_node.remove("").unwrap_or_default() {
+        plan.delete.push(i);
+    }
+    let nodes: Vec<String> = snapshot.nodes().iter().map(|n| n.name.clone()).collect();
+    let mut placed = Vec::new();
+    let mut no_room = Vec::new();
+    for node in nodes {
+        let mut here = by_node.remove(&node).unwrap_or_default();
+        // Judge the node without this workload's own instances there.
+        for _ in &here {
+            if let Some(n) = snapshot.node_mut(&node) {
+                n.remove(demand, None);
+            }
+        }
+        let fit = snapshot.daemon_fit(&node, demand);
+        let keep_current = matches!(fit, DaemonFit::Fits(_) | DaemonFit::NoRoom(_));
+        here.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut kept = false;
+        for i in here {
+            if keep_current && !kept && i.generation == generation {
+                kept = true;
+                if let Some(n) = snapshot.node_mut(&node) {
+                    n.add(demand, None);
+                }
+            } else {
+                plan.delete.push(i);
+            }
+        }
+        if kept {
+            continue;
+        }
+        match fit {
+            DaemonFit::Fits(gpu) => {
+                let mut i = new_instance(ns, name, generation, now, new_id());
+                i.node = node.clone();
+                i.status = Some(InstanceStatus {
+                    phase: InstancePhase::Scheduled.into(),
+                    ..Default::default()
+                });
+                if let Some(n) = snapshot.node_mut(&node) {
+                    n.add(demand, gpu);
+                }
+                placed.push(format!("{} on {node}", i.id));
+                plan.put.push(i);
+            }
+            DaemonFit::NoRoom(why) => no_room.push(format!("{node}: {why}")),
+            DaemonFit::NotEligible => {}
+        }
+    }
+    if !placed.is_empty() {
+        plan.events.push((
+            "Scheduled".to_owned(),
+            EventSeverity::Normal,
+            format!("placed {}", placed.join(", ")),
+        ));
+    }
+    if !no_room.is_empty() {
+        plan.events.push((
+            "FailedScheduling".to_owned(),
+            EventSeverity::Warning,
+            no_room.join("; "),
+        ));
+    }
+}
+
+/// Everything a round needs, read from the store.
+#[derive(Debug, Default)]
+pub struct World {
+    pub workloads: Vec<Quadlet>,
+    /// Every instance, with the status its node reported (else its own).
+    pub instances: Vec<Instance>,
+    pub nodes: Vec<(Node, Option<NodeStatus>)>,
+}
+
+/// Reads the world.
+pub async fn read_world(store: &dyn StateStore) -> Result<World, crate::store::StoreError> {
+    let (w, _) = store.list(WORKLOADS_PREFIX).await?;
+    let (i, _) = store.list(INSTANCES_PREFIX).await?;
+    let (s, _) = store.list(INSTANCE_STATUS_PREFIX).await?;
+    let (n, _) = store.list(NODES_PREFIX).await?;
+    let (ns, _) = store.list(NODE_STATUS_PREFIX).await?;
+    let reported: HashMap<String, InstanceStatus> = s
+        .iter()
+        .filter_map(|kv| {
+            let id = kv.key.rsplit('/').next()?.to_owned();
+            Some((id, InstanceStatus::decode(kv.value.as_slice()).ok()?))
+        })
+        .collect();
+    let statuses: HashMap<String, NodeStatus> = ns
+        .iter()
+        .filter_map(|kv| {
+            let name = kv.key.strip_prefix(NODE_STATUS_PREFIX)?.to_owned();
+            Some((name, NodeStatus::decode(kv.value.as_slice()).ok()?))
+        })
+        .collect();
+    Ok(World {
+        workloads: w
+            .iter()
+            .filter_map(|kv| Quadlet::decode(kv.value.as_slice()).ok())
+            .collect(),
+        instances: i
+            .iter()
+            .filter_map(|kv| Instance::decode(kv.value.as_slice()).ok())
+            .map(|mut inst| {
+                if let Some(s) = reported.get(&inst.id) {
+                    inst.status = Some(s.clone());
+                }
+                inst
+            })
+            .collect(),
+        nodes: n
+            .iter()
+            .filter_map(|kv| Node::decode(kv.value.as_slice()).ok())
+            .map(|node| {
+                let name = node
+                    .metadata
+                    .as_ref()
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default();
+                let status = statuses.get(&name).cloned();
+                (node, status)
+            })
+            .collect(),
+    })
+}
+
+/// Plans every workload of `world`; returns each workload's (namespace, name, plan).
+pub fn plan_world(
+    world: &World,
+    now: SystemTime,
+    new_id: IdMaker<'_>,
+) -> Vec<(String, String, WorkloadPlan)> {
+    let demands: HashMap<String, Demand> = world
+        .workloads
+        .iter()
+        .map(|q| {
+            let (ns, name) = quadlet_name(q);
+            let spec = q
+                .workload
+                .as_ref()
+                .and_then(|w| w.spec.clone())
+                .unwrap_or_default();
+            (format!("{ns}/{name}"), demand_of(&ns, &name, &spec))
+        })
+        .collect();
+    let mut snapshot = Snapshot::new(
+        world
+            .nodes
+            .iter()
+            .map(|(n, s)| node_info(n, s.as_ref()))
+            .collect(),
+    );
+    let mut by_workload: HashMap<String, Vec<Instance>> = HashMap::new();
+    for i in &world.instances {
+        let key = format!("{}/{}", i.namespace, i.workload);
+        if !i.node.is_empty()
+            && let Some(d) = demands.get(&key)
+            && let Some(n) = snapshot.node_mut(&i.node)
+        {
+            n.add(d, None);
+        }
+        by_workload.entry(key).or_default().push(i.clone());
+    }
+    let mut plans = Vec::new();
+    let mut order: Vec<&Quadlet> = world.workloads.iter().collect();
+    order.sort_by_key(|q| quadlet_name(q));
+    for q in order {
+        let (ns, name) = quadlet_name(q);
+        let mine = by_workload
+            .remove(&format!("{ns}/{name}"))
+            .unwrap_or_default();
+        let plan = plan_workload(q, &mine, &mut snapshot, now, new_id);
+        if !plan.put.is_empty() || !plan.delete.is_empty() || !plan.events.is_empty() {
+            plans.push((ns, name, plan));
+        }
+    }
+    plans
+}
+
+#[derive(Clone)]
+pub struct SchedulerArgs {
+    pub leadership: Leadership,
+    pub cluster: ClusterConfiguration,
+    pub now: fn() -> SystemTime,
+}
+
+pub enum SchedulerMsg {
+    /// Something changed (or the tick): run a round soon.
+    Poke,
+    Round,
+}
+
+pub struct SchedulerState {
+    args: SchedulerArgs,
+    events: EventLease,
+    round_queued: bool,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SchedulerState {
+    fn drop(&mut self) {
+        for w in &self.watchers {
+            w.abort();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scheduler;
+
+impl Scheduler {
+    pub fn name(node: &str) -> String {
+        format!("scheduler@{node}")
+    }
+}
+
+/// Rounds start this long after the change that triggers them (a burst of changes
+/// makes one round).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+fn new_instance_id() -> String {
+    crate::pki::tokens::random_hex(4).unwrap_or_else(|_| {
+        format!(
+            "{:08x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos()
+        )
+    })
+}
+
+impl SchedulerState {
+    async fn round(&mut self) -> Result<(), ActorProcessingErr> {
+        let store = self.args.leadership.store.clone();
+        let world = read_world(store.as_ref()).await?;
+        let now = (self.args.now)();
+        let mut ids = new_instance_id;
+        let plans = plan_world(&world, now, &mut ids);
+        for (ns, name, plan) in plans {
+            self.write(store.as_ref(), &ns, &name, plan, now).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        store: &dyn StateStore,
+        ns: &str,
+        name: &str,
+        plan: WorkloadPlan,
+        now: SystemTime,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut ops: Vec<TxnOp> = Vec::new();
+        for i in &plan.delete {
+            ops.push(TxnOp::delete(instance_key(ns, name, &i.id)));
+        }
+        for i in &plan.put {
+            ops.push(TxnOp::put(instance_key(ns, name, &i.id), i.encode_to_vec()));
+        }
+        if !plan.events.is_empty() {
+            let lease = self.events.get(store).await;
+            for (reason, severity, message) in &plan.events {
+                let (key, event) =
+                    workload_event(ns, name, reason, *severity, message.clone(), now);
+                ops.push(TxnOp::put_leased(key, event.encode_to_vec(), lease));
+            }
+        }
+        for chunk in ops.chunks(crate::store::MAX_TXN_OPS - 1) {
+            let txn = Txn::new()
+                .when([self.args.leadership.key.fence()])
+                .and_then(chunk.to_vec());
+            if !store.txn(txn).await?.succeeded {
+                return Err("no longer the leader".into());
+            }
+        }
+        tracing::info!(namespace = %ns, workload = %name, created_or_changed = plan.put.len(), removed = plan.delete.len(), "scheduled");
+        Ok(())
+    }
+}
+
+impl Actor for Scheduler {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = SchedulerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SchedulerMsg>,
+        args: SchedulerArgs,
+    ) -> Result<SchedulerState, ActorProcessingErr> {
+        let store = args.leadership.store.clone();
+        let mut watchers = Vec::new();
+        for prefix in [WORKLOADS_PREFIX, NODES_PREFIX, INSTANCE_STATUS_PREFIX] {
+            let mut watch = store.watch(prefix, 0).await?;
+            let me = myself.clone();
+            watchers.push(tokio::spawn(async move {
+                while let Some(Ok(_)) = watch.recv().await {
+                    if me.cast(SchedulerMsg::Poke).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        let spec = args.cluster.spec.clone().unwrap_or_default();
+        let tick = Duration::from_secs(u64::from(spec.agent_tick_seconds.max(1)));
+        myself.send_interval(tick, || SchedulerMsg::Poke);
+        let _ = myself.cast(SchedulerMsg::Poke);
+        Ok(SchedulerState {
+            args,
+            events: EventLease::default(),
+            round_queued: false,
+            watchers,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SchedulerMsg>,
+        msg: SchedulerMsg,
+        state: &mut SchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SchedulerMsg::Poke => {
+                if !state.round_queued {
+                    state.round_queued = true;
+                    myself.send_after(DEBOUNCE, || SchedulerMsg::Round);
+                }
+            }
+            SchedulerMsg::Round => {
+                state.round_queued = false;
+                // A failed round is retried at the next change or tick.
+                if let Err(e) = state.round().await {
+                    tracing::warn!(error = %e, "scheduling round failed; retrying");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,366 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use kat_proto::v1alpha1::{
+    Container, NodeResources, NodeSpec, ObjectMeta, ResourceList, Resources, UpdateStrategy,
+    Workload,
+};
+
+const GI: i64 = 1 << 30;
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+}
+
+fn node(name: &str, ready: bool) -> (Node, Option<NodeStatus>) {
+    let mut status = NodeStatus::default();
+    status.set_state(if ready {
+        NodeState::Ready
+    } else {
+        NodeState::NotReady
+    });
+    (
+        Node {
+            metadata: Some(ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            }),
+            spec: Some(NodeSpec {
+                capacity: Some(NodeResources {
+                    cpu_millis: 4000,
+                    memory_bytes: 8 * GI,
+                    gpus: Vec::new(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Some(status),
+    )
+}
+
+fn workload(
+    kind: WorkloadType,
+    replicas: i32,
+    generation: i64,
+    strategy: UpdateStrategyType,
+) -> Quadlet {
+    Quadlet {
+        workload: Some(Workload {
+            metadata: Some(ObjectMeta {
+                name: "web".into(),
+                namespace: "default".into(),
+                generation,
+                ..Default::default()
+            }),
+            spec: Some(WorkloadSpec {
+                r#type: kind.into(),
+                replicas: Some(replicas),
+                update_strategy: Some(UpdateStrategy {
+                    r#type: strategy.into(),
+                    max_surge: "1".into(),
+                }),
+                container: Some(Container {
+                    resources: Some(Resources {
+                        requests: Some(ResourceList {
+                            cpu: "100m".into(),
+                            memory: "64Mi".into(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ids() -> impl FnMut() -> String {
+    let mut n = 0;
+    move || {
+        n += 1;
+        format!("i{n:03}")
+    }
+}
+
+/// Applies a plan to the world, as the store would after the actor writes it.
+fn apply(world: &mut World, plans: &[(String, String, WorkloadPlan)]) {
+    for (_, _, plan) in plans {
+        for d in &plan.delete {
+            world.instances.retain(|i| i.id != d.id);
+        }
+        for p in &plan.put {
+            world.instances.retain(|i| i.id != p.id);
+            world.instances.push(p.clone());
+        }
+    }
+}
+
+fn report_running(world: &mut World) {
+    for i in &mut world.instances {
+        if !i.node.is_empty() {
+            i.status = Some(InstanceStatus {
+                phase: InstancePhase::Running.into(),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+fn nodes_of(world: &World) -> Vec<String> {
+    let mut v: Vec<String> = world.instances.iter().map(|i| i.node.clone()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_service_gets_its_replicas_spread_over_the_nodes() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            3,
+            1,
+            UpdateStrategyType::Rolling,
+        )],
+        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n1", "n2", "n3"]);
+    assert!(world.instances.iter().all(|i| i.generation == 1));
+    assert_eq!(plans[0].2.events[0].0, "Scheduled");
+    // Nothing to do once it is as it should be.
+    assert!(plan_world(&world, now(), &mut id).is_empty());
+}
+
+#[test]
+fn scaling_down_removes_pending_then_newest_instances() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            3,
+            1,
+            UpdateStrategyType::Rolling,
+        )],
+        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    world.workloads = vec![workload(
+        WorkloadType::Service,
+        1,
+        1,
+        UpdateStrategyType::Rolling,
+    )];
+    let plans = plan_world(&world, now(), &mut id);
+    assert_eq!(plans[0].2.delete.len(), 2);
+    apply(&mut world, &plans);
+    assert_eq!(world.instances.len(), 1);
+    assert_eq!(world.instances[0].id, "i001", "the oldest by id stays");
+}
+
+#[test]
+fn what_fits_nowhere_stays_pending_with_the_reason() {
+    let mut big = workload(WorkloadType::Service, 1, 1, UpdateStrategyType::Rolling);
+    if let Some(c) = big
+        .workload
+        .as_mut()
+        .and_then(|w| w.spec.as_mut())
+        .and_then(|s| s.container.as_mut())
+    {
+        c.resources = Some(Resources {
+            requests: Some(ResourceList {
+                cpu: "100m".into(),
+                memory: "64Gi".into(),
+            }),
+            ..Default::default()
+        });
+    }
+    let mut world = World {
+        workloads: vec![big],
+        nodes: vec![node("n1", true), node("n2", false)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    let i = &world.instances[0];
+    assert_eq!(i.node, "");
+    let status = i.status.as_ref().unwrap();
+    assert_eq!(status.phase(), InstancePhase::Pending);
+    assert_eq!(
+        status.reason,
+        "0/2 nodes: 1 insufficient memory, 1 not ready"
+    );
+    assert_eq!(plans[0].2.events[0].0, "FailedScheduling");
+    // The same reason again is not written again.
+    assert!(plan_world(&world, now(), &mut id).is_empty());
+}
+
+#[test]
+fn instances_on_a_lost_node_are_replaced_elsewhere() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            2,
+            1,
+            UpdateStrategyType::Rolling,
+        )],
+        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n1", "n2"]);
+    world.nodes[0] = node("n1", false);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n2", "n3"]);
+    assert!(
+        plans[0]
+            .2
+            .events
+            .iter()
+            .any(|e| e.0 == "InstancesRescheduled")
+    );
+}
+
+#[test]
+fn a_rolling_update_surges_waits_for_ready_then_retires_old_ones() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            3,
+            1,
+            UpdateStrategyType::Rolling,
+        )],
+        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    report_running(&mut world);
+    world.workloads = vec![workload(
+        WorkloadType::Service,
+        3,
+        2,
+        UpdateStrategyType::Rolling,
+    )];
+    let count = |w: &World, g: i64| w.instances.iter().filter(|i| i.generation == g).count();
+    // Step 1: one new (surge 1), no old removed yet.
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!((count(&world, 1), count(&world, 2)), (3, 1));
+    // Not ready yet: nothing more happens.
+    assert!(plan_world(&world, now(), &mut id).is_empty());
+    let mut steps = 1;
+    while count(&world, 1) > 0 {
+        report_running(&mut world);
+        let plans = plan_world(&world, now(), &mut id);
+        apply(&mut world, &plans);
+        steps += 1;
+        assert!(
+            world.instances.len() <= 4,
+            "never more than replicas + surge"
+        );
+        assert!(steps < 10);
+    }
+    assert_eq!(count(&world, 2), 3);
+    report_running(&mut world);
+    assert!(plan_world(&world, now(), &mut id).is_empty());
+}
+
+#[test]
+fn a_simultaneous_update_replaces_everything_at_once() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            3,
+            1,
+            UpdateStrategyType::Simultaneous,
+        )],
+        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    world.workloads = vec![workload(
+        WorkloadType::Service,
+        3,
+        2,
+        UpdateStrategyType::Simultaneous,
+    )];
+    let plans = plan_world(&world, now(), &mut id);
+    assert_eq!((plans[0].2.delete.len(), plans[0].2.put.len()), (3, 3));
+    apply(&mut world, &plans);
+    assert!(world.instances.iter().all(|i| i.generation == 2));
+    assert_eq!(nodes_of(&world), ["n1", "n2", "n3"]);
+}
+
+#[test]
+fn a_daemon_runs_once_on_every_eligible_node_and_follows_them() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::DaemonService,
+            0,
+            1,
+            UpdateStrategyType::Rolling,
+        )],
+        nodes: vec![node("n1", true), node("n2", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n1", "n2"]);
+    // A node joins: it gets one too; a node is lost: its instance goes.
+    world.nodes.push(node("n3", true));
+    world.nodes[0] = node("n1", false);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n2", "n3"]);
+    // Cordoned nodes keep theirs? No: a daemon follows eligibility.
+    world.nodes[1].0.spec.as_mut().unwrap().unschedulable = true;
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n3"]);
+    // A new generation replaces each node's instance.
+    world.workloads = vec![workload(
+        WorkloadType::DaemonService,
+        0,
+        2,
+        UpdateStrategyType::Rolling,
+    )];
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n3"]);
+    assert_eq!(world.instances[0].generation, 2);
+}
+
+#[test]
+fn max_surge_takes_integers_and_percentages() {
+    assert_eq!(max_surge("2", 10), 2);
+    assert_eq!(max_surge("25%", 10), 3, "rounded up");
+    assert_eq!(max_surge("0", 10), 1, "at least one");
+    assert_eq!(max_surge("0%", 10), 1);
+    assert_eq!(max_surge("", 10), 1);
+}
+
+#[test]
+fn requests_become_the_demand() {
+    let q = workload(WorkloadType::Service, 1, 1, UpdateStrategyType::Rolling);
+    let d = demand_of("default", "web", q.workload.unwrap().spec.as_ref().unwrap());
+    assert_eq!((d.cpu_millis, d.memory_bytes), (100, 64 << 20));
+    assert_eq!(d.workload, "default/web");
+    assert!(d.gpu.is_none());
+}
