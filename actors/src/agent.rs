@@ -648,6 +648,16 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
         reports: crate::runtime::new_reports_cell(),
         cache: Some(runtime_dir.join("desired.json")),
         tick: Duration::from_secs(5),
+        spec: Some(crate::runtime_spec::SpecContext {
+            volume_base: read_cluster(&node.state_dir)
+                .ok()
+                .and_then(|c| c.spec)
+                .map_or_else(
+                    || PathBuf::from(kat_proto::quadlet::defaults::VOLUME_BASE_PATH),
+                    |s| PathBuf::from(s.volume_base_path),
+                ),
+            network: None,
+        }),
     });
     tracing::info!(node = %node.identity.node_name, runtime = ?choice, "container runtime ready");
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use kat_proto::v1alpha1::node_api_client::NodeApiClient;
 use kat_proto::v1alpha1::{
-    HeartbeatRequest, HeartbeatResponse, InstanceReport, NodeState, NodeStatus, Peer,
+    Assignment, HeartbeatRequest, HeartbeatResponse, InstanceReport, NodeState, NodeStatus, Peer,
     RenewCertificateRequest, RenewCertificateResponse, SyncEvent, SyncRequest, sync_event,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -93,6 +93,8 @@ pub struct Synced {
     /// Revision of the last event applied (reported in every heartbeat).
     pub revision: i64,
     pub peers: Vec<Peer>,
+    /// The instances assigned to this node; `None` until the leader has said.
+    pub assignments: Option<Vec<Assignment>>,
 }
 
 pub type SyncedCell = Arc<watch::Sender<Synced>>;
@@ -105,8 +107,12 @@ pub fn new_synced_cell() -> SyncedCell {
 pub fn apply_sync_event(synced: &SyncedCell, event: SyncEvent) {
     synced.send_modify(|s| {
         s.revision = s.revision.max(event.revision);
-        if let Some(sync_event::Payload::Peers(set)) = event.payload {
-            s.peers = set.peers;
+        match event.payload {
+            Some(sync_event::Payload::Peers(set)) => s.peers = set.peers,
+            Some(sync_event::Payload::Assignments(set)) => {
+                s.assignments = Some(set.assignments);
+            }
+            _ => {}
         }
     });
 }

@@ -16,5 +16,6 @@ pub mod node;
 pub mod node_certs;
 pub mod pki;
 pub mod runtime;
+pub mod runtime_spec;
 pub mod store;
 pub mod supervision;

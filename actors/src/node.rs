@@ -167,6 +167,9 @@ pub struct RuntimeSetup {
     /// `DIR/runtime/desired.json`.
     pub cache: Option<std::path::PathBuf>,
     pub tick: Duration,
+    /// Take the desired set from the sync stream's assignments, with this context
+    /// (else only `desired` says).
+    pub spec: Option<crate::runtime_spec::SpecContext>,
 }
 
 impl AgentOptions {
@@ -243,6 +246,10 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
     if let Some(rt) = &opts.runtime {
         let runtime_args = RuntimeArgs {
             node: opts.node.clone(),
+            feed: rt.spec.clone().map(|ctx| crate::runtime::AssignmentFeed {
+                synced: opts.synced.clone(),
+                ctx,
+            }),
             host: rt.host.clone(),
             desired: rt.desired.clone(),
             cache: rt.cache.clone(),

@@ -34,9 +34,19 @@ pub fn new_reports_cell() -> ReportsCell {
     Arc::new(watch::channel(BTreeMap::new()).0)
 }
 
+/// Where the desired set comes from on a real node: the sync stream's assignments,
+/// turned into instances with the node's context.
+#[derive(Clone)]
+pub struct AssignmentFeed {
+    pub synced: crate::heartbeat::SyncedCell,
+    pub ctx: crate::runtime_spec::SpecContext,
+}
+
 #[derive(Clone)]
 pub struct RuntimeArgs {
     pub node: String,
+    /// The sync stream's assignments (else only `desired` says, e.g. in tests).
+    pub feed: Option<AssignmentFeed>,
     pub host: Arc<dyn InstanceHost>,
     pub desired: DesiredCell,
     /// Where the last known desired set is kept (`DIR/runtime/desired.json`).
@@ -80,6 +90,8 @@ pub struct RuntimeState {
     args: RuntimeArgs,
     myself: ActorRef<RuntimeMsg>,
     desired: Vec<DesiredInstance>,
+    /// Assigned instances that cannot run as specified, with why.
+    rejected: Vec<(String, crate::runtime_spec::SpecError)>,
     /// Preparations under way, by instance ID.
     preparing: HashMap<String, Preparing>,
     /// The image each instance was prepared with.
@@ -153,6 +165,27 @@ fn health_of(h: Health) -> ProtoHealth {
 impl RuntimeState {
     /// The desired set: the cell's when known (cached to disk), else the cache's.
     fn refresh_desired(&mut self) {
+        if let Some(feed) = &self.args.feed {
+            let assigned = feed.synced.borrow().assignments.clone();
+            if let Some(assignments) = assigned {
+                let (ok, bad) = crate::runtime_spec::desired_set(&assignments, &feed.ctx);
+                for (id, e) in &bad {
+                    if !self.rejected.iter().any(|(r, _)| r == id) {
+                        tracing::warn!(node = %self.args.node, instance = %id, error = %e, "assigned instance cannot run");
+                    }
+                }
+                self.rejected = bad;
+                let ok = Some(ok);
+                self.args.desired.send_if_modified(|d| {
+                    if *d == ok {
+                        false
+                    } else {
+                        d.clone_from(&ok);
+                        true
+                    }
+                });
+            }
+        }
         let known = self.args.desired.borrow().clone();
         if let Some(list) = known {
             if list != self.desired
@@ -172,6 +205,17 @@ impl RuntimeState {
         let node = self.args.node.clone();
         let host = self.args.host.clone();
         let mut reports = BTreeMap::new();
+        for (id, e) in &self.rejected {
+            reports.insert(
+                id.clone(),
+                InstanceStatus {
+                    phase: InstancePhase::Failed.into(),
+                    reason: "InvalidSpec".to_owned(),
+                    message: e.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
         let desired = self.desired.clone();
         for d in &desired {
             if let Some(report) = self.preparation(d).await {
@@ -405,10 +449,18 @@ impl Actor for Runtime {
             cached
         };
         let mut changes = args.desired.subscribe();
+        let mut assigned = args.feed.as_ref().map(|f| f.synced.subscribe());
         let me = myself.clone();
         let watcher = tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if me.cast(RuntimeMsg::Reconcile).is_err() {
+            loop {
+                let changed = match assigned.as_mut() {
+                    Some(a) => tokio::select! {
+                        r = changes.changed() => r.is_ok(),
+                        r = a.changed() => r.is_ok(),
+                    },
+                    None => changes.changed().await.is_ok(),
+                };
+                if !changed || me.cast(RuntimeMsg::Reconcile).is_err() {
                     return;
                 }
             }
@@ -419,6 +471,7 @@ impl Actor for Runtime {
             args,
             myself: myself.clone(),
             desired,
+            rejected: Vec::new(),
             preparing: HashMap::new(),
             prepared: HashMap::new(),
             health: HashMap::new(),

@@ -36,6 +36,9 @@ pub struct HealthProbe {
 pub struct DesiredInstance {
     pub opts: ContainerCreateOptions,
     pub health: Option<HealthProbe>,
+    /// What must exist on the node before it starts (its volumes).
+    #[serde(default)]
+    pub ensure: Vec<crate::volumes::Ensure>,
 }
 
 impl DesiredInstance {
@@ -148,6 +151,11 @@ impl InstanceHost for SystemdHost {
     }
 
     async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
+        let owner = self.podman.run_as().map(|u| crate::volumes::Owner {
+            uid: u.uid,
+            gid: u.gid,
+        });
+        crate::volumes::apply(&desired.ensure, owner)?;
         self.podman
             .ensure_image_from(&desired.opts.image, self.image_source.as_ref())
             .await

@@ -8,6 +8,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
 use kat_proto::v1alpha1::{HostPathType, Volume, VolumeMount as SpecMount, volume};
+use serde::{Deserialize, Serialize};
 
 use crate::types::{RuntimeError, VolumeMount};
 
@@ -94,17 +95,36 @@ fn ensure_host_path(path: &Path, kind: HostPathType, field: &str) -> Result<(), 
     }
 }
 
-/// The bind mounts for a container's `volumeMounts`, after making the storage and
-/// host paths exist as their volumes say.
-pub fn prepare(
+/// Something [`apply`] makes exist (or checks) before an instance starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ensure {
+    /// A simpleClusterStorage directory (and sub-directory), owned by the workload.
+    StorageDir(PathBuf),
+    /// A hostMount path, as its `ensureType` says (`field` names it in errors).
+    HostPath {
+        path: PathBuf,
+        ensure_type: i32,
+        field: String,
+    },
+}
+
+/// What a container's `volumeMounts` need: its bind mounts, and what must exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub mounts: Vec<VolumeMount>,
+    pub ensure: Vec<Ensure>,
+}
+
+/// The bind mounts for a container's `volumeMounts` and what must exist for them,
+/// checked but without touching the file system.
+pub fn plan(
     base: &Path,
     namespace: &str,
     workload: &str,
     volumes: &[Volume],
     mounts: &[SpecMount],
-    owner: Option<Owner>,
-) -> Result<Vec<VolumeMount>, RuntimeError> {
-    let mut out = Vec::new();
+) -> Result<Plan, RuntimeError> {
+    let mut out = Plan::default();
     for (i, m) in mounts.iter().enumerate() {
         let field = format!("container.volumeMounts[{i}]");
         let v = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| {
@@ -123,28 +143,24 @@ pub fn prepare(
         let source = match &v.source {
             Some(volume::Source::SimpleClusterStorage(_)) => {
                 let dir = storage_dir(base, namespace, workload, &v.name);
-                std::fs::create_dir_all(&dir).map_err(|e| io(&dir, &e))?;
-                chown(&dir, owner)?;
+                out.ensure.push(Ensure::StorageDir(dir.clone()));
                 let source = dir.join(sub);
                 if !m.sub_path.is_empty() {
-                    std::fs::create_dir_all(&source).map_err(|e| io(&source, &e))?;
-                    chown(&source, owner)?;
+                    out.ensure.push(Ensure::StorageDir(source.clone()));
                 }
                 source
             }
             Some(volume::Source::HostMount(h)) => {
                 let path = PathBuf::from(&h.host_path);
+                let host_field = format!("volumes.{}.hostMount.hostPath", v.name);
                 if !path.is_absolute() {
-                    return Err(invalid(
-                        format!("volumes.{}.hostMount.hostPath", v.name),
-                        "must be an absolute path",
-                    ));
+                    return Err(invalid(host_field, "must be an absolute path"));
                 }
-                ensure_host_path(
-                    &path,
-                    h.ensure_type(),
-                    &format!("volumes.{}.hostMount.hostPath", v.name),
-                )?;
+                out.ensure.push(Ensure::HostPath {
+                    path: path.clone(),
+                    ensure_type: h.ensure_type,
+                    field: host_field,
+                });
                 path.join(sub)
             }
             None => {
@@ -154,13 +170,51 @@ pub fn prepare(
                 ));
             }
         };
-        out.push(VolumeMount {
+        out.mounts.push(VolumeMount {
             source,
             target: PathBuf::from(&m.mount_path),
             read_only: m.read_only,
         });
     }
     Ok(out)
+}
+
+/// Makes what a [`plan`] needs exist: storage directories (owned by `owner`), host
+/// paths as their `ensureType` says.
+pub fn apply(ensure: &[Ensure], owner: Option<Owner>) -> Result<(), RuntimeError> {
+    for e in ensure {
+        match e {
+            Ensure::StorageDir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
+                chown(dir, owner)?;
+            }
+            Ensure::HostPath {
+                path,
+                ensure_type,
+                field,
+            } => ensure_host_path(
+                path,
+                HostPathType::try_from(*ensure_type).unwrap_or(HostPathType::Unspecified),
+                field,
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// The bind mounts for a container's `volumeMounts`, after making the storage and
+/// host paths exist as their volumes say ([`plan`], then [`apply`]).
+pub fn prepare(
+    base: &Path,
+    namespace: &str,
+    workload: &str,
+    volumes: &[Volume],
+    mounts: &[SpecMount],
+    owner: Option<Owner>,
+) -> Result<Vec<VolumeMount>, RuntimeError> {
+    let p = plan(base, namespace, workload, volumes, mounts)?;
+    apply(&p.ensure, owner)?;
+    Ok(p.mounts)
 }
 
 /// Removes a workload's simpleClusterStorage (`katcall delete workload --purge-volumes`).

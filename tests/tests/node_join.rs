@@ -508,6 +508,11 @@ async fn the_sync_stream_sends_peers_and_follows_new_registrations() {
     let first = rx.recv().await.unwrap().unwrap();
     let first_revision = first.revision;
     assert_eq!(peers(first), ["w2"], "every other node, not itself");
+    // Then its assignments: none yet.
+    match rx.recv().await.unwrap().unwrap().payload {
+        Some(Payload::Assignments(set)) => assert!(set.assignments.is_empty()),
+        other => panic!("expected assignments, got {other:?}"),
+    }
     anonymous
         .join(join_request(&token, "w3", "w3"))
         .await
@@ -523,8 +528,8 @@ async fn the_sync_stream_sends_peers_and_follows_new_registrations() {
 
 #[tokio::test]
 async fn the_user_api_wants_a_valid_bearer_token_before_anything_else() {
-    use kat_proto::v1alpha1::ListWorkloadsRequest;
     use kat_proto::v1alpha1::user_api_client::UserApiClient;
+    use kat_proto::v1alpha1::{ListBackupsRequest, ListWorkloadsRequest};
     let leader = leader().await;
     // An API token as init creates it, and a join token (the wrong kind).
     let (api_token, record) =
@@ -565,6 +570,21 @@ async fn the_user_api_wants_a_valid_bearer_token_before_anything_else() {
         .unwrap(),
     );
     let err = client
+        .list_backups(ListBackupsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(ListBackupsRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {api_token}").parse().unwrap(),
+    );
+    assert_eq!(
+        client.list_backups(request).await.unwrap_err().code(),
+        Code::Unimplemented
+    );
+    // Workloads, without and with the token.
+    let err = client
         .list_workloads(ListWorkloadsRequest::default())
         .await
         .unwrap_err();
@@ -574,9 +594,14 @@ async fn the_user_api_wants_a_valid_bearer_token_before_anything_else() {
         "authorization",
         format!("Bearer {api_token}").parse().unwrap(),
     );
-    assert_eq!(
-        client.list_workloads(request).await.unwrap_err().code(),
-        Code::Unimplemented
+    assert!(
+        client
+            .list_workloads(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .is_empty()
     );
 }
 

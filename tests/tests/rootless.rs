@@ -204,6 +204,7 @@ async fn the_rootless_host_makes_the_user_and_runs_the_instance_as_it() {
     let x = DesiredInstance {
         opts: busybox_instance("test", &workload, "h1", RestartPolicy::Always),
         health: None,
+        ensure: Vec::new(),
     };
     match host.ensure(&x).await {
         Ok(e) => assert_eq!(e, Ensured::Started),

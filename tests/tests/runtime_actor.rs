@@ -29,6 +29,7 @@ fn instance(id: &str, restart: RestartPolicy) -> DesiredInstance {
     DesiredInstance {
         opts: busybox_instance("default", "web", id, restart),
         health: None,
+        ensure: Vec::new(),
     }
 }
 
@@ -52,6 +53,7 @@ async fn start(
 ) -> ActorRef<RuntimeMsg> {
     let args = RuntimeArgs {
         node: "n1".into(),
+        feed: None,
         host,
         desired: desired.clone(),
         cache: Some(cache.to_path_buf()),

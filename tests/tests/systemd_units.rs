@@ -208,7 +208,11 @@ async fn a_unit_file_the_manager_never_started_is_started_not_adopted() {
         podman: t.podman.clone(),
         image_source: None,
     };
-    let x = DesiredInstance { opts, health: None };
+    let x = DesiredInstance {
+        opts,
+        health: None,
+        ensure: Vec::new(),
+    };
     assert_eq!(host.ensure(&x).await.unwrap(), Ensured::Started);
     running(&t.podman, &x.opts.name).await;
     assert_eq!(host.ensure(&x).await.unwrap(), Ensured::Adopted);

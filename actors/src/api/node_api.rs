@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime};
 use kat_proto::v1alpha1::node_api_server::{NodeApi, NodeApiServer};
 use kat_proto::v1alpha1::user_api_server::UserApiServer;
 use kat_proto::v1alpha1::{
-    ClusterConfiguration, EtcdMembership, EventSeverity, HeartbeatRequest, HeartbeatResponse,
-    JoinRequest, JoinResponse, Node, NodeRole, NodeSpec, NodeState, NodeStatus, ObjectMeta, Peer,
-    PeerSet, RenewCertificateRequest, RenewCertificateResponse, StoredToken, SyncEvent,
-    SyncRequest, TokenKind, sync_event,
+    Assignment, AssignmentSet, ClusterConfiguration, DesiredState, EtcdMembership, EventSeverity,
+    HeartbeatRequest, HeartbeatResponse, Instance, JoinRequest, JoinResponse, Node, NodeRole,
+    NodeSpec, NodeState, NodeStatus, ObjectMeta, Peer, PeerSet, RenewCertificateRequest,
+    RenewCertificateResponse, StoredToken, SyncEvent, SyncRequest, TokenKind, sync_event,
 };
 use prost::Message;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -336,6 +336,7 @@ pub async fn heartbeat(
             "node {caller:?} is not registered (join first)"
         )));
     }
+    let instance_ops = instance_status_ops(ctx.store.as_ref(), caller, &req.instances).await?;
     let mut status = req.node_status.unwrap_or_default();
     status.state = NodeState::Ready.into();
     status.last_heartbeat = Some(kat_proto::timestamp(now));
@@ -349,6 +350,7 @@ pub async fn heartbeat(
             .and_then(|kv| NodeStatus::decode(kv.value.as_slice()).ok())
             .map(|s| s.state());
         let mut then = vec![TxnOp::put(&key, status.encode_to_vec())];
+        then.extend(instance_ops.iter().cloned());
         let event = if req.rejoining {
             Some((
                 "NodeRejoined",
@@ -389,6 +391,42 @@ pub async fn heartbeat(
     ))
 }
 
+/// The writes that make `/kat/status/instances/<caller>/` what the node reports:
+/// changed statuses put, statuses of instances it no longer has deleted.
+async fn instance_status_ops(
+    store: &dyn StateStore,
+    caller: &str,
+    reports: &[kat_proto::v1alpha1::InstanceReport],
+) -> Result<Vec<TxnOp>, Status> {
+    use super::workloads::{INSTANCE_STATUS_PREFIX, instance_status_key};
+    let (stored, _) = store
+        .list(&format!("{INSTANCE_STATUS_PREFIX}{caller}/"))
+        .await
+        .map_err(unavailable)?;
+    let stored: std::collections::HashMap<String, Vec<u8>> =
+        stored.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let mut ops = Vec::new();
+    let mut reported = std::collections::HashSet::new();
+    for r in reports {
+        // IDs become key segments: anything but a DNS label is not ours.
+        if kat_proto::names::dns_label_problem(&r.id).is_some() {
+            continue;
+        }
+        let key = instance_status_key(caller, &r.id);
+        let value = r.status.clone().unwrap_or_default().encode_to_vec();
+        if stored.get(&key) != Some(&value) {
+            ops.push(TxnOp::put(&key, value));
+        }
+        reported.insert(key);
+    }
+    for key in stored.keys() {
+        if !reported.contains(key) {
+            ops.push(TxnOp::delete(key));
+        }
+    }
+    Ok(ops)
+}
+
 /// The WireGuard peers node `caller` should have: every other registered node.
 pub fn peer_set(nodes: &[Node], caller: &str) -> PeerSet {
     let peers = nodes
@@ -423,21 +461,65 @@ async fn peers_now(
     Ok((peer_set(&nodes, caller), revision))
 }
 
-/// Node `caller`'s sync stream (SPEC §6): the current peer set first (unless the node
-/// says it has seen this revision already), then a new one whenever a registration
-/// changes. Assignments and DNS records join the stream with the issues that create
-/// them. Ends when the receiver is dropped or the store's watch breaks.
+/// The instances assigned to `caller` (placed there, to run), each with the Quadlet
+/// of its generation, by instance ID.
+async fn assignments_now(
+    store: &dyn crate::store::StateStore,
+    caller: &str,
+) -> Result<(AssignmentSet, i64), crate::store::StoreError> {
+    use super::workloads::{INSTANCES_PREFIX, revision_key};
+    let (kvs, revision) = store.list(INSTANCES_PREFIX).await?;
+    let mut mine: Vec<Instance> = kvs
+        .iter()
+        .filter_map(|kv| Instance::decode(kv.value.as_slice()).ok())
+        .filter(|i| i.node == caller && i.desired_state() != DesiredState::Stop)
+        .collect();
+    mine.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut quadlets: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let mut assignments = Vec::new();
+    for mut instance in mine {
+        let key = revision_key(&instance.namespace, &instance.workload, instance.generation);
+        if !quadlets.contains_key(&key) {
+            let Some(kv) = store.get(&key).await? else {
+                // The generation is gone (the workload was deleted meanwhile).
+                continue;
+            };
+            quadlets.insert(key.clone(), kv.value);
+        }
+        // The agent reports status; the leader's view of it is not part of the order.
+        instance.status = None;
+        assignments.push(Assignment {
+            instance: Some(instance),
+            quadlet: quadlets.get(&key).cloned().unwrap_or_default(),
+        });
+    }
+    Ok((AssignmentSet { assignments }, revision))
+}
+
+/// Node `caller`'s sync stream (SPEC §6): the current peer set (unless the node says
+/// it has seen this revision already) and its assignments first, then a new peer set
+/// whenever a registration changes and new assignments whenever its instances
+/// change. DNS records join the stream with the issue that creates them. Ends when
+/// the receiver is dropped or the store's watch breaks.
 pub async fn sync_events(
     ctx: &NodeApiContext,
     caller: &str,
     from_revision: i64,
 ) -> Result<tokio::sync::mpsc::Receiver<Result<SyncEvent, Status>>, Status> {
+    use super::workloads::INSTANCES_PREFIX;
     let store = ctx.store.clone();
     let (peers, revision) = peers_now(store.as_ref(), caller)
         .await
         .map_err(unavailable)?;
-    let mut watch = store
+    let (assignments, assigned_at) = assignments_now(store.as_ref(), caller)
+        .await
+        .map_err(unavailable)?;
+    let mut node_watch = store
         .watch("/kat/nodes/", revision + 1)
+        .await
+        .map_err(unavailable)?;
+    let mut instance_watch = store
+        .watch(INSTANCES_PREFIX, assigned_at + 1)
         .await
         .map_err(unavailable)?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -452,27 +534,61 @@ pub async fn sync_events(
                 return;
             }
         }
+        // Assignments always: they are cheap, and the node's copy may be older than
+        // its revision says (two watches need not arrive in revision order).
+        let mut sent = assignments.clone();
+        let first = SyncEvent {
+            revision: assigned_at,
+            payload: Some(sync_event::Payload::Assignments(assignments)),
+        };
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
         loop {
-            let event = tokio::select! {
+            let update = tokio::select! {
                 () = tx.closed() => return,
-                event = watch.recv() => event,
+                event = node_watch.recv() => {
+                    let Some(Ok(mut last)) = event else {
+                        let _ = tx.send(Err(Status::unavailable("the leader's watch ended; resync"))).await;
+                        return;
+                    };
+                    // A burst of changes becomes one update.
+                    while let Ok(Ok(next)) = node_watch.try_recv() {
+                        last = next;
+                    }
+                    match peers_now(store.as_ref(), &caller).await {
+                        Ok((peers, revision)) => Ok(Some(SyncEvent {
+                            revision: revision.max(last.kv.mod_revision),
+                            payload: Some(sync_event::Payload::Peers(peers)),
+                        })),
+                        Err(e) => Err(unavailable(e)),
+                    }
+                }
+                event = instance_watch.recv() => {
+                    let Some(Ok(mut last)) = event else {
+                        let _ = tx.send(Err(Status::unavailable("the leader's watch ended; resync"))).await;
+                        return;
+                    };
+                    while let Ok(Ok(next)) = instance_watch.try_recv() {
+                        last = next;
+                    }
+                    match assignments_now(store.as_ref(), &caller).await {
+                        Ok((set, _)) if set == sent => Ok(None),
+                        Ok((set, revision)) => {
+                            sent = set.clone();
+                            Ok(Some(SyncEvent {
+                                revision: revision.max(last.kv.mod_revision),
+                                payload: Some(sync_event::Payload::Assignments(set)),
+                            }))
+                        }
+                        Err(e) => Err(unavailable(e)),
+                    }
+                }
             };
-            let Some(Ok(mut last)) = event else {
-                let _ = tx
-                    .send(Err(Status::unavailable("the leader's watch ended; resync")))
-                    .await;
-                return;
-            };
-            // A burst of changes becomes one update.
-            while let Ok(Ok(next)) = watch.try_recv() {
-                last = next;
-            }
-            let update = match peers_now(store.as_ref(), &caller).await {
-                Ok((peers, revision)) => Ok(SyncEvent {
-                    revision: revision.max(last.kv.mod_revision),
-                    payload: Some(sync_event::Payload::Peers(peers)),
-                }),
-                Err(e) => Err(unavailable(e)),
+            let update = match update {
+                Ok(None) => continue,
+                Ok(Some(event)) => Ok(event),
+                Err(e) => Err(e),
             };
             let failed = update.is_err();
             if tx.send(update).await.is_err() || failed {

@@ -73,6 +73,11 @@ impl Podman {
         self
     }
 
+    /// The user it runs as (rootless), if any.
+    pub fn run_as(&self) -> Option<&RunAs> {
+        self.user.as_ref()
+    }
+
     pub fn binary(&self) -> &Path {
         &self.binary
     }
