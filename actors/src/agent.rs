@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use kat_proto::quadlet::{self, ValidationErrors};
 use kat_proto::v1alpha1::node_api_client::NodeApiClient;
-use kat_proto::v1alpha1::{ClusterConfiguration, JoinRequest, NodeResources};
+use kat_proto::v1alpha1::{ClusterConfiguration, JoinRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiEndpoint, new_api_slot};
@@ -410,24 +410,6 @@ pub struct JoinOptions {
     pub etcd_bin: PathBuf,
 }
 
-/// This host's CPU (millicores) and memory, as the capacity a node reports at join.
-fn host_capacity() -> NodeResources {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        })
-        .unwrap_or_default();
-    NodeResources {
-        cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
-        memory_bytes: memory * 1024,
-        gpus: Vec::new(),
-    }
-}
-
 /// `kat-agent join`: checks the leader against the CA hash in the token, makes this
 /// node's key and CSR here, joins, and records the certificate, CA, cluster
 /// configuration and identity in the state directory (identity last: a join that fails
@@ -473,7 +455,7 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
         node_name: node_name.clone(),
         csr_pem,
         advertise_address: advertise_address.to_string(),
-        capacity: Some(host_capacity()),
+        capacity: Some(crate::node::host_capacity()),
         agent_version: kat_proto::VERSION.to_owned(),
         ..Default::default()
     };
@@ -553,9 +535,10 @@ pub async fn run_until(
     }
 }
 
-/// Runtime directories of the workload users' managers kat-agent starts itself (a
-/// tmpfs: a reboot leaves no stale units behind).
-pub const AGENT_MANAGERS_DIR: &str = "/run/kat/users";
+/// Runtime directories of the workload users' managers kat-agent starts itself, as
+/// `/run/kat/<node>/users` (a tmpfs: a reboot leaves no stale units behind; one per
+/// node, for nodes sharing a host).
+pub const AGENT_MANAGERS_DIR: &str = "/run/kat";
 
 /// `--runtime`: what runs this node's instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -625,7 +608,10 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
                         system_bus: bus.clone(),
                     }),
                     UserManagerChoice::Agent | UserManagerChoice::Auto => Box::new(AgentStarted {
-                        base: PathBuf::from(AGENT_MANAGERS_DIR),
+                        base: PathBuf::from(AGENT_MANAGERS_DIR)
+                            .join(&node.identity.node_name)
+                            .join("users"),
+                        tag: node.identity.node_name.clone(),
                     }),
                 };
                 tracing::info!(node = %node.identity.node_name, ?managers, "rootless: each workload runs as its own user");

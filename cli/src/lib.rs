@@ -52,3 +52,4 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
 
 pub mod output;
 pub mod remote;
+pub mod workloads;

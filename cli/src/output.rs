@@ -4,7 +4,11 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kat_proto::v1alpha1::{Event, Node, NodeRole, NodeState};
+use kat_proto::v1alpha1::instance_status::Health;
+use kat_proto::v1alpha1::{
+    Event, Instance, InstancePhase, Node, NodeRole, NodeState, Quadlet, UpdateStrategyType,
+    WorkloadSpec, WorkloadStatusResponse, WorkloadType, source,
+};
 use serde::Serialize;
 
 use crate::OutputFormat;
@@ -201,24 +205,230 @@ pub fn describe_node(node: &Node, events: &[Event], now: SystemTime) -> String {
     if !spec.overlay_subnet.is_empty() {
         field("Overlay subnet", spec.overlay_subnet.clone());
     }
+    events_section(&mut out, events, now);
+    out
+}
+
+/// "Events:" and the events as an indented table.
+fn events_section(out: &mut String, events: &[Event], now: SystemTime) {
     out.push_str("Events:\n");
     if events.is_empty() {
         out.push_str("  <none>\n");
-    } else {
-        let mut rows = vec![["AGE", "REASON", "MESSAGE"].map(str::to_owned).to_vec()];
-        for e in events {
-            rows.push(vec![
-                e.time
-                    .as_ref()
-                    .map_or_else(String::new, |t| age(t.seconds, now)),
-                e.reason.clone(),
-                e.message.clone(),
-            ]);
+        return;
+    }
+    for line in events_table(events, now).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+}
+
+/// `katcall get events` as a table.
+pub fn events_table(events: &[Event], now: SystemTime) -> String {
+    let mut rows = vec![
+        ["AGE", "OBJECT", "REASON", "MESSAGE"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for e in events {
+        let object = e.involved_object.as_ref().map_or_else(String::new, |o| {
+            if o.namespace.is_empty() {
+                format!("{}/{}", o.kind.to_ascii_lowercase(), o.name)
+            } else {
+                format!("{}/{}/{}", o.kind.to_ascii_lowercase(), o.namespace, o.name)
+            }
+        });
+        rows.push(vec![
+            e.time
+                .as_ref()
+                .map_or_else(String::new, |t| age(t.seconds, now)),
+            object,
+            e.reason.clone(),
+            e.message.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
+fn image_of(spec: &WorkloadSpec) -> String {
+    match spec.source.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(source::Kind::Image(i)) => i.clone(),
+        Some(source::Kind::Git(g)) => format!("git {}", g.repository),
+        None => String::new(),
+    }
+}
+
+fn type_name(t: WorkloadType) -> &'static str {
+    match t {
+        WorkloadType::Job => "JOB",
+        WorkloadType::DaemonService => "DAEMON_SERVICE",
+        _ => "SERVICE",
+    }
+}
+
+/// `katcall get workloads` as a table.
+pub fn workloads_table(items: &[Quadlet], now: SystemTime) -> String {
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "TYPE",
+            "READY",
+            "GENERATION",
+            "IMAGE",
+            "AGE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for q in items {
+        let w = q.workload.clone().unwrap_or_default();
+        let meta = w.metadata.clone().unwrap_or_default();
+        let spec = w.spec.clone().unwrap_or_default();
+        let status = w.status.clone().unwrap_or_default();
+        rows.push(vec![
+            meta.namespace.clone(),
+            meta.name.clone(),
+            type_name(spec.r#type()).to_owned(),
+            format!("{}/{}", status.ready_instances, status.desired_instances),
+            meta.generation.to_string(),
+            image_of(&spec),
+            meta.created_at
+                .as_ref()
+                .map_or_else(String::new, |t| age(t.seconds, now)),
+        ]);
+    }
+    table(&rows)
+}
+
+fn phase_name(p: InstancePhase) -> String {
+    let name = p.as_str_name();
+    let mut out = String::new();
+    for (i, part) in name.split('_').enumerate() {
+        if i > 0 {
+            out.push(' ');
         }
-        for line in table(&rows).lines() {
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.push(first);
+            out.extend(chars.map(|c| c.to_ascii_lowercase()));
+        }
+    }
+    if p == InstancePhase::Unspecified {
+        "Unknown".to_owned()
+    } else {
+        out
+    }
+}
+
+fn health_name(h: Health) -> &'static str {
+    match h {
+        Health::Healthy => "Healthy",
+        Health::Unhealthy => "Unhealthy",
+        Health::Starting => "Starting",
+        _ => "-",
+    }
+}
+
+/// `katcall get instances` as a table.
+pub fn instances_table(items: &[Instance]) -> String {
+    let mut rows = vec![
+        [
+            "ID", "WORKLOAD", "NODE", "PHASE", "HEALTH", "RESTARTS", "GEN", "MESSAGE",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for i in items {
+        let status = i.status.clone().unwrap_or_default();
+        let message = if status.reason.is_empty() {
+            status.message.clone()
+        } else if status.message.is_empty() {
+            status.reason.clone()
+        } else {
+            format!("{}: {}", status.reason, status.message)
+        };
+        rows.push(vec![
+            i.id.clone(),
+            format!("{}/{}", i.namespace, i.workload),
+            if i.node.is_empty() {
+                "-".to_owned()
+            } else {
+                i.node.clone()
+            },
+            phase_name(status.phase()),
+            health_name(status.health()).to_owned(),
+            status.restarts.to_string(),
+            i.generation.to_string(),
+            message,
+        ]);
+    }
+    table(&rows)
+}
+
+/// `katcall describe workload N`: spec, status, instances (with pending reasons) and
+/// recent events.
+pub fn describe_workload(s: &WorkloadStatusResponse, now: SystemTime) -> String {
+    let w = s.workload.clone().unwrap_or_default();
+    let meta = w.metadata.clone().unwrap_or_default();
+    let spec = w.spec.clone().unwrap_or_default();
+    let status = w.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| {
+        let _ = writeln!(out, "{:<16}{v}", format!("{k}:"));
+    };
+    field("Name", meta.name.clone());
+    field("Namespace", meta.namespace.clone());
+    field("Type", type_name(spec.r#type()).to_owned());
+    field("Image", image_of(&spec));
+    field("Generation", meta.generation.to_string());
+    if spec.r#type() == WorkloadType::Service {
+        field("Replicas", spec.replicas.unwrap_or(1).to_string());
+    }
+    if let Some(u) = &spec.update_strategy {
+        let kind = if u.r#type() == UpdateStrategyType::Simultaneous {
+            "SIMULTANEOUS".to_owned()
+        } else {
+            format!(
+                "ROLLING (maxSurge {})",
+                if u.max_surge.is_empty() {
+                    "1"
+                } else {
+                    &u.max_surge
+                }
+            )
+        };
+        field("Update", kind);
+    }
+    field(
+        "Ready",
+        format!(
+            "{}/{} ({} pending)",
+            status.ready_instances, status.desired_instances, status.pending_instances
+        ),
+    );
+    if spec.r#type() == WorkloadType::Job {
+        field(
+            "Runs",
+            format!(
+                "{} succeeded, {} failed, {} active",
+                status.succeeded, status.failed, status.active
+            ),
+        );
+    }
+    field(
+        "Created",
+        meta.created_at.as_ref().map_or_else(String::new, |t| {
+            format!("{} ({} ago)", rfc3339(t), age(t.seconds, now))
+        }),
+    );
+    out.push_str("Instances:\n");
+    if s.instances.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        for line in instances_table(&s.instances).lines() {
             let _ = writeln!(out, "  {line}");
         }
     }
+    events_section(&mut out, &s.recent_events, now);
     out
 }
 

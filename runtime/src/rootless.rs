@@ -396,16 +396,34 @@ pub fn alive(pid: u32) -> bool {
 
 /// Managers the agent starts itself, for hosts without logind: one per workload
 /// user, runtime directory `BASE/<user>` (on a tmpfs such as `/run`, like logind's
-/// `/run/user/UID`, so a reboot leaves no stale units), cgroup `kat-user-<user>`. A
-/// manager that is already running (e.g. across an agent restart) is reused.
+/// `/run/user/UID`, so a reboot leaves no stale units), cgroup
+/// `kat-user-<tag>-<user>`. A manager that is already running (e.g. across an agent
+/// restart) is reused. Agents sharing a host (test clusters) each have their own.
 #[derive(Debug, Clone)]
 pub struct AgentStarted {
     pub base: PathBuf,
+    /// Tells apart the managers of agents sharing a host (the node name).
+    pub tag: String,
 }
 
-/// The cgroup name of the manager [`AgentStarted`] starts for `user`.
-pub fn agent_started_cgroup(user: &str) -> String {
-    format!("kat-user-{user}")
+/// The cgroup name of the manager [`AgentStarted`] with `tag` starts for `user`.
+pub fn agent_started_cgroup(tag: &str, user: &str) -> String {
+    format!("kat-user-{tag}-{user}")
+}
+
+/// Every cgroup of a manager any [`AgentStarted`] started for `user`.
+pub fn agent_started_cgroups_of(user: &str) -> Vec<PathBuf> {
+    let suffix = format!("-{user}");
+    cgroup_hierarchies()
+        .into_iter()
+        .flat_map(|h| std::fs::read_dir(h).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("kat-user-") && n.ends_with(&suffix))
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -427,7 +445,7 @@ impl UserManagers for AgentStarted {
         let pid = spawn_manager(&ManagerSpawn {
             user: Some(user),
             runtime_dir: &dir,
-            cgroup: &agent_started_cgroup(&user.name),
+            cgroup: &agent_started_cgroup(&self.tag, &user.name),
         })
         .await?;
         tracing::info!(user = %user.name, pid, "started the workload user's systemd manager");

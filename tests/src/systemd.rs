@@ -87,7 +87,7 @@ impl Drop for TestUser {
     fn drop(&mut self) {
         remove_user(&self.name, self.uid);
         // Had code under test started a manager for it (rootless mode).
-        for cgroup in rootless::manager_cgroups(&rootless::agent_started_cgroup(&self.name)) {
+        for cgroup in rootless::agent_started_cgroups_of(&self.name) {
             rootless::remove_cgroup(&cgroup);
         }
     }
@@ -129,7 +129,7 @@ impl Drop for WorkloadUserCleanup {
         if let Some(uid) = uid {
             remove_user(&self.0, uid);
         }
-        for cgroup in rootless::manager_cgroups(&rootless::agent_started_cgroup(&self.0)) {
+        for cgroup in rootless::agent_started_cgroups_of(&self.0) {
             rootless::remove_cgroup(&cgroup);
         }
     }

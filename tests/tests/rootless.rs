@@ -195,6 +195,7 @@ async fn the_rootless_host_makes_the_user_and_runs_the_instance_as_it() {
             podman_bin.clone(),
             Box::new(AgentStarted {
                 base: base.path().to_path_buf(),
+                tag: "test".to_owned(),
             }),
         );
         h.stop_timeout = Duration::from_secs(5);

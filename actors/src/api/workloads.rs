@@ -307,7 +307,7 @@ pub fn workload_status(
     let mut s = WorkloadStatus {
         observed_generation: generation,
         desired_instances: count(&current),
-        ready_instances: count(&|i| current(i) && phase(i) == InstancePhase::Running),
+        ready_instances: count(&|i| current(i) && crate::leader::scheduler::ready(i)),
         pending_instances: count(&|i| current(i) && phase(i) == InstancePhase::Pending),
         ..Default::default()
     };

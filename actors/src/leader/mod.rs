@@ -352,6 +352,9 @@ async fn register_local_node(
             advertise_address: local.advertise_address.to_string(),
             role: NodeRole::ControlPlane.into(),
             agent_version: kat_proto::VERSION.to_owned(),
+            // Bootstrap runs on init's node: this host.
+            capacity: Some(crate::node::host_capacity()),
+            allocatable: Some(crate::node::host_capacity()),
             ..Default::default()
         }),
         status: None,

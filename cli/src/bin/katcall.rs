@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use kat_cli::output::{self, encode};
 use kat_cli::remote::{Client, CmdError, ConfigSource, connect, load_config};
-use kat_cli::{OutputFormat, not_implemented};
+use kat_cli::{OutputFormat, not_implemented, workloads};
 use kat_proto::quadlet::{self, Document};
 use kat_proto::v1alpha1 as api;
 
@@ -33,15 +33,9 @@ struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
-    /// Namespace.
-    #[arg(
-        short,
-        long,
-        global = true,
-        env = "KAT_NAMESPACE",
-        default_value = "default"
-    )]
-    namespace: String,
+    /// Namespace (default: "default"; for apply, the bundle's; for lists, all).
+    #[arg(short, long, global = true, env = "KAT_NAMESPACE")]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -236,7 +230,8 @@ enum TokenKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let api = "the workload API, which is not built yet";
+    let api = "a part of the API that is not built yet";
+    let ns = cli.namespace.as_deref();
     let source = ConfigSource {
         file: cli.config.clone(),
         server: cli.server.clone(),
@@ -257,17 +252,50 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Apply { .. } => not_implemented("katcall", "apply", api),
+        Command::Apply { path, wait } => remote(&source, "apply", |client| {
+            workloads::apply(client, &path, ns, wait, cli.output)
+        }),
         Command::Get {
             resource: resource @ (Resource::Nodes | Resource::Node),
             name,
         } => remote(&source, "get", |client| {
             get_nodes(client, resource, name.clone(), cli.output)
         }),
+        Command::Get {
+            resource: Resource::Workloads,
+            name,
+        } => remote(&source, "get", |client| {
+            workloads::get_workloads(client, ns, name.clone(), cli.output)
+        }),
+        Command::Get {
+            resource: Resource::Workload,
+            name: None,
+        } => {
+            eprintln!("katcall get: which workload? (katcall get workload NAME)");
+            ExitCode::FAILURE
+        }
+        Command::Get {
+            resource: Resource::Workload,
+            name,
+        } => remote(&source, "get", |client| {
+            workloads::get_workloads(client, ns, name.clone(), cli.output)
+        }),
+        Command::Get {
+            resource: Resource::Instances,
+            name,
+        } => remote(&source, "get", |client| {
+            workloads::get_instances(client, ns, name.clone(), cli.output)
+        }),
+        Command::Get {
+            resource: Resource::Events,
+            ..
+        } => remote(&source, "get", |client| {
+            workloads::get_events(client, ns, cli.output)
+        }),
         Command::Get { resource, .. } => not_implemented(
             "katcall",
             &format!("get {}", resource_name(resource)),
-            "the workload API",
+            "the namespace API",
         ),
         Command::Describe {
             kind: DescribeKind::Node,
@@ -275,9 +303,18 @@ fn main() -> ExitCode {
         } => remote(&source, "describe", |client| {
             describe_node(client, name.clone())
         }),
-        Command::Describe { .. } => {
-            not_implemented("katcall", "describe workload", "the workload API")
-        }
+        Command::Describe {
+            kind: DescribeKind::Workload,
+            name,
+        } => remote(&source, "describe", |client| {
+            workloads::describe_workload(client, ns, name.clone(), cli.output)
+        }),
+        Command::Delete(DeleteCommand::Workload {
+            name,
+            purge_volumes,
+        }) => remote(&source, "delete", |client| {
+            workloads::delete_workload(client, ns, name.clone(), purge_volumes)
+        }),
         Command::Delete(_) => not_implemented("katcall", "delete", api),
         Command::Logs { .. } => not_implemented("katcall", "logs", api),
         Command::Exec { .. } => not_implemented("katcall", "exec", api),
@@ -346,8 +383,7 @@ fn resource_name(resource: Resource) -> String {
         .unwrap_or_default()
 }
 
-/// A command's failure: one line on stderr.
-type CmdResult = Result<(), CmdError>;
+use workloads::CmdResult;
 
 /// Runs `f` against the API with the configured client; prints a one-line error and
 /// fails if anything goes wrong.

@@ -114,7 +114,7 @@ pub struct WorkloadPlan {
 }
 
 /// Running, and healthy where a health check says so.
-fn ready(i: &Instance) -> bool {
+pub fn ready(i: &Instance) -> bool {
     i.status.as_ref().is_some_and(|s| {
         s.phase() == InstancePhase::Running
             && !matches!(s.health(), Health::Starting | Health::Unhealthy)
@@ -244,6 +244,12 @@ pub fn plan_workload(
     if current.len() > replicas as usize {
         removal_order(&mut current);
         let extra = current.len() - replicas as usize;
+        let ids: Vec<String> = current[..extra].iter().map(|i| i.id.clone()).collect();
+        plan.events.push((
+            "ScaledDown".to_owned(),
+            EventSeverity::Normal,
+            format!("removing {}", ids.join(", ")),
+        ));
         for i in current.drain(..extra) {
             remove(&mut plan, snapshot, i);
         }
@@ -258,6 +264,12 @@ pub fn plan_workload(
     if old.len() > keep_old {
         removal_order(&mut old);
         let n = old.len() - keep_old;
+        let ids: Vec<String> = old[..n].iter().map(|i| i.id.clone()).collect();
+        plan.events.push((
+            "Replaced".to_owned(),
+            EventSeverity::Normal,
+            format!("generation {generation} replaces {}", ids.join(", ")),
+        ));
         for i in old.drain(..n) {
             remove(&mut plan, snapshot, i);
         }

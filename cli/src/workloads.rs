@@ -1,0 +1,281 @@
+//! `katcall` commands about workloads: apply (with `--wait`), get, describe, delete,
+//! instances and events.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use kat_proto::v1alpha1 as api;
+
+use crate::OutputFormat;
+use crate::output::{self, encode};
+use crate::remote::{Client, CmdError};
+
+/// A command's result: its failure is one line on stderr.
+pub type CmdResult = Result<(), CmdError>;
+
+fn emit<T: serde::Serialize>(value: &T, format: OutputFormat) -> CmdResult {
+    print!("{}", encode(value, format)?);
+    Ok(())
+}
+
+/// The bundle to send for `path`: a Quadlet directory is checked offline first (so
+/// errors name its files) and packed; a `.tar.gz` is sent as it is.
+pub fn bundle_for(path: &Path) -> Result<Vec<u8>, CmdError> {
+    if path.is_dir() {
+        if let Err(errors) = kat_proto::quadlet::load_path(path) {
+            let lines: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+            return Err(format!("{} is not valid:\n{}", path.display(), lines.join("\n")).into());
+        }
+        return kat_proto::bundle::pack_dir(path)
+            .map_err(|e| format!("{}: cannot pack: {e}", path.display()).into());
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+/// `katcall apply -f DIR|BUNDLE [--wait]`.
+pub async fn apply(
+    mut client: Client,
+    path: &Path,
+    namespace: Option<&str>,
+    wait: bool,
+    format: OutputFormat,
+) -> CmdResult {
+    let bundle = bundle_for(path)?;
+    let q = client
+        .create_workload(api::CreateWorkloadRequest {
+            namespace: namespace.unwrap_or_default().to_owned(),
+            bundle,
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    let meta = q
+        .workload
+        .as_ref()
+        .and_then(|w| w.metadata.clone())
+        .unwrap_or_default();
+    match format {
+        OutputFormat::Table => println!(
+            "workload {}/{} applied (generation {})",
+            meta.namespace, meta.name, meta.generation
+        ),
+        _ => emit(&q, format)?,
+    }
+    if wait {
+        wait_ready(&mut client, &meta.namespace, &meta.name, meta.generation).await?;
+    }
+    Ok(())
+}
+
+/// Waits until every instance of `generation` runs (healthy, where checked) and no
+/// older one is left; shows progress on stderr. Gives up after 10 minutes.
+pub async fn wait_ready(client: &mut Client, ns: &str, name: &str, generation: i64) -> CmdResult {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut last = String::new();
+    loop {
+        let s = client
+            .get_workload_status(api::GetWorkloadRequest {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(CmdError::from)?
+            .into_inner();
+        let status = s
+            .workload
+            .as_ref()
+            .and_then(|w| w.status.clone())
+            .unwrap_or_default();
+        let old = s
+            .instances
+            .iter()
+            .filter(|i| i.generation != generation)
+            .count();
+        let line = format!(
+            "{ns}/{name}: {}/{} ready, {} pending, {old} old",
+            status.ready_instances, status.desired_instances, status.pending_instances
+        );
+        if line != last {
+            eprintln!("{line}");
+            last.clone_from(&line);
+        }
+        let failed: Vec<String> = s
+            .instances
+            .iter()
+            .filter(|i| {
+                i.generation == generation
+                    && i.status
+                        .as_ref()
+                        .is_some_and(|st| st.phase() == api::InstancePhase::Failed)
+            })
+            .map(|i| {
+                let st = i.status.clone().unwrap_or_default();
+                format!("{}: {} {}", i.id, st.reason, st.message)
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(format!("instances failed: {}", failed.join("; ")).into());
+        }
+        let spec = s
+            .workload
+            .as_ref()
+            .and_then(|w| w.spec.clone())
+            .unwrap_or_default();
+        let expected = match spec.r#type() {
+            api::WorkloadType::DaemonService => status.desired_instances.max(1),
+            api::WorkloadType::Job => {
+                return Err("--wait: JOB workloads are not run by this build yet".into());
+            }
+            _ => u32::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0),
+        };
+        if status.desired_instances == expected && status.ready_instances == expected && old == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("{line}: not ready after 10 minutes").into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `katcall get workloads` / `get workload NAME`.
+pub async fn get_workloads(
+    mut client: Client,
+    namespace: Option<&str>,
+    name: Option<String>,
+    format: OutputFormat,
+) -> CmdResult {
+    let now = SystemTime::now();
+    match name {
+        Some(name) => {
+            let q = client
+                .get_workload(api::GetWorkloadRequest {
+                    namespace: namespace.unwrap_or("default").to_owned(),
+                    name,
+                })
+                .await
+                .map_err(CmdError::from)?
+                .into_inner();
+            match format {
+                OutputFormat::Table => {
+                    print!("{}", output::workloads_table(std::slice::from_ref(&q), now));
+                    Ok(())
+                }
+                _ => emit(&q, format),
+            }
+        }
+        None => {
+            let list = client
+                .list_workloads(api::ListWorkloadsRequest {
+                    namespace: namespace.unwrap_or_default().to_owned(),
+                })
+                .await
+                .map_err(CmdError::from)?
+                .into_inner();
+            match format {
+                OutputFormat::Table => {
+                    print!("{}", output::workloads_table(&list.items, now));
+                    Ok(())
+                }
+                _ => emit(&list, format),
+            }
+        }
+    }
+}
+
+/// `katcall get instances [WORKLOAD]`.
+pub async fn get_instances(
+    mut client: Client,
+    namespace: Option<&str>,
+    workload: Option<String>,
+    format: OutputFormat,
+) -> CmdResult {
+    let ns = match (namespace, &workload) {
+        (Some(ns), _) => ns.to_owned(),
+        (None, Some(_)) => "default".to_owned(),
+        (None, None) => String::new(),
+    };
+    let list = client
+        .list_instances(api::ListInstancesRequest {
+            namespace: ns,
+            workload: workload.unwrap_or_default(),
+            node: String::new(),
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    match format {
+        OutputFormat::Table => {
+            print!("{}", output::instances_table(&list.items));
+            Ok(())
+        }
+        _ => emit(&list, format),
+    }
+}
+
+/// `katcall get events`.
+pub async fn get_events(
+    mut client: Client,
+    namespace: Option<&str>,
+    format: OutputFormat,
+) -> CmdResult {
+    let list = client
+        .list_events(api::ListEventsRequest {
+            namespace: namespace.unwrap_or_default().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    match format {
+        OutputFormat::Table => {
+            print!("{}", output::events_table(&list.items, SystemTime::now()));
+            Ok(())
+        }
+        _ => emit(&list, format),
+    }
+}
+
+/// `katcall describe workload NAME`.
+pub async fn describe_workload(
+    mut client: Client,
+    namespace: Option<&str>,
+    name: String,
+    format: OutputFormat,
+) -> CmdResult {
+    let s = client
+        .get_workload_status(api::GetWorkloadRequest {
+            namespace: namespace.unwrap_or("default").to_owned(),
+            name,
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    match format {
+        OutputFormat::Table => {
+            print!("{}", output::describe_workload(&s, SystemTime::now()));
+            Ok(())
+        }
+        _ => emit(&s, format),
+    }
+}
+
+/// `katcall delete workload NAME [--purge-volumes]`.
+pub async fn delete_workload(
+    mut client: Client,
+    namespace: Option<&str>,
+    name: String,
+    purge_volumes: bool,
+) -> CmdResult {
+    let ns = namespace.unwrap_or("default").to_owned();
+    client
+        .delete_workload(api::DeleteWorkloadRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+            purge_volumes,
+        })
+        .await
+        .map_err(CmdError::from)?;
+    println!("workload {ns}/{name} deleted");
+    Ok(())
+}
