@@ -550,6 +550,8 @@ pub enum RuntimeChoice {
         unit_dir: PathBuf,
         podman: Option<PathBuf>,
         mode: RuntimeMode,
+        /// The Podman network instances join (`None`: Podman's default).
+        network: Option<String>,
     },
     /// The in-memory runtime (demos, simulations).
     Fake,
@@ -588,6 +590,7 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
             unit_dir,
             podman,
             mode,
+            network: _,
         } => {
             let Some(podman) = podman
                 .clone()
@@ -642,7 +645,10 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
                     || PathBuf::from(kat_proto::quadlet::defaults::VOLUME_BASE_PATH),
                     |s| PathBuf::from(s.volume_base_path),
                 ),
-            network: None,
+            network: match choice {
+                RuntimeChoice::Podman { network, .. } => network.clone(),
+                RuntimeChoice::Fake => None,
+            },
         }),
     });
     tracing::info!(node = %node.identity.node_name, runtime = ?choice, "container runtime ready");

@@ -37,7 +37,7 @@ pub async fn apply(
     mut client: Client,
     path: &Path,
     namespace: Option<&str>,
-    wait: bool,
+    wait: Option<Duration>,
     format: OutputFormat,
 ) -> CmdResult {
     let bundle = bundle_for(path)?;
@@ -61,16 +61,29 @@ pub async fn apply(
         ),
         _ => emit(&q, format)?,
     }
-    if wait {
-        wait_ready(&mut client, &meta.namespace, &meta.name, meta.generation).await?;
+    if let Some(timeout) = wait {
+        wait_ready(
+            &mut client,
+            &meta.namespace,
+            &meta.name,
+            meta.generation,
+            timeout,
+        )
+        .await?;
     }
     Ok(())
 }
 
 /// Waits until every instance of `generation` runs (healthy, where checked) and no
-/// older one is left; shows progress on stderr. Gives up after 10 minutes.
-pub async fn wait_ready(client: &mut Client, ns: &str, name: &str, generation: i64) -> CmdResult {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+/// older one is left; shows progress on stderr. Gives up after `timeout`.
+pub async fn wait_ready(
+    client: &mut Client,
+    ns: &str,
+    name: &str,
+    generation: i64,
+    timeout: Duration,
+) -> CmdResult {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
         let s = client
@@ -132,7 +145,7 @@ pub async fn wait_ready(client: &mut Client, ns: &str, name: &str, generation: i
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("{line}: not ready after 10 minutes").into());
+            return Err(format!("{line}: not ready after {timeout:?}").into());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

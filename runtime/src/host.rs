@@ -233,7 +233,14 @@ impl InstanceHost for SystemdHost {
             restarts: state.restarts,
             exit_code,
             ip: container.as_ref().and_then(|c| c.ip),
-            message: format!("unit {}/{} ({})", state.active, state.sub, state.result),
+            message: if state.restarts > 0 && state.exit_status != 0 && phase != Phase::Running {
+                format!(
+                    "unit {}/{} ({}); restarted {} times, last exit status {}",
+                    state.active, state.sub, state.result, state.restarts, state.exit_status
+                )
+            } else {
+                format!("unit {}/{} ({})", state.active, state.sub, state.result)
+            },
         })
     }
 

@@ -73,6 +73,10 @@ struct NodeOptions {
     /// systemd, else agent.
     #[arg(long, value_enum, default_value_t = ManagersKind::Auto)]
     user_managers: ManagersKind,
+    /// Podman network instances join (default: Podman's own default; `none` for no
+    /// network, e.g. where rootless networking cannot open /dev/net/tun).
+    #[arg(long, value_name = "NAME")]
+    instance_network: Option<String>,
     /// Path to the etcd binary (default: etcd on PATH).
     #[arg(long, value_name = "PATH")]
     etcd_bin: Option<PathBuf>,
@@ -105,6 +109,7 @@ impl NodeOptions {
                 bus: self.systemd_bus.clone(),
                 unit_dir: self.unit_dir.clone(),
                 podman: None,
+                network: self.instance_network.clone(),
                 mode: match self.runtime_mode {
                     ModeKind::Rootful => agent::RuntimeMode::Rootful,
                     ModeKind::Rootless => agent::RuntimeMode::Rootless(match self.user_managers {

@@ -63,6 +63,9 @@ enum Command {
         /// Wait until the workload's instances are running (or healthy).
         #[arg(long)]
         wait: bool,
+        /// How long --wait waits, e.g. 90s, 10m.
+        #[arg(long, default_value = "10m", requires = "wait")]
+        timeout: String,
     },
     /// List or show resources.
     Get {
@@ -252,9 +255,19 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Apply { path, wait } => remote(&source, "apply", |client| {
-            workloads::apply(client, &path, ns, wait, cli.output)
-        }),
+        Command::Apply {
+            path,
+            wait,
+            timeout,
+        } => match output::parse_duration(&timeout) {
+            Err(e) => {
+                eprintln!("katcall apply: --timeout {e}");
+                ExitCode::FAILURE
+            }
+            Ok(timeout) => remote(&source, "apply", |client| {
+                workloads::apply(client, &path, ns, wait.then_some(timeout), cli.output)
+            }),
+        },
         Command::Get {
             resource: resource @ (Resource::Nodes | Resource::Node),
             name,
