@@ -292,3 +292,63 @@ pub async fn delete_workload(
     println!("workload {ns}/{name} deleted");
     Ok(())
 }
+
+/// `katcall rollback workload NAME [--to-generation N]`: re-applies a kept
+/// generation; with `wait`, follows the rollout.
+pub async fn rollback(
+    mut client: Client,
+    namespace: Option<&str>,
+    name: String,
+    to_generation: Option<i64>,
+    format: OutputFormat,
+) -> CmdResult {
+    let q = client
+        .rollback_workload(api::RollbackWorkloadRequest {
+            namespace: namespace.unwrap_or("default").to_owned(),
+            name,
+            to_generation: to_generation.unwrap_or(0),
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    let meta = q
+        .workload
+        .as_ref()
+        .and_then(|w| w.metadata.clone())
+        .unwrap_or_default();
+    match format {
+        OutputFormat::Table => println!(
+            "workload {}/{} rolled back (now generation {}); follow it with katcall rollout status {}",
+            meta.namespace, meta.name, meta.generation, meta.name
+        ),
+        _ => emit(&q, format)?,
+    }
+    Ok(())
+}
+
+/// `katcall rollout status NAME`: follows the current generation's rollout until
+/// every instance of it is ready and no older one is left.
+pub async fn rollout_status(
+    mut client: Client,
+    namespace: Option<&str>,
+    name: String,
+    timeout: Duration,
+) -> CmdResult {
+    let ns = namespace.unwrap_or("default").to_owned();
+    let q = client
+        .get_workload(api::GetWorkloadRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    let generation = q
+        .workload
+        .as_ref()
+        .and_then(|w| w.metadata.as_ref())
+        .map_or(0, |m| m.generation);
+    wait_ready(&mut client, &ns, &name, generation, timeout).await?;
+    println!("workload {ns}/{name}: generation {generation} rolled out");
+    Ok(())
+}

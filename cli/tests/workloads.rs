@@ -2,6 +2,7 @@
 //! 127.0.0.1, joins on .2 and .3; real etcd, real TLS) running the fake runtime
 //! (`--runtime fake`); `katcall apply -f examples/web --wait` → three RUNNING
 //! instances, one per node; a changed image rolls out step by step within maxSurge;
+//! `rollback` brings the previous spec back as a new generation;
 //! a SIGKILLed node's instance is replaced elsewhere; a DAEMON_SERVICE has one
 //! instance per Ready node; `delete` removes the instances. Every agent is stopped by
 //! PID when its guard drops.
@@ -253,6 +254,31 @@ fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
     let events = ok(&katcall(&kc, &["get", "events"]));
     assert!(events.contains("WorkloadUpdated"), "{events}");
     assert!(events.contains("Replaced"), "{events}");
+
+    // Rollback: the previous generation's spec comes back as generation 3.
+    let rolled = ok(&katcall(&kc, &["rollback", "workload", "web"]));
+    assert!(rolled.contains("now generation 3"), "{rolled}");
+    let status = ok(&katcall(&kc, &["rollout", "status", "web"]));
+    assert!(status.contains("generation 3 rolled out"), "{status}");
+    let back = instances(&kc, "web");
+    assert!(
+        back.iter().all(|i| i.generation == 3) && back.len() == 3,
+        "{back:?}"
+    );
+    let described = ok(&katcall(&kc, &["describe", "workload", "web"]));
+    assert!(described.contains("nginx:1.27"), "{described}");
+    assert!(described.contains("RolledBack"), "{described}");
+    let none_older = katcall(
+        &kc,
+        &["rollback", "workload", "web", "--to-generation", "99"],
+    );
+    assert!(!none_older.status.success());
+    assert!(
+        String::from_utf8_lossy(&none_older.stderr)
+            .contains("generation 99 of workload default/web is not kept"),
+        "{}",
+        String::from_utf8_lossy(&none_older.stderr)
+    );
 
     // A node dies: its instance is replaced on the others.
     let before = instances(&kc, "web");

@@ -343,7 +343,17 @@ impl UserApi for UserApiService {
         &self,
         request: Request<RollbackWorkloadRequest>,
     ) -> Result<Response<Quadlet>, Status> {
-        self.later(&request, "rollback").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        workloads::rollback(
+            &ctx,
+            namespace_or_default(&req.namespace),
+            &req.name,
+            req.to_generation,
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
 
     type StreamInstanceLogsStream = BoxStream<LogChunk>;

@@ -108,7 +108,7 @@ pub async fn apply_bundle(
     mode: ApplyMode,
     now: SystemTime,
 ) -> Result<Quadlet, Status> {
-    let mut quadlet = kat_proto::quadlet::parse_bundle("bundle", bundle, &Limits::default())
+    let quadlet = kat_proto::quadlet::parse_bundle("bundle", bundle, &Limits::default())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let (ns, wl) = quadlet_name(&quadlet);
     if !namespace.is_empty() && namespace != ns {
@@ -123,6 +123,20 @@ pub async fn apply_bundle(
             "bundle/workload.kat: metadata.name: {wl:?} differs from the workload being updated ({name:?})"
         )));
     }
+    store_generation(ctx, quadlet, mode, None, now).await
+}
+
+/// Stores `quadlet` as its workload's next generation (or leaves an unchanged one
+/// alone), with the kept generations trimmed and an event, in one fenced
+/// transaction. `rolled_back_to` names the generation a rollback re-applies.
+async fn store_generation(
+    ctx: &NodeApiContext,
+    mut quadlet: Quadlet,
+    mode: ApplyMode,
+    rolled_back_to: Option<i64>,
+    now: SystemTime,
+) -> Result<Quadlet, Status> {
+    let (ns, wl) = quadlet_name(&quadlet);
     let key = workload_key(&ns, &wl);
     let existing = ctx.store.get(&key).await.map_err(unavailable)?;
     let previous = match &existing {
@@ -191,7 +205,12 @@ pub async fn apply_bundle(
             ops.push(TxnOp::delete(kv.key));
         }
     }
-    let (reason, message) = if previous.is_some() {
+    let (reason, message) = if let Some(target) = rolled_back_to {
+        (
+            "RolledBack",
+            format!("generation {generation} re-applies generation {target}"),
+        )
+    } else if previous.is_some() {
         (
             "WorkloadUpdated",
             format!("generation {generation} applied"),
@@ -212,6 +231,54 @@ pub async fn apply_bundle(
     }
     tracing::info!(namespace = %ns, workload = %wl, generation, "workload applied");
     Ok(quadlet)
+}
+
+/// Re-applies a kept generation (`to_generation`, or the one before the current when
+/// 0) as a new generation, rolled out with the workload's update strategy.
+pub async fn rollback(
+    ctx: &NodeApiContext,
+    ns: &str,
+    name: &str,
+    to_generation: i64,
+    now: SystemTime,
+) -> Result<Quadlet, Status> {
+    let current = get_quadlet(ctx.store.as_ref(), ns, name).await?;
+    let generation = generation_of(&current);
+    let (kept, _) = ctx
+        .store
+        .list(&format!("{REVISIONS_PREFIX}{ns}/{name}/"))
+        .await
+        .map_err(unavailable)?;
+    let kept: Vec<(i64, Quadlet)> = kept
+        .iter()
+        .filter_map(|kv| Quadlet::decode(kv.value.as_slice()).ok())
+        .map(|q| (generation_of(&q), q))
+        .collect();
+    // The generation before the current one is the newest kept one with another spec.
+    let target = if to_generation > 0 {
+        to_generation
+    } else {
+        kept.iter()
+            .filter(|(g, q)| *g < generation && user_part(q) != user_part(&current))
+            .map(|(g, _)| *g)
+            .max()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "workload {ns}/{name} has no earlier generation to roll back to"
+                ))
+            })?
+    };
+    if target == generation {
+        return Err(Status::failed_precondition(format!(
+            "generation {target} is the current one"
+        )));
+    }
+    let (_, old) = kept.into_iter().find(|(g, _)| *g == target).ok_or_else(|| {
+        Status::not_found(format!(
+            "generation {target} of workload {ns}/{name} is not kept (the last {KEEP_REVISIONS} are)"
+        ))
+    })?;
+    store_generation(ctx, old, ApplyMode::Update, Some(target), now).await
 }
 
 /// An event about a workload.

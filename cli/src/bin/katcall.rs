@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use kat_cli::output::{self, encode};
@@ -331,8 +332,18 @@ fn main() -> ExitCode {
         Command::Delete(_) => not_implemented("katcall", "delete", api),
         Command::Logs { .. } => not_implemented("katcall", "logs", api),
         Command::Exec { .. } => not_implemented("katcall", "exec", api),
-        Command::Rollout(_) => not_implemented("katcall", "rollout", api),
-        Command::Rollback { .. } => not_implemented("katcall", "rollback", api),
+        Command::Rollout(RolloutCommand::Status { workload }) => {
+            remote(&source, "rollout status", |client| {
+                workloads::rollout_status(client, ns, workload.clone(), Duration::from_secs(600))
+            })
+        }
+        Command::Rollback {
+            name,
+            to_generation,
+            ..
+        } => remote(&source, "rollback", |client| {
+            workloads::rollback(client, ns, name.clone(), to_generation, cli.output)
+        }),
         Command::Cordon { .. } => not_implemented("katcall", "cordon", api),
         Command::Uncordon { .. } => not_implemented("katcall", "uncordon", api),
         Command::Drain { .. } => not_implemented("katcall", "drain", api),
