@@ -275,7 +275,13 @@ pub struct HeartbeatArgs {
     /// Told the full address list whenever a new control-plane member is learned, so
     /// the node still finds a leader after a restart when the one it joined is gone.
     pub remember_targets: Option<RememberTargets>,
+    /// Addresses learned so far, kept across restarts of this actor (a restarted
+    /// Heartbeat — after a detach — must not forget the members it learned).
+    pub learned: LearnedTargets,
 }
+
+/// See [`HeartbeatArgs::learned`].
+pub type LearnedTargets = Arc<std::sync::Mutex<Vec<String>>>;
 
 /// See [`HeartbeatArgs::remember_targets`].
 pub type RememberTargets = Arc<dyn Fn(&[String]) + Send + Sync>;
@@ -362,8 +368,13 @@ impl HeartbeatState {
                             learned = true;
                         }
                     }
-                    if learned && let Some(remember) = &self.args.remember_targets {
-                        remember(&self.args.targets);
+                    if learned {
+                        if let Ok(mut kept) = self.args.learned.lock() {
+                            kept.clone_from(&self.args.targets);
+                        }
+                        if let Some(remember) = &self.args.remember_targets {
+                            remember(&self.args.targets);
+                        }
                     }
                     self.follow(&target, &response.leader_address);
                     return Some(response);
@@ -449,8 +460,14 @@ impl Actor for Heartbeat {
     async fn pre_start(
         &self,
         myself: ActorRef<HeartbeatMsg>,
-        args: HeartbeatArgs,
+        mut args: HeartbeatArgs,
     ) -> Result<HeartbeatState, ActorProcessingErr> {
+        let learned = args.learned.lock().map(|l| l.clone()).unwrap_or_default();
+        for target in learned {
+            if !args.targets.contains(&target) {
+                args.targets.push(target);
+            }
+        }
         if args.targets.is_empty() {
             return Err("no leader API address known".into());
         }

@@ -215,6 +215,7 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
         synced: opts.synced.clone(),
         reports: opts.runtime.as_ref().map(|r| r.reports.clone()),
         remember_targets: opts.remember_targets.clone(),
+        learned: Arc::default(),
     };
     let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
         heartbeat_args.clone()

@@ -96,6 +96,8 @@ pub struct RuntimeState {
     preparing: HashMap<String, Preparing>,
     /// The image each instance was prepared with.
     prepared: HashMap<String, String>,
+    /// When each instance was first seen ended (reported as `finished_at`).
+    finished: HashMap<String, pbjson_types::Timestamp>,
     health: HashMap<String, HealthTrack>,
     announced: HashMap<String, Ensured>,
     watcher: tokio::task::JoinHandle<()>,
@@ -247,6 +249,7 @@ impl RuntimeState {
                     self.health.remove(&id);
                     self.announced.remove(&id);
                     self.prepared.remove(&id);
+                    self.finished.remove(&id);
                 }
             }
         }
@@ -269,6 +272,17 @@ impl RuntimeState {
                 }
             };
             let health = self.check_health(d, &obs).await;
+            let finished_at = if matches!(obs.phase, Phase::Exited | Phase::Failed) {
+                Some(
+                    *self
+                        .finished
+                        .entry(d.id().to_owned())
+                        .or_insert_with(|| kat_proto::timestamp(std::time::SystemTime::now())),
+                )
+            } else {
+                self.finished.remove(d.id());
+                None
+            };
             reports.insert(
                 d.id().to_owned(),
                 InstanceStatus {
@@ -278,6 +292,7 @@ impl RuntimeState {
                     exit_code: obs.exit_code.unwrap_or_default(),
                     ip: obs.ip.map(|ip| ip.to_string()).unwrap_or_default(),
                     message: obs.message.clone(),
+                    finished_at,
                     ..Default::default()
                 },
             );
@@ -474,6 +489,7 @@ impl Actor for Runtime {
             rejected: Vec::new(),
             preparing: HashMap::new(),
             prepared: HashMap::new(),
+            finished: HashMap::new(),
             health: HashMap::new(),
             announced: HashMap::new(),
             watcher,

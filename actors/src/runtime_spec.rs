@@ -76,6 +76,8 @@ pub fn desired_instance(a: &Assignment, ctx: &SpecContext) -> Result<DesiredInst
     let container = spec.container.clone().unwrap_or_default();
     let (ns, name, id) = (&instance.namespace, &instance.workload, &instance.id);
     let restart = match spec.restart_policy.as_ref() {
+        // A JOB's runs end; the scheduler starts new ones (with backoff).
+        _ if spec.r#type() == kat_proto::v1alpha1::WorkloadType::Job => RestartPolicy::Never,
         None => RestartPolicy::Always,
         Some(p) => match p.condition() {
             RestartCondition::Never => RestartPolicy::Never,

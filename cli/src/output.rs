@@ -406,6 +406,7 @@ pub fn describe_workload(s: &WorkloadStatusResponse, now: SystemTime) -> String 
         ),
     );
     if spec.r#type() == WorkloadType::Job {
+        field("State", status.job_state.clone());
         field(
             "Runs",
             format!(

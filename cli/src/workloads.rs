@@ -104,10 +104,22 @@ pub async fn wait_ready(
             .iter()
             .filter(|i| i.generation != generation)
             .count();
-        let line = format!(
-            "{ns}/{name}: {}/{} ready, {} pending, {old} old",
-            status.ready_instances, status.desired_instances, status.pending_instances
-        );
+        let is_job = s
+            .workload
+            .as_ref()
+            .and_then(|w| w.spec.as_ref())
+            .is_some_and(|sp| sp.r#type() == api::WorkloadType::Job);
+        let line = if is_job {
+            format!(
+                "{ns}/{name}: {} — {} succeeded, {} failed, {} active",
+                status.job_state, status.succeeded, status.failed, status.active
+            )
+        } else {
+            format!(
+                "{ns}/{name}: {}/{} ready, {} pending, {old} old",
+                status.ready_instances, status.desired_instances, status.pending_instances
+            )
+        };
         if line != last {
             eprintln!("{line}");
             last.clone_from(&line);
@@ -126,7 +138,7 @@ pub async fn wait_ready(
                 format!("{}: {} {}", i.id, st.reason, st.message)
             })
             .collect();
-        if !failed.is_empty() {
+        if !failed.is_empty() && !is_job {
             return Err(format!("instances failed: {}", failed.join("; ")).into());
         }
         let spec = s
@@ -137,7 +149,19 @@ pub async fn wait_ready(
         let expected = match spec.r#type() {
             api::WorkloadType::DaemonService => status.desired_instances.max(1),
             api::WorkloadType::Job => {
-                return Err("--wait: JOB workloads are not run by this build yet".into());
+                return match status.job_state.as_str() {
+                    "Complete" | "Waiting" => Ok(()),
+                    failed if failed.starts_with("Failed") => {
+                        Err(format!("{ns}/{name}: {failed}").into())
+                    }
+                    _ if tokio::time::Instant::now() >= deadline => {
+                        Err(format!("{line}: not done after {timeout:?}").into())
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
             }
             _ => u32::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0),
         };

@@ -216,6 +216,45 @@ fn a_workload_runs_rootless_on_podman_survives_an_agent_restart_and_goes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // A JOB of the same workload user's kind: its run ends, and the job completes.
+    let job = dir.path().join("job");
+    std::fs::create_dir(&job).unwrap();
+    std::fs::write(
+        job.join("workload.kat"),
+        format!(
+            "apiVersion: kat.dws.rip/v1alpha1
+kind: Workload
+metadata:
+  name: {name}
+spec:
+  type: JOB
+  source:
+    image: {BUSYBOX_IMAGE}
+  container:
+    command: [\"sh\", \"-c\", \"echo done\"]
+"
+        ),
+    )
+    .unwrap();
+    ok(&katcall(
+        &kc,
+        &[
+            "apply",
+            "-f",
+            job.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "2m",
+        ],
+    ));
+    let described = ok(&katcall(&kc, &["describe", "workload", &name]));
+    assert!(
+        described.contains("State:          Complete"),
+        "{described}"
+    );
+    ok(&katcall(&kc, &["delete", "workload", &name]));
+
     agent.signal(Signal::SIGTERM);
     assert!(agent.child.wait().unwrap().success());
 }

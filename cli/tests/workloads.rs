@@ -4,7 +4,7 @@
 //! instances, one per node; a changed image rolls out step by step within maxSurge;
 //! `rollback` brings the previous spec back as a new generation;
 //! a SIGKILLed node's instance is replaced elsewhere; a DAEMON_SERVICE has one
-//! instance per Ready node; `delete` removes the instances. Every agent is stopped by
+//! instance per Ready node; a JOB runs its completions and completes; `delete` removes the instances. Every agent is stopped by
 //! PID when its guard drops.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -322,6 +322,69 @@ fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
         BTreeMap::from([("n1", 1), ("n2", 1)]),
         "{daemons:?}"
     );
+
+    // A JOB: two runs, one at a time (each fake run exits 0 after a second).
+    let job = dir.path().join("count");
+    std::fs::create_dir(&job).unwrap();
+    std::fs::write(
+        job.join("workload.kat"),
+        "apiVersion: kat.dws.rip/v1alpha1
+kind: Workload
+metadata:
+  name: count
+spec:
+  type: JOB
+  source:
+    image: localhost/busybox:latest
+  restartPolicy:
+    condition: NEVER
+  container:
+    command: [\"sh\", \"-c\", \"echo counted\"]
+    env:
+      - name: KAT_FAKE_EXIT
+        value: \"1\"
+",
+    )
+    .unwrap();
+    std::fs::write(
+        job.join("job.kat"),
+        "apiVersion: kat.dws.rip/v1alpha1
+kind: JobDefinition
+metadata:
+  name: count
+spec:
+  completions: 2
+  parallelism: 1
+  backoffLimit: 1
+",
+    )
+    .unwrap();
+    let ran = Instant::now();
+    ok(&katcall(
+        &kc,
+        &[
+            "apply",
+            "-f",
+            job.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    ));
+    eprintln!("JOB with two runs completed in {:?}", ran.elapsed());
+    let described = ok(&katcall(&kc, &["describe", "workload", "count"]));
+    assert!(
+        described.contains("State:          Complete"),
+        "{described}"
+    );
+    assert!(
+        described.contains("2 succeeded, 0 failed, 0 active"),
+        "{described}"
+    );
+    assert!(described.contains("JobCompleted"), "{described}");
+    let runs = instances(&kc, "count");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.phase == "SUCCEEDED"), "{runs:?}");
 
     // Delete: the instances go.
     let deleted = ok(&katcall(&kc, &["delete", "workload", "web"]));

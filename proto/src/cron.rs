@@ -30,6 +30,56 @@ impl CronSchedule {
     }
 }
 
+/// Year, month (1-12), day (1-31) of the day `days` after 1970-01-01 (proleptic
+/// Gregorian; Howard Hinnant's civil-from-days).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+impl CronSchedule {
+    /// The first minute (Unix seconds, UTC) after `after` at which the schedule fires,
+    /// looking at most five years ahead.
+    pub fn next_after(&self, after: i64) -> Option<i64> {
+        let mut t = after.div_euclid(60) * 60 + 60;
+        let limit = after + 5 * 366 * 86_400;
+        while t <= limit {
+            let days = t.div_euclid(86_400);
+            let (_, month, day) = civil(days);
+            // 1970-01-01 was a Thursday.
+            let weekday = u32::try_from((days + 4).rem_euclid(7)).unwrap_or(0);
+            let bit = |set: u64, v: u32| set & (1u64 << v) != 0;
+            let dom = bit(u64::from(self.days_of_month), day);
+            let dow = bit(u64::from(self.days_of_week), weekday);
+            let day_ok = if self.day_or { dom || dow } else { dom && dow };
+            if !(day_ok && bit(u64::from(self.months), month)) {
+                t = (days + 1) * 86_400;
+                continue;
+            }
+            let secs = t.rem_euclid(86_400);
+            let hour = u32::try_from(secs / 3600).unwrap_or(0);
+            if !bit(u64::from(self.hours), hour) {
+                t = days * 86_400 + (i64::from(hour) + 1) * 3600;
+                continue;
+            }
+            let minute = u32::try_from((secs % 3600) / 60).unwrap_or(0);
+            if bit(self.minutes, minute) {
+                return Some(t);
+            }
+            t += 60;
+        }
+        None
+    }
+}
+
 struct FieldSpec {
     name: &'static str,
     min: u32,
@@ -177,6 +227,31 @@ fn value(text: &str, spec: &FieldSpec) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_tick_is_found_across_hours_days_and_months() {
+        // 2026-11-23 (a Monday) 17:05:30 UTC.
+        let t = 1_795_453_530;
+        assert_eq!(civil(t / 86_400), (2026, 11, 23));
+        let every_6h = parse("0 */6 * * *").unwrap();
+        assert_eq!(
+            every_6h.next_after(t),
+            Some(1_795_453_530 - 61_530 + 18 * 3600)
+        );
+        let every_minute = parse("* * * * *").unwrap();
+        assert_eq!(every_minute.next_after(t), Some(t - 30 + 60));
+        // The first of next month at 00:00.
+        let monthly = parse("0 0 1 * *").unwrap();
+        assert_eq!(monthly.next_after(t), Some(1_796_083_200));
+        // Sundays at 12:30: 2026-11-29.
+        let sundays = parse("30 12 * * SUN").unwrap();
+        assert_eq!(
+            sundays.next_after(t),
+            Some(1_796_083_200 - 2 * 86_400 + 12 * 3600 + 1800)
+        );
+        // February 30th never comes.
+        assert_eq!(parse("0 0 30 2 *").unwrap().next_after(t), None);
+    }
 
     #[test]
     fn every_six_hours() {

@@ -1,6 +1,8 @@
 //! The in-memory runtime for simulations and demos (`--runtime fake`): the same
 //! trait, no processes. Tests steer it: make an instance exit, crash-loop (exit as
-//! soon as it starts), hang (ignore stop), or fail its health checks.
+//! soon as it starts), hang (ignore stop), or fail its health checks. A container
+//! whose environment has [`FAKE_EXIT_ENV`] (`SECONDS[:CODE]`) exits by itself that long
+//! after it starts — how a JOB's runs end under the fake runtime.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -25,12 +27,26 @@ pub enum Behaviour {
     Unhealthy,
 }
 
+/// Environment variable that makes a fake container exit by itself: `SECONDS[:CODE]`.
+pub const FAKE_EXIT_ENV: &str = "KAT_FAKE_EXIT";
+
 #[derive(Debug, Clone)]
 struct FakeContainer {
     status: ContainerStatus,
     behaviour: Behaviour,
     logs: Vec<LogLine>,
     starts: u32,
+    /// Exits by itself this long after starting, with this code.
+    exit_after: Option<(Duration, i32)>,
+}
+
+/// `SECONDS[:CODE]`.
+fn parse_exit(text: &str) -> Option<(Duration, i32)> {
+    let (secs, code) = text.split_once(':').unwrap_or((text, "0"));
+    Some((
+        Duration::from_secs_f64(secs.trim().parse::<f64>().ok()?.max(0.0)),
+        code.trim().parse().ok()?,
+    ))
 }
 
 #[derive(Debug, Default)]
@@ -245,6 +261,7 @@ impl ContainerRuntime for FakeRuntime {
                     behaviour: Behaviour::Normal,
                     logs: Vec::new(),
                     starts: 0,
+                    exit_after: opts.env.get(FAKE_EXIT_ENV).and_then(|t| parse_exit(t)),
                 },
             );
             Ok(id)
@@ -311,7 +328,16 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn status(&self, id_or_name: &str) -> Result<ContainerStatus, RuntimeError> {
-        self.with(|i| Ok(find(i, id_or_name)?.status.clone()))
+        self.with(|i| {
+            let c = find(i, id_or_name)?;
+            if let (Some((after, code)), Some(started)) = (c.exit_after, c.status.started_at)
+                && c.status.state == ContainerState::Running
+                && started.elapsed().unwrap_or_default() >= after
+            {
+                exited(c, code);
+            }
+            Ok(c.status.clone())
+        })
     }
 
     async fn logs(&self, id: &str, opts: &LogOptions) -> Result<LogReceiver, RuntimeError> {

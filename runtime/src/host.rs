@@ -206,6 +206,12 @@ impl InstanceHost for SystemdHost {
         for (id, unit) in self.unit_files()? {
             if id == instance_id {
                 self.units.remove(&unit).await?;
+                // A run-once unit keeps its container (for the exit code): remove it.
+                let container = unit.trim_end_matches(".service");
+                match self.podman.remove(container, true, false).await {
+                    Ok(()) | Err(RuntimeError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())
@@ -219,14 +225,28 @@ impl InstanceHost for SystemdHost {
         let running = container
             .as_ref()
             .is_some_and(|c| c.state == ContainerState::Running);
+        let exited = container
+            .as_ref()
+            .filter(|c| c.state == ContainerState::Exited && o.restart == RestartPolicy::Never);
         let phase = match (state.active.as_str(), state.sub.as_str()) {
+            // A run-once container that ended: its own exit code says how.
+            _ if exited.is_some() => {
+                if exited.and_then(|c| c.exit_code) == Some(0) {
+                    Phase::Exited
+                } else {
+                    Phase::Failed
+                }
+            }
             ("active", "running") if running => Phase::Running,
             ("active" | "activating" | "reloading", _) => Phase::Starting,
             ("failed", _) => Phase::Failed,
             ("inactive" | "deactivating", _) => Phase::Exited,
             _ => Phase::Unknown,
         };
-        let exit_code = matches!(phase, Phase::Exited | Phase::Failed).then_some(state.exit_status);
+        let exit_code = match exited {
+            Some(c) => c.exit_code,
+            None => matches!(phase, Phase::Exited | Phase::Failed).then_some(state.exit_status),
+        };
         Ok(Observation {
             phase,
             container_id: container.as_ref().map(|c| c.id.clone()),

@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use kat_proto::bundle::Limits;
 use kat_proto::v1alpha1::{
-    DesiredState, Event, EventSeverity, Instance, InstancePhase, InstanceStatus, ObjectReference,
-    Quadlet, WorkloadStatus, WorkloadStatusResponse, WorkloadType,
+    DesiredState, Event, EventSeverity, Instance, InstancePhase, InstanceStatus, JobState,
+    ObjectReference, Quadlet, WorkloadStatus, WorkloadStatusResponse, WorkloadType,
 };
 use prost::Message;
 use tonic::Status;
@@ -27,6 +27,7 @@ pub const WORKLOADS_PREFIX: &str = "/kat/workloads/";
 pub const REVISIONS_PREFIX: &str = "/kat/revisions/";
 pub const INSTANCES_PREFIX: &str = "/kat/instances/";
 pub const INSTANCE_STATUS_PREFIX: &str = "/kat/status/instances/";
+pub const JOBS_PREFIX: &str = "/kat/jobs/";
 /// Generations kept for rollback (SPEC §5).
 pub const KEEP_REVISIONS: i64 = 10;
 
@@ -40,6 +41,11 @@ pub fn revision_key(ns: &str, name: &str, generation: i64) -> String {
 
 pub fn instance_key(ns: &str, name: &str, id: &str) -> String {
     format!("{INSTANCES_PREFIX}{ns}/{name}/{id}")
+}
+
+/// `/kat/jobs/<ns>/<name>`: a JOB's progress.
+pub fn job_key(ns: &str, name: &str) -> String {
+    format!("{JOBS_PREFIX}{ns}/{name}")
 }
 
 pub fn instance_status_key(node: &str, id: &str) -> String {
@@ -328,6 +334,7 @@ pub async fn list_quadlets(store: &dyn StateStore, ns: &str) -> Result<Vec<Quadl
     };
     let (kvs, _) = store.list(&prefix).await.map_err(unavailable)?;
     let instances = list_instances(store, ns, "", "").await?;
+    let jobs = job_states(store, ns).await?;
     let mut out = Vec::new();
     for kv in kvs {
         if let Ok(mut q) = Quadlet::decode(kv.value.as_slice()) {
@@ -336,8 +343,9 @@ pub async fn list_quadlets(store: &dyn StateStore, ns: &str) -> Result<Vec<Quadl
                 .iter()
                 .filter(|i| i.namespace == qns && i.workload == qname)
                 .collect();
+            let status = workload_status(&q, &mine, jobs.get(&format!("{qns}/{qname}")));
             if let Some(w) = q.workload.as_mut() {
-                w.status = Some(workload_status(&q_spec_type(w), generation_of_w(w), &mine));
+                w.status = Some(status);
             }
             out.push(q);
         }
@@ -355,12 +363,16 @@ fn generation_of_w(w: &kat_proto::v1alpha1::Workload) -> i64 {
     w.metadata.as_ref().map_or(0, |m| m.generation)
 }
 
-/// Counts of a workload's instances.
+/// Counts of a workload's instances (for a JOB, of its current execution), and a
+/// JOB's state.
 pub fn workload_status(
-    kind: &WorkloadType,
-    generation: i64,
+    q: &Quadlet,
     instances: &[&Instance],
+    job: Option<&JobState>,
 ) -> WorkloadStatus {
+    let w = q.workload.clone().unwrap_or_default();
+    let kind = q_spec_type(&w);
+    let generation = generation_of_w(&w);
     let phase = |i: &Instance| {
         i.status
             .as_ref()
@@ -369,26 +381,58 @@ pub fn workload_status(
     let count = |keep: &dyn Fn(&Instance) -> bool| {
         u32::try_from(instances.iter().filter(|i| keep(i)).count()).unwrap_or(u32::MAX)
     };
+    if kind == WorkloadType::Job {
+        let execution = job.map_or(0, |j| j.execution);
+        let mine = |i: &Instance| execution > 0 && i.job_run == execution;
+        let scheduled = q
+            .job
+            .as_ref()
+            .and_then(|j| j.spec.as_ref())
+            .is_some_and(|s| !s.schedule.trim().is_empty());
+        return WorkloadStatus {
+            observed_generation: generation,
+            desired_instances: q
+                .job
+                .as_ref()
+                .and_then(|j| j.spec.as_ref())
+                .map_or(1, |s| s.completions.max(1)),
+            ready_instances: count(&|i| mine(i) && phase(i) == InstancePhase::Running),
+            pending_instances: count(&|i| mine(i) && phase(i) == InstancePhase::Pending),
+            succeeded: count(&|i| mine(i) && phase(i) == InstancePhase::Succeeded),
+            failed: count(&|i| mine(i) && phase(i) == InstancePhase::Failed),
+            active: count(&|i| {
+                mine(i) && !matches!(phase(i), InstancePhase::Succeeded | InstancePhase::Failed)
+            }),
+            job_state: crate::leader::scheduler::jobs::describe(job, scheduled),
+            ..Default::default()
+        };
+    }
     let current =
         |i: &Instance| i.generation == generation && i.desired_state() != DesiredState::Stop;
-    let mut s = WorkloadStatus {
+    WorkloadStatus {
         observed_generation: generation,
         desired_instances: count(&current),
         ready_instances: count(&|i| current(i) && crate::leader::scheduler::ready(i)),
         pending_instances: count(&|i| current(i) && phase(i) == InstancePhase::Pending),
         ..Default::default()
-    };
-    if *kind == WorkloadType::Job {
-        s.succeeded = count(&|i| phase(i) == InstancePhase::Succeeded);
-        s.failed = count(&|i| phase(i) == InstancePhase::Failed);
-        s.active = count(&|i| {
-            !matches!(
-                phase(i),
-                InstancePhase::Succeeded | InstancePhase::Failed | InstancePhase::Stopped
-            )
-        });
     }
-    s
+}
+
+/// JOB progress of every workload (of `ns`), by `ns/name`.
+async fn job_states(store: &dyn StateStore, ns: &str) -> Result<HashMap<String, JobState>, Status> {
+    let (kvs, _) = store
+        .list(&format!("{JOBS_PREFIX}{ns}"))
+        .await
+        .map_err(unavailable)?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| {
+            Some((
+                kv.key.strip_prefix(JOBS_PREFIX)?.to_owned(),
+                JobState::decode(kv.value.as_slice()).ok()?,
+            ))
+        })
+        .collect())
 }
 
 /// Instances (filtered by namespace, workload, node; empty: any), each with the status
@@ -446,13 +490,15 @@ pub async fn workload_status_response(
 ) -> Result<WorkloadStatusResponse, Status> {
     let q = get_quadlet(store, ns, name).await?;
     let instances = list_instances(store, ns, name, "").await?;
-    let mut workload = q.workload.unwrap_or_default();
     let refs: Vec<&Instance> = instances.iter().collect();
-    workload.status = Some(workload_status(
-        &q_spec_type(&workload),
-        generation_of_w(&workload),
-        &refs,
-    ));
+    let job = store
+        .get(&job_key(ns, name))
+        .await
+        .map_err(unavailable)?
+        .and_then(|kv| JobState::decode(kv.value.as_slice()).ok());
+    let status = workload_status(&q, &refs, job.as_ref());
+    let mut workload = q.workload.unwrap_or_default();
+    workload.status = Some(status);
     let events = super::user_api::list_events(
         store,
         &kat_proto::v1alpha1::ListEventsRequest {
@@ -495,7 +541,7 @@ pub async fn delete_workload(
         .list(&format!("{INSTANCES_PREFIX}{ns}/{name}/"))
         .await
         .map_err(unavailable)?;
-    let mut ops = vec![TxnOp::delete(&key)];
+    let mut ops = vec![TxnOp::delete(&key), TxnOp::delete(job_key(ns, name))];
     ops.extend(revisions.into_iter().map(|kv| TxnOp::delete(kv.key)));
     ops.extend(instances.into_iter().map(|kv| TxnOp::delete(kv.key)));
     let (event_key, event) = workload_event(

@@ -63,9 +63,17 @@ pub fn render_unit(
 ) -> String {
     let mut opts = opts.clone();
     opts.systemd_mode = true;
-    let mut run: Vec<String> = vec![
-        "run".into(),
-        "--rm".into(),
+    // Run-once (NEVER, e.g. a JOB's runs): the container is kept after it ends, so
+    // its exit code can be read (the runtime removes it when the instance is
+    // retired), and the unit does not time out waiting: a container that exits at
+    // once may end before conmon says READY. (`podman run` attached, or `podman
+    // wait`, hang for rootless containers on some hosts, so neither is used.)
+    let run_once = opts.restart == RestartPolicy::Never;
+    let mut run: Vec<String> = vec!["run".into()];
+    if !run_once {
+        run.push("--rm".into());
+    }
+    run.extend([
         "--replace".into(),
         "--sdnotify=conmon".into(),
         match cgroups {
@@ -73,7 +81,7 @@ pub fn render_unit(
             CgroupsMode::NoConmon => "--cgroups=no-conmon".into(),
         },
         "--detach".into(),
-    ];
+    ]);
     run.extend(container_args(&opts));
     let name = opts.name.clone();
     let secs = stop_timeout.as_secs();
@@ -120,10 +128,10 @@ pub fn render_unit(
          Environment=PODMAN_SYSTEMD_UNIT=%n\n\
          ExecStart={start}\n\
          ExecStop={stop}\n\
-         ExecStopPost={cleanup}\n\
+         {cleanup}\
          Restart={restart}\n\
          RestartSec=1\n\
-         TimeoutStartSec=300\n\
+         TimeoutStartSec={start_timeout}\n\
          TimeoutStopSec={timeout}\n\
          KillMode=mixed\n",
         ns = opts.namespace,
@@ -131,7 +139,12 @@ pub fn render_unit(
         id = opts.instance_id,
         start = exec_line(podman, &run),
         stop = exec_line(podman, &stop),
-        cleanup = exec_line(podman, &cleanup),
+        cleanup = if run_once {
+            String::new()
+        } else {
+            format!("ExecStopPost={}\n", exec_line(podman, &cleanup))
+        },
+        start_timeout = if run_once { "infinity" } else { "300" },
         timeout = secs + 10,
     );
     unit
@@ -210,6 +223,10 @@ mod tests {
         );
         assert!(unit.contains("\nRestart=no\n"));
         assert!(unit.contains("--cgroups=split"));
+        // Run once: the container stays for its exit code; no start timeout.
+        assert!(!unit.contains("\"--rm\""));
+        assert!(!unit.contains("ExecStopPost="));
+        assert!(unit.contains("\nTimeoutStartSec=infinity\n"));
         o.restart = RestartPolicy::MaxCount {
             max_restarts: 3,
             reset_seconds: 600,

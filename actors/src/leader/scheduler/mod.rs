@@ -7,6 +7,7 @@
 //! Rounds run when workloads, nodes or reported instance states change (debounced)
 //! and every `agentTickSeconds` (node readiness changes with heartbeats).
 
+pub mod jobs;
 pub mod place;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use kat_proto::v1alpha1::instance_status::Health;
 use kat_proto::v1alpha1::{
     ClusterConfiguration, DesiredState, EventSeverity, Instance, InstancePhase, InstanceStatus,
-    Node, NodeState, NodeStatus, Quadlet, UpdateStrategyType, WorkloadSpec, WorkloadType,
+    JobState, Node, NodeState, NodeStatus, Quadlet, UpdateStrategyType, WorkloadSpec, WorkloadType,
 };
 use place::{DaemonFit, Demand, GpuNeed, NodeInfo, NodeTaint, Snapshot};
 use prost::Message;
@@ -23,8 +24,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::api::user_api::NODES_PREFIX;
 use crate::api::workloads::{
-    INSTANCE_STATUS_PREFIX, INSTANCES_PREFIX, WORKLOADS_PREFIX, instance_key, quadlet_name,
-    workload_event,
+    INSTANCE_STATUS_PREFIX, INSTANCES_PREFIX, JOBS_PREFIX, WORKLOADS_PREFIX, instance_key, job_key,
+    quadlet_name, workload_event,
 };
 use crate::election::Leadership;
 use crate::leader::node_monitor::{EventLease, NODE_STATUS_PREFIX};
@@ -111,6 +112,8 @@ pub struct WorkloadPlan {
     pub delete: Vec<Instance>,
     /// Events to record: (reason, severity, message).
     pub events: Vec<(String, EventSeverity, String)>,
+    /// A JOB's new progress, to store.
+    pub job_state: Option<JobState>,
 }
 
 /// Running, and healthy where a health check says so.
@@ -140,7 +143,13 @@ fn removal_order(candidates: &mut [Instance]) {
 /// Makes a new instance ID.
 pub type IdMaker<'a> = &'a mut dyn FnMut() -> String;
 
-fn new_instance(ns: &str, name: &str, generation: i64, now: SystemTime, id: String) -> Instance {
+pub(crate) fn new_instance(
+    ns: &str,
+    name: &str,
+    generation: i64,
+    now: SystemTime,
+    id: String,
+) -> Instance {
     Instance {
         id,
         namespace: ns.to_owned(),
@@ -163,6 +172,7 @@ fn new_instance(ns: &str, name: &str, generation: i64, now: SystemTime, id: Stri
 pub fn plan_workload(
     quadlet: &Quadlet,
     instances: &[Instance],
+    job: Option<&JobState>,
     snapshot: &mut Snapshot,
     now: SystemTime,
     new_id: IdMaker<'_>,
@@ -220,7 +230,9 @@ pub fn plan_workload(
             return plan;
         }
         WorkloadType::Job => {
-            // JOB runs come with their own controller (completions, backoff, cron).
+            jobs::plan_job(
+                quadlet, generation, &demand, alive, job, snapshot, now, new_id, &mut plan,
+            );
             return plan;
         }
         _ => {}
@@ -289,7 +301,7 @@ pub fn plan_workload(
 }
 
 /// Places the unplaced ones among `instances` (in ID order); records changed ones.
-fn place_pending(
+pub(crate) fn place_pending(
     demand: &Demand,
     mut instances: Vec<Instance>,
     snapshot: &mut Snapshot,
@@ -428,6 +440,8 @@ pub struct World {
     /// Every instance, with the status its node reported (else its own).
     pub instances: Vec<Instance>,
     pub nodes: Vec<(Node, Option<NodeStatus>)>,
+    /// JOB progress, by `ns/name`.
+    pub jobs: HashMap<String, JobState>,
 }
 
 /// Reads the world.
@@ -437,6 +451,7 @@ pub async fn read_world(store: &dyn StateStore) -> Result<World, crate::store::S
     let (s, _) = store.list(INSTANCE_STATUS_PREFIX).await?;
     let (n, _) = store.list(NODES_PREFIX).await?;
     let (ns, _) = store.list(NODE_STATUS_PREFIX).await?;
+    let (j, _) = store.list(JOBS_PREFIX).await?;
     let reported: HashMap<String, InstanceStatus> = s
         .iter()
         .filter_map(|kv| {
@@ -464,6 +479,13 @@ pub async fn read_world(store: &dyn StateStore) -> Result<World, crate::store::S
                     inst.status = Some(s.clone());
                 }
                 inst
+            })
+            .collect(),
+        jobs: j
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key.strip_prefix(JOBS_PREFIX)?.to_owned();
+                Some((key, JobState::decode(kv.value.as_slice()).ok()?))
             })
             .collect(),
         nodes: n
@@ -527,8 +549,13 @@ pub fn plan_world(
         let mine = by_workload
             .remove(&format!("{ns}/{name}"))
             .unwrap_or_default();
-        let plan = plan_workload(q, &mine, &mut snapshot, now, new_id);
-        if !plan.put.is_empty() || !plan.delete.is_empty() || !plan.events.is_empty() {
+        let job = world.jobs.get(&format!("{ns}/{name}"));
+        let plan = plan_workload(q, &mine, job, &mut snapshot, now, new_id);
+        if !plan.put.is_empty()
+            || !plan.delete.is_empty()
+            || !plan.events.is_empty()
+            || plan.job_state.is_some()
+        {
             plans.push((ns, name, plan));
         }
     }
@@ -615,6 +642,9 @@ impl SchedulerState {
         }
         for i in &plan.put {
             ops.push(TxnOp::put(instance_key(ns, name, &i.id), i.encode_to_vec()));
+        }
+        if let Some(job) = &plan.job_state {
+            ops.push(TxnOp::put(job_key(ns, name), job.encode_to_vec()));
         }
         if !plan.events.is_empty() {
             let lease = self.events.get(store).await;

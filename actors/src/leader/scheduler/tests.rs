@@ -364,3 +364,194 @@ fn requests_become_the_demand() {
     assert_eq!(d.workload, "default/web");
     assert!(d.gpu.is_none());
 }
+
+fn job(completions: u32, parallelism: u32, backoff: u32, deadline: u32, schedule: &str) -> Quadlet {
+    let mut q = workload(WorkloadType::Job, 0, 1, UpdateStrategyType::Rolling);
+    if let Some(m) = q.workload.as_mut().and_then(|w| w.metadata.as_mut()) {
+        m.created_at = Some(kat_proto::timestamp(now()));
+    }
+    q.job = Some(kat_proto::v1alpha1::JobDefinition {
+        spec: Some(kat_proto::v1alpha1::JobDefinitionSpec {
+            schedule: schedule.into(),
+            completions,
+            parallelism,
+            active_deadline_seconds: deadline,
+            backoff_limit: Some(backoff),
+        }),
+        ..Default::default()
+    });
+    q
+}
+
+/// Applies plans including job states.
+fn apply_jobs(world: &mut World, plans: &[(String, String, WorkloadPlan)]) {
+    apply(world, plans);
+    for (ns, name, plan) in plans {
+        if let Some(s) = &plan.job_state {
+            world.jobs.insert(format!("{ns}/{name}"), s.clone());
+        }
+    }
+}
+
+fn finish(world: &mut World, phase: InstancePhase, at: SystemTime) {
+    for i in &mut world.instances {
+        let running = i.status.as_ref().is_some_and(|s| {
+            matches!(s.phase(), InstancePhase::Scheduled | InstancePhase::Running)
+        });
+        if running {
+            i.status = Some(InstanceStatus {
+                phase: phase.into(),
+                finished_at: Some(kat_proto::timestamp(at)),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+fn job_world(q: Quadlet) -> World {
+    World {
+        workloads: vec![q],
+        nodes: vec![node("n1", true), node("n2", true)],
+        ..Default::default()
+    }
+}
+
+fn events(plans: &[(String, String, WorkloadPlan)]) -> Vec<String> {
+    plans
+        .iter()
+        .flat_map(|(_, _, p)| p.events.iter().map(|e| e.0.clone()))
+        .collect()
+}
+
+#[test]
+fn a_job_runs_its_completions_within_parallelism_and_completes() {
+    let mut world = job_world(job(3, 2, 1, 0, ""));
+    let mut id = ids();
+    let t = now();
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert_eq!(world.instances.len(), 2, "parallelism 2");
+    assert!(world.instances.iter().all(|i| i.job_run == 1));
+    assert_eq!(world.jobs["default/web"].execution, 1);
+    finish(&mut world, InstancePhase::Succeeded, t);
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert_eq!(
+        world.instances.len(),
+        3,
+        "one more for the third completion"
+    );
+    finish(&mut world, InstancePhase::Succeeded, t);
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert!(world.jobs["default/web"].complete);
+    assert!(events(&plans).contains(&"JobCompleted".to_owned()));
+    assert!(
+        plan_world(&world, t, &mut id).is_empty(),
+        "done: nothing more"
+    );
+}
+
+#[test]
+fn failed_runs_are_retried_with_backoff_until_the_limit() {
+    let mut world = job_world(job(1, 1, 1, 0, ""));
+    let mut id = ids();
+    let t = now();
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    finish(&mut world, InstancePhase::Failed, t);
+    // 10 s of backoff after the first failure.
+    assert!(plan_world(&world, t + Duration::from_secs(5), &mut id).is_empty());
+    let plans = plan_world(&world, t + Duration::from_secs(11), &mut id);
+    apply_jobs(&mut world, &plans);
+    assert_eq!(world.instances.len(), 2, "retried");
+    finish(
+        &mut world,
+        InstancePhase::Failed,
+        t + Duration::from_secs(12),
+    );
+    // Two failures > backoffLimit 1: the job fails.
+    let plans = plan_world(&world, t + Duration::from_secs(60), &mut id);
+    apply_jobs(&mut world, &plans);
+    let st = &world.jobs["default/web"];
+    assert!(st.failed);
+    assert!(st.message.contains("backoffLimit 1"), "{}", st.message);
+    assert!(events(&plans).contains(&"JobFailed".to_owned()));
+    assert_eq!(jobs::backoff(1), Duration::from_secs(10));
+    assert_eq!(jobs::backoff(3), Duration::from_secs(40));
+    assert_eq!(
+        jobs::backoff(20),
+        Duration::from_secs(300),
+        "capped at 5 min"
+    );
+}
+
+#[test]
+fn the_active_deadline_fails_the_job_and_stops_its_runs() {
+    let mut world = job_world(job(1, 1, 3, 60, ""));
+    let mut id = ids();
+    let t = now();
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    report_running(&mut world);
+    let plans = plan_world(&world, t + Duration::from_secs(61), &mut id);
+    apply_jobs(&mut world, &plans);
+    assert!(world.jobs["default/web"].failed);
+    assert!(world.instances.is_empty(), "the running run is stopped");
+}
+
+#[test]
+fn a_changed_job_runs_again_and_a_scheduled_one_runs_at_each_tick() {
+    let mut world = job_world(job(1, 1, 0, 0, ""));
+    let mut id = ids();
+    let t = now();
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    finish(&mut world, InstancePhase::Succeeded, t);
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert!(world.jobs["default/web"].complete);
+    // A new generation: a new execution.
+    let mut q = job(1, 1, 0, 0, "");
+    q.workload
+        .as_mut()
+        .unwrap()
+        .metadata
+        .as_mut()
+        .unwrap()
+        .generation = 2;
+    world.workloads = vec![q];
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert_eq!(world.jobs["default/web"].execution, 2);
+    assert_eq!(world.instances.iter().filter(|i| i.job_run == 2).count(), 1);
+
+    // Every minute: nothing before the first tick, then one execution per tick; a
+    // tick that finds the last one still running is skipped.
+    let mut world = job_world(job(1, 1, 0, 0, "* * * * *"));
+    let plans = plan_world(&world, t, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert!(world.instances.is_empty(), "before the first tick");
+    let minute = Duration::from_secs(60);
+    let plans = plan_world(&world, t + minute, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert_eq!(world.jobs["default/web"].execution, 1);
+    assert_eq!(world.instances.len(), 1);
+    report_running(&mut world);
+    let plans = plan_world(&world, t + 2 * minute, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert!(events(&plans).contains(&"JobTickSkipped".to_owned()));
+    assert_eq!(world.jobs["default/web"].execution, 1);
+    for k in 3..8 {
+        finish(&mut world, InstancePhase::Succeeded, t + k * minute);
+        let plans = plan_world(&world, t + k * minute, &mut id);
+        apply_jobs(&mut world, &plans);
+        let plans = plan_world(&world, t + k * minute + minute / 2, &mut id);
+        apply_jobs(&mut world, &plans);
+    }
+    let runs: std::collections::BTreeSet<u32> = world.instances.iter().map(|i| i.job_run).collect();
+    assert!(
+        runs.len() <= 3,
+        "history of the last three executions: {runs:?}"
+    );
+}
