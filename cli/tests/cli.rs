@@ -180,7 +180,7 @@ fn help_lists_the_commands_of_the_spec() {
 #[test]
 fn commands_not_built_yet_say_so_and_fail() {
     for args in [
-        vec!["drain", "n1"],
+        vec!["delete", "namespace", "x"],
         vec!["backup"],
         vec!["get", "namespaces"],
     ] {

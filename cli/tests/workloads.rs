@@ -4,7 +4,8 @@
 //! instances, one per node; a changed image rolls out step by step within maxSurge;
 //! `rollback` brings the previous spec back as a new generation;
 //! a SIGKILLed node's instance is replaced elsewhere; a DAEMON_SERVICE has one
-//! instance per Ready node; a JOB runs its completions and completes; `delete` removes the instances. Every agent is stopped by
+//! instance per Ready node; labels, taints, drain and uncordon act on nodes; a JOB
+//! runs its completions and completes; `delete` removes the instances. Every agent is stopped by
 //! PID when its guard drops.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -322,6 +323,39 @@ fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
         BTreeMap::from([("n1", 1), ("n2", 1)]),
         "{daemons:?}"
     );
+
+    // Node verbs: labels and taints show; draining n2 moves its instances to n1.
+    ok(&katcall(&kc, &["label", "node", "n1", "disktype=ssd"]));
+    ok(&katcall(
+        &kc,
+        &["taint", "node", "n1", "spot:PreferNoSchedule"],
+    ));
+    let shown = ok(&katcall(&kc, &["get", "node", "n1", "-o", "json"]));
+    assert!(shown.contains("\"disktype\": \"ssd\""), "{shown}");
+    assert!(shown.contains("PREFER_NO_SCHEDULE"), "{shown}");
+    ok(&katcall(&kc, &["taint", "node", "n1", "spot-"]));
+    let drained = katcall(&kc, &["drain", "n2"]);
+    ok(&drained);
+    assert!(
+        String::from_utf8_lossy(&drained.stderr).contains("node n2 drained"),
+        "{}",
+        String::from_utf8_lossy(&drained.stderr)
+    );
+    let web = instances(&kc, "web");
+    assert!(web.iter().all(|i| i.node == "n1"), "{web:?}");
+    assert!(
+        instances(&kc, "node-exporter")
+            .iter()
+            .all(|i| i.node == "n1")
+    );
+    let nodes = ok(&katcall(&kc, &["get", "nodes"]));
+    assert!(nodes.contains("Draining"), "{nodes}");
+    ok(&katcall(&kc, &["uncordon", "n2"]));
+    wait_until("the daemon back on n2", Duration::from_secs(15), || {
+        instances(&kc, "node-exporter")
+            .iter()
+            .any(|i| i.node == "n2" && i.phase == "RUNNING")
+    });
 
     // A JOB: two runs, one at a time (each fake run exits 0 after a second).
     let job = dir.path().join("count");

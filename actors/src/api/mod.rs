@@ -8,6 +8,7 @@
 //! `kat-leader-api` metadata, and agents and `katcall` follow it.
 
 pub mod node_api;
+pub mod nodes;
 pub mod user_api;
 pub mod workloads;
 

@@ -17,7 +17,7 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::node_api::{NodeApiContext, Served, node_key, node_status_key};
-use super::workloads;
+use super::{nodes, workloads};
 use crate::leader::node_monitor::{EVENTS_PREFIX, NODE_STATUS_PREFIX};
 use crate::pki::{pin, tokens};
 use crate::store::{StateStore, Txn, TxnOp};
@@ -431,32 +431,87 @@ impl UserApi for UserApiService {
         &self,
         request: Request<GetNodeRequest>,
     ) -> Result<Response<Node>, Status> {
-        self.later(&request, "cordon").await
+        let ctx = self.auth(&request).await?;
+        nodes::update_node(
+            &ctx,
+            &request.get_ref().name,
+            "NodeCordoned",
+            |n| {
+                n.spec.get_or_insert_with(Default::default).unschedulable = true;
+                Ok("cordoned: no new instances".to_owned())
+            },
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
     async fn uncordon_node(
         &self,
         request: Request<GetNodeRequest>,
     ) -> Result<Response<Node>, Status> {
-        self.later(&request, "uncordon").await
+        let ctx = self.auth(&request).await?;
+        nodes::update_node(
+            &ctx,
+            &request.get_ref().name,
+            "NodeUncordoned",
+            |n| {
+                let spec = n.spec.get_or_insert_with(Default::default);
+                spec.unschedulable = false;
+                spec.draining = false;
+                Ok("uncordoned: schedulable again".to_owned())
+            },
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
     type DrainNodeStream = BoxStream<DrainProgress>;
     async fn drain_node(
         &self,
         request: Request<GetNodeRequest>,
     ) -> Result<Response<Self::DrainNodeStream>, Status> {
-        self.later(&request, "drain").await
+        let ctx = self.auth(&request).await?;
+        let rx = nodes::drain(
+            ctx,
+            request.get_ref().name.clone(),
+            Duration::from_secs(600),
+        )
+        .await?;
+        Ok(Response::new(Box::pin(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
     async fn set_node_labels(
         &self,
         request: Request<SetNodeLabelsRequest>,
     ) -> Result<Response<Node>, Status> {
-        self.later(&request, "node labels").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        nodes::update_node(
+            &ctx,
+            &req.name,
+            "NodeLabeled",
+            |n| nodes::set_labels(n, &req.labels),
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
     async fn set_node_taints(
         &self,
         request: Request<SetNodeTaintsRequest>,
     ) -> Result<Response<Node>, Status> {
-        self.later(&request, "node taints").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        nodes::update_node(
+            &ctx,
+            &req.name,
+            "NodeTainted",
+            |n| nodes::set_taints(n, &req.taints),
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn list_events(

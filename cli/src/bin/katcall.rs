@@ -122,7 +122,7 @@ enum Command {
     Uncordon { node: String },
     /// Cordon a node and move its instances away.
     Drain { node: String },
-    /// Set labels on a node (k=v; k= removes).
+    /// Set labels on a node (k=v; k= or k- removes).
     Label {
         #[arg(value_enum)]
         kind: NodeKind,
@@ -130,7 +130,7 @@ enum Command {
         #[arg(required = true, value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
-    /// Set taints on a node (k=v:EFFECT).
+    /// Add or replace taints on a node (k=v:NoSchedule, k:PreferNoSchedule; k- removes).
     Taint {
         #[arg(value_enum)]
         kind: NodeKind,
@@ -344,11 +344,21 @@ fn main() -> ExitCode {
         } => remote(&source, "rollback", |client| {
             workloads::rollback(client, ns, name.clone(), to_generation, cli.output)
         }),
-        Command::Cordon { .. } => not_implemented("katcall", "cordon", api),
-        Command::Uncordon { .. } => not_implemented("katcall", "uncordon", api),
-        Command::Drain { .. } => not_implemented("katcall", "drain", api),
-        Command::Label { .. } => not_implemented("katcall", "label", api),
-        Command::Taint { .. } => not_implemented("katcall", "taint", api),
+        Command::Cordon { node } => remote(&source, "cordon", |client| {
+            kat_cli::nodes::cordon(client, node.clone(), true)
+        }),
+        Command::Uncordon { node } => remote(&source, "uncordon", |client| {
+            kat_cli::nodes::cordon(client, node.clone(), false)
+        }),
+        Command::Drain { node } => remote(&source, "drain", |client| {
+            kat_cli::nodes::drain(client, node.clone())
+        }),
+        Command::Label { node, labels, .. } => remote(&source, "label", |client| {
+            kat_cli::nodes::label(client, node.clone(), &labels)
+        }),
+        Command::Taint { node, taints, .. } => remote(&source, "taint", |client| {
+            kat_cli::nodes::taint(client, node.clone(), &taints)
+        }),
         Command::Token(TokenCommand::Create(create)) => remote(&source, "token create", |client| {
             create_token(client, create.clone(), cli.output)
         }),

@@ -74,6 +74,7 @@ pub fn node_info(node: &Node, status: Option<&NodeStatus>) -> NodeInfo {
         name: meta.name,
         ready: status.is_some_and(|s| s.state() == NodeState::Ready),
         unschedulable: spec.unschedulable || spec.draining,
+        draining: spec.draining,
         labels: meta.labels.into_iter().collect(),
         taints: spec
             .taints
@@ -183,10 +184,11 @@ pub fn plan_workload(
     let generation = workload.metadata.as_ref().map_or(0, |m| m.generation);
     let demand = demand_of(&ns, &name, &spec);
     let mut plan = WorkloadPlan::default();
+    // Instances stay where the node is Ready and not being drained.
     let ready_nodes: HashMap<String, bool> = snapshot
         .nodes()
         .iter()
-        .map(|n| (n.name.clone(), n.ready))
+        .map(|n| (n.name.clone(), n.ready && !n.draining))
         .collect();
     let remove = |plan: &mut WorkloadPlan, snapshot: &mut Snapshot, i: Instance| {
         if !i.node.is_empty()
@@ -215,7 +217,7 @@ pub fn plan_workload(
         plan.events.push((
             "InstancesRescheduled".to_owned(),
             EventSeverity::Warning,
-            format!("node lost; replacing {}", names.join(", ")),
+            format!("node lost or drained; replacing {}", names.join(", ")),
         ));
     }
     for i in lost {

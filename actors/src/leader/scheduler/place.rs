@@ -41,6 +41,8 @@ pub struct NodeInfo {
     pub name: String,
     pub ready: bool,
     pub unschedulable: bool,
+    /// Being drained: its instances are moved away.
+    pub draining: bool,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<NodeTaint>,
     pub cpu_millis: i64,
