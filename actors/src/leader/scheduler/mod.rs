@@ -310,13 +310,12 @@ pub(crate) fn place_pending(
     plan: &mut WorkloadPlan,
 ) {
     instances.sort_by(|a, b| a.id.cmp(&b.id));
+    instances.retain(|i| i.node.is_empty());
     let mut placed = Vec::new();
     let mut pending_reason = None;
-    for mut i in instances {
-        if !i.node.is_empty() {
-            continue;
-        }
-        match snapshot.place(demand) {
+    let results = snapshot.place_many(demand, instances.len());
+    for (mut i, result) in instances.into_iter().zip(results) {
+        match result {
             Ok(p) => {
                 i.node = p.node.clone();
                 i.status = Some(InstanceStatus {
