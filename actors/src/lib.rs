@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod election;
 pub mod files;
+pub mod gpus;
 pub mod heartbeat;
 pub mod leader;
 pub mod node;

@@ -317,7 +317,8 @@ pub async fn start_node(
     Actor::spawn(Some(node_supervisor_name(node)), Supervisor, args).await
 }
 
-/// This host's CPU (millicores) and memory, as the capacity a node reports at join.
+/// This host's CPU (millicores), memory and GPUs, as the capacity a node reports at
+/// join.
 pub fn host_capacity() -> kat_proto::v1alpha1::NodeResources {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let memory = std::fs::read_to_string("/proc/meminfo")
@@ -331,6 +332,6 @@ pub fn host_capacity() -> kat_proto::v1alpha1::NodeResources {
     kat_proto::v1alpha1::NodeResources {
         cpu_millis: i64::try_from(cpus).unwrap_or(1) * 1000,
         memory_bytes: memory * 1024,
-        gpus: Vec::new(),
+        gpus: crate::gpus::discover(),
     }
 }

@@ -187,6 +187,14 @@ pub fn describe_node(node: &Node, events: &[Event], now: SystemTime) -> String {
             "Capacity",
             format!("cpu {}m, memory {}", c.cpu_millis, bytes(c.memory_bytes)),
         );
+        if !c.gpus.is_empty() {
+            let gpus: Vec<String> = c
+                .gpus
+                .iter()
+                .map(|g| format!("#{} {} ({} MiB)", g.index, g.model, g.vram_mb))
+                .collect();
+            field("GPUs", gpus.join(", "));
+        }
     }
     field("Unschedulable", spec.unschedulable.to_string());
     let labels: Vec<String> = meta
