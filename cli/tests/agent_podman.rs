@@ -12,10 +12,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Agent, cluster_file_with};
+use common::{Agent, cluster_file_with, katcall, ok};
 use kat_runtime::ContainerRuntime;
 use kat_runtime::podman::{Podman, RunAs};
 use kat_runtime::rootless::lookup_user;
@@ -23,24 +22,6 @@ use kat_runtime::users::workload_user;
 use kat_tests::programs::{BUSYBOX_IMAGE, find_program, podman_with_busybox};
 use kat_tests::systemd::WorkloadUserCleanup;
 use nix::sys::signal::Signal;
-
-fn katcall(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_katcall"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "katcall failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Removes `/run/kat/<node>` (the agent-started managers' runtime directories).
 struct RemovedDir(std::path::PathBuf);

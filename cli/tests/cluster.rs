@@ -10,24 +10,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, api_port, cluster_file_with};
+use common::{Agent, api_port, cluster_file_with, join_args, katcall};
 use kat_tests::programs::find_program;
 use nix::sys::signal::Signal;
 
 const TICK: u64 = 1;
 const LOSS: u64 = 3;
-
-fn katcall(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_katcall"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// Node name → state, from `katcall get nodes -o json`.
 fn node_states(config: &Path) -> Vec<(String, String)> {
@@ -75,28 +66,6 @@ fn wait_states(config: &Path, want: &[(&str, &str)], within: Duration) -> Durati
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn join_args<'a>(
-    leader: &'a str,
-    token: &'a str,
-    state: &'a str,
-    name: &'a str,
-    addr: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "join",
-        "--leader-api",
-        leader,
-        "--token",
-        token,
-        "--state-dir",
-        state,
-        "--node-name",
-        name,
-        "--advertise-address",
-        addr,
-    ]
 }
 
 #[test]

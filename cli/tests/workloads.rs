@@ -14,33 +14,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, api_port, cluster_file_with};
+use common::{Agent, api_port, cluster_file_with, join_args, katcall, ok};
 use kat_tests::programs::find_program;
 use nix::sys::signal::Signal;
 
 const TICK: u64 = 1;
 const LOSS: u64 = 3;
-
-fn katcall(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_katcall"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "katcall failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// One instance as `katcall get instances -o json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,28 +68,17 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> D
     started.elapsed()
 }
 
-fn join_args<'a>(
+/// `kat-agent join` on the fake runtime.
+fn join_fake<'a>(
     leader: &'a str,
     token: &'a str,
     state: &'a str,
     name: &'a str,
     addr: &'a str,
 ) -> Vec<&'a str> {
-    vec![
-        "join",
-        "--leader-api",
-        leader,
-        "--token",
-        token,
-        "--state-dir",
-        state,
-        "--node-name",
-        name,
-        "--advertise-address",
-        addr,
-        "--runtime",
-        "fake",
-    ]
+    let mut args = join_args(leader, token, state, name, addr);
+    args.extend(["--runtime", "fake"]);
+    args
 }
 
 fn examples() -> std::path::PathBuf {
@@ -159,13 +130,13 @@ fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
     };
     let t2 = token(&kc);
     let mut n2 = Agent::start(
-        &join_args(&leader, &t2, &s2, "n2", "127.0.0.2"),
+        &join_fake(&leader, &t2, &s2, "n2", "127.0.0.2"),
         &dir.path().join("n2.log"),
     );
     n2.wait_for("joined the cluster", 1, Duration::from_secs(10));
     let t3 = token(&kc);
     let mut n3 = Agent::start(
-        &join_args(&leader, &t3, &s3, "n3", "127.0.0.3"),
+        &join_fake(&leader, &t3, &s3, "n3", "127.0.0.3"),
         &dir.path().join("n3.log"),
     );
     n3.wait_for("joined the cluster", 1, Duration::from_secs(10));

@@ -138,3 +138,46 @@ pub fn api_port(config: &Path) -> u16 {
         .parse()
         .unwrap()
 }
+
+/// Runs `katcall --config CONFIG ARGS…`.
+pub fn katcall(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_katcall"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The output's stdout, after asserting the command succeeded.
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "katcall failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kat-agent join` arguments.
+pub fn join_args<'a>(
+    leader: &'a str,
+    token: &'a str,
+    state: &'a str,
+    name: &'a str,
+    addr: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "join",
+        "--leader-api",
+        leader,
+        "--token",
+        token,
+        "--state-dir",
+        state,
+        "--node-name",
+        name,
+        "--advertise-address",
+        addr,
+    ]
+}
