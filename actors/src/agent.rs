@@ -329,6 +329,11 @@ fn prepared(
     let link = Arc::new(TlsLeaderLink::new(dir.join("pki")));
     let mut agent = AgentOptions::new(&identity.node_name, &cluster, leader_api, link);
     agent.pki_dir = Some(dir.join("pki"));
+    let agent_port = cluster.spec.as_ref().map_or(0, |s| s.agent_port);
+    agent.agent_api = Some(SocketAddr::new(
+        identity.advertise_address,
+        u16::try_from(agent_port).unwrap_or_default(),
+    ));
     agent.remember_targets = Some(remember_targets(dir, &identity));
     PreparedNode {
         identity,

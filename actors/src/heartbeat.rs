@@ -278,7 +278,13 @@ pub struct HeartbeatArgs {
     /// Addresses learned so far, kept across restarts of this actor (a restarted
     /// Heartbeat — after a detach — must not forget the members it learned).
     pub learned: LearnedTargets,
+    /// The leader's node name, as its last heartbeat answer said (the agent API takes
+    /// calls from that node only).
+    pub leader_node: LeaderNodeCell,
 }
+
+/// See [`HeartbeatArgs::leader_node`].
+pub type LeaderNodeCell = Arc<std::sync::Mutex<String>>;
 
 /// See [`HeartbeatArgs::learned`].
 pub type LearnedTargets = Arc<std::sync::Mutex<Vec<String>>>;
@@ -375,6 +381,12 @@ impl HeartbeatState {
                         if let Some(remember) = &self.args.remember_targets {
                             remember(&self.args.targets);
                         }
+                    }
+                    if !response.leader_node.is_empty()
+                        && let Ok(mut leader) = self.args.leader_node.lock()
+                        && *leader != response.leader_node
+                    {
+                        leader.clone_from(&response.leader_node);
                     }
                     self.follow(&target, &response.leader_address);
                     return Some(response);

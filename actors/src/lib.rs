@@ -6,6 +6,7 @@
 //! supervisor every subtree is built from. The actors arrive next.
 
 pub mod agent;
+pub mod agent_api;
 pub mod api;
 pub mod client;
 pub mod election;

@@ -5,7 +5,7 @@
 //! | `node@N` (NodeSupervisor) | one_for_one | 3 in 5 min, then the agent exits non-zero | `control-plane@N` |
 //! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, `api-server@N`, then `leader@N` while leading |
 //! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N`, `node-monitor@N`, `api@N` |
-//! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N`, `node-certs@N`, `runtime@N` |
+//! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N`, `node-certs@N`, `runtime@N`, `agent-api@N` |
 //!
 //! Every node runs `agent@N`; control-plane members also run `control-plane@N` (first).
 //! When Heartbeat fails (no leader answered for the loss timeout), `agent@N`'s policy
@@ -156,6 +156,11 @@ pub struct AgentOptions {
     pub runtime: Option<RuntimeSetup>,
     /// Persists learned control-plane addresses (`agent.json` of a real node).
     pub remember_targets: Option<crate::heartbeat::RememberTargets>,
+    /// Where the agent API listens (advertise address, `agentPort`); served when the
+    /// node has a runtime and a `pki_dir`.
+    pub agent_api: Option<std::net::SocketAddr>,
+    /// The leader's node name as heartbeats learn it (the agent API's one caller).
+    pub leader_node: crate::heartbeat::LeaderNodeCell,
 }
 
 /// What the Runtime actor of a node works with.
@@ -192,6 +197,8 @@ impl AgentOptions {
             pki_dir: None,
             runtime: None,
             remember_targets: None,
+            agent_api: None,
+            leader_node: Arc::default(),
         }
     }
 }
@@ -216,6 +223,7 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
         reports: opts.runtime.as_ref().map(|r| r.reports.clone()),
         remember_targets: opts.remember_targets.clone(),
         learned: Arc::default(),
+        leader_node: opts.leader_node.clone(),
     };
     let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
         heartbeat_args.clone()
@@ -262,6 +270,27 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
                 runtime_args.clone()
             })
             .shutdown_timeout(Duration::from_secs(30)),
+        );
+    }
+    if let (Some(rt), Some(pki_dir), Some(addr)) = (&opts.runtime, &opts.pki_dir, opts.agent_api) {
+        let api_args = crate::agent_api::AgentApiArgs {
+            service: crate::agent_api::AgentApiService {
+                node: opts.node.clone(),
+                host: rt.host.clone(),
+                desired: rt.desired.clone(),
+                leader_node: opts.leader_node.clone(),
+                volume_base: rt.spec.as_ref().map(|s| s.volume_base.clone()),
+            },
+            addr,
+            pki_dir: pki_dir.clone(),
+        };
+        children.push(
+            ChildSpec::actor(
+                crate::agent_api::AgentApiServer::name(&opts.node),
+                crate::agent_api::AgentApiServer,
+                move || api_args.clone(),
+            )
+            .shutdown_timeout(Duration::from_secs(10)),
         );
     }
     let args = SupervisorArgs {

@@ -1,8 +1,9 @@
 //! How `katcall` prints resources: tables for people, proto3 JSON / YAML for tools
 //! (`{"items": [...]}` for lists, SPEC §11).
 
+pub use kat_proto::quantity::parse_duration;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kat_proto::v1alpha1::instance_status::Health;
 use kat_proto::v1alpha1::{
@@ -34,32 +35,6 @@ pub fn age(seconds: i64, now: SystemTime) -> String {
         3600..86400 => format!("{}h", d / 3600),
         _ => format!("{}d", d / 86400),
     }
-}
-
-/// Parses a duration such as `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with s, m, h or d, e.g. 24h"))?;
-    let factor = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?}: too long"))
 }
 
 fn state_name(state: NodeState) -> &'static str {
@@ -307,6 +282,22 @@ pub fn workloads_table(items: &[Quadlet], now: SystemTime) -> String {
     table(&rows)
 }
 
+/// `katcall get namespaces` as a table.
+pub fn namespaces_table(items: &[kat_proto::v1alpha1::Namespace], now: SystemTime) -> String {
+    let mut rows = vec![["NAME", "WORKLOADS", "AGE"].map(str::to_owned).to_vec()];
+    for n in items {
+        let meta = n.metadata.clone().unwrap_or_default();
+        rows.push(vec![
+            meta.name,
+            n.status.as_ref().map_or(0, |s| s.workloads).to_string(),
+            meta.created_at
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |t| age(t.seconds, now)),
+        ]);
+    }
+    table(&rows)
+}
+
 fn phase_name(p: InstancePhase) -> String {
     let name = p.as_str_name();
     let mut out = String::new();
@@ -444,6 +435,7 @@ pub fn describe_workload(s: &WorkloadStatusResponse, now: SystemTime) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn durations_parse_with_units() {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kat_actors::client::{KatcallConfig, api_channel};
+use kat_actors::client::{KatcallConfig, api_channel_with_timeout};
 use kat_proto::v1alpha1::user_api_client::UserApiClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -81,12 +81,21 @@ pub type Client = UserApiClient<InterceptedService<Channel, Bearer>>;
 
 /// A user-API client for `config`.
 pub fn connect(config: &KatcallConfig) -> Result<Client, String> {
+    connect_with_timeout(config, kat_actors::client::CALL_TIMEOUT)
+}
+
+/// [`connect`] with calls that may take up to `call_timeout` (until the answer, or a
+/// stream's first message, arrives).
+pub fn connect_with_timeout(
+    config: &KatcallConfig,
+    call_timeout: std::time::Duration,
+) -> Result<Client, String> {
     let addr = config
         .server
         .trim_start_matches("https://")
         .trim_end_matches('/');
-    let channel =
-        api_channel(addr, &config.certificate_authority, None).map_err(|e| e.to_string())?;
+    let channel = api_channel_with_timeout(addr, &config.certificate_authority, None, call_timeout)
+        .map_err(|e| e.to_string())?;
     let value = format!("Bearer {}", config.token)
         .parse()
         .map_err(|_| "token: not valid in a header".to_owned())?;

@@ -305,15 +305,31 @@ pub async fn delete_workload(
     purge_volumes: bool,
 ) -> CmdResult {
     let ns = namespace.unwrap_or("default").to_owned();
-    client
+    let answer = client
         .delete_workload(api::DeleteWorkloadRequest {
             namespace: ns.clone(),
             name: name.clone(),
             purge_volumes,
         })
         .await
-        .map_err(CmdError::from)?;
+        .map_err(CmdError::from)?
+        .into_inner();
     println!("workload {ns}/{name} deleted");
+    if purge_volumes {
+        if !answer.purged_nodes.is_empty() {
+            println!("volumes removed on {}", answer.purged_nodes.join(", "));
+        }
+        for failure in &answer.purge_failures {
+            eprintln!("volumes kept: {failure}");
+        }
+        if !answer.purge_failures.is_empty() {
+            return Err(format!(
+                "the workload is deleted, but volumes are left on {} node(s); remove volumeBasePath/{ns}/{name} there by hand",
+                answer.purge_failures.len()
+            )
+            .into());
+        }
+    }
     Ok(())
 }
 
@@ -374,5 +390,85 @@ pub async fn rollout_status(
         .map_or(0, |m| m.generation);
     wait_ready(&mut client, &ns, &name, generation, timeout).await?;
     println!("workload {ns}/{name}: generation {generation} rolled out");
+    Ok(())
+}
+
+/// `katcall get namespaces | namespace NAME`.
+pub async fn get_namespaces(
+    mut client: Client,
+    name: Option<String>,
+    format: OutputFormat,
+) -> CmdResult {
+    let single = name.is_some();
+    let items = match name {
+        Some(name) => vec![
+            client
+                .get_namespace(api::GetNamespaceRequest { name })
+                .await
+                .map_err(CmdError::from)?
+                .into_inner(),
+        ],
+        None => {
+            client
+                .list_namespaces(api::ListNamespacesRequest {})
+                .await
+                .map_err(CmdError::from)?
+                .into_inner()
+                .items
+        }
+    };
+    match format {
+        OutputFormat::Table => {
+            print!("{}", output::namespaces_table(&items, SystemTime::now()));
+            Ok(())
+        }
+        _ if single => emit(&items[0], format),
+        _ => emit(&api::ListNamespacesResponse { items }, format),
+    }
+}
+
+/// `katcall apply -f namespace.kat`: creates the namespace.
+pub async fn apply_namespace(
+    mut client: Client,
+    namespace: api::Namespace,
+    format: OutputFormat,
+) -> CmdResult {
+    let created = client
+        .create_namespace(api::CreateNamespaceRequest {
+            namespace: Some(namespace),
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    match format {
+        OutputFormat::Table => {
+            let name = created.metadata.map(|m| m.name).unwrap_or_default();
+            println!("namespace {name} created");
+            Ok(())
+        }
+        _ => emit(&created, format),
+    }
+}
+
+/// `katcall delete namespace NAME [--cascade]`.
+pub async fn delete_namespace(mut client: Client, name: String, cascade: bool) -> CmdResult {
+    client
+        .delete_namespace(api::DeleteNamespaceRequest {
+            name: name.clone(),
+            cascade,
+        })
+        .await
+        .map_err(CmdError::from)?;
+    println!("namespace {name} deleted");
+    Ok(())
+}
+
+/// `katcall delete node NAME`.
+pub async fn delete_node(mut client: Client, name: String) -> CmdResult {
+    client
+        .delete_node(api::GetNodeRequest { name: name.clone() })
+        .await
+        .map_err(CmdError::from)?;
+    println!("node {name} removed from the cluster");
     Ok(())
 }

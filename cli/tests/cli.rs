@@ -179,11 +179,7 @@ fn help_lists_the_commands_of_the_spec() {
 
 #[test]
 fn commands_not_built_yet_say_so_and_fail() {
-    for args in [
-        vec!["delete", "namespace", "x"],
-        vec!["backup"],
-        vec!["get", "namespaces"],
-    ] {
+    for args in [vec!["backup"], vec!["backup", "--list"]] {
         let out = katcall(&args);
         assert_eq!(out.status.code(), Some(3), "{args:?}");
         assert!(

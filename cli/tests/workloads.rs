@@ -3,6 +3,7 @@
 //! (`--runtime fake`); `katcall apply -f examples/web --wait` → three RUNNING
 //! instances, one per node; a changed image rolls out step by step within maxSurge;
 //! `rollback` brings the previous spec back as a new generation;
+//! `katcall logs`/`exec` reach an instance on another node through the leader;
 //! a SIGKILLed node's instance is replaced elsewhere; a DAEMON_SERVICE has one
 //! instance per Ready node; labels, taints, drain and uncordon act on nodes; a JOB
 //! runs its completions and completes; `delete` removes the instances. Every agent is stopped by
@@ -180,6 +181,17 @@ fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
     let described = ok(&katcall(&kc, &["describe", "workload", "web"]));
     assert!(described.contains("Scheduled"), "{described}");
     assert!(described.contains("ROLLING (maxSurge 1)"), "{described}");
+
+    // Logs and exec of an instance on another node, through the leader.
+    let on_n2 = web.iter().find(|i| i.node == "n2").unwrap().id.clone();
+    let logs = ok(&katcall(&kc, &["logs", &on_n2, "--tail", "10"]));
+    assert!(logs.contains("fake container started"), "{logs}");
+    let exec = katcall(&kc, &["exec", &format!("web/{on_n2}"), "--", "true"]);
+    assert!(
+        exec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
 
     // A new image: a rolling update, one surge instance at a time.
     let web2 = dir.path().join("web2");

@@ -20,6 +20,11 @@ pub mod v1alpha1 {
     include!(concat!(env!("OUT_DIR"), "/kat.v1alpha1.serde.rs"));
 }
 
+/// The compiled `.proto` files as a `google.protobuf.FileDescriptorSet` (the OpenAPI
+/// document's schemas are made from it).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kat_descriptor.bin"));
+
 /// A wall-clock time as the proto `Timestamp` every resource uses (whole seconds and
 /// nanoseconds since the Unix epoch; times before it read as the epoch).
 pub fn timestamp(t: std::time::SystemTime) -> pbjson_types::Timestamp {

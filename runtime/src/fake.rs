@@ -272,6 +272,12 @@ impl ContainerRuntime for FakeRuntime {
         self.with(|i| {
             let c = find(i, id)?;
             c.starts += 1;
+            // Something to read with `katcall logs` in simulations and demos.
+            let line = format!("fake container started (start {})", c.starts);
+            c.logs.push(LogLine {
+                stream: LogStream::Stdout,
+                line: line.into_bytes(),
+            });
             c.status.started_at = Some(SystemTime::now());
             c.status.finished_at = None;
             c.status.exit_code = None;

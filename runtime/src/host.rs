@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ContainerRuntime;
 use crate::fake::FakeRuntime;
 use crate::podman::Podman;
 use crate::systemd::Units;
 use crate::systemd::unit::{render_unit, unit_name};
 use crate::types::{
-    ContainerCreateOptions, ContainerState, ExecOutput, RestartPolicy, RuntimeError,
+    ContainerCreateOptions, ContainerState, ExecOutput, LogOptions, RestartPolicy, RuntimeError,
 };
+use crate::{ContainerRuntime, LogReceiver};
 
 /// An exec health check (from `VirtualLoadBalancer.kat`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +95,12 @@ pub trait InstanceHost: Send + Sync {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError>;
+    /// The instance's container log (`katcall logs`).
+    async fn logs(
+        &self,
+        desired: &DesiredInstance,
+        opts: &LogOptions,
+    ) -> Result<LogReceiver, RuntimeError>;
 }
 
 /// Instances as systemd units of Podman containers.
@@ -272,6 +278,14 @@ impl InstanceHost for SystemdHost {
     ) -> Result<ExecOutput, RuntimeError> {
         self.podman.exec(&desired.opts.name, cmd, timeout).await
     }
+
+    async fn logs(
+        &self,
+        desired: &DesiredInstance,
+        opts: &LogOptions,
+    ) -> Result<LogReceiver, RuntimeError> {
+        self.podman.logs(&desired.opts.name, opts).await
+    }
 }
 
 #[derive(Debug)]
@@ -426,6 +440,19 @@ impl InstanceHost for FakeHost {
             .map(|e| e.container.clone())
             .ok_or_else(|| RuntimeError::NotFound(desired.id().to_owned()))?;
         self.runtime.exec(&container, cmd, timeout).await
+    }
+
+    async fn logs(
+        &self,
+        desired: &DesiredInstance,
+        opts: &LogOptions,
+    ) -> Result<LogReceiver, RuntimeError> {
+        let container = self
+            .lock()?
+            .get(desired.id())
+            .map(|e| e.container.clone())
+            .ok_or_else(|| RuntimeError::NotFound(desired.id().to_owned()))?;
+        self.runtime.logs(&container, opts).await
     }
 }
 

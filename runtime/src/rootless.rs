@@ -596,6 +596,14 @@ impl InstanceHost for RootlessHost {
             .exec(desired, cmd, timeout)
             .await
     }
+
+    async fn logs(
+        &self,
+        desired: &DesiredInstance,
+        opts: &crate::LogOptions,
+    ) -> Result<crate::LogReceiver, RuntimeError> {
+        self.host_for(desired).await?.logs(desired, opts).await
+    }
 }
 
 #[cfg(test)]

@@ -55,10 +55,12 @@ async fn leader() -> Leader {
     let ctx = NodeApiContext {
         store: store.clone(),
         leader: key,
+        leader_node: "leader".to_owned(),
         ca: ca.clone(),
         cluster: cluster_config("join-test", 1),
         control_plane: Default::default(),
         events: Default::default(),
+        agent_client: Default::default(),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

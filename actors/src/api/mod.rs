@@ -7,8 +7,13 @@
 //! answered `Unavailable` with the leader's API address in the message and in the
 //! `kat-leader-api` metadata, and agents and `katcall` follow it.
 
+pub mod instances;
+pub mod listener;
+pub mod namespaces;
 pub mod node_api;
 pub mod nodes;
+pub mod openapi;
+pub mod rest;
 pub mod user_api;
 pub mod workloads;
 
@@ -149,10 +154,12 @@ impl Actor for Api {
         let ctx = NodeApiContext {
             store,
             leader: args.leadership.key.clone(),
+            leader_node: args.leadership.node.clone(),
             ca,
             cluster: args.cluster.clone(),
             control_plane: node_api::ControlPlaneCache::default(),
             events: Default::default(),
+            agent_client: Default::default(),
         };
         let revision = args.leadership.key.create_revision;
         match &args.endpoint {

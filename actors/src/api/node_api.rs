@@ -16,7 +16,7 @@ use kat_proto::v1alpha1::{
     RenewCertificateResponse, StoredToken, SyncEvent, SyncRequest, TokenKind, sync_event,
 };
 use prost::Message;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 use super::user_api::UserApiService;
@@ -36,6 +36,8 @@ pub fn node_key(name: &str) -> String {
 pub struct NodeApiContext {
     pub store: Arc<dyn StateStore>,
     pub leader: LeaderKey,
+    /// The leading node's name.
+    pub leader_node: String,
     pub ca: CertAndKey,
     pub cluster: ClusterConfiguration,
     /// Control-plane API addresses, re-read at most every few seconds (every
@@ -43,6 +45,8 @@ pub struct NodeApiContext {
     pub control_plane: ControlPlaneCache,
     /// The lease events are written under.
     pub events: crate::leader::node_monitor::EventLease,
+    /// The certificate this leader presents to agent APIs (logs, exec).
+    pub agent_client: super::instances::AgentClientCert,
 }
 
 /// A short-lived cache of [`control_plane_apis`].
@@ -383,6 +387,7 @@ pub async fn heartbeat(
                 revision: result.revision,
                 leader_address: String::new(),
                 control_plane_apis: ctx.control_plane.get(ctx.store.as_ref()).await,
+                leader_node: ctx.leader_node.clone(),
             });
         }
     }
@@ -768,31 +773,41 @@ impl NodeApi for NodeApiService {
     }
 }
 
-/// Serves the node API and the user API with TLS on `listener` until `shutdown` resolves. Client
-/// certificates from the cluster CA are requested but optional: `Join` comes before
-/// the node has one; the calls after it will require one.
+/// Serves the node API and the user API (gRPC, and REST under `/v1alpha1/` with
+/// `/healthz`, `/readyz` — [`super::rest`]) with TLS on `listener` until `shutdown`
+/// resolves. Client certificates from the cluster CA are requested but optional:
+/// `Join` comes before the node has one, users authenticate with tokens, and the node
+/// calls after `Join` require one.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server_cert: &CertAndKey,
     served: Served,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let tls = ServerTlsConfig::new()
-        // The chain carries the CA too: a joining node checks it against its pin.
-        .identity(Identity::from_pem(
-            format!("{}\n{}", server_cert.cert_pem.trim_end(), served.ca_pem),
-            &server_cert.key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(&served.ca_pem))
-        .client_auth_optional(true);
-    Server::builder()
-        .tls_config(tls)?
-        .timeout(Duration::from_secs(60))
-        .add_service(NodeApiServer::new(NodeApiService::new(served.clone())))
-        .add_service(UserApiServer::new(UserApiService::new(served)))
-        .serve_with_incoming_shutdown(
-            tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use tonic::server::NamedService;
+    // The chain carries the CA too: a joining node checks it against its pin.
+    let tls = super::listener::server_config(
+        server_cert,
+        &served.ca_pem,
+        &served.ca_pem,
+        super::listener::ClientAuth::Optional,
+    )?;
+    let node_api = NodeApiServer::new(NodeApiService::new(served.clone()));
+    let user_api = UserApiServer::new(UserApiService::new(served.clone()));
+    let router = super::rest::router(served)
+        .route_service(
+            &format!("/{}/{{*rest}}", NodeApiServer::<NodeApiService>::NAME),
+            node_api,
         )
-        .await
+        .route_service(
+            &format!("/{}/{{*rest}}", UserApiServer::<UserApiService>::NAME),
+            user_api,
+        );
+    Server::builder()
+        .accept_http1(true)
+        .timeout(Duration::from_secs(60))
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming_shutdown(super::listener::incoming(listener, tls), shutdown)
+        .await?;
+    Ok(())
 }

@@ -58,6 +58,74 @@ pub async fn update_node(
     )))
 }
 
+/// Removes a node that runs nothing (drain it first): its registration, its status
+/// and its instances' reported status, in one fenced transaction with an event.
+/// Control-plane members are refused (they are etcd members; removing those is not
+/// built). A removed node's heartbeats are refused from then on; it can join again
+/// with a new token and a fresh state directory.
+pub async fn delete_node(ctx: &NodeApiContext, name: &str, now: SystemTime) -> Result<(), Status> {
+    let key = node_key(name);
+    let kv = ctx
+        .store
+        .get(&key)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Status::not_found(format!("node {name:?} not found")))?;
+    let node = Node::decode(kv.value.as_slice())
+        .map_err(|e| Status::internal(format!("node {name:?}: unreadable record: {e}")))?;
+    if node
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.role() == kat_proto::v1alpha1::NodeRole::ControlPlane)
+    {
+        return Err(Status::failed_precondition(format!(
+            "node {name} is a control-plane member (it hosts an etcd member); removing members is not supported in this build"
+        )));
+    }
+    let running = super::workloads::list_instances(ctx.store.as_ref(), "", "", name).await?;
+    if !running.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "node {name} still has {} instance(s); drain it first (katcall drain {name})",
+            running.len()
+        )));
+    }
+    let (reported, _) = ctx
+        .store
+        .list(&format!(
+            "{}{name}/",
+            super::workloads::INSTANCE_STATUS_PREFIX
+        ))
+        .await
+        .map_err(unavailable)?;
+    let (event_key, event) = node_event(
+        name,
+        "NodeDeleted",
+        EventSeverity::Normal,
+        "removed from the cluster".to_owned(),
+        now,
+    );
+    let lease = ctx.events.get(ctx.store.as_ref()).await;
+    let mut ops = vec![
+        TxnOp::delete(&key),
+        TxnOp::delete(super::node_api::node_status_key(name)),
+        TxnOp::put_leased(event_key, event.encode_to_vec(), lease),
+    ];
+    ops.extend(reported.into_iter().map(|kv| TxnOp::delete(kv.key)));
+    let txn = Txn::new()
+        .when([
+            ctx.leader.fence(),
+            Compare::unchanged(&key, kv.mod_revision),
+        ])
+        .and_then(ops);
+    if !ctx.store.txn(txn).await.map_err(unavailable)?.succeeded {
+        return Err(Status::aborted(format!(
+            "node {name:?} changed meanwhile (or this member stopped leading); try again"
+        )));
+    }
+    tracing::info!(node = %name, "node deleted");
+    Ok(())
+}
+
 /// A label key or value problem, if any: keys are 1–63 characters of letters, digits,
 /// `-`, `_`, `.` (optionally after a `prefix/`); values at most 63 of the same.
 pub fn label_problem(key: &str, value: &str) -> Option<String> {

@@ -119,12 +119,9 @@ pub async fn get_node(store: &dyn StateStore, name: &str) -> Result<Node, Status
     Ok(node_view(node, status))
 }
 
-/// Events, oldest first, filtered by involved object (`kind/name`) and time.
-pub async fn list_events(
-    store: &dyn StateStore,
-    req: &ListEventsRequest,
-) -> Result<Vec<Event>, Status> {
-    let (kvs, _) = store.list(EVENTS_PREFIX).await.map_err(unavailable)?;
+/// Which events a request asks for: by involved object (`kind/name`), namespace and
+/// time.
+pub fn event_filter(req: &ListEventsRequest) -> Result<impl Fn(&Event) -> bool + use<>, Status> {
     let involved = if req.involved.is_empty() {
         None
     } else {
@@ -136,32 +133,96 @@ pub async fn list_events(
         })?;
         Some((kind.to_ascii_lowercase(), name.to_owned()))
     };
+    let since = req.since;
+    let namespace = req.namespace.clone();
+    Ok(move |e: &Event| {
+        involved.as_ref().is_none_or(|(kind, name)| {
+            e.involved_object
+                .as_ref()
+                .is_some_and(|o| o.kind.to_ascii_lowercase() == *kind && o.name == *name)
+        }) && since.as_ref().is_none_or(|since| {
+            e.time
+                .as_ref()
+                .is_some_and(|t| (t.seconds, t.nanos) >= (since.seconds, since.nanos))
+        }) && (namespace.is_empty()
+            || e.involved_object
+                .as_ref()
+                .is_some_and(|o| o.namespace == namespace))
+    })
+}
+
+/// Events, oldest first, filtered by involved object (`kind/name`) and time.
+pub async fn list_events(
+    store: &dyn StateStore,
+    req: &ListEventsRequest,
+) -> Result<Vec<Event>, Status> {
+    let keep = event_filter(req)?;
+    let (kvs, _) = store.list(EVENTS_PREFIX).await.map_err(unavailable)?;
     let mut events: Vec<Event> = kvs
         .iter()
         .filter_map(|kv| Event::decode(kv.value.as_slice()).ok())
-        .filter(|e| {
-            involved.as_ref().is_none_or(|(kind, name)| {
-                e.involved_object
-                    .as_ref()
-                    .is_some_and(|o| o.kind.to_ascii_lowercase() == *kind && o.name == *name)
-            })
-        })
-        .filter(|e| {
-            req.since.as_ref().is_none_or(|since| {
-                e.time
-                    .as_ref()
-                    .is_some_and(|t| (t.seconds, t.nanos) >= (since.seconds, since.nanos))
-            })
-        })
-        .filter(|e| {
-            req.namespace.is_empty()
-                || e.involved_object
-                    .as_ref()
-                    .is_some_and(|o| o.namespace == req.namespace)
-        })
+        .filter(|e| keep(e))
         .collect();
     events.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(events)
+}
+
+/// The events a request asks for, oldest first, then each new one as it is recorded,
+/// until the caller goes away.
+pub async fn watch_events(
+    store: std::sync::Arc<dyn StateStore>,
+    req: &ListEventsRequest,
+) -> Result<tokio::sync::mpsc::Receiver<Result<Event, Status>>, Status> {
+    let keep = event_filter(req)?;
+    let (kvs, revision) = store.list(EVENTS_PREFIX).await.map_err(unavailable)?;
+    let mut changes = store
+        .watch(EVENTS_PREFIX, revision + 1)
+        .await
+        .map_err(unavailable)?;
+    let mut past: Vec<Event> = kvs
+        .iter()
+        .filter_map(|kv| Event::decode(kv.value.as_slice()).ok())
+        .filter(|e| keep(e))
+        .collect();
+    past.sort_by(|a, b| a.id.cmp(&b.id));
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        for e in past {
+            if tx.send(Ok(e)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let change = tokio::select! {
+                () = tx.closed() => return,
+                change = changes.recv() => change,
+            };
+            match change {
+                None => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the event watch ended; watch again",
+                        )))
+                        .await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(unavailable(e))).await;
+                    return;
+                }
+                Some(Ok(change)) if change.kind == crate::store::EventKind::Put => {
+                    if let Ok(e) = Event::decode(change.kv.value.as_slice())
+                        && keep(&e)
+                        && tx.send(Ok(e)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {} // an event expiring
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Creates a token of `kind`; a join token comes back with the CA hash appended, as
@@ -311,19 +372,17 @@ impl UserApi for UserApiService {
     ) -> Result<Response<DeleteWorkloadResponse>, Status> {
         let ctx = self.auth(&request).await?;
         let req = request.get_ref();
-        if req.purge_volumes {
-            return Err(Status::unimplemented(
-                "--purge-volumes: not available in this build yet (delete without it keeps the volumes)",
-            ));
+        let ns = namespace_or_default(&req.namespace);
+        workloads::delete_workload(&ctx, ns, &req.name, SystemTime::now()).await?;
+        if !req.purge_volumes {
+            return Ok(Response::new(DeleteWorkloadResponse::default()));
         }
-        workloads::delete_workload(
-            &ctx,
-            namespace_or_default(&req.namespace),
-            &req.name,
-            SystemTime::now(),
-        )
-        .await?;
-        Ok(Response::new(DeleteWorkloadResponse {}))
+        let (purged_nodes, purge_failures) =
+            super::instances::purge_volumes(&ctx, ns, &req.name).await?;
+        Ok(Response::new(DeleteWorkloadResponse {
+            purged_nodes,
+            purge_failures,
+        }))
     }
     async fn get_workload_status(
         &self,
@@ -361,13 +420,20 @@ impl UserApi for UserApiService {
         &self,
         request: Request<LogsRequest>,
     ) -> Result<Response<Self::StreamInstanceLogsStream>, Status> {
-        self.later(&request, "logs").await
+        let ctx = self.auth(&request).await?;
+        // An empty namespace: the instance ID is looked up in every namespace.
+        super::instances::logs(&ctx, request.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn exec_instance(
         &self,
         request: Request<ExecRequest>,
     ) -> Result<Response<ExecResponse>, Status> {
-        self.later(&request, "exec").await
+        let ctx = self.auth(&request).await?;
+        super::instances::exec(&ctx, request.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn list_instances(
         &self,
@@ -384,25 +450,36 @@ impl UserApi for UserApiService {
         &self,
         request: Request<ListNamespacesRequest>,
     ) -> Result<Response<ListNamespacesResponse>, Status> {
-        self.later(&request, "namespaces").await
+        let ctx = self.auth(&request).await?;
+        let items = super::namespaces::list(ctx.store.as_ref()).await?;
+        Ok(Response::new(ListNamespacesResponse { items }))
     }
     async fn create_namespace(
         &self,
         request: Request<CreateNamespaceRequest>,
     ) -> Result<Response<Namespace>, Status> {
-        self.later(&request, "namespaces").await
+        let ctx = self.auth(&request).await?;
+        super::namespaces::create(&ctx, request.into_inner().namespace, SystemTime::now())
+            .await
+            .map(Response::new)
     }
     async fn get_namespace(
         &self,
         request: Request<GetNamespaceRequest>,
     ) -> Result<Response<Namespace>, Status> {
-        self.later(&request, "namespaces").await
+        let ctx = self.auth(&request).await?;
+        super::namespaces::get(ctx.store.as_ref(), &request.get_ref().name)
+            .await
+            .map(Response::new)
     }
     async fn delete_namespace(
         &self,
         request: Request<DeleteNamespaceRequest>,
     ) -> Result<Response<DeleteNamespaceResponse>, Status> {
-        self.later(&request, "namespaces").await
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        super::namespaces::delete(&ctx, &req.name, req.cascade, SystemTime::now()).await?;
+        Ok(Response::new(DeleteNamespaceResponse {}))
     }
 
     async fn list_nodes(
@@ -425,7 +502,9 @@ impl UserApi for UserApiService {
         &self,
         request: Request<GetNodeRequest>,
     ) -> Result<Response<DeleteNodeResponse>, Status> {
-        self.later(&request, "node deletion").await
+        let ctx = self.auth(&request).await?;
+        nodes::delete_node(&ctx, &request.get_ref().name, SystemTime::now()).await?;
+        Ok(Response::new(DeleteNodeResponse {}))
     }
     async fn cordon_node(
         &self,
@@ -528,7 +607,11 @@ impl UserApi for UserApiService {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        self.later(&request, "watching events").await
+        let ctx = self.auth(&request).await?;
+        let rx = watch_events(ctx.store.clone(), request.get_ref()).await?;
+        Ok(Response::new(Box::pin(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn create_join_token(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use kat_cli::output::{self, encode};
-use kat_cli::remote::{Client, CmdError, ConfigSource, connect, load_config};
+use kat_cli::remote::{Client, CmdError, ConfigSource, connect_with_timeout, load_config};
 use kat_cli::{OutputFormat, not_implemented, workloads};
 use kat_proto::quadlet::{self, Document};
 use kat_proto::v1alpha1 as api;
@@ -57,7 +57,8 @@ enum Command {
         )]
         paths: Vec<PathBuf>,
     },
-    /// Create or update a workload from a Quadlet directory or bundle.
+    /// Create or update a workload from a Quadlet directory or bundle (or create a
+    /// namespace from a namespace.kat).
     Apply {
         #[arg(short = 'f', long = "file", value_name = "DIR|BUNDLE.tar.gz")]
         path: PathBuf,
@@ -83,7 +84,7 @@ enum Command {
     /// Delete a workload, namespace or node.
     #[command(subcommand)]
     Delete(DeleteCommand),
-    /// Stream an instance's logs.
+    /// Print an instance's logs (INSTANCE: ID, WORKLOAD/ID or the container name).
     Logs {
         instance: String,
         /// Keep streaming new lines.
@@ -99,9 +100,13 @@ enum Command {
         #[arg(long)]
         build: bool,
     },
-    /// Run a command in an instance's container.
+    /// Run a command in an instance's container; exits with the command's status.
     Exec {
+        /// ID, WORKLOAD/ID or the container name.
         instance: String,
+        /// How long the command may run (at most 5m).
+        #[arg(long, default_value = "30s")]
+        timeout: String,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
@@ -245,6 +250,19 @@ fn main() -> ExitCode {
         Command::Validate { paths } => validate(&paths, cli.output),
         Command::Version => {
             println!("katcall {}", kat_proto::VERSION);
+            // The server's too, when a configuration names one (quietly skipped if not).
+            if load_config(&source).is_ok() {
+                // Unreachable: said on stderr; the local version still stands.
+                let _ = remote(&source, "version", |mut client| async move {
+                    let v = client
+                        .get_version(api::GetVersionRequest {})
+                        .await
+                        .map_err(CmdError::from)?
+                        .into_inner();
+                    println!("server {} (API {})", v.version, v.api_version);
+                    Ok(())
+                });
+            }
             ExitCode::SUCCESS
         }
         Command::Completion { shell } => {
@@ -264,6 +282,36 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("katcall apply: --timeout {e}");
                 ExitCode::FAILURE
+            }
+            // A single namespace.kat creates a namespace; anything else is a workload.
+            Ok(_) if path.is_file() && path.extension().is_some_and(|e| e == "kat") => {
+                match quadlet::load_path(&path) {
+                    Ok(Document::Namespace(n)) => remote(&source, "apply", |client| {
+                        workloads::apply_namespace(client, n.clone(), cli.output)
+                    }),
+                    Ok(Document::Cluster(_)) => {
+                        eprintln!(
+                            "katcall apply: {} is a ClusterConfiguration; it is given to `kat-agent init --config`, not applied",
+                            path.display()
+                        );
+                        ExitCode::FAILURE
+                    }
+                    Ok(Document::Quadlet(_)) => {
+                        eprintln!(
+                            "katcall apply: {}: a workload is applied as its directory (or a bundle), e.g. katcall apply -f {}",
+                            path.display(),
+                            path.parent()
+                                .map_or_else(|| ".".into(), |p| p.display().to_string())
+                        );
+                        ExitCode::FAILURE
+                    }
+                    Err(errors) => {
+                        for e in &errors.errors {
+                            eprintln!("{e}");
+                        }
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Ok(timeout) => remote(&source, "apply", |client| {
                 workloads::apply(client, &path, ns, wait.then_some(timeout), cli.output)
@@ -306,11 +354,19 @@ fn main() -> ExitCode {
         } => remote(&source, "get", |client| {
             workloads::get_events(client, ns, cli.output)
         }),
-        Command::Get { resource, .. } => not_implemented(
-            "katcall",
-            &format!("get {}", resource_name(resource)),
-            "the namespace API",
-        ),
+        Command::Get {
+            resource: Resource::Namespace,
+            name: None,
+        } => {
+            eprintln!("katcall get: which namespace? (katcall get namespace NAME)");
+            ExitCode::FAILURE
+        }
+        Command::Get {
+            resource: Resource::Namespaces | Resource::Namespace,
+            name,
+        } => remote(&source, "get", |client| {
+            workloads::get_namespaces(client, name.clone(), cli.output)
+        }),
         Command::Describe {
             kind: DescribeKind::Node,
             name,
@@ -329,9 +385,89 @@ fn main() -> ExitCode {
         }) => remote(&source, "delete", |client| {
             workloads::delete_workload(client, ns, name.clone(), purge_volumes)
         }),
-        Command::Delete(_) => not_implemented("katcall", "delete", api),
-        Command::Logs { .. } => not_implemented("katcall", "logs", api),
-        Command::Exec { .. } => not_implemented("katcall", "exec", api),
+        Command::Delete(DeleteCommand::Namespace { name, cascade }) => {
+            remote(&source, "delete", |client| {
+                workloads::delete_namespace(client, name.clone(), cascade)
+            })
+        }
+        Command::Delete(DeleteCommand::Node { name }) => remote(&source, "delete", |client| {
+            workloads::delete_node(client, name.clone())
+        }),
+        Command::Logs {
+            instance,
+            follow,
+            since,
+            tail,
+            build,
+        } => {
+            let since_seconds = match since.as_deref().map(output::parse_duration) {
+                None => 0,
+                Some(Ok(d)) => u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+                Some(Err(e)) => {
+                    eprintln!("katcall logs: --since {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let target = match kat_cli::instances::parse_instance(&instance) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("katcall logs: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let args = kat_cli::instances::LogsArgs {
+                follow,
+                since_seconds,
+                tail: tail.unwrap_or(0),
+                build,
+            };
+            remote(&source, "logs", |client| {
+                kat_cli::instances::logs(client, ns, &target, &args, cli.output)
+            })
+        }
+        Command::Exec {
+            instance,
+            timeout,
+            command,
+        } => {
+            let limit = match output::parse_duration(&timeout) {
+                Ok(d) if d.as_secs() >= 1 && d.as_secs() <= 300 => d,
+                Ok(_) => {
+                    eprintln!("katcall exec: --timeout must be between 1s and 5m");
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("katcall exec: --timeout {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let target = match kat_cli::instances::parse_instance(&instance) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("katcall exec: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let status = std::sync::atomic::AtomicI32::new(0);
+            let secs = u32::try_from(limit.as_secs()).unwrap_or(300);
+            let code = remote_with(
+                &source,
+                "exec",
+                limit + Duration::from_secs(15),
+                |client| async {
+                    let code =
+                        kat_cli::instances::exec(client, ns, &target, &command, secs, cli.output)
+                            .await?;
+                    status.store(code, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                },
+            );
+            match status.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => code,
+                // The command's own status (as a shell reports it: 1–255).
+                n => ExitCode::from(u8::try_from(n.clamp(1, 255)).unwrap_or(1)),
+            }
+        }
         Command::Rollout(RolloutCommand::Status { workload }) => {
             remote(&source, "rollout status", |client| {
                 workloads::rollout_status(client, ns, workload.clone(), Duration::from_secs(600))
@@ -410,18 +546,20 @@ fn print_document(doc: &Document, output: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn resource_name(resource: Resource) -> String {
-    resource
-        .to_possible_value()
-        .map(|v| v.get_name().to_owned())
-        .unwrap_or_default()
-}
-
 use workloads::CmdResult;
 
 /// Runs `f` against the API with the configured client; prints a one-line error and
 /// fails if anything goes wrong.
 fn remote<F, Fut>(source: &ConfigSource, what: &str, f: F) -> ExitCode
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = CmdResult>,
+{
+    remote_with(source, what, kat_actors::client::CALL_TIMEOUT, f)
+}
+
+/// [`remote`] with calls that may take up to `call_timeout`.
+fn remote_with<F, Fut>(source: &ConfigSource, what: &str, call_timeout: Duration, f: F) -> ExitCode
 where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = CmdResult>,
@@ -433,7 +571,7 @@ where
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
         runtime
             .block_on(async {
-                let client = connect(&config)?;
+                let client = connect_with_timeout(&config, call_timeout)?;
                 match f(client).await {
                     // A member that does not lead names the leader: ask it instead.
                     Err(CmdError {
@@ -441,7 +579,7 @@ where
                         ..
                     }) => {
                         config.server = format!("https://{leader}");
-                        f(connect(&config)?).await
+                        f(connect_with_timeout(&config, call_timeout)?).await
                     }
                     other => other,
                 }

@@ -110,7 +110,8 @@ pub fn cluster_file_with(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("cluster.kat");
     let text = format!(
         "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: test}}\n\
-         spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n{extra}",
+         spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n  agentPort: {}\n{extra}",
+        free_port(),
         free_port(),
         free_port(),
         free_port()
