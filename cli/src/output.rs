@@ -282,6 +282,26 @@ pub fn workloads_table(items: &[Quadlet], now: SystemTime) -> String {
     table(&rows)
 }
 
+/// `katcall backup --list` as a table.
+pub fn backups_table(items: &[kat_proto::v1alpha1::Backup], now: SystemTime) -> String {
+    let mut rows = vec![
+        ["NAME", "SIZE", "REVISION", "AGE"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for b in items {
+        rows.push(vec![
+            b.name.clone(),
+            b.size_bytes.to_string(),
+            b.revision.to_string(),
+            b.created_at
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |t| age(t.seconds, now)),
+        ]);
+    }
+    table(&rows)
+}
+
 /// `katcall get namespaces` as a table.
 pub fn namespaces_table(items: &[kat_proto::v1alpha1::Namespace], now: SystemTime) -> String {
     let mut rows = vec![["NAME", "WORKLOADS", "AGE"].map(str::to_owned).to_vec()];

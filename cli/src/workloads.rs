@@ -141,6 +141,9 @@ pub async fn wait_ready(
         if !failed.is_empty() && !is_job {
             return Err(format!("instances failed: {}", failed.join("; ")).into());
         }
+        if let Some(r) = status.rollout.as_ref().filter(|r| r.paused) {
+            return Err(format!("{ns}/{name}: {}", r.message).into());
+        }
         let spec = s
             .workload
             .as_ref()
@@ -471,4 +474,38 @@ pub async fn delete_node(mut client: Client, name: String) -> CmdResult {
         .map_err(CmdError::from)?;
     println!("node {name} removed from the cluster");
     Ok(())
+}
+
+/// `katcall backup [--list]`: an etcd snapshot now, or the kept ones (on the leader).
+pub async fn backup(mut client: Client, list: bool, format: OutputFormat) -> CmdResult {
+    if list {
+        let kept = client
+            .list_backups(api::ListBackupsRequest {})
+            .await
+            .map_err(CmdError::from)?
+            .into_inner();
+        return match format {
+            OutputFormat::Table => {
+                print!("{}", output::backups_table(&kept.items, SystemTime::now()));
+                Ok(())
+            }
+            _ => emit(&kept, format),
+        };
+    }
+    eprintln!("katcall backup: taking an etcd snapshot on the leader ...");
+    let made = client
+        .create_backup(api::CreateBackupRequest {})
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    match format {
+        OutputFormat::Table => {
+            println!(
+                "backup {} made: {} bytes at revision {} ({} on the leader)",
+                made.name, made.size_bytes, made.revision, made.path
+            );
+            Ok(())
+        }
+        _ => emit(&made, format),
+    }
 }

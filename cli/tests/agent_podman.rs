@@ -2,7 +2,8 @@
 //! with the default runtime (Podman, rootless: the agent makes the workload's user and
 //! starts that user's systemd manager), `katcall apply --wait` runs the instance as
 //! the workload user; the agent is restarted in the middle and the running instance
-//! is adopted (same container); `katcall delete` stops and removes it. Skipped with a
+//! is adopted (same container); `katcall logs` and `katcall exec` reach it through
+//! the agent API; `katcall delete` stops and removes it. Skipped with a
 //! printed reason where etcd, Podman, systemd or useradd are missing. The agent is
 //! stopped by PID; the workload user, its processes, home and cgroups are removed
 //! when the test ends, also when it fails.
@@ -49,7 +50,7 @@ spec:
   replicas: 1
   container:
     command: [\"sh\", \"-c\"]
-    args: [\"trap 'exit 0' TERM; while true; do sleep 0.2; done\"]
+    args: [\"echo hello from $(id -u); trap 'exit 0' TERM; while true; do sleep 0.2; done\"]
 "
         ),
     )
@@ -173,6 +174,28 @@ fn a_workload_runs_rootless_on_podman_survives_an_agent_restart_and_goes() {
         "{proc_status}"
     );
 
+    // Logs and exec through the leader and the node's agent API, from Podman.
+    let logs = ok(&katcall(&kc, &["logs", &id]));
+    assert_eq!(
+        logs.trim(),
+        "hello from 0",
+        "root inside the user namespace"
+    );
+    let exec = katcall(
+        &kc,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(exec.status.code(), Some(3), "the command's exit status");
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&exec.stderr), "err\n");
+
     // The agent restarts: the instance is adopted, not restarted.
     agent.signal(Signal::SIGTERM);
     assert!(agent.child.wait().unwrap().success());
@@ -234,6 +257,10 @@ spec:
         described.contains("State:          Complete"),
         "{described}"
     );
+    // A finished run keeps its container until retired: its log is still there.
+    let run = instance_ids(&kc, &name);
+    let logs = ok(&katcall(&kc, &["logs", &format!("{name}/{}", run[0].0)]));
+    assert_eq!(logs.trim(), "done");
     ok(&katcall(&kc, &["delete", "workload", &name]));
 
     agent.signal(Signal::SIGTERM);

@@ -152,11 +152,13 @@ fn the_user_api_over_rest_matches_grpc() {
     }
     let dir = tempfile::tempdir().unwrap();
     let volumes = dir.path().join("volumes");
+    let backups = dir.path().join("backups");
     let config = cluster_file_with(
         dir.path(),
         &format!(
-            "  agentTickSeconds: 1\n  volumeBasePath: {}\n",
-            volumes.display()
+            "  agentTickSeconds: 1\n  volumeBasePath: {}\n  backupPath: {}\n",
+            volumes.display(),
+            backups.display()
         ),
     );
     let state = dir.path().join("n1");
@@ -543,6 +545,23 @@ fn the_user_api_over_rest_matches_grpc() {
     );
     ok(&katcall(&kc, &["delete", "namespace", "team-a"]));
     assert_eq!(rest.get("/v1alpha1/namespaces/team-a").status, 404);
+
+    // Backups: a snapshot over REST, listed by katcall.
+    let made = rest.ok("POST", "/v1alpha1/backups", &[]);
+    let path = PathBuf::from(made["path"].as_str().unwrap());
+    assert!(path.starts_with(&backups), "{made}");
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    let listed = ok(&katcall(&kc, &["backup", "--list"]));
+    assert!(listed.contains(made["name"].as_str().unwrap()), "{listed}");
+    let again = ok(&katcall(&kc, &["backup"]));
+    assert!(again.contains("backup kat-"), "{again}");
+    assert_eq!(
+        rest.ok("GET", "/v1alpha1/backups", &[])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // katcall version names the server's too.
     let version = ok(&katcall(&kc, &["version"]));

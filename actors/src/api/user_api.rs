@@ -3,9 +3,9 @@
 //! store before anything else happens; a missing or wrong token gets
 //! `Unauthenticated` and nothing else.
 //!
-//! Implemented so far: workloads (apply, get, list, delete, status), instances,
-//! nodes (list, get), events (list), tokens (create join/API, delete) and version. The other calls answer `Unimplemented` with the issue that
-//! brings them.
+//! Every call of the service is built: workloads, instances (logs and exec from the
+//! agent API), namespaces, nodes and node verbs, events, tokens, backups, version.
+//! The REST gateway ([`super::rest`]) calls these same methods.
 
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
@@ -285,14 +285,6 @@ pub struct UserApiService {
 impl UserApiService {
     pub fn new(served: Served) -> Self {
         Self { served }
-    }
-
-    /// A call authorised but not built yet: says so.
-    async fn later<T, R>(&self, request: &Request<T>, what: &str) -> Result<R, Status> {
-        self.auth(request).await?;
-        Err(Status::unimplemented(format!(
-            "{what}: not available in this build yet"
-        )))
     }
 
     /// The leader's context once the caller's token checks out (a follower points the
@@ -667,13 +659,25 @@ impl UserApi for UserApiService {
         &self,
         request: Request<CreateBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
-        self.later(&request, "backups").await
+        let ctx = self.auth(&request).await?;
+        crate::leader::backups::make(
+            ctx.store.as_ref(),
+            &ctx.leader,
+            &ctx.leader_node,
+            &ctx.cluster,
+            &ctx.events,
+            SystemTime::now(),
+        )
+        .await
+        .map(Response::new)
     }
     async fn list_backups(
         &self,
         request: Request<ListBackupsRequest>,
     ) -> Result<Response<ListBackupsResponse>, Status> {
-        self.later(&request, "backups").await
+        let ctx = self.auth(&request).await?;
+        let items = crate::leader::backups::kept(&ctx.cluster)?;
+        Ok(Response::new(ListBackupsResponse { items }))
     }
 
     async fn get_version(

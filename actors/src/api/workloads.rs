@@ -343,7 +343,12 @@ pub async fn list_quadlets(store: &dyn StateStore, ns: &str) -> Result<Vec<Quadl
                 .iter()
                 .filter(|i| i.namespace == qns && i.workload == qname)
                 .collect();
-            let status = workload_status(&q, &mine, jobs.get(&format!("{qns}/{qname}")));
+            let status = workload_status(
+                &q,
+                &mine,
+                jobs.get(&format!("{qns}/{qname}")),
+                SystemTime::now(),
+            );
             if let Some(w) = q.workload.as_mut() {
                 w.status = Some(status);
             }
@@ -369,6 +374,7 @@ pub fn workload_status(
     q: &Quadlet,
     instances: &[&Instance],
     job: Option<&JobState>,
+    now: SystemTime,
 ) -> WorkloadStatus {
     let w = q.workload.clone().unwrap_or_default();
     let kind = q_spec_type(&w);
@@ -409,11 +415,48 @@ pub fn workload_status(
     }
     let current =
         |i: &Instance| i.generation == generation && i.desired_state() != DesiredState::Stop;
+    let old_generations: Vec<i64> = instances
+        .iter()
+        .filter(|i| i.generation != generation)
+        .map(|i| i.generation)
+        .collect();
+    let rolling = w
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .is_none_or(|u| u.r#type() != kat_proto::v1alpha1::UpdateStrategyType::Simultaneous);
+    let paused = if rolling && !old_generations.is_empty() {
+        crate::leader::scheduler::rollout_stuck(
+            instances.iter().copied().filter(|i| current(i)),
+            now,
+        )
+    } else {
+        None
+    };
+    let ready_current = count(&|i| current(i) && crate::leader::scheduler::ready(i));
+    let replicas = w
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .map_or(1, |r| u32::try_from(r.max(0)).unwrap_or(0));
     WorkloadStatus {
         observed_generation: generation,
         desired_instances: count(&current),
-        ready_instances: count(&|i| current(i) && crate::leader::scheduler::ready(i)),
+        ready_instances: ready_current,
         pending_instances: count(&|i| current(i) && phase(i) == InstancePhase::Pending),
+        rollout: Some(kat_proto::v1alpha1::RolloutStatus {
+            from_generation: old_generations.iter().copied().min().unwrap_or(generation),
+            to_generation: generation,
+            updated: ready_current,
+            total: if kind == WorkloadType::DaemonService {
+                count(&current)
+            } else {
+                replicas
+            },
+            paused: paused.is_some(),
+            message: paused.unwrap_or_default(),
+            started_at: w.metadata.as_ref().and_then(|m| m.updated_at),
+        }),
         ..Default::default()
     }
 }
@@ -496,7 +539,7 @@ pub async fn workload_status_response(
         .await
         .map_err(unavailable)?
         .and_then(|kv| JobState::decode(kv.value.as_slice()).ok());
-    let status = workload_status(&q, &refs, job.as_ref());
+    let status = workload_status(&q, &refs, job.as_ref(), SystemTime::now());
     let mut workload = q.workload.unwrap_or_default();
     workload.status = Some(status);
     let events = super::user_api::list_events(

@@ -18,6 +18,7 @@ use kat_proto::v1alpha1::{
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+pub mod backups;
 pub mod node_monitor;
 pub mod scheduler;
 
@@ -102,7 +103,17 @@ pub fn leader_subtree(
                     scheduler::Scheduler,
                     move || scheduler_args.clone(),
                 );
-                let mut children = vec![bootstrap, monitor, scheduler];
+                let backups_args = backups::BackupsArgs {
+                    leadership: leadership.clone(),
+                    cluster: cluster.clone(),
+                    now: clock,
+                };
+                let backups = ChildSpec::actor(
+                    backups::Backups::name(&leadership.node),
+                    backups::Backups,
+                    move || backups_args.clone(),
+                );
+                let mut children = vec![bootstrap, monitor, scheduler, backups];
                 if let Some(endpoint) = api.clone() {
                     let api_args = ApiArgs {
                         leadership: leadership.clone(),

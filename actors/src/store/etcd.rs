@@ -398,6 +398,26 @@ impl StateStore for EtcdStore {
         Ok(Some(matches!(answered, Ok(Ok(_)))))
     }
 
+    fn can_snapshot(&self) -> bool {
+        true
+    }
+
+    async fn snapshot(&self, to: &std::path::Path) -> StoreResult<Revision> {
+        use tokio::io::AsyncWriteExt;
+        let file_err = |e: std::io::Error| StoreError::Other(format!("{}: {e}", to.display()));
+        let mut stream = self.client.clone().snapshot().await.map_err(unavailable)?;
+        let mut file = tokio::fs::File::create(to).await.map_err(file_err)?;
+        let mut revision = 0;
+        while let Some(part) = stream.message().await.map_err(unavailable)? {
+            if let Some(h) = part.header() {
+                revision = revision.max(h.revision());
+            }
+            file.write_all(part.blob()).await.map_err(file_err)?;
+        }
+        file.sync_all().await.map_err(file_err)?;
+        Ok(revision)
+    }
+
     async fn members(&self) -> StoreResult<Vec<StoreMember>> {
         let list = self
             .client

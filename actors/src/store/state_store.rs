@@ -286,4 +286,18 @@ pub trait StateStore: Send + Sync + 'static {
         let _ = id;
         Err(StoreError::Invalid("this store has no members".to_owned()))
     }
+
+    /// Whether [`StateStore::snapshot`] works here.
+    fn can_snapshot(&self) -> bool {
+        false
+    }
+
+    /// Writes a snapshot of the whole store to `to` (an etcd snapshot file, which
+    /// `etcdutl snapshot restore` reads); returns the revision it was taken at.
+    async fn snapshot(&self, to: &std::path::Path) -> StoreResult<Revision> {
+        let _ = to;
+        Err(StoreError::Invalid(
+            "this store cannot make snapshots (only etcd can)".to_owned(),
+        ))
+    }
 }

@@ -209,7 +209,11 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&anyhow::Error::from(e)),
         },
-        Command::Restore { .. } => not_implemented("kat-agent", "restore", "etcd backups"),
+        Command::Restore { .. } => not_implemented(
+            "kat-agent",
+            "restore",
+            "the restore procedure (katcall backup makes the snapshots it will read)",
+        ),
         Command::Join {
             leader_api,
             token,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use kat_cli::output::{self, encode};
 use kat_cli::remote::{Client, CmdError, ConfigSource, connect_with_timeout, load_config};
-use kat_cli::{OutputFormat, not_implemented, workloads};
+use kat_cli::{OutputFormat, workloads};
 use kat_proto::quadlet::{self, Document};
 use kat_proto::v1alpha1 as api;
 
@@ -239,7 +239,6 @@ enum TokenKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let api = "a part of the API that is not built yet";
     let ns = cli.namespace.as_deref();
     let source = ConfigSource {
         file: cli.config.clone(),
@@ -498,7 +497,11 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Create(create)) => remote(&source, "token create", |client| {
             create_token(client, create.clone(), cli.output)
         }),
-        Command::Backup { .. } => not_implemented("katcall", "backup", api),
+        Command::Backup { list } => {
+            remote_with(&source, "backup", Duration::from_secs(300), |client| {
+                workloads::backup(client, list, cli.output)
+            })
+        }
     }
 }
 

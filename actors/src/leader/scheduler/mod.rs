@@ -115,6 +115,52 @@ pub struct WorkloadPlan {
     pub events: Vec<(String, EventSeverity, String)>,
     /// A JOB's new progress, to store.
     pub job_state: Option<JobState>,
+    /// A rolling update waiting on a new instance past [`ROLLOUT_DEADLINE`]: why. No
+    /// new instances are started while it stays so (the Scheduler records one
+    /// `RolloutPaused` event when it starts).
+    pub paused: Option<String>,
+}
+
+/// How long a new instance of a rolling update may take to become ready before the
+/// rollout pauses (SPEC §8.6).
+pub const ROLLOUT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// The reason a rolling update is paused, if it is: some instance of the new
+/// generation has not become ready within [`ROLLOUT_DEADLINE`] of its creation.
+pub fn rollout_stuck<'a>(
+    current: impl IntoIterator<Item = &'a Instance>,
+    now: SystemTime,
+) -> Option<String> {
+    let stuck: Vec<String> = current
+        .into_iter()
+        .filter(|i| !ready(i))
+        .filter(|i| {
+            i.created_at.as_ref().is_some_and(|t| {
+                let created = std::time::UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(t.seconds).unwrap_or(0));
+                now.duration_since(created)
+                    .is_ok_and(|age| age >= ROLLOUT_DEADLINE)
+            })
+        })
+        .map(|i| {
+            let why = i.status.as_ref().map_or_else(String::new, |s| {
+                let reason = if s.reason.is_empty() {
+                    s.phase().as_str_name().to_owned()
+                } else {
+                    s.reason.clone()
+                };
+                format!(" ({reason})")
+            });
+            format!("{}{why}", i.id)
+        })
+        .collect();
+    (!stuck.is_empty()).then(|| {
+        format!(
+            "rollout paused: {} not ready after {} min; apply a fixed spec or katcall rollback",
+            stuck.join(", "),
+            ROLLOUT_DEADLINE.as_secs() / 60
+        )
+    })
 }
 
 /// Running, and healthy where a health check says so.
@@ -288,9 +334,15 @@ pub fn plan_workload(
             remove(&mut plan, snapshot, i);
         }
     }
-    // Missing ones of the current generation, within the surge while old ones remain.
+    // Missing ones of the current generation, within the surge while old ones remain;
+    // none while the rollout is paused on a new instance that never became ready.
     let missing = (replicas as usize).saturating_sub(current.len());
-    let room = if rolling && !old.is_empty() {
+    if rolling && !old.is_empty() {
+        plan.paused = rollout_stuck(&current, now);
+    }
+    let room = if plan.paused.is_some() {
+        0
+    } else if rolling && !old.is_empty() {
         (replicas + surge) as usize - (current.len() + old.len()).min((replicas + surge) as usize)
     } else {
         missing
@@ -556,6 +608,7 @@ pub fn plan_world(
             || !plan.delete.is_empty()
             || !plan.events.is_empty()
             || plan.job_state.is_some()
+            || plan.paused.is_some()
         {
             plans.push((ns, name, plan));
         }
@@ -578,6 +631,9 @@ pub enum SchedulerMsg {
 
 pub struct SchedulerState {
     args: SchedulerArgs,
+    /// `ns/name@generation` of the rollouts paused in the last round (so each pause
+    /// is recorded once).
+    paused: std::collections::HashSet<String>,
     events: EventLease,
     round_queued: bool,
     watchers: Vec<tokio::task::JoinHandle<()>>,
@@ -623,9 +679,33 @@ impl SchedulerState {
         let now = (self.args.now)();
         let mut ids = new_instance_id;
         let plans = plan_world(&world, now, &mut ids);
-        for (ns, name, plan) in plans {
+        let mut paused = std::collections::HashSet::new();
+        for (ns, name, mut plan) in plans {
+            if let Some(why) = plan.paused.take() {
+                let generation = world
+                    .workloads
+                    .iter()
+                    .find(|q| quadlet_name(q) == (ns.clone(), name.clone()))
+                    .and_then(|q| q.workload.as_ref()?.metadata.as_ref().map(|m| m.generation))
+                    .unwrap_or_default();
+                let key = format!("{ns}/{name}@{generation}");
+                if !self.paused.contains(&key) {
+                    tracing::warn!(namespace = %ns, workload = %name, %why, "rollout paused");
+                    plan.events
+                        .push(("RolloutPaused".to_owned(), EventSeverity::Warning, why));
+                }
+                paused.insert(key);
+            }
+            if plan.put.is_empty()
+                && plan.delete.is_empty()
+                && plan.events.is_empty()
+                && plan.job_state.is_none()
+            {
+                continue;
+            }
             self.write(store.as_ref(), &ns, &name, plan, now).await?;
         }
+        self.paused = paused;
         Ok(())
     }
 
@@ -697,6 +777,7 @@ impl Actor for Scheduler {
         let _ = myself.cast(SchedulerMsg::Poke);
         Ok(SchedulerState {
             args,
+            paused: Default::default(),
             events: EventLease::default(),
             round_queued: false,
             watchers,

@@ -280,6 +280,58 @@ fn a_rolling_update_surges_waits_for_ready_then_retires_old_ones() {
 }
 
 #[test]
+fn a_rolling_update_pauses_on_a_new_instance_that_never_becomes_ready() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            3,
+            1,
+            UpdateStrategyType::Rolling,
+        )],
+        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    report_running(&mut world);
+    world.workloads = vec![workload(
+        WorkloadType::Service,
+        3,
+        2,
+        UpdateStrategyType::Rolling,
+    )];
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    // The new instance runs but its health check keeps failing.
+    for i in world.instances.iter_mut().filter(|i| i.generation == 2) {
+        i.status = Some(InstanceStatus {
+            phase: InstancePhase::Running.into(),
+            health: Health::Unhealthy.into(),
+            ..Default::default()
+        });
+    }
+    let later = |secs| now() + Duration::from_secs(secs);
+    // Within the deadline: waiting, not paused.
+    assert!(plan_world(&world, later(299), &mut id).is_empty());
+    // Past it: paused, with the instance named, and nothing new started.
+    let plans = plan_world(&world, later(300), &mut id);
+    assert_eq!(plans.len(), 1);
+    let plan = &plans[0].2;
+    let why = plan.paused.clone().unwrap_or_default();
+    assert!(why.contains("not ready after 5 min"), "{why}");
+    assert!(why.contains("i004"), "{why}");
+    assert!(plan.put.is_empty() && plan.delete.is_empty(), "{plan:?}");
+    let old = world.instances.iter().filter(|i| i.generation == 1).count();
+    assert_eq!(old, 3, "old instances keep serving");
+    // The new one turns healthy: the rollout goes on.
+    report_running(&mut world);
+    let plans = plan_world(&world, later(400), &mut id);
+    assert!(plans.iter().all(|(_, _, p)| p.paused.is_none()));
+    assert!(!plans.is_empty());
+}
+
+#[test]
 fn a_simultaneous_update_replaces_everything_at_once() {
     let mut world = World {
         workloads: vec![workload(

@@ -1,0 +1,340 @@
+//! etcd snapshots (SPEC §5.4): the leader writes one every `backupIntervalMinutes`
+//! (0: never) and on demand (`katcall backup`, `POST /v1alpha1/backups`) into
+//! `backupPath` on its own disk, keeping the newest [`KEEP_BACKUPS`].
+//!
+//! A snapshot is written to a temporary name and renamed when complete, so a listed
+//! file is always whole. File names sort by time: `kat-<UTC yyyymmddThhmmssZ>-<rev>.db`.
+//!
+//! | actor | in | restart |
+//! |---|---|---|
+//! | `backups@<node>` | `leader@<node>` (one_for_one) | permanent; a failed snapshot is logged and counted, never fatal |
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kat_proto::v1alpha1::{Backup, ClusterConfiguration, EventSeverity, ObjectReference};
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tonic::Status;
+
+use crate::election::Leadership;
+use crate::leader::node_monitor::{EventLease, object_event};
+use crate::store::election::LeaderKey;
+use crate::store::{StateStore, Txn, TxnOp};
+
+/// How many snapshots are kept (the oldest go first).
+pub const KEEP_BACKUPS: usize = 24;
+
+fn backup_dir(cluster: &ClusterConfiguration) -> PathBuf {
+    PathBuf::from(
+        cluster
+            .spec
+            .as_ref()
+            .map(|s| s.backup_path.clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| kat_proto::quadlet::defaults::BACKUP_PATH.to_owned()),
+    )
+}
+
+/// `kat-20261201T101500Z-42.db`.
+pub fn backup_name(at: SystemTime, revision: i64) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "kat-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{revision}.db",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The snapshots in `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<Backup>, std::io::Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name
+            .strip_prefix("kat-")
+            .and_then(|s| s.strip_suffix(".db"))
+        else {
+            continue;
+        };
+        let revision = stem
+            .rsplit_once('-')
+            .and_then(|(_, r)| r.parse().ok())
+            .unwrap_or_default();
+        let meta = entry.metadata()?;
+        out.push(Backup {
+            name: name.clone(),
+            path: entry.path().display().to_string(),
+            size_bytes: meta.len(),
+            revision,
+            created_at: meta.modified().ok().map(kat_proto::timestamp),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Removes all but the newest `keep` snapshots.
+pub fn prune(dir: &Path, keep: usize) -> Result<Vec<String>, std::io::Error> {
+    let all = list(dir)?;
+    let excess = all.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for b in all.into_iter().take(excess) {
+        std::fs::remove_file(&b.path)?;
+        removed.push(b.name);
+    }
+    Ok(removed)
+}
+
+/// Writes a snapshot of `store` into `dir`, prunes old ones, records a `BackupMade`
+/// event (fenced: a deposed leader records nothing).
+pub async fn make(
+    store: &dyn StateStore,
+    leader: &LeaderKey,
+    node: &str,
+    cluster: &ClusterConfiguration,
+    events: &EventLease,
+    now: SystemTime,
+) -> Result<Backup, Status> {
+    if !store.can_snapshot() {
+        return Err(Status::unimplemented(
+            "this cluster's store cannot make snapshots (only etcd can)",
+        ));
+    }
+    let dir = backup_dir(cluster);
+    crate::files::private_dir(&dir)
+        .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
+    let partial = dir.join(format!(".partial-{}", std::process::id()));
+    let taken = store
+        .snapshot(&partial)
+        .await
+        .map_err(|e| Status::unavailable(format!("snapshot failed: {e}")))?;
+    // etcd's snapshot stream may not say its revision; the store's, read right after,
+    // is at least the snapshot's (names stay unique: each backup's event moves it on).
+    let revision = match store.list(crate::leader::CA_KEY).await {
+        Ok((_, now_at)) => now_at.max(taken),
+        Err(_) => taken,
+    };
+    let name = backup_name(now, revision);
+    let path = dir.join(&name);
+    std::fs::rename(&partial, &path)
+        .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    if let Err(e) = prune(&dir, KEEP_BACKUPS) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove old backups");
+    }
+    let (key, event) = object_event(
+        ObjectReference {
+            kind: "Backup".to_owned(),
+            namespace: String::new(),
+            name: name.clone(),
+            uid: String::new(),
+        },
+        node,
+        "BackupMade",
+        EventSeverity::Normal,
+        format!(
+            "etcd snapshot at revision {revision}: {} ({size} bytes)",
+            path.display()
+        ),
+        now,
+    );
+    let lease = events.get(store).await;
+    let txn = Txn::new()
+        .when([leader.fence()])
+        .and_then([TxnOp::put_leased(key, event.encode_to_vec(), lease)]);
+    if let Err(e) = store.txn(txn).await {
+        tracing::warn!(error = %e, "backup made, but its event was not recorded");
+    }
+    tracing::info!(path = %path.display(), revision, size, "backup made");
+    Ok(Backup {
+        name,
+        path: path.display().to_string(),
+        size_bytes: size,
+        revision,
+        created_at: Some(kat_proto::timestamp(now)),
+    })
+}
+
+/// The snapshots the leader keeps.
+pub fn kept(cluster: &ClusterConfiguration) -> Result<Vec<Backup>, Status> {
+    let dir = backup_dir(cluster);
+    list(&dir).map_err(|e| Status::internal(format!("{}: {e}", dir.display())))
+}
+
+#[derive(Clone)]
+pub struct BackupsArgs {
+    pub leadership: Leadership,
+    pub cluster: ClusterConfiguration,
+    pub now: fn() -> SystemTime,
+}
+
+pub enum BackupsMsg {
+    Tick,
+}
+
+pub struct BackupsState {
+    args: BackupsArgs,
+    timer: Option<ractor::concurrency::JoinHandle<()>>,
+    events: EventLease,
+    /// Snapshots made and failed (for tests and metrics).
+    pub made: u64,
+    pub failed: u64,
+}
+
+/// Periodic snapshots; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Backups;
+
+impl Backups {
+    pub fn name(node: &str) -> String {
+        format!("backups@{node}")
+    }
+}
+
+impl Actor for Backups {
+    type Msg = BackupsMsg;
+    type State = BackupsState;
+    type Arguments = BackupsArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<BackupsMsg>,
+        args: BackupsArgs,
+    ) -> Result<BackupsState, ActorProcessingErr> {
+        let minutes = args
+            .cluster
+            .spec
+            .as_ref()
+            .and_then(|s| s.backup_interval_minutes)
+            .unwrap_or(kat_proto::quadlet::defaults::BACKUP_INTERVAL_MINUTES);
+        let timer = (minutes > 0 && args.leadership.store.can_snapshot()).then(|| {
+            myself.send_interval(Duration::from_secs(u64::from(minutes) * 60), || {
+                BackupsMsg::Tick
+            })
+        });
+        Ok(BackupsState {
+            args,
+            timer,
+            events: EventLease::default(),
+            made: 0,
+            failed: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<BackupsMsg>,
+        msg: BackupsMsg,
+        state: &mut BackupsState,
+    ) -> Result<(), ActorProcessingErr> {
+        let BackupsMsg::Tick = msg;
+        let args = &state.args;
+        match make(
+            args.leadership.store.as_ref(),
+            &args.leadership.key,
+            &args.leadership.node,
+            &args.cluster,
+            &state.events,
+            (args.now)(),
+        )
+        .await
+        {
+            Ok(_) => state.made += 1,
+            Err(e) => {
+                state.failed += 1;
+                tracing::warn!(error = %e.message(), "periodic backup failed; next try at the next interval");
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BackupsMsg>,
+        state: &mut BackupsState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_time_and_carry_the_revision() {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_796_119_200 + 3723);
+        assert_eq!(backup_name(at, 42), "kat-20261201T110203Z-42.db");
+        assert_eq!(
+            backup_name(std::time::UNIX_EPOCH, 1),
+            "kat-19700101T000000Z-1.db"
+        );
+        assert_eq!(
+            backup_name(std::time::UNIX_EPOCH + Duration::from_secs(951_782_400), 1),
+            "kat-20000229T000000Z-1.db"
+        );
+    }
+
+    #[test]
+    fn listing_and_pruning_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (i, name) in [
+            "kat-20261201T100000Z-5.db",
+            "kat-20261201T090000Z-3.db",
+            "kat-20261201T110000Z-9.db",
+            "not-a-backup.txt",
+            ".partial-1",
+        ]
+        .iter()
+        .enumerate()
+        {
+            std::fs::write(dir.path().join(name), vec![0u8; i + 1])
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let names = |v: Vec<Backup>| v.into_iter().map(|b| b.name).collect::<Vec<_>>();
+        let listed = list(dir.path()).unwrap_or_default();
+        assert_eq!(listed[0].revision, 3);
+        assert_eq!(
+            names(listed),
+            [
+                "kat-20261201T090000Z-3.db",
+                "kat-20261201T100000Z-5.db",
+                "kat-20261201T110000Z-9.db"
+            ]
+        );
+        let removed = prune(dir.path(), 2).unwrap_or_default();
+        assert_eq!(removed, ["kat-20261201T090000Z-3.db"]);
+        assert_eq!(list(dir.path()).unwrap_or_default().len(), 2);
+        assert!(list(&dir.path().join("missing")).is_ok_and(|v| v.is_empty()));
+    }
+}
