@@ -84,8 +84,9 @@ enum Command {
     /// Delete a workload, namespace or node.
     #[command(subcommand)]
     Delete(DeleteCommand),
-    /// Print an instance's logs (INSTANCE: ID, WORKLOAD/ID or the container name).
+    /// Print an instance's logs, from its node through the leader.
     Logs {
+        /// ID (katcall get instances), WORKLOAD/ID or the container name.
         instance: String,
         /// Keep streaming new lines.
         #[arg(short, long)]
@@ -107,6 +108,7 @@ enum Command {
         /// How long the command may run (at most 5m).
         #[arg(long, default_value = "30s")]
         timeout: String,
+        /// The command and its arguments (no shell: use sh -c '...' for one).
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
@@ -148,6 +150,7 @@ enum Command {
     Token(TokenCommand),
     /// Make an etcd snapshot now, or list the kept ones.
     Backup {
+        /// List the snapshots the leader keeps instead of making one.
         #[arg(long)]
         list: bool,
     },
