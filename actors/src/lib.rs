@@ -14,6 +14,7 @@ pub mod files;
 pub mod gpus;
 pub mod heartbeat;
 pub mod leader;
+pub mod metrics;
 pub mod node;
 pub mod node_certs;
 pub mod pki;

@@ -563,6 +563,28 @@ fn the_user_api_over_rest_matches_grpc() {
         2
     );
 
+    // Metrics: Prometheus text and JSON, with the token only.
+    let refused = rest.call_with("GET", "/metrics", Some(""), &[]);
+    assert_eq!(refused.status, 401);
+    let metrics = rest.get("/metrics");
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    for line in [
+        "# TYPE kat_heartbeats_total counter",
+        "kat_nodes{state=\"READY\"} 1",
+        "kat_leader 1",
+        "kat_workloads 1",
+        "kat_scheduler_round_seconds_count",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "{line} missing:\n{}",
+            metrics.body
+        );
+    }
+    let as_json = rest.ok("GET", "/v1alpha1/metrics", &[]);
+    assert_eq!(as_json["kat_nodes"]["type"], "gauge", "{as_json}");
+
     // katcall version names the server's too.
     let version = ok(&katcall(&kc, &["version"]));
     assert!(

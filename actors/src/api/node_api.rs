@@ -735,9 +735,23 @@ impl NodeApi for NodeApiService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let caller = caller_node(&request)?;
         let ctx = self.served.leader().await?;
-        heartbeat(&ctx, &caller, request.into_inner(), SystemTime::now())
-            .await
-            .map(Response::new)
+        let started = std::time::Instant::now();
+        let answer = heartbeat(&ctx, &caller, request.into_inner(), SystemTime::now()).await;
+        let m = crate::metrics::global();
+        let result = if answer.is_ok() { "ok" } else { "refused" };
+        m.inc(
+            "kat_heartbeats_total",
+            "Heartbeats handled by this leader, by result.",
+            &[("result", result)],
+            1.0,
+        );
+        m.observe(
+            "kat_heartbeat_handling_seconds",
+            "Time the leader took to record a heartbeat.",
+            &[],
+            started.elapsed(),
+        );
+        answer.map(Response::new)
     }
 
     type SyncStream = SyncStream;

@@ -132,6 +132,9 @@ fn operation(r: &RouteDoc, id: &str) -> Value {
         ReplyKind::OpenApi => {
             json!({"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}})
         }
+        ReplyKind::Object => {
+            json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}})
+        }
     };
     let error = json!({"description": "An error", "content": {"application/json": {"schema": schema_ref("Error")}}});
     let mut responses = Map::new();

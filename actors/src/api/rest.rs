@@ -63,6 +63,8 @@ pub enum ReplyKind {
     Text,
     /// The OpenAPI document.
     OpenApi,
+    /// A JSON object without a proto message (metrics).
+    Object,
 }
 
 /// One REST route, as the router and the OpenAPI document see it.
@@ -405,6 +407,22 @@ pub const ROUTES: &[RouteDoc] = &[
         B::None,
         R::Json("VersionInfo"),
     ),
+    route(
+        "get",
+        "/metrics",
+        "Metrics",
+        "This member's metrics and the cluster's counts, as Prometheus text",
+        B::None,
+        R::Text,
+    ),
+    route(
+        "get",
+        "/v1alpha1/metrics",
+        "MetricsJson",
+        "The same metrics as JSON",
+        B::None,
+        R::Object,
+    ),
     public(route(
         "get",
         "/v1alpha1/openapi.json",
@@ -489,6 +507,8 @@ fn methods(path: &str) -> Option<MethodRouter<Rest>> {
         "/v1alpha1/version" => get(version),
         "/v1alpha1/openapi.json" => get(openapi),
         "/healthz" => get(healthz),
+        "/metrics" => get(metrics_text),
+        "/v1alpha1/metrics" => get(metrics_json),
         "/readyz" => get(readyz),
         // A route in ROUTES without a handler: a programming error the tests catch.
         _ => return None,
@@ -1032,6 +1052,102 @@ async fn openapi() -> Response {
         Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default())
     });
     ([(header::CONTENT_TYPE, "application/json")], bytes.clone()).into_response()
+}
+
+/// Checks the token, then refreshes the gauges read from the store.
+async fn scrape(
+    s: &Rest,
+    headers: &HeaderMap,
+) -> Result<&'static crate::metrics::Registry, Response> {
+    let metadata = MetadataMap::from_headers(headers.clone());
+    super::user_api::authorize(
+        s.served.store.as_ref(),
+        &metadata,
+        std::time::SystemTime::now(),
+    )
+    .await
+    .map_err(|status| error_response(&status))?;
+    let m = crate::metrics::global();
+    if let Some(rss) = crate::metrics::resident_bytes() {
+        m.set(
+            "process_resident_memory_bytes",
+            "Resident memory of this kat-agent.",
+            &[],
+            rss,
+        );
+    }
+    let leading = s.served.slot.borrow().is_some();
+    m.set(
+        "kat_leader",
+        "1 while this member leads the cluster.",
+        &[],
+        if leading { 1.0 } else { 0.0 },
+    );
+    // Cluster-wide counts from the store (any member can read them).
+    if let Ok(nodes) = super::user_api::list_nodes(s.served.store.as_ref()).await {
+        let mut by_state: std::collections::BTreeMap<String, f64> = Default::default();
+        for n in &nodes {
+            let state = n
+                .status
+                .as_ref()
+                .map_or(NodeState::NotReady, |st| st.state());
+            *by_state.entry(state.as_str_name().to_owned()).or_default() += 1.0;
+        }
+        m.set_all(
+            "kat_nodes",
+            "Registered nodes by state.",
+            by_state
+                .into_iter()
+                .map(|(k, v)| (vec![("state".to_owned(), k)], v))
+                .collect(),
+        );
+    }
+    if let Ok(instances) =
+        super::workloads::list_instances(s.served.store.as_ref(), "", "", "").await
+    {
+        let mut by_phase: std::collections::BTreeMap<String, f64> = Default::default();
+        for i in &instances {
+            let phase = i
+                .status
+                .as_ref()
+                .map_or(InstancePhase::Pending, |st| st.phase());
+            *by_phase.entry(phase.as_str_name().to_owned()).or_default() += 1.0;
+        }
+        m.set_all(
+            "kat_instances",
+            "Instances by phase (as their nodes last reported).",
+            by_phase
+                .into_iter()
+                .map(|(k, v)| (vec![("phase".to_owned(), k)], v))
+                .collect(),
+        );
+    }
+    if let Ok(workloads) = super::workloads::list_quadlets(s.served.store.as_ref(), "").await {
+        m.set(
+            "kat_workloads",
+            "Workloads in every namespace.",
+            &[],
+            workloads.len() as f64,
+        );
+    }
+    Ok(m)
+}
+
+async fn metrics_text(State(s): State<Rest>, headers: HeaderMap) -> Response {
+    let m = tri!(scrape(&s, &headers).await);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
+}
+
+async fn metrics_json(State(s): State<Rest>, headers: HeaderMap) -> Response {
+    let m = tri!(scrape(&s, &headers).await);
+    json_response(StatusCode::OK, &m.json())
 }
 
 async fn healthz() -> Response {

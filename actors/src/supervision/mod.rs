@@ -299,6 +299,12 @@ impl SupervisorState {
             return Ok(());
         }
         tracing::warn!(%supervisor, child = %spec.name, failed, %reason, strategy = ?self.strategy, "child exited; restarting");
+        crate::metrics::global().inc(
+            "kat_actor_restarts_total",
+            "Children restarted by their supervisor, by child.",
+            &[("actor", &spec.name)],
+            1.0,
+        );
         if let Some(notify) = &spec.on_restart {
             notify(&spec.name, &reason);
         }

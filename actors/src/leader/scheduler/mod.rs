@@ -675,6 +675,7 @@ fn new_instance_id() -> String {
 impl SchedulerState {
     async fn round(&mut self) -> Result<(), ActorProcessingErr> {
         let store = self.args.leadership.store.clone();
+        let started = std::time::Instant::now();
         let world = read_world(store.as_ref()).await?;
         let now = (self.args.now)();
         let mut ids = new_instance_id;
@@ -706,6 +707,13 @@ impl SchedulerState {
             self.write(store.as_ref(), &ns, &name, plan, now).await?;
         }
         self.paused = paused;
+        let m = crate::metrics::global();
+        m.observe(
+            "kat_scheduler_round_seconds",
+            "Scheduling rounds: read the world, plan, write the changes.",
+            &[],
+            started.elapsed(),
+        );
         Ok(())
     }
 
@@ -744,6 +752,17 @@ impl SchedulerState {
             }
         }
         tracing::info!(namespace = %ns, workload = %name, created_or_changed = plan.put.len(), removed = plan.delete.len(), "scheduled");
+        let placed = plan.put.iter().filter(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.phase() == InstancePhase::Scheduled)
+        });
+        crate::metrics::global().inc(
+            "kat_scheduler_placements_total",
+            "Instances placed on a node by the scheduler.",
+            &[],
+            placed.count() as f64,
+        );
         Ok(())
     }
 }
