@@ -581,10 +581,8 @@ async fn the_user_api_wants_a_valid_bearer_token_before_anything_else() {
         "authorization",
         format!("Bearer {api_token}").parse().unwrap(),
     );
-    assert_eq!(
-        client.list_backups(request).await.unwrap_err().code(),
-        Code::Unimplemented
-    );
+    // With the token the call goes through (the store here is in memory: no backups).
+    assert!(client.list_backups(request).await.is_ok());
     // Workloads, without and with the token.
     let err = client
         .list_workloads(ListWorkloadsRequest::default())
