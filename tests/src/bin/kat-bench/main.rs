@@ -21,6 +21,10 @@
 //!     the real Scheduler actor over the in-memory store: nodes joined through the
 //!     node API, workloads applied as `katcall apply` does; time until every
 //!     instance is placed in the store, CPU time and peak RSS (see c1m.rs)
+//! kat-bench apply-latency --agent target/release/kat-agent --katcall target/release/katcall
+//!         [--runs 10] [--tick-seconds 1]
+//!     one rootful Podman node: `katcall apply` of a one-replica busybox workload until
+//!     its instance is RUNNING, next to `podman run -d` of the same (see apply_latency.rs)
 //! ```
 //!
 //! The simulated nodes are tasks in this process (no containers, no agent of their
@@ -29,6 +33,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a panic is a failed run
 
+mod apply_latency;
 mod c1m;
 
 use std::collections::HashMap;
@@ -103,6 +108,15 @@ fn main() {
             let replicas: usize = arg(&args, "--replicas").map_or(1000, |s| s.parse().unwrap());
             runtime().block_on(c1m::c1m(count, nodes, replicas));
         }
+        Some("apply-latency") => {
+            let agent = agent_arg(&args);
+            let katcall = PathBuf::from(
+                arg(&args, "--katcall").unwrap_or_else(|| "target/release/katcall".into()),
+            );
+            let runs: usize = arg(&args, "--runs").map_or(10, |s| s.parse().unwrap());
+            let tick: u32 = arg(&args, "--tick-seconds").map_or(1, |s| s.parse().unwrap());
+            apply_latency::apply_latency(&agent, &katcall, runs, tick);
+        }
         _ => {
             eprintln!(
                 "usage: kat-bench idle --agent PATH [--seconds N] | failover [--runs N] [--lease-ttl-secs N]"
@@ -112,6 +126,9 @@ fn main() {
             );
             eprintln!(
                 "     | placement [--instances N] [--replicas N] | c1m [--instances N] [--nodes N] [--replicas N]"
+            );
+            eprintln!(
+                "     | apply-latency --agent PATH --katcall PATH [--runs N] [--tick-seconds N]"
             );
             std::process::exit(2);
         }
