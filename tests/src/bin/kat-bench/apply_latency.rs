@@ -9,7 +9,9 @@
 //! instances NAME -o json` polled until the instance is RUNNING, then `katcall delete
 //! workload` and a wait until its container is gone. Each plain run: `podman run -d`,
 //! then `podman inspect` polled until the container runs, then `podman rm`. The two
-//! alternate, after one warm-up run of each that is not counted. Besides the polled
+//! alternate, after one warm-up run of each that is not counted, each pair after a
+//! pause of 0 to max(5 s, tick) (pseudo-random), so the kat runs meet the agent's
+//! periodic timers at every phase. Besides the polled
 //! times, each run records when the container itself started (Podman's
 //! `State.StartedAt`), which no poll interval blurs.
 //!
@@ -319,7 +321,16 @@ pub fn apply_latency(agent: &Path, katcall: &Path, runs: usize, tick: u32) {
     );
 
     let (mut kat_times, mut plain_times) = (Vec::new(), Vec::new());
+    let mut jitter = u64::from(pid) | 1;
     for i in 0..=runs {
+        // Runs take about as long as one period of the agent's timers (its Runtime
+        // actor observes every 5 s, its heartbeat every tick): without a pause of
+        // varying length they would all catch those timers in one phase.
+        jitter = jitter
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        let period_ms = 1000 * u64::from(tick.max(5));
+        std::thread::sleep(Duration::from_millis((jitter >> 33) % period_ms));
         let name = format!("lat{pid}x{i}");
         containers.workloads.push(name.clone());
         let k = kat.once(&name);
