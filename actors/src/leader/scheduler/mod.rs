@@ -230,17 +230,9 @@ pub fn plan_workload(
     let generation = workload.metadata.as_ref().map_or(0, |m| m.generation);
     let demand = demand_of(&ns, &name, &spec);
     let mut plan = WorkloadPlan::default();
-    // Instances stay where the node is Ready and not being drained.
-    let ready_nodes: HashMap<String, bool> = snapshot
-        .nodes()
-        .iter()
-        .map(|n| (n.name.clone(), n.ready && !n.draining))
-        .collect();
     let remove = |plan: &mut WorkloadPlan, snapshot: &mut Snapshot, i: Instance| {
-        if !i.node.is_empty()
-            && let Some(n) = snapshot.node_mut(&i.node)
-        {
-            n.remove(&demand, None);
+        if !i.node.is_empty() {
+            snapshot.remove(&i.node, &demand, None);
         }
         plan.delete.push(i);
     };
@@ -249,7 +241,11 @@ pub fn plan_workload(
     let mut alive = Vec::new();
     let mut lost = Vec::new();
     for i in instances {
-        if !i.node.is_empty() && !ready_nodes.get(&i.node).copied().unwrap_or(false) {
+        // Instances stay where the node is Ready and not being drained.
+        let stays = snapshot
+            .node(&i.node)
+            .is_some_and(|n| n.ready && !n.draining);
+        if !i.node.is_empty() && !stays {
             lost.push(i.clone());
         } else {
             alive.push(i.clone());
@@ -431,9 +427,7 @@ fn plan_daemon(
         let mut here = by_node.remove(&node).unwrap_or_default();
         // Judge the node without this workload's own instances there.
         for _ in &here {
-            if let Some(n) = snapshot.node_mut(&node) {
-                n.remove(demand, None);
-            }
+            snapshot.remove(&node, demand, None);
         }
         let fit = snapshot.daemon_fit(&node, demand);
         let keep_current = matches!(fit, DaemonFit::Fits(_) | DaemonFit::NoRoom(_));
@@ -442,9 +436,7 @@ fn plan_daemon(
         for i in here {
             if keep_current && !kept && i.generation == generation {
                 kept = true;
-                if let Some(n) = snapshot.node_mut(&node) {
-                    n.add(demand, None);
-                }
+                snapshot.add(&node, demand, None);
             } else {
                 plan.delete.push(i);
             }
@@ -460,9 +452,7 @@ fn plan_daemon(
                     phase: InstancePhase::Scheduled.into(),
                     ..Default::default()
                 });
-                if let Some(n) = snapshot.node_mut(&node) {
-                    n.add(demand, gpu);
-                }
+                snapshot.add(&node, demand, gpu);
                 placed.push(format!("{} on {node}", i.id));
                 plan.put.push(i);
             }
@@ -588,9 +578,8 @@ pub fn plan_world(
         let key = format!("{}/{}", i.namespace, i.workload);
         if !i.node.is_empty()
             && let Some(d) = demands.get(&key)
-            && let Some(n) = snapshot.node_mut(&i.node)
         {
-            n.add(d, None);
+            snapshot.add(&i.node, d, None);
         }
         by_workload.entry(key).or_default().push(i.clone());
     }

@@ -8,9 +8,16 @@
 //! workload (spreading before packing), then "most empty" (highest mean remaining
 //! fraction of cpu and memory after placement), then node name — so the result is
 //! the same for the same snapshot.
+//!
+//! Within one snapshot (one scheduling round) the nodes a demand may go to are kept
+//! per constraint signature (selector, tolerations, cpu and memory requests): many
+//! small workloads of the same shape then share one ordered candidate set, kept up
+//! to date from a log of the nodes whose usage changed, instead of each paying a pass
+//! over every node. The results are those of [`Snapshot::place`], one at a time.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::Bound;
 
 use kat_proto::v1alpha1::{Gpu, GpuDriver, TaintEffect, Toleration, TolerationOperator};
 
@@ -124,6 +131,13 @@ fn gpu_matches(gpu: &Gpu, need: GpuNeed) -> bool {
 impl NodeInfo {
     /// The first filter this node fails for `d`, or the GPU it would give (if any).
     fn check(&self, d: &Demand) -> Result<Option<u32>, Cow<'static, str>> {
+        self.check_placement(d)?;
+        self.check_room(d)
+    }
+
+    /// The filters that placements do not change: ready, not cordoned, selector,
+    /// `NO_SCHEDULE` taints.
+    fn check_placement(&self, d: &Demand) -> Result<(), Cow<'static, str>> {
         if !self.ready {
             return Err(Cow::Borrowed("not ready"));
         }
@@ -143,6 +157,11 @@ impl NodeInfo {
         {
             return Err(Cow::Owned(t.describe()));
         }
+        Ok(())
+    }
+
+    /// The filters on what is left: cpu, memory, a matching free GPU (which it gives).
+    fn check_room(&self, d: &Demand) -> Result<Option<u32>, Cow<'static, str>> {
         if self.used_cpu_millis + d.cpu_millis > self.cpu_millis && d.cpu_millis > 0 {
             return Err(Cow::Borrowed("insufficient cpu"));
         }
@@ -159,6 +178,15 @@ impl NodeInfo {
                 .min_by_key(|g| (g.vram_mb, g.index))
                 .map(|g| Some(g.index))
                 .ok_or(Cow::Borrowed("no free GPU matching the request")),
+        }
+    }
+
+    /// Instances of `d`'s workload here.
+    fn same_workload(&self, d: &Demand) -> u32 {
+        if self.per_workload.is_empty() {
+            0
+        } else {
+            self.per_workload.get(&d.workload).copied().unwrap_or(0)
         }
     }
 
@@ -190,7 +218,13 @@ impl NodeInfo {
         if let Some(g) = gpu {
             self.used_gpus.insert(g);
         }
-        *self.per_workload.entry(d.workload.clone()).or_default() += 1;
+        // No new key (an allocation) for a workload already counted here.
+        match self.per_workload.get_mut(&d.workload) {
+            Some(n) => *n += 1,
+            None => {
+                self.per_workload.insert(d.workload.clone(), 1);
+            }
+        }
     }
 
     /// Records an instance removed from here.
@@ -206,11 +240,126 @@ impl NodeInfo {
     }
 }
 
+/// How a candidate node ranks for a demand, best first: untolerated
+/// `PREFER_NO_SCHEDULE` taints, instances of the same workload, emptiness after
+/// placement (negated), then its index (nodes are sorted by name).
+type Rank = (usize, u32, i64, usize);
+
+fn rank(n: &NodeInfo, i: usize, d: &Demand) -> Rank {
+    (
+        n.untolerated_preferences(d),
+        n.same_workload(d),
+        -n.emptiness_after(d),
+        i,
+    )
+}
+
+/// Everything of a demand that decides where it may go and how nodes rank for it,
+/// except its workload; demands with equal signatures share one [`Eligible`] set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Signature {
+    node_selector: Vec<(String, String)>,
+    /// (key, operator, value, effect) of each toleration.
+    tolerations: Vec<(String, i32, String, i32)>,
+    cpu_millis: i64,
+    memory_bytes: i64,
+}
+
+impl Signature {
+    /// `None` for a demand that asks for a GPU: which GPUs are free is not kept in
+    /// the sets (such demands are rare and scan the nodes).
+    fn of(d: &Demand) -> Option<Self> {
+        if d.gpu.is_some() {
+            return None;
+        }
+        Some(Self {
+            node_selector: d
+                .node_selector
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tolerations: d
+                .tolerations
+                .iter()
+                .map(|t| (t.key.clone(), t.operator, t.value.clone(), t.effect))
+                .collect(),
+            cpu_millis: d.cpu_millis,
+            memory_bytes: d.memory_bytes,
+        })
+    }
+}
+
+/// The nodes demands of one signature fit on now, ordered as [`rank`] orders them
+/// for a workload with no instances yet.
+#[derive(Debug, Clone)]
+struct Eligible {
+    /// Whether each node passes the filters that placements do not change.
+    placeable: Vec<bool>,
+    /// Each node's entry in `order` (preferences, negated emptiness), if it has room.
+    entry: Vec<Option<(usize, i64)>>,
+    order: BTreeSet<(usize, i64, usize)>,
+    /// How much of the snapshot's change log is reflected here.
+    synced: usize,
+}
+
+impl Eligible {
+    fn new(nodes: &[NodeInfo], d: &Demand, synced: usize) -> Self {
+        let mut eligible = Self {
+            placeable: nodes.iter().map(|n| n.check_placement(d).is_ok()).collect(),
+            entry: vec![None; nodes.len()],
+            order: BTreeSet::new(),
+            synced,
+        };
+        for (i, n) in nodes.iter().enumerate() {
+            eligible.refresh(n, i, d);
+        }
+        eligible
+    }
+
+    /// Puts node `i` where it ranks now, or takes it out if it has no room left.
+    fn refresh(&mut self, n: &NodeInfo, i: usize, d: &Demand) {
+        if !self.placeable[i] {
+            return;
+        }
+        let now = n
+            .check_room(d)
+            .is_ok()
+            .then(|| (n.untolerated_preferences(d), -n.emptiness_after(d)));
+        if self.entry[i] == now {
+            return;
+        }
+        if let Some((prefer, empty)) = self.entry[i] {
+            self.order.remove(&(prefer, empty, i));
+        }
+        if let Some((prefer, empty)) = now {
+            self.order.insert((prefer, empty, i));
+        }
+        self.entry[i] = now;
+    }
+}
+
+/// Signatures a snapshot keeps eligible sets for, at most (each costs a few words per
+/// node); demands of further signatures scan the nodes.
+const MAX_SIGNATURES: usize = 32;
+
+/// Demands of fewer instances than a snapshot's nodes divided by this use kept sets
+/// (from `kat-bench placement`: a kept placement, its share of keeping the sets
+/// included, costs about what checking and ranking 30 to 40 nodes does).
+const NODES_PER_KEPT_PLACEMENT: usize = 32;
+
 /// The nodes placements are made on, with what each already has.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     nodes: Vec<NodeInfo>,
     index: HashMap<String, usize>,
+    /// By workload key, the nodes that have had instances of it in this snapshot (a
+    /// superset of where it has them now).
+    hosting: HashMap<String, Vec<usize>>,
+    /// Indexes of the nodes whose usage changed, in order.
+    changed: Vec<usize>,
+    eligible: HashMap<Signature, Eligible>,
+    /// Signatures seen once: a set is made from a signature's second demand on.
+    seen: HashSet<Signature>,
 }
 
 /// "0/3 nodes: 2 insufficient memory, 1 cordoned": counts, most frequent first.
@@ -235,19 +384,73 @@ impl Snapshot {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
-        Self { nodes, index }
+        let mut hosting: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for (workload, &count) in &n.per_workload {
+                if count > 0 {
+                    hosting.entry(workload.clone()).or_default().push(i);
+                }
+            }
+        }
+        Self {
+            nodes,
+            index,
+            hosting,
+            ..Default::default()
+        }
     }
 
     pub fn nodes(&self) -> &[NodeInfo] {
         &self.nodes
     }
 
-    pub fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
-        let i = *self.index.get(name)?;
-        self.nodes.get_mut(i)
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.index.get(name).map(|&i| &self.nodes[i])
     }
 
-    /// Places one instance and records it on the chosen node.
+    /// Records an instance of `d` on `node` (one placed earlier, or kept there).
+    pub fn add(&mut self, node: &str, d: &Demand, gpu: Option<u32>) {
+        if let Some(&i) = self.index.get(node) {
+            self.add_at(i, d, gpu);
+        }
+    }
+
+    /// Records an instance of `d` removed from `node`.
+    pub fn remove(&mut self, node: &str, d: &Demand, gpu: Option<u32>) {
+        if let Some(&i) = self.index.get(node) {
+            self.nodes[i].remove(d, gpu);
+            self.changed.push(i);
+        }
+    }
+
+    fn add_at(&mut self, i: usize, d: &Demand, gpu: Option<u32>) {
+        let node = &mut self.nodes[i];
+        let first = node.same_workload(d) == 0;
+        node.add(d, gpu);
+        if first {
+            match self.hosting.get_mut(&d.workload) {
+                Some(hosts) => hosts.push(i),
+                None => {
+                    self.hosting.insert(d.workload.clone(), vec![i]);
+                }
+            }
+        }
+        self.changed.push(i);
+    }
+
+    /// Why `d` fits nowhere now: every node under the first filter it fails.
+    fn unschedulable(&self, d: &Demand) -> Unschedulable {
+        let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
+        for node in &self.nodes {
+            if let Err(reason) = node.check(d) {
+                *reasons.entry(reason).or_default() += 1;
+            }
+        }
+        summarize(self.nodes.len(), &reasons)
+    }
+
+    /// Places one instance and records it on the chosen node. The reference for the
+    /// others: one pass over every node.
     pub fn place(&mut self, d: &Demand) -> Result<Placement, Unschedulable> {
         let mut best: Option<(usize, usize, u32, i64, Option<u32>)> = None;
         let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
@@ -271,17 +474,17 @@ impl Snapshot {
         let Some((i, _, _, _, gpu)) = best else {
             return Err(summarize(self.nodes.len(), &reasons));
         };
-        let node = &mut self.nodes[i];
-        node.add(d, gpu);
+        self.add_at(i, d, gpu);
         Ok(Placement {
-            node: node.name.clone(),
+            node: self.nodes[i].name.clone(),
             gpu,
         })
     }
 
     /// Places `count` instances of the same demand, as `count` calls of [`place`]
-    /// would (same choices, same order), in O(nodes + count · log nodes): the filters
-    /// that do not change are checked once, and the candidates are kept ordered.
+    /// would (same choices, same order). From the second demand of a signature on
+    /// (see the module docs) in O(changes since its last demand + nodes hosting the
+    /// workload + count) · log nodes; otherwise in O(nodes + count · log nodes).
     ///
     /// [`place`]: Snapshot::place
     pub fn place_many(
@@ -289,24 +492,118 @@ impl Snapshot {
         d: &Demand,
         count: usize,
     ) -> Vec<Result<Placement, Unschedulable>> {
-        use std::collections::BTreeSet;
-        let key = |n: &NodeInfo, i: usize| {
-            (
-                n.untolerated_preferences(d),
-                if n.per_workload.is_empty() {
-                    0
-                } else {
-                    n.per_workload.get(&d.workload).copied().unwrap_or(0)
-                },
-                -n.emptiness_after(d),
-                i,
-            )
+        if count == 0 {
+            return Vec::new();
+        }
+        // A pass over the nodes costs about as much as a placement from a kept set
+        // per NODES_PER_KEPT_PLACEMENT nodes: big demands on small snapshots scan.
+        if self.nodes.len() >= NODES_PER_KEPT_PLACEMENT.saturating_mul(count)
+            && let Some(signature) = Signature::of(d)
+            && self.keeps(&signature, d)
+        {
+            return self.place_many_kept(d, count, signature);
+        }
+        self.place_many_scanning(d, count)
+    }
+
+    /// Whether an eligible set is kept for `signature` (made here at its second demand).
+    fn keeps(&mut self, signature: &Signature, d: &Demand) -> bool {
+        if self.eligible.contains_key(signature) {
+            return true;
+        }
+        if self.eligible.len() >= MAX_SIGNATURES || self.seen.insert(signature.clone()) {
+            return false;
+        }
+        let eligible = Eligible::new(&self.nodes, d, self.changed.len());
+        self.eligible.insert(signature.clone(), eligible);
+        true
+    }
+
+    /// [`place_many`](Snapshot::place_many) over the kept set of `d`'s signature.
+    fn place_many_kept(
+        &mut self,
+        d: &Demand,
+        count: usize,
+        signature: Signature,
+    ) -> Vec<Result<Placement, Unschedulable>> {
+        let Some(mut kept) = self.eligible.remove(&signature) else {
+            return self.place_many_scanning(d, count);
         };
+        for &i in &self.changed[kept.synced..] {
+            kept.refresh(&self.nodes[i], i, d);
+        }
+        // This call's own changes come after this point in the log: the signature's
+        // next demand takes them in.
+        kept.synced = self.changed.len();
+        // Nodes with instances of this workload rank differently from what the kept
+        // set says: they are ranked here, and passed over in the kept order. Only
+        // they change below, so the rest of the kept set stays true meanwhile.
+        let mut own: HashSet<usize> = self
+            .hosting
+            .get(&d.workload)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&i| self.nodes[i].same_workload(d) > 0)
+            .collect();
+        let mut own_ranked: BTreeSet<Rank> = own
+            .iter()
+            .filter(|&&i| self.nodes[i].check(d).is_ok())
+            .map(|&i| rank(&self.nodes[i], i, d))
+            .collect();
+        // Everything in the kept order up to here belongs to `own` nodes.
+        let mut passed = Bound::Unbounded;
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            let shared = loop {
+                match kept.order.range((passed, Bound::Unbounded)).next().copied() {
+                    Some(entry) if own.contains(&entry.2) => passed = Bound::Excluded(entry),
+                    other => break other,
+                }
+            };
+            let best = match (
+                own_ranked.first().copied(),
+                shared.map(|(prefer, empty, i)| (prefer, 0, empty, i)),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let Some(best) = best else {
+                // Nothing fits any more, and nothing changes until the next demand.
+                let why = self.unschedulable(d);
+                out.resize(count, Err(why));
+                break;
+            };
+            let i = best.3;
+            own_ranked.remove(&best);
+            own.insert(i);
+            // Kept sets are for demands without a GPU.
+            self.add_at(i, d, None);
+            let node = &self.nodes[i];
+            if node.check(d).is_ok() {
+                own_ranked.insert(rank(node, i, d));
+            }
+            out.push(Ok(Placement {
+                node: node.name.clone(),
+                gpu: None,
+            }));
+        }
+        self.eligible.insert(signature, kept);
+        out
+    }
+
+    /// [`place_many`](Snapshot::place_many) by one pass over every node: the filters
+    /// that do not change are checked once, and the candidates are kept ordered.
+    fn place_many_scanning(
+        &mut self,
+        d: &Demand,
+        count: usize,
+    ) -> Vec<Result<Placement, Unschedulable>> {
         let mut reasons: BTreeMap<Cow<'static, str>, usize> = BTreeMap::new();
         let mut keyed = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             match node.check(d) {
-                Ok(_) => keyed.push(key(node, i)),
+                Ok(_) => keyed.push(rank(node, i, d)),
                 Err(reason) => *reasons.entry(reason).or_default() += 1,
             }
         }
@@ -320,7 +617,7 @@ impl Snapshot {
         let mut rest = keyed.split_off(few);
         let mut unchosen = keyed.len();
         let mut candidates: BTreeSet<_> = keyed.into_iter().collect();
-        let mut chosen = std::collections::HashSet::new();
+        let mut chosen = HashSet::new();
         let mut out = Vec::with_capacity(count);
         for _ in 0..count {
             let placed = loop {
@@ -335,12 +632,12 @@ impl Snapshot {
                 if chosen.insert(i) {
                     unchosen = unchosen.saturating_sub(1);
                 }
-                // Only this round's own placements change a candidate: check it again.
+                // Only this call's own placements change a candidate: check it again.
                 match self.nodes[i].check(d) {
                     Ok(gpu) => {
-                        let node = &mut self.nodes[i];
-                        node.add(d, gpu);
-                        candidates.insert(key(node, i));
+                        self.add_at(i, d, gpu);
+                        let node = &self.nodes[i];
+                        candidates.insert(rank(node, i, d));
                         break Some(Placement {
                             node: node.name.clone(),
                             gpu,
@@ -358,7 +655,7 @@ impl Snapshot {
     /// say where the workload belongs: ready, not cordoned, selector, taints), and if
     /// so whether it fits there now.
     pub fn daemon_fit(&self, node: &str, d: &Demand) -> DaemonFit {
-        let Some(n) = self.index.get(node).map(|&i| &self.nodes[i]) else {
+        let Some(n) = self.node(node) else {
             return DaemonFit::NotEligible;
         };
         match n.check(d) {
@@ -626,7 +923,7 @@ mod tests {
         let mut big = demand("ns/w");
         big.cpu_millis = 1500;
         big.memory_bytes = GI;
-        s.node_mut("a").unwrap().remove(&big, None);
+        s.remove("a", &big, None);
         assert_eq!(place(&mut s, &big), "a");
     }
 
@@ -750,6 +1047,139 @@ mod tests {
             batch.iter().any(Result::is_err),
             "the run ends in pending ones"
         );
+    }
+
+    /// A small deterministic generator (xorshift), so the mixed run is the same each time.
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, sides: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % sides
+        }
+    }
+
+    /// Nodes of mixed sizes, labels, taints, GPUs and states, some already in use.
+    fn mixed_nodes(dice: &mut Dice, count: usize) -> Vec<NodeInfo> {
+        (0..count)
+            .map(|i| {
+                let mut n = node(&format!("m{i:03}"));
+                n.cpu_millis = 1000 + 500 * dice.roll(6) as i64;
+                n.memory_bytes = GI * (1 + dice.roll(4) as i64);
+                n.ready = dice.roll(15) != 0;
+                n.unschedulable = dice.roll(20) == 0;
+                n.labels.insert("zone".into(), format!("z{}", dice.roll(3)));
+                if dice.roll(6) == 0 {
+                    n.taints.push(taint("gpu", "", TaintEffect::NoSchedule));
+                    n.gpus = vec![Gpu {
+                        driver: GpuDriver::Nvidia.into(),
+                        model: String::new(),
+                        vram_mb: 8_000,
+                        index: 0,
+                    }];
+                }
+                if dice.roll(4) == 0 {
+                    n.taints
+                        .push(taint("spot", "", TaintEffect::PreferNoSchedule));
+                }
+                if dice.roll(5) == 0 {
+                    n.used_cpu_millis = 250 * dice.roll(4) as i64;
+                    n.used_memory_bytes = (GI / 4) * dice.roll(4) as i64;
+                    n.per_workload
+                        .insert(format!("ns/w{}", dice.roll(10)), 1 + dice.roll(2) as u32);
+                }
+                n
+            })
+            .collect()
+    }
+
+    fn mixed_demand(dice: &mut Dice) -> Demand {
+        // Few shapes, so signatures repeat (and more of them than are kept).
+        let mut d = demand(&format!("ns/w{}", dice.roll(40)));
+        d.cpu_millis = [0, 100, 250, 500, 700][dice.roll(5) as usize];
+        d.memory_bytes = [0, 64 << 20, 256 << 20, GI / 2][dice.roll(4) as usize];
+        match dice.roll(4) {
+            0 => {
+                d.node_selector
+                    .insert("zone".into(), format!("z{}", dice.roll(3)));
+            }
+            1 => {
+                d.node_selector.insert("zone".into(), "nowhere".into());
+            }
+            _ => {}
+        }
+        match dice.roll(4) {
+            0 => d.tolerations.push(toleration(
+                "gpu",
+                TolerationOperator::Exists,
+                "",
+                TaintEffect::NoSchedule,
+            )),
+            1 => d.tolerations.push(toleration(
+                "",
+                TolerationOperator::Exists,
+                "",
+                TaintEffect::Unspecified,
+            )),
+            _ => {}
+        }
+        if dice.roll(12) == 0 {
+            d.gpu = Some(GpuNeed {
+                driver: GpuDriver::Any,
+                min_vram_mb: 1_000,
+            });
+        }
+        d
+    }
+
+    #[test]
+    fn kept_eligible_sets_place_as_one_pass_per_instance_would() {
+        for seed in [7_u64, 1_234_567, 0x5eed_cafe] {
+            let mut dice = Dice(seed);
+            let nodes = mixed_nodes(&mut dice, 200);
+            let (mut kept, mut plain) = (Snapshot::new(nodes.clone()), Snapshot::new(nodes));
+            let mut placed: Vec<(Placement, Demand)> = Vec::new();
+            let mut pending = 0;
+            for round in 0..1000 {
+                let d = mixed_demand(&mut dice);
+                // Up to 6: small next to 200 nodes, so kept sets are used (see place_many).
+                let count = 1 + dice.roll(6) as usize;
+                let many = kept.place_many(&d, count);
+                let singles: Vec<_> = (0..count).map(|_| plain.place(&d)).collect();
+                assert_eq!(many, singles, "seed {seed}, demand {round}: {d:?}");
+                for p in many {
+                    match p {
+                        Ok(p) => placed.push((p, d.clone())),
+                        Err(_) => pending += 1,
+                    }
+                }
+                // Now and then instances go (scale-down, lost nodes): room comes back.
+                if dice.roll(3) == 0 && !placed.is_empty() {
+                    for _ in 0..=dice.roll(8) {
+                        let at = dice.roll(placed.len() as u64) as usize;
+                        let (p, d) = placed.swap_remove(at);
+                        kept.remove(&p.node, &d, p.gpu);
+                        plain.remove(&p.node, &d, p.gpu);
+                        if placed.is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+            assert!(pending > 0, "seed {seed}: the run fills nodes up");
+            // Both ways were taken: kept sets, and scans past the most kept.
+            assert_eq!(kept.eligible.len(), MAX_SIGNATURES, "seed {seed}");
+            for (a, b) in kept.nodes().iter().zip(plain.nodes()) {
+                assert_eq!(
+                    (a.used_cpu_millis, a.used_memory_bytes, &a.per_workload),
+                    (b.used_cpu_millis, b.used_memory_bytes, &b.per_workload),
+                    "seed {seed}, node {}",
+                    a.name
+                );
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,14 @@
 //! kat-bench placement [--instances 200000] [--replicas 10]
 //!     the pure placement function on snapshots of 100, 1,000 and 5,000 nodes (mixed
 //!     sizes, labels, taints): placements per second, services of N replicas each
+//! kat-bench c1m [--instances 1000000] [--nodes 5000] [--replicas 1000]
+//!     the real Scheduler actor over the in-memory store: nodes joined through the
+//!     node API, workloads applied as `katcall apply` does; time until every
+//!     instance is placed in the store, CPU time and peak RSS (see c1m.rs)
+//! kat-bench apply-latency --agent target/release/kat-agent --katcall target/release/katcall
+//!         [--runs 10] [--tick-seconds 1]
+//!     one rootful Podman node: `katcall apply` of a one-replica busybox workload until
+//!     its instance is RUNNING, next to `podman run -d` of the same (see apply_latency.rs)
 //! ```
 //!
 //! The simulated nodes are tasks in this process (no containers, no agent of their
@@ -24,6 +32,9 @@
 //! leader started here is killed by PID when the run ends, also when it panics.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a panic is a failed run
+
+mod apply_latency;
+mod c1m;
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -91,12 +102,33 @@ fn main() {
             let replicas: usize = arg(&args, "--replicas").map_or(10, |s| s.parse().unwrap());
             placement(count, replicas);
         }
+        Some("c1m") => {
+            let count: usize = arg(&args, "--instances").map_or(1_000_000, |s| s.parse().unwrap());
+            let nodes: usize = arg(&args, "--nodes").map_or(5000, |s| s.parse().unwrap());
+            let replicas: usize = arg(&args, "--replicas").map_or(1000, |s| s.parse().unwrap());
+            runtime().block_on(c1m::c1m(count, nodes, replicas));
+        }
+        Some("apply-latency") => {
+            let agent = agent_arg(&args);
+            let katcall = PathBuf::from(
+                arg(&args, "--katcall").unwrap_or_else(|| "target/release/katcall".into()),
+            );
+            let runs: usize = arg(&args, "--runs").map_or(10, |s| s.parse().unwrap());
+            let tick: u32 = arg(&args, "--tick-seconds").map_or(1, |s| s.parse().unwrap());
+            apply_latency::apply_latency(&agent, &katcall, runs, tick);
+        }
         _ => {
             eprintln!(
                 "usage: kat-bench idle --agent PATH [--seconds N] | failover [--runs N] [--lease-ttl-secs N]"
             );
             eprintln!(
                 "     | heartbeats --agent PATH [--nodes N] [--seconds N] | node-loss --agent PATH [--nodes N]"
+            );
+            eprintln!(
+                "     | placement [--instances N] [--replicas N] | c1m [--instances N] [--nodes N] [--replicas N]"
+            );
+            eprintln!(
+                "     | apply-latency --agent PATH --katcall PATH [--runs N] [--tick-seconds N]"
             );
             std::process::exit(2);
         }
@@ -158,6 +190,14 @@ fn usage(pid: u32) -> (u64, u64) {
     // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
     let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     (rss, ticks)
+}
+
+/// (resident KiB, CPU seconds used so far) of this process.
+fn usage_of_self() -> (u64, f64) {
+    let (rss, ticks) = usage(std::process::id());
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = ticks as f64 / clock_ticks_per_second();
+    (rss, seconds)
 }
 
 fn idle(agent: &Path, seconds: u64) {
