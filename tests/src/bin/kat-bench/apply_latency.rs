@@ -270,7 +270,8 @@ pub fn apply_latency(agent: &Path, katcall: &Path, runs: usize, tick: u32) {
         &config,
         format!(
             "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: latency}}\n\
-             spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n  agentTickSeconds: {tick}\n",
+             spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n  agentPort: {}\n  agentTickSeconds: {tick}\n",
+            free_port(),
             free_port(),
             free_port(),
             free_port()

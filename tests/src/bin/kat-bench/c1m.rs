@@ -91,10 +91,12 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
     let ctx = NodeApiContext {
         store: shared.clone(),
         leader: key.clone(),
+        leader_node: LEADER.to_owned(),
         ca: generate_ca("c1m").unwrap(),
         cluster: cluster.clone(),
         control_plane: Default::default(),
         events: Default::default(),
+        agent_client: Default::default(),
     };
     shared
         .put(&control_plane_key(LEADER), b"127.0.0.1:1".to_vec(), None)

@@ -456,7 +456,8 @@ impl Leader {
         // agentTickSeconds and nodeLossTimeoutSeconds left out: the defaults apply.
         let text = format!(
             "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: bench}}\n\
-             spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n",
+             spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n  agentPort: {}\n",
+            free_port(),
             free_port(),
             free_port(),
             free_port()
