@@ -294,6 +294,9 @@ pub type RememberTargets = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 pub enum HeartbeatMsg {
     Tick,
+    /// The Runtime's instance reports changed: report them now (at most once a
+    /// second), not at the next tick.
+    ReportsChanged,
     /// Replies with the last accepted response and how long ago it came.
     Last(ractor::RpcReplyPort<Option<(HeartbeatResponse, Duration)>>),
 }
@@ -306,10 +309,19 @@ pub struct HeartbeatState {
     delay: Duration,
     /// The sync stream being followed, and from which address.
     sync: Option<(String, tokio::task::JoinHandle<()>)>,
+    /// When the last heartbeat went out.
+    last_sent: Instant,
+    /// A report is already queued for when the minimum gap has passed.
+    report_queued: bool,
+    /// Follows the reports cell.
+    reports_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for HeartbeatState {
     fn drop(&mut self) {
+        if let Some(task) = self.reports_watch.take() {
+            task.abort();
+        }
         if let Some((_, task)) = self.sync.take() {
             task.abort();
         }
@@ -484,7 +496,24 @@ impl Actor for Heartbeat {
             return Err("no leader API address known".into());
         }
         let _ = myself.cast(HeartbeatMsg::Tick);
+        let reports_watch = args.reports.as_ref().map(|cell| {
+            let mut changes = cell.subscribe();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    // A burst of changes (several instances starting) makes one report.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    changes.borrow_and_update();
+                    if me.cast(HeartbeatMsg::ReportsChanged).is_err() {
+                        return;
+                    }
+                }
+            })
+        });
         Ok(HeartbeatState {
+            last_sent: Instant::now(),
+            report_queued: false,
+            reports_watch,
             delay: args.tick,
             args,
             current: 0,
@@ -509,8 +538,30 @@ impl Actor for Heartbeat {
                 let _ = reply.send(last);
                 return Ok(());
             }
+            HeartbeatMsg::ReportsChanged => {
+                const MIN_GAP: Duration = Duration::from_secs(1);
+                if *state.args.mode.borrow() != AgentMode::Attached {
+                    return Ok(()); // the next tick (or rejoin) carries them
+                }
+                let since = state.last_sent.elapsed();
+                if since < MIN_GAP {
+                    if !state.report_queued {
+                        state.report_queued = true;
+                        myself.send_after(MIN_GAP - since, || HeartbeatMsg::ReportsChanged);
+                    }
+                    return Ok(());
+                }
+                state.report_queued = false;
+                state.last_sent = Instant::now();
+                if let Some(response) = state.send(false).await {
+                    state.last_ok = Instant::now();
+                    state.last_response = Some(response);
+                }
+                return Ok(());
+            }
             HeartbeatMsg::Tick => {}
         }
+        state.last_sent = Instant::now();
         let mode = *state.args.mode.borrow();
         let detached = mode == AgentMode::Detached;
         if let Some(response) = state.send(detached).await {

@@ -230,6 +230,12 @@ impl RuntimeState {
                         tracing::info!(%node, instance = %d.id(), outcome = ?how, "instance ensured");
                     }
                     self.announced.insert(d.id().to_owned(), how);
+                    if how != Ensured::Adopted {
+                        // Look again soon: a new unit is usually running within a
+                        // second, and the report should not wait a whole tick.
+                        self.myself
+                            .send_after(Duration::from_secs(1), || RuntimeMsg::Reconcile);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(%node, instance = %d.id(), error = %e, "cannot run instance");
@@ -297,7 +303,15 @@ impl RuntimeState {
                 },
             );
         }
-        self.args.reports.send_replace(reports);
+        // Only a change is published: the Heartbeat reports changes at once.
+        self.args.reports.send_if_modified(|old| {
+            if *old == reports {
+                false
+            } else {
+                *old = reports;
+                true
+            }
+        });
     }
 
     /// Whether the instance is ready to be ensured (`None`), or the report to give
