@@ -24,13 +24,11 @@ use kat_proto::v1alpha1::{
 use kat_runtime::host::{DesiredInstance, InstanceHost};
 use kat_runtime::{LogOptions, LogStream, RuntimeError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use crate::api::listener::{ClientAuth, incoming, server_config};
+use crate::api::listener::{ClientAuth, ServerTask, incoming, server_config};
 use crate::api::node_api::caller_node;
 use crate::heartbeat::LeaderNodeCell;
 use crate::pki::ca::CertAndKey;
@@ -247,14 +245,7 @@ pub enum AgentApiMsg {
 }
 
 pub struct AgentApiState {
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
-}
-
-impl Drop for AgentApiState {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    server: ServerTask,
 }
 
 /// Serves [`AgentApiService`]; see the module docs.
@@ -297,26 +288,25 @@ impl Actor for AgentApiServer {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .map_err(|e| format!("agent API: cannot listen on {}: {e}", args.addr))?;
-        let (stop, stopped) = oneshot::channel::<()>();
         let service = AgentApiGrpc::new(args.service.clone());
-        let server = tokio::spawn(async move {
-            let result = Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming(listener, tls), async {
-                    let _ = stopped.await;
-                })
-                .await;
-            let why = match result {
-                Ok(()) => "agent API server stopped".to_owned(),
-                Err(e) => format!("agent API server failed: {e}"),
-            };
-            let _ = myself.send_message(AgentApiMsg::ServerExited(why));
-        });
+        let server = ServerTask::spawn(
+            move |stopped| {
+                Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming(listener, tls), async {
+                        let _ = stopped.await;
+                    })
+            },
+            move |result| {
+                let why = match result {
+                    Ok(()) => "agent API server stopped".to_owned(),
+                    Err(e) => format!("agent API server failed: {e}"),
+                };
+                let _ = myself.send_message(AgentApiMsg::ServerExited(why));
+            },
+        );
         tracing::info!(node = %args.service.node, addr = %args.addr, "agent API listening");
-        Ok(AgentApiState {
-            stop: Some(stop),
-            server,
-        })
+        Ok(AgentApiState { server })
     }
 
     async fn handle(
@@ -326,7 +316,7 @@ impl Actor for AgentApiServer {
         state: &mut AgentApiState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            AgentApiMsg::ServerExited(why) if state.stop.is_some() => Err(why.into()),
+            AgentApiMsg::ServerExited(why) if !state.server.stopping() => Err(why.into()),
             AgentApiMsg::ServerExited(_) => Ok(()),
         }
     }
@@ -336,10 +326,7 @@ impl Actor for AgentApiServer {
         _myself: ActorRef<AgentApiMsg>,
         state: &mut AgentApiState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(stop) = state.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut state.server).await;
+        state.server.stop().await;
         Ok(())
     }
 }

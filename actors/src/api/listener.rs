@@ -134,3 +134,52 @@ pub fn incoming(
     });
     tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+/// A server running in a task, owned by the actor that started it: stopped
+/// gracefully from `post_stop` ([`ServerTask::stop`]), aborted if dropped.
+pub struct ServerTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerTask {
+    /// Runs `serve` (given the future that resolves when the server should stop); when
+    /// it ends, `exited` is told why (`Ok` ended, or the error).
+    pub fn spawn<F, E>(
+        serve: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
+        exited: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Self
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let served = serve(stopped);
+        let task = tokio::spawn(async move {
+            exited(served.await.map_err(|e| e.to_string()));
+        });
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Whether [`ServerTask::stop`] was called (an exit after it is expected).
+    pub fn stopping(&self) -> bool {
+        self.stop.is_none()
+    }
+
+    /// Asks the server to stop and waits for it, at most 5 s.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+impl Drop for ServerTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

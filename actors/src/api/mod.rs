@@ -22,8 +22,6 @@ use std::time::Duration;
 
 use kat_proto::v1alpha1::ClusterConfiguration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::election::Leadership;
 use crate::leader::ensure_ca;
@@ -212,14 +210,7 @@ pub enum ApiServerMsg {
 }
 
 pub struct ApiServerState {
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<()>,
-}
-
-impl Drop for ApiServerState {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    server: listener::ServerTask,
 }
 
 /// Listens on `apiPort` on every control-plane member; see the module docs.
@@ -287,23 +278,23 @@ impl Actor for ApiServer {
             store,
             ca_pem: ca.cert_pem.clone(),
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let result = node_api::serve(listener, &server_cert, served, async {
-                let _ = stopped.await;
-            })
-            .await;
-            let why = match result {
-                Ok(()) => "API server stopped".to_owned(),
-                Err(e) => format!("API server failed: {e}"),
-            };
-            let _ = myself.send_message(ApiServerMsg::ServerExited(why));
-        });
+        let server = listener::ServerTask::spawn(
+            move |stopped| async move {
+                node_api::serve(listener, &server_cert, served, async {
+                    let _ = stopped.await;
+                })
+                .await
+            },
+            move |result| {
+                let why = match result {
+                    Ok(()) => "API server stopped".to_owned(),
+                    Err(e) => format!("API server failed: {e}"),
+                };
+                let _ = myself.send_message(ApiServerMsg::ServerExited(why));
+            },
+        );
         tracing::info!(node = %args.node, addr = %args.addr, "API listening");
-        Ok(ApiServerState {
-            stop: Some(stop),
-            server,
-        })
+        Ok(ApiServerState { server })
     }
 
     async fn handle(
@@ -313,7 +304,7 @@ impl Actor for ApiServer {
         state: &mut ApiServerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ApiServerMsg::ServerExited(why) if state.stop.is_some() => Err(why.into()),
+            ApiServerMsg::ServerExited(why) if !state.server.stopping() => Err(why.into()),
             ApiServerMsg::ServerExited(_) => Ok(()),
         }
     }
@@ -323,10 +314,7 @@ impl Actor for ApiServer {
         _myself: ActorRef<ApiServerMsg>,
         state: &mut ApiServerState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(stop) = state.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut state.server).await;
+        state.server.stop().await;
         Ok(())
     }
 }

@@ -233,8 +233,9 @@ fn instances_on_a_lost_node_are_replaced_elsewhere() {
     );
 }
 
-#[test]
-fn a_rolling_update_surges_waits_for_ready_then_retires_old_ones() {
+/// Three running instances of generation 1 on three nodes, then generation 2 applied
+/// (ROLLING, surge 1); the ID maker goes on from there.
+fn three_running_then_generation_2() -> (World, impl FnMut() -> String) {
     let mut world = World {
         workloads: vec![workload(
             WorkloadType::Service,
@@ -255,6 +256,12 @@ fn a_rolling_update_surges_waits_for_ready_then_retires_old_ones() {
         2,
         UpdateStrategyType::Rolling,
     )];
+    (world, id)
+}
+
+#[test]
+fn a_rolling_update_surges_waits_for_ready_then_retires_old_ones() {
+    let (mut world, mut id) = three_running_then_generation_2();
     let count = |w: &World, g: i64| w.instances.iter().filter(|i| i.generation == g).count();
     // Step 1: one new (surge 1), no old removed yet.
     let plans = plan_world(&world, now(), &mut id);
@@ -281,26 +288,7 @@ fn a_rolling_update_surges_waits_for_ready_then_retires_old_ones() {
 
 #[test]
 fn a_rolling_update_pauses_on_a_new_instance_that_never_becomes_ready() {
-    let mut world = World {
-        workloads: vec![workload(
-            WorkloadType::Service,
-            3,
-            1,
-            UpdateStrategyType::Rolling,
-        )],
-        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
-        ..Default::default()
-    };
-    let mut id = ids();
-    let plans = plan_world(&world, now(), &mut id);
-    apply(&mut world, &plans);
-    report_running(&mut world);
-    world.workloads = vec![workload(
-        WorkloadType::Service,
-        3,
-        2,
-        UpdateStrategyType::Rolling,
-    )];
+    let (mut world, mut id) = three_running_then_generation_2();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
     // The new instance runs but its health check keeps failing.
