@@ -32,7 +32,7 @@ impl CronSchedule {
 
 /// Year, month (1-12), day (1-31) of the day `days` after 1970-01-01 (proleptic
 /// Gregorian; Howard Hinnant's civil-from-days).
-fn civil(days: i64) -> (i64, u32, u32) {
+pub fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

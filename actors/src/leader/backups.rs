@@ -43,27 +43,13 @@ pub fn backup_name(at: SystemTime, revision: i64) -> String {
         .map_or(0, |d| d.as_secs());
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    let (y, m, d) = kat_proto::cron::civil(i64::try_from(days).unwrap_or(0));
     format!(
         "kat-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{revision}.db",
         rem / 3600,
         (rem / 60) % 60,
         rem % 60
     )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// The snapshots in `dir`, oldest first.
