@@ -184,6 +184,13 @@ impl InstanceHost for SystemdHost {
                 let state = self.units.systemd.state(&name).await?;
                 if state.ever_started {
                     Ok(Ensured::Adopted)
+                } else if o.restart == RestartPolicy::Never
+                    && self.podman.status(&o.name).await.is_ok()
+                {
+                    // A run-once unit that ran and ended: systemd may have unloaded it
+                    // (and forgotten it started), but its container is kept and says
+                    // how it ended. Running it again would run the JOB twice.
+                    Ok(Ensured::Adopted)
                 } else {
                     self.units.run(o).await?;
                     Ok(Ensured::Started)
