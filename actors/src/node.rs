@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `node@N` (NodeSupervisor) | one_for_one | 3 in 5 min, then the agent exits non-zero | `control-plane@N` |
 //! | `control-plane@N` | rest_for_one | 5 in 60 s; backoff 100 ms → 5 s | `store@N`, `election@N`, `api-server@N`, then `leader@N` while leading |
-//! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N`, `node-monitor@N`, `api@N` |
+//! | `leader@N` (LeaderSupervisor) | one_for_one | 5 in 60 s | `bootstrap@N`, `node-monitor@N`, `scheduler@N`, `api@N`, `backups@N` |
 //! | `agent@N` (AgentSupervisor) | one_for_one | 10 in 60 s | `heartbeat@N`, `node-certs@N`, `runtime@N`, `agent-api@N` |
 //!
 //! Every node runs `agent@N`; control-plane members also run `control-plane@N` (first).

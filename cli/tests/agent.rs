@@ -289,6 +289,9 @@ fn a_node_joins_through_the_api_that_init_serves() {
         1,
         Duration::from_secs(10),
     );
+    // The token is written by the leader's bootstrap; the API serves as leader once
+    // the Api actor, started after it, has put the leader's context in place.
+    agent.wait_for("API serving as leader", 1, Duration::from_secs(10));
     let token = JoinCredential::parse(&std::fs::read_to_string(state.join("join-token")).unwrap())
         .unwrap()
         .token;

@@ -113,7 +113,7 @@ pub fn leader_subtree(
                     backups::Backups,
                     move || backups_args.clone(),
                 );
-                let mut children = vec![bootstrap, monitor, scheduler, backups];
+                let mut children = vec![bootstrap, monitor, scheduler];
                 if let Some(endpoint) = api.clone() {
                     let api_args = ApiArgs {
                         leadership: leadership.clone(),
@@ -126,6 +126,8 @@ pub fn leader_subtree(
                         move || api_args.clone(),
                     ));
                 }
+                // After the API: serving comes before the first snapshot.
+                children.push(backups);
                 let args = SupervisorArgs {
                     strategy: Strategy::OneForOne,
                     intensity: Intensity {
