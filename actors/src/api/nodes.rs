@@ -17,6 +17,22 @@ fn unavailable(e: crate::store::StoreError) -> Status {
     Status::unavailable(e.to_string())
 }
 
+/// A node's registration with the stored key-value (for its revision).
+async fn read_node(
+    ctx: &NodeApiContext,
+    name: &str,
+) -> Result<(Node, crate::store::KeyValue), Status> {
+    let kv = ctx
+        .store
+        .get(&node_key(name))
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Status::not_found(format!("node {name:?} not found")))?;
+    let node = Node::decode(kv.value.as_slice())
+        .map_err(|e| Status::internal(format!("node {name:?}: unreadable record: {e}")))?;
+    Ok((node, kv))
+}
+
 /// Changes node `name`'s registration with `change` and records `reason`; returns the
 /// node as users see it.
 pub async fn update_node(
@@ -28,14 +44,7 @@ pub async fn update_node(
 ) -> Result<Node, Status> {
     let key = node_key(name);
     for _ in 0..3 {
-        let kv = ctx
-            .store
-            .get(&key)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| Status::not_found(format!("node {name:?} not found")))?;
-        let mut node = Node::decode(kv.value.as_slice())
-            .map_err(|e| Status::internal(format!("node {name:?}: unreadable record: {e}")))?;
+        let (mut node, kv) = read_node(ctx, name).await?;
         let message = change(&mut node)?;
         let (event_key, event) = node_event(name, reason, EventSeverity::Normal, message, now);
         let lease = ctx.events.get(ctx.store.as_ref()).await;
@@ -65,14 +74,7 @@ pub async fn update_node(
 /// with a new token and a fresh state directory.
 pub async fn delete_node(ctx: &NodeApiContext, name: &str, now: SystemTime) -> Result<(), Status> {
     let key = node_key(name);
-    let kv = ctx
-        .store
-        .get(&key)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| Status::not_found(format!("node {name:?} not found")))?;
-    let node = Node::decode(kv.value.as_slice())
-        .map_err(|e| Status::internal(format!("node {name:?}: unreadable record: {e}")))?;
+    let (node, kv) = read_node(ctx, name).await?;
     if node
         .spec
         .as_ref()
