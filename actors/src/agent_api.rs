@@ -195,9 +195,6 @@ impl AgentApi for AgentApiService {
                 return Err(Status::invalid_argument(format!("{field}: {problem}")));
             }
         }
-        let Some(base) = &self.volume_base else {
-            return Ok(Response::new(PurgeVolumesResponse::default()));
-        };
         // The leader deleted the workload first; wait until this node stopped its
         // instances, so no container still writes where the files are removed.
         let mut desired = self.desired.subscribe();
@@ -220,13 +217,31 @@ impl AgentApi for AgentApiService {
         }
         // The Runtime actor retires undesired instances on its next pass.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        kat_runtime::volumes::purge(base, &req.namespace, &req.workload)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let path = base.join(&req.namespace).join(&req.workload);
-        tracing::info!(node = %self.node, path = %path.display(), "volumes purged");
-        Ok(Response::new(PurgeVolumesResponse {
-            path: path.display().to_string(),
-        }))
+        let mut response = PurgeVolumesResponse::default();
+        if let Some(base) = &self.volume_base {
+            kat_runtime::volumes::purge(base, &req.namespace, &req.workload)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let path = base.join(&req.namespace).join(&req.workload);
+            tracing::info!(node = %self.node, path = %path.display(), "volumes purged");
+            response.path = path.display().to_string();
+        }
+        // Rootless: the workload's user goes too, with its image storage.
+        match self
+            .host
+            .remove_workload(&req.namespace, &req.workload)
+            .await
+        {
+            Ok(Some(what)) => {
+                tracing::info!(node = %self.node, removed = %what, "workload's host state removed")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "volumes purged, but the workload's user is left: {e}"
+                )));
+            }
+        }
+        Ok(Response::new(response))
     }
 }
 

@@ -1,29 +1,59 @@
 //! Workloads end to end across processes (issue 6): three nodes (`kat-agent init` on
-//! 127.0.0.1, joins on .2 and .3; real etcd, real TLS) running the fake runtime
-//! (`--runtime fake`); `katcall apply -f examples/web --wait` → three RUNNING
-//! instances, one per node; a changed image rolls out step by step within maxSurge;
-//! `rollback` brings the previous spec back as a new generation;
-//! `katcall logs`/`exec` reach an instance on another node through the leader;
-//! a SIGKILLed node's instance is replaced elsewhere; a DAEMON_SERVICE has one
-//! instance per Ready node; labels, taints, drain and uncordon act on nodes; a JOB
-//! runs its completions and completes; `delete` removes the instances. Every agent is stopped by
-//! PID when its guard drops.
+//! 127.0.0.1, joins on .2 and .3; real etcd, real TLS). `katcall apply -f
+//! examples/web --wait` → three RUNNING instances, one per node; `get`/`describe`/
+//! `logs`/`exec` (an instance on another node, through the leader); a changed image
+//! tag rolls out step by step within maxSurge; `rollback` brings the previous spec
+//! back as a new generation; a SIGKILLed node's instance is replaced elsewhere; a
+//! DAEMON_SERVICE has one instance per Ready node; labels, taints, drain and uncordon
+//! act on nodes; a JOB runs its completions and completes; `delete` removes the
+//! instances.
+//!
+//! The flow runs twice: on real Podman and systemd (rootless: each workload as its own
+//! user, each node with its own user managers; the images are the test's busybox
+//! under two tags, as nothing can be pulled here, and examples/web becomes a busybox
+//! httpd with the same volumes and health check), and on the fake runtime
+//! (`--runtime fake`, examples/web as it is). Where Podman or systemd is missing the
+//! Podman run is skipped with a printed note and only the fake run counts. Agents are
+//! stopped by PID when their guards drop; workload users, their processes, the
+//! managers' runtime directories and the extra image tag are removed when the test
+//! ends, also when it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{Agent, api_port, cluster_file_with, join_args, katcall, ok};
-use kat_tests::programs::find_program;
+use kat_runtime::ContainerRuntime;
+use kat_runtime::podman::{Podman, RunAs};
+use kat_runtime::rootless::lookup_user;
+use kat_runtime::users::workload_user;
+use kat_tests::programs::{BUSYBOX_IMAGE, find_program, podman_with_busybox};
+use kat_tests::systemd::WorkloadUserCleanup;
 use nix::sys::signal::Signal;
+use serde_yaml_ng::Value;
 
 const TICK: u64 = 1;
-const LOSS: u64 = 3;
+
+/// examples/web's nginx, as a busybox httpd: it logs a line, serves `/` on port 80
+/// (what the example's health check fetches) and ends on SIGTERM.
+const WEB_SCRIPT: &str = "echo web serving on :80; mkdir -p /tmp/www; echo hello > /tmp/www/index.html; \
+     /bin/busybox httpd -f -p 80 -h /tmp/www & trap 'exit 0' TERM; wait";
+
+/// examples/node-exporter's loop, ending on SIGTERM rather than after a stop timeout.
+const DAEMON_SCRIPT: &str =
+    "trap 'exit 0' TERM; while true; do cat /host/proc/loadavg; sleep 15 & wait $!; done";
+
+/// What runs the instances.
+enum Backend {
+    Fake,
+    /// Real rootless Podman under systemd; the binary.
+    Podman(PathBuf),
+}
 
 /// One instance as `katcall get instances -o json` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,30 +64,25 @@ struct Seen {
     generation: i64,
 }
 
-fn instances(config: &Path, workload: &str) -> Vec<Seen> {
-    let text = ok(&katcall(
-        config,
-        &["get", "instances", workload, "-o", "json"],
-    ));
-    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
-    list["items"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| Seen {
-                    id: i["id"].as_str().unwrap_or_default().to_owned(),
-                    node: i["node"].as_str().unwrap_or_default().to_owned(),
-                    phase: i["status"]["phase"].as_str().unwrap_or_default().to_owned(),
-                    generation: i["generation"]
-                        .as_str()
-                        .and_then(|g| g.parse().ok())
-                        .or_else(|| i["generation"].as_i64())
-                        .unwrap_or_default(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// Removes a directory tree when dropped.
+struct RemovedDir(PathBuf);
+
+impl Drop for RemovedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes an image tag from root's Podman storage when dropped.
+struct ImageTag(PathBuf, String);
+
+impl Drop for ImageTag {
+    fn drop(&mut self) {
+        // `untag IMAGE` alone would remove every name of the image.
+        let _ = Command::new(&self.0)
+            .args(["untag", &self.1, &self.1])
+            .output();
+    }
 }
 
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
@@ -69,80 +94,365 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> D
     started.elapsed()
 }
 
-/// `kat-agent join` on the fake runtime.
-fn join_fake<'a>(
-    leader: &'a str,
-    token: &'a str,
-    state: &'a str,
-    name: &'a str,
-    addr: &'a str,
-) -> Vec<&'a str> {
-    let mut args = join_args(leader, token, state, name, addr);
-    args.extend(["--runtime", "fake"]);
-    args
-}
-
-fn examples() -> std::path::PathBuf {
+fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
 
+fn read_yaml(path: &Path) -> Value {
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn write_yaml(path: &Path, value: &Value) {
+    std::fs::write(path, serde_yaml_ng::to_string(value).unwrap()).unwrap();
+}
+
+fn strings(items: &[&str]) -> Value {
+    Value::Sequence(items.iter().map(|s| Value::from(*s)).collect())
+}
+
+/// The flow's cluster: names, where things are, and how instances run.
+struct Flow {
+    backend: Backend,
+    dir: tempfile::TempDir,
+    ns: String,
+    nodes: [String; 3],
+    /// Images before and after the rolling update.
+    images: [String; 2],
+    /// The test's katcall configuration (the init node's).
+    kc: PathBuf,
+}
+
+impl Flow {
+    fn new(backend: Backend) -> Flow {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let (ns, nodes, images) = match &backend {
+            Backend::Fake => (
+                "default".to_owned(),
+                ["n1", "n2", "n3"].map(str::to_owned),
+                ["nginx:1.27", "nginx:1.28"].map(str::to_owned),
+            ),
+            // Names of this run only: they name host users, cgroups and directories.
+            Backend::Podman(_) => (
+                format!("e2e{pid}"),
+                ["n1", "n2", "n3"].map(|n| format!("e{pid}{n}")),
+                [
+                    BUSYBOX_IMAGE.to_owned(),
+                    format!("localhost/busybox:e2e-{pid}"),
+                ],
+            ),
+        };
+        if matches!(backend, Backend::Podman(_)) {
+            // Workload users reach their volumes below it.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let kc = dir.path().join(&nodes[0]).join("katcall.yaml");
+        Flow {
+            backend,
+            dir,
+            ns,
+            nodes,
+            images,
+            kc,
+        }
+    }
+
+    fn podman(&self) -> bool {
+        matches!(self.backend, Backend::Podman(_))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `kat-agent` arguments choosing this flow's runtime.
+    fn runtime_args(&self) -> Vec<&'static str> {
+        match self.backend {
+            Backend::Fake => vec!["--runtime", "fake"],
+            // No /dev/net/tun for rootless networking in the test sandbox.
+            Backend::Podman(_) => vec!["--instance-network", "none"],
+        }
+    }
+
+    /// `katcall --config KC -n NS ARGS…`.
+    fn kat(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-n", self.ns.as_str()];
+        all.extend_from_slice(args);
+        katcall(&self.kc, &all)
+    }
+
+    fn instances(&self, workload: &str) -> Vec<Seen> {
+        let text = ok(&self.kat(&["get", "instances", workload, "-o", "json"]));
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|i| Seen {
+                        id: i["id"].as_str().unwrap_or_default().to_owned(),
+                        node: i["node"].as_str().unwrap_or_default().to_owned(),
+                        phase: i["status"]["phase"].as_str().unwrap_or_default().to_owned(),
+                        generation: i["generation"]
+                            .as_str()
+                            .and_then(|g| g.parse().ok())
+                            .or_else(|| i["generation"].as_i64())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// examples/web with image `image`. The fake runtime runs the example as it is
+    /// (image tags changed); Podman runs it in this run's namespace as a busybox
+    /// httpd, its host mount in the test's directory.
+    fn web_bundle(&self, image: &str) -> PathBuf {
+        let web = examples().join("web");
+        if !self.podman() && image == self.images[0] {
+            return web;
+        }
+        let out = self.path(&format!("web-{}", image.replace([':', '/'], "_")));
+        std::fs::create_dir(&out).unwrap();
+        let mut w = read_yaml(&web.join("workload.kat"));
+        w["spec"]["source"]["image"] = image.into();
+        if self.podman() {
+            w["metadata"]["namespace"] = self.ns.as_str().into();
+            w["spec"]["container"]["command"] = strings(&["/bin/sh", "-c"]);
+            w["spec"]["container"]["args"] = strings(&[WEB_SCRIPT]);
+            let logs = self.path("web-logs");
+            for volume in w["spec"]["volumes"].as_sequence_mut().unwrap() {
+                if let Some(mount) = volume.get_mut("hostMount") {
+                    mount["hostPath"] = logs.to_str().unwrap().into();
+                }
+            }
+        }
+        write_yaml(&out.join("workload.kat"), &w);
+        std::fs::copy(
+            web.join("VirtualLoadBalancer.kat"),
+            out.join("VirtualLoadBalancer.kat"),
+        )
+        .unwrap();
+        out
+    }
+
+    /// examples/node-exporter (in this run's namespace on Podman, ending on SIGTERM).
+    fn daemon_bundle(&self) -> PathBuf {
+        let example = examples().join("node-exporter");
+        if !self.podman() {
+            return example;
+        }
+        let out = self.path("node-exporter");
+        std::fs::create_dir(&out).unwrap();
+        let mut w = read_yaml(&example.join("workload.kat"));
+        w["metadata"]["namespace"] = self.ns.as_str().into();
+        w["spec"]["container"]["command"] = strings(&["/bin/sh", "-c", DAEMON_SCRIPT]);
+        write_yaml(&out.join("workload.kat"), &w);
+        out
+    }
+
+    /// A JOB of two runs, one at a time, each ending after about a second (the fake
+    /// runtime's because KAT_FAKE_EXIT says so).
+    fn job_bundle(&self) -> PathBuf {
+        let job = self.path("count");
+        std::fs::create_dir(&job).unwrap();
+        let env = if self.podman() {
+            ""
+        } else {
+            "    env:\n      - name: KAT_FAKE_EXIT\n        value: \"1\"\n"
+        };
+        std::fs::write(
+            job.join("workload.kat"),
+            format!(
+                "apiVersion: kat.dws.rip/v1alpha1
+kind: Workload
+metadata:
+  name: count
+  namespace: {}
+spec:
+  type: JOB
+  source:
+    image: {BUSYBOX_IMAGE}
+  restartPolicy:
+    condition: NEVER
+  container:
+    command: [\"sh\", \"-c\", \"sleep 1; echo counted\"]
+{env}",
+                self.ns
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            job.join("job.kat"),
+            "apiVersion: kat.dws.rip/v1alpha1
+kind: JobDefinition
+metadata:
+  name: count
+spec:
+  completions: 2
+  parallelism: 1
+  backoffLimit: 1
+",
+        )
+        .unwrap();
+        job
+    }
+
+    /// The Podman container of `instance` of `workload` on `node`, as its workload
+    /// user's Podman sees it (`None` on the fake runtime).
+    fn container(
+        &self,
+        workload: &str,
+        node: &str,
+        instance: &str,
+    ) -> Option<Result<kat_runtime::ContainerStatus, kat_runtime::RuntimeError>> {
+        let Backend::Podman(podman) = &self.backend else {
+            return None;
+        };
+        let name = workload_user(&self.ns, workload);
+        let user = block(lookup_user(&name)).unwrap()?;
+        let podman = Podman::new(podman).as_user(RunAs {
+            uid: user.uid,
+            gid: user.gid,
+            home: user.home.clone(),
+            runtime_dir: Path::new(kat_actors::agent::AGENT_MANAGERS_DIR)
+                .join(node)
+                .join("users")
+                .join(&name),
+        });
+        Some(block(
+            podman.status(&format!("kat-{}-{workload}-{instance}", self.ns)),
+        ))
+    }
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 #[test]
-fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
+fn workloads_end_to_end_on_the_fake_runtime() {
     if find_program("etcd").is_none() {
+        eprintln!("SKIPPED: etcd is not installed");
         return;
     }
-    eprintln!(
-        "NOTE: this test runs the fake runtime; tests/tests/agent_podman.rs runs real Podman"
+    run(&Flow::new(Backend::Fake));
+}
+
+#[test]
+fn workloads_end_to_end_on_podman_and_systemd() {
+    let missing: Vec<&str> = [
+        ("etcd", find_program("etcd").is_none()),
+        ("useradd", find_program("useradd").is_none()),
+        ("setsid", find_program("setsid").is_none()),
+        ("systemd", kat_runtime::rootless::systemd_binary().is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(p, gone)| gone.then_some(p))
+    .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "NOTE: {} missing: the end-to-end flow runs on the fake runtime only \
+             (workloads_end_to_end_on_the_fake_runtime)",
+            missing.join(", ")
+        );
+        return;
+    }
+    let Some(podman) = podman_with_busybox() else {
+        eprintln!(
+            "NOTE: no Podman with the busybox image: the end-to-end flow runs on the fake runtime only"
+        );
+        return;
+    };
+    let flow = Flow::new(Backend::Podman(podman.clone()));
+    let tagged = Command::new(&podman)
+        .args(["tag", BUSYBOX_IMAGE, &flow.images[1]])
+        .output()
+        .unwrap();
+    assert!(
+        tagged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tagged.stderr)
     );
-    let dir = tempfile::tempdir().unwrap();
+    let _tag = ImageTag(podman, flow.images[1].clone());
+    let _runtime_dirs: Vec<RemovedDir> = flow
+        .nodes
+        .iter()
+        .map(|n| RemovedDir(Path::new(kat_actors::agent::AGENT_MANAGERS_DIR).join(n)))
+        .collect();
+    let _users: Vec<WorkloadUserCleanup> = ["web", "node-exporter", "count"]
+        .into_iter()
+        .map(|w| WorkloadUserCleanup(workload_user(&flow.ns, w)))
+        .collect();
+    run(&flow);
+}
+
+/// The flow, on `flow`'s runtime.
+#[allow(clippy::too_many_lines)]
+fn run(flow: &Flow) {
+    let (ns, kc) = (flow.ns.as_str(), flow.kc.as_path());
+    let [n1, n2, n3] = &flow.nodes;
+    let [image1, image2] = &flow.images;
+    // Real containers take longer to start and stop, and load the machine more.
+    let loss = if flow.podman() { 6 } else { 3 };
+    let slow = if flow.podman() { 4 } else { 1 };
+    eprintln!(
+        "runtime: {}",
+        if flow.podman() {
+            "Podman + systemd (rootless)"
+        } else {
+            "fake (the Podman run of this flow and cli/tests/agent_podman.rs use real Podman)"
+        }
+    );
     let config = cluster_file_with(
-        dir.path(),
-        &format!("  agentTickSeconds: {TICK}\n  nodeLossTimeoutSeconds: {LOSS}\n"),
+        flow.dir.path(),
+        &format!(
+            "  agentTickSeconds: {TICK}\n  nodeLossTimeoutSeconds: {loss}\n  volumeBasePath: {}\n",
+            flow.path("volumes").display()
+        ),
     );
     let leader = format!("127.0.0.1:{}", api_port(&config));
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let (s1, s2, s3) = (path("n1"), path("n2"), path("n3"));
-    let mut n1 = Agent::start(
-        &[
-            "init",
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            &s1,
-            "--node-name",
-            "n1",
-            "--advertise-address",
-            "127.0.0.1",
-            "--runtime",
-            "fake",
-        ],
-        &dir.path().join("n1.log"),
-    );
-    n1.wait_for(
+    let state = |n: &str| flow.path(n).to_str().unwrap().to_owned();
+    let (s1, s2, s3) = (state(n1), state(n2), state(n3));
+    let mut init = vec![
+        "init",
+        "--config",
+        config.to_str().unwrap(),
+        "--state-dir",
+        &s1,
+        "--node-name",
+        n1,
+        "--advertise-address",
+        "127.0.0.1",
+    ];
+    init.extend(flow.runtime_args());
+    let mut a1 = Agent::start(&init, &flow.path("n1.log"));
+    a1.wait_for(
         "katcall configuration written (admin API token)",
         1,
         Duration::from_secs(10),
     );
-    let kc = dir.path().join("n1/katcall.yaml");
-    let token = |kc: &Path| {
+    let token = || {
         ok(&katcall(kc, &["token", "create", "join"]))
             .trim()
             .to_owned()
     };
-    let t2 = token(&kc);
-    let mut n2 = Agent::start(
-        &join_fake(&leader, &t2, &s2, "n2", "127.0.0.2"),
-        &dir.path().join("n2.log"),
-    );
-    n2.wait_for("joined the cluster", 1, Duration::from_secs(10));
-    let t3 = token(&kc);
-    let mut n3 = Agent::start(
-        &join_fake(&leader, &t3, &s3, "n3", "127.0.0.3"),
-        &dir.path().join("n3.log"),
-    );
-    n3.wait_for("joined the cluster", 1, Duration::from_secs(10));
+    let join = |token: &str, state: &str, name: &str, addr: &str, log: &str| {
+        let mut args = join_args(&leader, token, state, name, addr);
+        args.extend(flow.runtime_args());
+        let mut agent = Agent::start(&args, &flow.path(log));
+        agent.wait_for("joined the cluster", 1, Duration::from_secs(10));
+        agent
+    };
+    let mut a2 = join(&token(), &s2, n2, "127.0.0.2", "n2.log");
+    let mut a3 = join(&token(), &s3, n3, "127.0.0.3", "n3.log");
     wait_until("three Ready nodes", Duration::from_secs(15), || {
-        let text = ok(&katcall(&kc, &["get", "nodes", "-o", "json"]));
+        let text = ok(&flow.kat(&["get", "nodes", "-o", "json"]));
         let list: serde_json::Value = serde_json::from_str(&text).unwrap();
         list["items"]
             .as_array()
@@ -155,62 +465,73 @@ fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
 
     // apply --wait: three instances, RUNNING, one per node.
     let started = Instant::now();
-    let applied = katcall(
-        &kc,
-        &[
-            "apply",
-            "-f",
-            examples().join("web").to_str().unwrap(),
-            "--wait",
-        ],
-    );
+    let applied = flow.kat(&[
+        "apply",
+        "-f",
+        flow.web_bundle(image1).to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
     let text = ok(&applied);
     assert!(
-        text.contains("workload default/web applied (generation 1)"),
+        text.contains(&format!("workload {ns}/web applied (generation 1)")),
         "{text}"
     );
     eprintln!("apply --wait took {:?}", started.elapsed());
-    let web = instances(&kc, "web");
+    let web = flow.instances("web");
     assert_eq!(web.len(), 3, "{web:?}");
     assert!(web.iter().all(|i| i.phase == "RUNNING"), "{web:?}");
-    let mut nodes: Vec<&str> = web.iter().map(|i| i.node.as_str()).collect();
-    nodes.sort_unstable();
-    assert_eq!(nodes, ["n1", "n2", "n3"], "spread over the nodes");
-    let listed = ok(&katcall(&kc, &["get", "workloads"]));
+    let mut on: Vec<&str> = web.iter().map(|i| i.node.as_str()).collect();
+    on.sort_unstable();
+    assert_eq!(on, [n1, n2, n3], "spread over the nodes");
+    for i in &web {
+        // Each a container of the workload's user, kept by that node's manager.
+        if let Some(status) = flow.container("web", &i.node, &i.id) {
+            let status = status.unwrap_or_else(|e| panic!("{i:?}: {e}"));
+            assert_eq!(status.state, kat_runtime::ContainerState::Running, "{i:?}");
+        }
+    }
+    let listed = ok(&flow.kat(&["get", "workloads"]));
     assert!(listed.lines().nth(1).unwrap().contains("3/3"), "{listed}");
-    let described = ok(&katcall(&kc, &["describe", "workload", "web"]));
+    let described = ok(&flow.kat(&["describe", "workload", "web"]));
     assert!(described.contains("Scheduled"), "{described}");
     assert!(described.contains("ROLLING (maxSurge 1)"), "{described}");
 
     // Logs and exec of an instance on another node, through the leader.
-    let on_n2 = web.iter().find(|i| i.node == "n2").unwrap().id.clone();
-    let logs = ok(&katcall(&kc, &["logs", &on_n2, "--tail", "10"]));
-    assert!(logs.contains("fake container started"), "{logs}");
-    let exec = katcall(&kc, &["exec", &format!("web/{on_n2}"), "--", "true"]);
+    let on_n2 = web.iter().find(|i| &i.node == n2).unwrap().id.clone();
+    let logs = ok(&flow.kat(&["logs", &on_n2, "--tail", "10"]));
+    let first_line = if flow.podman() {
+        "web serving on :80"
+    } else {
+        "fake container started"
+    };
+    assert!(logs.contains(first_line), "{logs}");
+    let exec = flow.kat(&["exec", &format!("web/{on_n2}"), "--", "true"]);
     assert!(
         exec.status.success(),
         "{}",
         String::from_utf8_lossy(&exec.stderr)
     );
-
-    // A new image: a rolling update, one surge instance at a time.
-    let web2 = dir.path().join("web2");
-    std::fs::create_dir(&web2).unwrap();
-    for f in ["workload.kat", "VirtualLoadBalancer.kat"] {
-        let text = std::fs::read_to_string(examples().join("web").join(f)).unwrap();
-        std::fs::write(web2.join(f), text.replace("nginx:1.27", "nginx:1.28")).unwrap();
+    if flow.podman() {
+        let served = flow.kat(&["exec", &on_n2, "--", "wget", "-qO-", "localhost:80/"]);
+        assert_eq!(ok(&served), "hello\n", "the instance serves");
     }
+
+    // A new image tag: a rolling update, one surge instance at a time.
+    let web2 = flow.web_bundle(image2);
     let mut rollout = Command::new(env!("CARGO_BIN_EXE_katcall"))
         .arg("--config")
-        .arg(&kc)
-        .args(["apply", "-f", web2.to_str().unwrap(), "--wait"])
+        .arg(kc)
+        .args(["-n", ns, "apply", "-f", web2.to_str().unwrap(), "--wait"])
+        .args(["--timeout", "3m"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let mut steps: Vec<(usize, usize)> = Vec::new();
     let done = loop {
-        let now = instances(&kc, "web");
+        let now = flow.instances("web");
         let old = now.iter().filter(|i| i.generation == 1).count();
         let new = now.iter().filter(|i| i.generation == 2).count();
         if steps.last() != Some(&(old, new)) {
@@ -235,161 +556,176 @@ fn workloads_run_roll_out_move_off_lost_nodes_and_go_away() {
         "{steps:?}"
     );
     assert!(olds.contains(&2) && olds.contains(&1), "{steps:?}");
-    let events = ok(&katcall(&kc, &["get", "events"]));
+    let events = ok(&flow.kat(&["get", "events"]));
     assert!(events.contains("WorkloadUpdated"), "{events}");
     assert!(events.contains("Replaced"), "{events}");
+    if flow.podman() {
+        let now = flow.instances("web");
+        let i = &now[0];
+        let status = flow.container("web", &i.node, &i.id).unwrap().unwrap();
+        assert_eq!(status.image, *image2, "{status:?}");
+    }
 
     // Rollback: the previous generation's spec comes back as generation 3.
-    let rolled = ok(&katcall(&kc, &["rollback", "workload", "web"]));
+    let rolled = ok(&flow.kat(&["rollback", "workload", "web"]));
     assert!(rolled.contains("now generation 3"), "{rolled}");
-    let status = ok(&katcall(&kc, &["rollout", "status", "web"]));
+    let status = ok(&flow.kat(&["rollout", "status", "web"]));
     assert!(status.contains("generation 3 rolled out"), "{status}");
-    let back = instances(&kc, "web");
+    let back = flow.instances("web");
     assert!(
         back.iter().all(|i| i.generation == 3) && back.len() == 3,
         "{back:?}"
     );
-    let described = ok(&katcall(&kc, &["describe", "workload", "web"]));
-    assert!(described.contains("nginx:1.27"), "{described}");
+    let described = ok(&flow.kat(&["describe", "workload", "web"]));
+    assert!(described.contains(image1.as_str()), "{described}");
     assert!(described.contains("RolledBack"), "{described}");
-    let none_older = katcall(
-        &kc,
-        &["rollback", "workload", "web", "--to-generation", "99"],
-    );
+    let none_older = flow.kat(&["rollback", "workload", "web", "--to-generation", "99"]);
     assert!(!none_older.status.success());
     assert!(
         String::from_utf8_lossy(&none_older.stderr)
-            .contains("generation 99 of workload default/web is not kept"),
+            .contains(&format!("generation 99 of workload {ns}/web is not kept")),
         "{}",
         String::from_utf8_lossy(&none_older.stderr)
     );
 
     // A node dies: its instance is replaced on the others.
-    let before = instances(&kc, "web");
+    let before = flow.instances("web");
     let on_n3: Vec<String> = before
         .iter()
-        .filter(|i| i.node == "n3")
+        .filter(|i| &i.node == n3)
         .map(|i| i.id.clone())
         .collect();
-    assert_eq!(on_n3.len(), 1);
-    n3.signal(Signal::SIGKILL);
-    let _ = n3.child.wait();
+    assert_eq!(on_n3.len(), 1, "{before:?}");
+    a3.signal(Signal::SIGKILL);
+    let _ = a3.child.wait();
     let moved = wait_until(
         "n3's instance replaced",
-        Duration::from_secs(LOSS + TICK + 15),
+        Duration::from_secs(loss + TICK + 15 * slow),
         || {
-            let now = instances(&kc, "web");
+            let now = flow.instances("web");
             now.len() == 3
-                && now.iter().all(|i| i.node != "n3" && i.phase == "RUNNING")
+                && now.iter().all(|i| &i.node != n3 && i.phase == "RUNNING")
                 && !now.iter().any(|i| on_n3.contains(&i.id))
         },
     );
     eprintln!("n3's instance running elsewhere {moved:?} after SIGKILL");
 
     // A DAEMON_SERVICE: one instance on every Ready node.
-    ok(&katcall(
-        &kc,
-        &[
-            "apply",
-            "-f",
-            examples().join("node-exporter").to_str().unwrap(),
-            "--wait",
-        ],
-    ));
-    let daemons = instances(&kc, "node-exporter");
+    ok(&flow.kat(&[
+        "apply",
+        "-f",
+        flow.daemon_bundle().to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "3m",
+    ]));
+    let daemons = flow.instances("node-exporter");
     let per_node: BTreeMap<&str, usize> = daemons.iter().fold(BTreeMap::new(), |mut m, i| {
         *m.entry(i.node.as_str()).or_default() += 1;
         m
     });
     assert_eq!(
         per_node,
-        BTreeMap::from([("n1", 1), ("n2", 1)]),
+        BTreeMap::from([(n1.as_str(), 1), (n2.as_str(), 1)]),
         "{daemons:?}"
     );
+    if flow.podman() {
+        // It reads the host's /proc through its read-only host mount.
+        let d = &daemons[0];
+        let logs = ok(&flow.kat(&["logs", &format!("node-exporter/{}", d.id)]));
+        assert!(
+            logs.split_whitespace().count() >= 5,
+            "a loadavg line: {logs}"
+        );
+    }
 
     // Node verbs: labels and taints show; draining n2 moves its instances to n1.
-    ok(&katcall(&kc, &["label", "node", "n1", "disktype=ssd"]));
-    ok(&katcall(
-        &kc,
-        &["taint", "node", "n1", "spot:PreferNoSchedule"],
-    ));
-    let shown = ok(&katcall(&kc, &["get", "node", "n1", "-o", "json"]));
+    ok(&flow.kat(&["label", "node", n1, "disktype=ssd"]));
+    ok(&flow.kat(&["taint", "node", n1, "spot:PreferNoSchedule"]));
+    let shown = ok(&flow.kat(&["get", "node", n1, "-o", "json"]));
     assert!(shown.contains("\"disktype\": \"ssd\""), "{shown}");
     assert!(shown.contains("PREFER_NO_SCHEDULE"), "{shown}");
-    ok(&katcall(&kc, &["taint", "node", "n1", "spot-"]));
-    let drained = katcall(&kc, &["drain", "n2"]);
+    ok(&flow.kat(&["taint", "node", n1, "spot-"]));
+
+    // A workload that fits nowhere stays Pending, saying which filter each node failed.
+    let huge = flow.path("huge");
+    std::fs::create_dir(&huge).unwrap();
+    std::fs::write(
+        huge.join("workload.kat"),
+        format!(
+            "apiVersion: kat.dws.rip/v1alpha1
+kind: Workload
+metadata:
+  name: huge
+  namespace: {ns}
+spec:
+  type: SERVICE
+  source:
+    image: {BUSYBOX_IMAGE}
+  replicas: 1
+  nodeSelector:
+    disktype: ssd
+  container:
+    command: [\"sleep\", \"1000\"]
+    resources:
+      requests: {{cpu: \"1000\"}}
+"
+        ),
+    )
+    .unwrap();
+    ok(&flow.kat(&["apply", "-f", huge.to_str().unwrap()]));
+    let why = "0/3 nodes: 1 insufficient cpu, 1 node selector mismatch, 1 not ready";
+    wait_until("huge pending", Duration::from_secs(10), || {
+        let text = ok(&flow.kat(&["get", "instances", "huge", "-o", "json"]));
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        list["items"][0]["status"]["phase"] == "PENDING"
+            && list["items"][0]["status"]["reason"] == why
+    });
+    let described = ok(&flow.kat(&["describe", "workload", "huge"]));
+    assert!(
+        described.contains("FailedScheduling") && described.contains(why),
+        "{described}"
+    );
+    ok(&flow.kat(&["delete", "workload", "huge"]));
+    let drained = flow.kat(&["drain", n2]);
     ok(&drained);
     assert!(
-        String::from_utf8_lossy(&drained.stderr).contains("node n2 drained"),
+        String::from_utf8_lossy(&drained.stderr).contains(&format!("node {n2} drained")),
         "{}",
         String::from_utf8_lossy(&drained.stderr)
     );
-    let web = instances(&kc, "web");
-    assert!(web.iter().all(|i| i.node == "n1"), "{web:?}");
+    let web = flow.instances("web");
+    assert!(web.iter().all(|i| &i.node == n1), "{web:?}");
     assert!(
-        instances(&kc, "node-exporter")
+        flow.instances("node-exporter")
             .iter()
-            .all(|i| i.node == "n1")
+            .all(|i| &i.node == n1)
     );
-    let nodes = ok(&katcall(&kc, &["get", "nodes"]));
+    let nodes = ok(&flow.kat(&["get", "nodes"]));
     assert!(nodes.contains("Draining"), "{nodes}");
-    ok(&katcall(&kc, &["uncordon", "n2"]));
-    wait_until("the daemon back on n2", Duration::from_secs(15), || {
-        instances(&kc, "node-exporter")
-            .iter()
-            .any(|i| i.node == "n2" && i.phase == "RUNNING")
-    });
+    ok(&flow.kat(&["uncordon", n2]));
+    wait_until(
+        "the daemon back on n2",
+        Duration::from_secs(15 * slow),
+        || {
+            flow.instances("node-exporter")
+                .iter()
+                .any(|i| &i.node == n2 && i.phase == "RUNNING")
+        },
+    );
 
-    // A JOB: two runs, one at a time (each fake run exits 0 after a second).
-    let job = dir.path().join("count");
-    std::fs::create_dir(&job).unwrap();
-    std::fs::write(
-        job.join("workload.kat"),
-        "apiVersion: kat.dws.rip/v1alpha1
-kind: Workload
-metadata:
-  name: count
-spec:
-  type: JOB
-  source:
-    image: localhost/busybox:latest
-  restartPolicy:
-    condition: NEVER
-  container:
-    command: [\"sh\", \"-c\", \"echo counted\"]
-    env:
-      - name: KAT_FAKE_EXIT
-        value: \"1\"
-",
-    )
-    .unwrap();
-    std::fs::write(
-        job.join("job.kat"),
-        "apiVersion: kat.dws.rip/v1alpha1
-kind: JobDefinition
-metadata:
-  name: count
-spec:
-  completions: 2
-  parallelism: 1
-  backoffLimit: 1
-",
-    )
-    .unwrap();
+    // A JOB: two runs, one at a time.
     let ran = Instant::now();
-    ok(&katcall(
-        &kc,
-        &[
-            "apply",
-            "-f",
-            job.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-    ));
+    ok(&flow.kat(&[
+        "apply",
+        "-f",
+        flow.job_bundle().to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]));
     eprintln!("JOB with two runs completed in {:?}", ran.elapsed());
-    let described = ok(&katcall(&kc, &["describe", "workload", "count"]));
+    let described = ok(&flow.kat(&["describe", "workload", "count"]));
     assert!(
         described.contains("State:          Complete"),
         "{described}"
@@ -399,29 +735,55 @@ spec:
         "{described}"
     );
     assert!(described.contains("JobCompleted"), "{described}");
-    let runs = instances(&kc, "count");
+    let runs = flow.instances("count");
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs.iter().all(|r| r.phase == "SUCCEEDED"), "{runs:?}");
+    if flow.podman() {
+        let logs = ok(&flow.kat(&["logs", &format!("count/{}", runs[0].id)]));
+        assert_eq!(logs.trim(), "counted");
+    }
 
-    // Delete: the instances go.
-    let deleted = ok(&katcall(&kc, &["delete", "workload", "web"]));
-    assert!(
-        deleted.contains("workload default/web deleted"),
-        "{deleted}"
+    // Delete: the instances go, and on Podman their containers; the volumes go on
+    // the Ready nodes, and the dead one is named as keeping its own.
+    let last = flow.instances("web");
+    let deleted = flow.kat(&["delete", "workload", "web", "--purge-volumes"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&deleted.stdout),
+        String::from_utf8_lossy(&deleted.stderr),
     );
-    assert!(instances(&kc, "web").is_empty());
-    let missing = katcall(&kc, &["get", "workload", "web"]);
+    assert_eq!(deleted.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains(&format!("workload {ns}/web deleted")), "{out}");
+    assert!(
+        err.contains(&format!("{n3}: not Ready; its volumes are left in place"))
+            && err.contains("volumes are left on 1 node(s)"),
+        "{err}"
+    );
+    assert!(flow.instances("web").is_empty());
+    let missing = flow.kat(&["get", "workload", "web"]);
     assert!(!missing.status.success());
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("NotFound"),
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
+    if flow.podman() {
+        assert!(!flow.path("volumes").join(ns).join("web").exists());
+        // With the workload's user, its storage (the containers) and its managers.
+        let user = workload_user(ns, "web");
+        assert_eq!(block(lookup_user(&user)).unwrap(), None, "{last:?}");
+        for n in [n1, n2] {
+            let dir = Path::new(kat_actors::agent::AGENT_MANAGERS_DIR)
+                .join(n)
+                .join("users")
+                .join(&user);
+            assert!(!dir.exists(), "{}", dir.display());
+        }
+    }
 
-    for agent in [&mut n1, &mut n2] {
+    for agent in [&mut a1, &mut a2] {
         agent.signal(Signal::SIGTERM);
     }
-    for agent in [&mut n2, &mut n1] {
+    for agent in [&mut a2, &mut a1] {
         assert!(agent.child.wait().unwrap().success());
     }
 }

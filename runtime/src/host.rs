@@ -101,6 +101,16 @@ pub trait InstanceHost: Send + Sync {
         desired: &DesiredInstance,
         opts: &LogOptions,
     ) -> Result<LogReceiver, RuntimeError>;
+    /// Removes what the host keeps for a workload deleted for good (`katcall delete
+    /// --purge-volumes`), once its instances are retired: rootless, the workload's
+    /// user with its image storage and systemd manager. Names what it removed.
+    async fn remove_workload(
+        &self,
+        _namespace: &str,
+        _workload: &str,
+    ) -> Result<Option<String>, RuntimeError> {
+        Ok(None)
+    }
 }
 
 /// Instances as systemd units of Podman containers.

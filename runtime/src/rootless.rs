@@ -105,9 +105,39 @@ fn has_subordinate_range(file: &Path, user: &WorkloadUser) -> bool {
         })
 }
 
+/// The lock file that serializes making workload users.
+pub const USERS_LOCK: &str = "/run/lock/kat-workload-users.lock";
+
+/// An exclusive `flock` on [`USERS_LOCK`], held until dropped. Agents sharing a host
+/// (test clusters) and tasks of one agent may make the same user at once; without it,
+/// one sees the user in `/etc/passwd` while `useradd` is still making its home and
+/// subordinate ranges.
+async fn users_lock() -> Result<nix::fcntl::Flock<std::fs::File>, RuntimeError> {
+    let taken = tokio::task::spawn_blocking(|| {
+        let path = Path::new(USERS_LOCK);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| std::io::Error::from(errno))
+    })
+    .await;
+    match taken {
+        Ok(Ok(lock)) => Ok(lock),
+        Ok(Err(e)) => Err(spawn_err(USERS_LOCK, &e)),
+        Err(e) => Err(spawn_err(USERS_LOCK, &std::io::Error::other(e))),
+    }
+}
+
 /// The workload user `name`, made if missing: a login-less user with a home (its
 /// Podman storage) and subordinate uid/gid ranges, with rootless storage on overlay.
 pub async fn ensure_user(name: &str) -> Result<WorkloadUser, RuntimeError> {
+    let _lock = users_lock().await?;
     let user = match lookup_user(name).await? {
         Some(u) => u,
         None => {
@@ -123,7 +153,7 @@ pub async fn ensure_user(name: &str) -> Result<WorkloadUser, RuntimeError> {
                 .output()
                 .await
                 .map_err(|e| spawn_err("useradd", &e))?;
-            // Another task may have made it meanwhile (exit 9: name in use).
+            // Made meanwhile by something that does not take the lock (exit 9: name in use).
             if !out.status.success() && out.status.code() != Some(9) {
                 return Err(failed(&format!("useradd {name}"), &out));
             }
@@ -144,6 +174,12 @@ pub async fn ensure_user(name: &str) -> Result<WorkloadUser, RuntimeError> {
                 ),
             });
         }
+    }
+    if !user.home.is_dir() {
+        return Err(RuntimeError::NotFound(format!(
+            "home directory {} of workload user {name} (its Podman storage): make it, owned by the user",
+            user.home.display()
+        )));
     }
     let conf = user.home.join(".config/containers");
     let storage = conf.join("storage.conf");
@@ -166,6 +202,9 @@ pub trait UserManagers: Send + Sync + std::fmt::Debug {
     async fn ensure(&self, user: &WorkloadUser) -> Result<PathBuf, RuntimeError>;
     /// The runtime directory of the user's manager if it runs now (starting nothing).
     fn running(&self, user: &WorkloadUser) -> Option<PathBuf>;
+    /// Stops the manager of user `name` for good (the user is about to be removed;
+    /// `uid` is `None` where it already is).
+    async fn stop(&self, name: &str, uid: Option<u32>) -> Result<(), RuntimeError>;
 }
 
 async fn wait_for_bus(bus: &Path, timeout: Duration) -> bool {
@@ -186,6 +225,15 @@ async fn wait_for_bus(bus: &Path, timeout: Duration) -> bool {
 )]
 trait Login {
     fn set_user_linger(&self, uid: u32, enable: bool, interactive: bool) -> zbus::Result<()>;
+    fn terminate_user(&self, uid: u32) -> zbus::Result<()>;
+}
+
+fn logind_error(what: &'static str) -> impl Fn(zbus::Error) -> RuntimeError {
+    move |e| RuntimeError::Command {
+        command: format!("logind {what}"),
+        status: "D-Bus error".to_owned(),
+        stderr: e.to_string(),
+    }
 }
 
 /// Lingering through systemd-logind (hosts booted with systemd): logind starts the
@@ -208,23 +256,11 @@ impl UserManagers for Logind {
         if let Some(dir) = self.running(user) {
             return Ok(dir);
         }
-        let dbus = |what: &'static str| {
-            move |e: zbus::Error| RuntimeError::Command {
-                command: format!("logind {what}"),
-                status: "D-Bus error".to_owned(),
-                stderr: e.to_string(),
-            }
-        };
-        let conn = zbus::connection::Builder::address(self.system_bus.as_str())
-            .build()
-            .await
-            .map_err(dbus("connect"))?;
-        LoginProxy::new(&conn)
-            .await
-            .map_err(dbus("Manager"))?
+        self.login()
+            .await?
             .set_user_linger(user.uid, true, false)
             .await
-            .map_err(dbus("SetUserLinger"))?;
+            .map_err(logind_error("SetUserLinger"))?;
         if !wait_for_bus(&runtime_dir.join("bus"), Duration::from_secs(30)).await {
             return Err(RuntimeError::Timeout {
                 command: format!("waiting for {}'s systemd manager (lingering)", user.name),
@@ -232,6 +268,34 @@ impl UserManagers for Logind {
             });
         }
         Ok(runtime_dir)
+    }
+
+    async fn stop(&self, _name: &str, uid: Option<u32>) -> Result<(), RuntimeError> {
+        let Some(uid) = uid else {
+            return Ok(());
+        };
+        let login = self.login().await?;
+        login
+            .set_user_linger(uid, false, false)
+            .await
+            .map_err(logind_error("SetUserLinger"))?;
+        match login.terminate_user(uid).await {
+            // NoSuchUser: logind has no session or manager of it left.
+            Err(zbus::Error::MethodError(name, _, _)) if name.contains("NoSuchUser") => Ok(()),
+            r => r.map_err(logind_error("TerminateUser")),
+        }
+    }
+}
+
+impl Logind {
+    async fn login(&self) -> Result<LoginProxy<'static>, RuntimeError> {
+        let conn = zbus::connection::Builder::address(self.system_bus.as_str())
+            .build()
+            .await
+            .map_err(logind_error("connect"))?;
+        LoginProxy::new(&conn)
+            .await
+            .map_err(logind_error("Manager"))
     }
 }
 
@@ -451,6 +515,102 @@ impl UserManagers for AgentStarted {
         tracing::info!(user = %user.name, pid, "started the workload user's systemd manager");
         Ok(dir)
     }
+
+    async fn stop(&self, name: &str, _uid: Option<u32>) -> Result<(), RuntimeError> {
+        let dir = self.base.join(name);
+        let pid = std::fs::read_to_string(dir.join("manager.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid.filter(|p| alive(p.unsigned_abs())) {
+            // The manager stops its units (their containers) before it exits.
+            end_process(pid, Duration::from_secs(30)).await;
+        }
+        for hierarchy in cgroup_hierarchies() {
+            remove_cgroup(&hierarchy.join(agent_started_cgroup(&self.tag, name)));
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(spawn_err(&dir.display().to_string(), &e)),
+        }
+    }
+}
+
+/// SIGTERM, and SIGKILL if `pid` still runs after `grace`; returns once it is gone.
+async fn end_process(pid: i32, grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while alive(pid.unsigned_abs()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    while alive(pid.unsigned_abs()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PIDs of the processes running as `uid` (real uid, as `/proc/PID/status` says).
+fn processes_of(uid: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let uid = uid.to_string();
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status.lines().any(|l| {
+                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid.as_str())
+                })
+            })
+        })
+        .collect()
+}
+
+/// Removes workload user `user` for good: its manager stopped, whatever still runs as
+/// it killed (by PID), the user and its home (its Podman storage) deleted.
+pub async fn remove_user(
+    managers: &dyn UserManagers,
+    user: &WorkloadUser,
+) -> Result<(), RuntimeError> {
+    if !user.name.starts_with(USER_PREFIX) {
+        return Err(RuntimeError::InvalidOptions {
+            field: "user".to_owned(),
+            reason: format!("{} is not a workload user", user.name),
+        });
+    }
+    managers.stop(&user.name, Some(user.uid)).await?;
+    for _ in 0..50 {
+        let left = processes_of(user.uid);
+        if left.is_empty() {
+            break;
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = Command::new("userdel")
+        .args(["--remove", &user.name])
+        .output()
+        .await
+        .map_err(|e| spawn_err("userdel", &e))?;
+    // 6: no such user (removed meanwhile). 12: the home could not be removed
+    // completely (userdel says why) — the user itself is gone.
+    match out.status.code() {
+        Some(0 | 6) => Ok(()),
+        Some(12) => {
+            tracing::warn!(user = %user.name, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "workload user removed; its home was not removed completely");
+            Ok(())
+        }
+        _ => Err(failed(&format!("userdel --remove {}", user.name), &out)),
+    }
 }
 
 /// Instances of each workload as units of its own user's systemd manager.
@@ -603,6 +763,25 @@ impl InstanceHost for RootlessHost {
         opts: &crate::LogOptions,
     ) -> Result<crate::LogReceiver, RuntimeError> {
         self.host_for(desired).await?.logs(desired, opts).await
+    }
+
+    async fn remove_workload(
+        &self,
+        namespace: &str,
+        workload: &str,
+    ) -> Result<Option<String>, RuntimeError> {
+        let name = workload_user(namespace, workload);
+        let _lock = users_lock().await?;
+        self.hosts.lock().await.remove(&name);
+        let Some(user) = lookup_user(&name).await? else {
+            // Gone already (another agent on this host removed it): this agent's
+            // manager of it went with its processes; its runtime directory goes now.
+            self.managers.stop(&name, None).await?;
+            return Ok(None);
+        };
+        remove_user(self.managers.as_ref(), &user).await?;
+        tracing::info!(user = %name, "removed the workload user, its storage and its manager");
+        Ok(Some(format!("workload user {name}")))
     }
 }
 

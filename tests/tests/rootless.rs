@@ -247,4 +247,53 @@ async fn the_rootless_host_makes_the_user_and_runs_the_instance_as_it() {
     host.retire("h1").await.unwrap();
     assert!(host.present().await.unwrap().is_empty());
     assert!(podman.status(&x.opts.name).await.is_err());
+
+    // The workload is deleted for good: its user, home, manager and runtime
+    // directory go.
+    let manager: i32 = std::fs::read_to_string(base.path().join(&name).join("manager.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let removed = host.remove_workload("test", &workload).await.unwrap();
+    assert_eq!(removed, Some(format!("workload user {name}")));
+    assert_eq!(lookup_user(&name).await.unwrap(), None);
+    assert!(!user.home.exists(), "home removed");
+    assert!(
+        !base.path().join(&name).exists(),
+        "runtime directory removed"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{manager}")).exists(),
+        "manager stopped"
+    );
+    assert_eq!(host.remove_workload("test", &workload).await.unwrap(), None);
+}
+
+/// Agents sharing a host, and tasks of one agent, may make the same workload user at
+/// once: each gets the same user, with a home it owns and subordinate ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workload_user_made_by_many_at_once_is_whole() {
+    if find_program("useradd").is_none() {
+        eprintln!("SKIPPED: useradd is not installed");
+        return;
+    }
+    let name = workload_user("test", &format!("mk{}", std::process::id()));
+    let _cleanup = WorkloadUserCleanup(name.clone());
+    let makers: Vec<_> = (0..6)
+        .map(|_| {
+            let name = name.clone();
+            tokio::spawn(async move { kat_runtime::rootless::ensure_user(&name).await })
+        })
+        .collect();
+    let mut users = Vec::new();
+    for maker in makers {
+        users.push(maker.await.unwrap().unwrap());
+    }
+    assert!(users.windows(2).all(|w| w[0] == w[1]), "{users:?}");
+    use std::os::unix::fs::MetadataExt;
+    let home = std::fs::metadata(&users[0].home).unwrap();
+    assert_eq!(home.uid(), users[0].uid, "the home is the user's");
+    let storage = std::fs::metadata(users[0].home.join(".config/containers/storage.conf")).unwrap();
+    assert_eq!(storage.uid(), users[0].uid);
 }
