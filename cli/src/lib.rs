@@ -51,6 +51,7 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
 }
 
 pub mod instances;
+pub mod man;
 pub mod nodes;
 pub mod output;
 pub mod remote;

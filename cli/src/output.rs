@@ -212,13 +212,7 @@ pub fn events_table(events: &[Event], now: SystemTime) -> String {
             .to_vec(),
     ];
     for e in events {
-        let object = e.involved_object.as_ref().map_or_else(String::new, |o| {
-            if o.namespace.is_empty() {
-                format!("{}/{}", o.kind.to_ascii_lowercase(), o.name)
-            } else {
-                format!("{}/{}/{}", o.kind.to_ascii_lowercase(), o.namespace, o.name)
-            }
-        });
+        let object = event_object(e);
         rows.push(vec![
             e.time
                 .as_ref()
@@ -229,6 +223,38 @@ pub fn events_table(events: &[Event], now: SystemTime) -> String {
         ]);
     }
     table(&rows)
+}
+
+/// `kind/name` or `kind/namespace/name` of the event's object.
+fn event_object(e: &Event) -> String {
+    e.involved_object.as_ref().map_or_else(String::new, |o| {
+        if o.namespace.is_empty() {
+            format!("{}/{}", o.kind.to_ascii_lowercase(), o.name)
+        } else {
+            format!("{}/{}/{}", o.kind.to_ascii_lowercase(), o.namespace, o.name)
+        }
+    })
+}
+
+/// The columns of [`event_line`].
+pub fn event_line_header() -> String {
+    format!(
+        "{:<20}  {:<32}  {:<18}  MESSAGE",
+        "TIME", "OBJECT", "REASON"
+    )
+}
+
+/// One event as a line of a stream (`get events --watch`): its time rather than an
+/// age, which would go stale.
+pub fn event_line(e: &Event) -> String {
+    let object = event_object(e);
+    let time = e.time.as_ref().map(rfc3339).unwrap_or_default();
+    // Whole seconds are enough here.
+    let time = match time.split_once('.') {
+        Some((secs, _)) => format!("{secs}Z"),
+        None => time,
+    };
+    format!("{time:<20}  {object:<32}  {:<18}  {}", e.reason, e.message)
 }
 
 fn image_of(spec: &WorkloadSpec) -> String {
@@ -465,6 +491,35 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn streamed_events_show_their_time_in_whole_seconds() {
+        let e = Event {
+            time: Some(pbjson_types::Timestamp {
+                seconds: 1_796_083_200,
+                nanos: 500_000_000,
+            }),
+            reason: "Scheduled".into(),
+            message: "placed a1 on n1".into(),
+            involved_object: Some(kat_proto::v1alpha1::ObjectReference {
+                kind: "Workload".into(),
+                namespace: "default".into(),
+                name: "web".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let line = event_line(&e);
+        assert!(
+            line.starts_with("2026-12-01T00:00:00Z  workload/default/web "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("  Scheduled           placed a1 on n1"),
+            "{line}"
+        );
+        assert!(event_line_header().starts_with("TIME  "));
     }
 
     #[test]

@@ -254,16 +254,53 @@ pub async fn get_instances(
 }
 
 /// `katcall get events`.
+/// Which events `katcall get events` shows.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// `kind/name` of the involved object; empty: all.
+    pub involved: String,
+    pub since: Option<SystemTime>,
+    /// Keep printing new events.
+    pub watch: bool,
+}
+
+/// `katcall get events [KIND/NAME] [--since D] [--watch]`.
 pub async fn get_events(
     mut client: Client,
     namespace: Option<&str>,
+    filter: &EventFilter,
     format: OutputFormat,
 ) -> CmdResult {
+    let request = api::ListEventsRequest {
+        namespace: namespace.unwrap_or_default().to_owned(),
+        involved: filter.involved.clone(),
+        since: filter.since.map(kat_proto::timestamp),
+    };
+    if filter.watch {
+        // What there is, then each new event as it comes: one line (or one JSON
+        // object, or one YAML document) per event.
+        let mut stream = client
+            .watch_events(request)
+            .await
+            .map_err(CmdError::from)?
+            .into_inner();
+        if format == OutputFormat::Table {
+            println!("{}", output::event_line_header());
+        }
+        while let Some(e) = stream.message().await.map_err(CmdError::from)? {
+            match format {
+                OutputFormat::Table => println!("{}", output::event_line(&e)),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string(&e).map_err(|e| CmdError::from(e.to_string()))?
+                ),
+                OutputFormat::Yaml => print!("---\n{}", encode(&e, format)?),
+            }
+        }
+        return Ok(());
+    }
     let list = client
-        .list_events(api::ListEventsRequest {
-            namespace: namespace.unwrap_or_default().to_owned(),
-            ..Default::default()
-        })
+        .list_events(request)
         .await
         .map_err(CmdError::from)?
         .into_inner();

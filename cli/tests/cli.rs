@@ -271,6 +271,16 @@ fn version_and_completion_work() {
     let out = katcall(&["completion", "bash"]);
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("_katcall()"));
+    // Manual pages, with every command.
+    let page = text(&katcall(&["man"]).stdout);
+    assert!(page.starts_with(".TH KATCALL 1 "), "{page}");
+    for cmd in ["apply", "rollout status", "token create", "delete workload"] {
+        assert!(page.contains(&format!(".SS \"katcall {cmd}\"")), "{cmd}");
+    }
+    assert!(page.contains("\\fB\\-\\-purge\\-volumes\\fR"), "{page}");
+    let page = text(&kat_agent(&["man"]).stdout);
+    assert!(page.starts_with(".TH KAT-AGENT 8 "), "{page}");
+    assert!(page.contains(".SS \"kat\\-agent join\""), "{page}");
 }
 
 #[test]
@@ -278,4 +288,10 @@ fn bad_arguments_are_refused_with_usage() {
     let out = katcall(&["get", "pods"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("invalid value 'pods'"));
+    let out = katcall(&["get", "workloads", "--watch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "katcall get: --since and --watch are for events only"
+    );
 }

@@ -609,6 +609,29 @@ fn run(flow: &Flow) {
         },
     );
     eprintln!("n3's instance running elsewhere {moved:?} after SIGKILL");
+    // Events of one object, and only recent ones.
+    // (Nodes are in no namespace: no -n.)
+    let lost = ok(&katcall(
+        kc,
+        &["get", "events", &format!("node/{n3}"), "-o", "json"],
+    ));
+    let lost: serde_json::Value = serde_json::from_str(&lost).unwrap();
+    let items = lost["items"].as_array().unwrap();
+    assert!(items.iter().any(|e| e["reason"] == "NodeLost"), "{items:?}");
+    assert!(
+        items
+            .iter()
+            .all(|e| e["involvedObject"]["name"] == n3.as_str()),
+        "{items:?}"
+    );
+    let all = ok(&flow.kat(&["get", "events", "-o", "json"]));
+    let recent = ok(&flow.kat(&["get", "events", "--since", "5s", "-o", "json"]));
+    let count = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text).unwrap()["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(count(&recent) < count(&all), "{recent}");
 
     // A DAEMON_SERVICE: one instance on every Ready node.
     ok(&flow.kat(&[
@@ -714,7 +737,24 @@ spec:
         },
     );
 
-    // A JOB: two runs, one at a time.
+    // A JOB: two runs, one at a time; an event watch started before sees it complete.
+    let watched = flow.path("events.ndjson");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_katcall"))
+        .arg("--config")
+        .arg(kc)
+        .args([
+            "-n",
+            ns,
+            "get",
+            "events",
+            "workload/count",
+            "--watch",
+            "-o",
+            "json",
+        ])
+        .stdout(std::fs::File::create(&watched).unwrap())
+        .spawn()
+        .unwrap();
     let ran = Instant::now();
     ok(&flow.kat(&[
         "apply",
@@ -742,6 +782,22 @@ spec:
         let logs = ok(&flow.kat(&["logs", &format!("count/{}", runs[0].id)]));
         assert_eq!(logs.trim(), "counted");
     }
+    wait_until(
+        "the watch sees JobCompleted",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&watched).is_ok_and(|t| t.contains("JobCompleted")),
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen: Vec<serde_json::Value> = std::fs::read_to_string(&watched)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        seen.iter().all(|e| e["involvedObject"]["name"] == "count"),
+        "{seen:?}"
+    );
 
     // Delete: the instances go, and on Podman their containers; the volumes go on
     // the Ready nodes, and the dead one is named as keeping its own.

@@ -165,6 +165,8 @@ enum Command {
     },
     /// Print kat-agent's version.
     Version,
+    /// Print this manual page (roff): kat-agent man > kat-agent.8; man -l kat-agent.8
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -173,6 +175,25 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Version => {
             println!("kat-agent {}", kat_proto::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            print!(
+                "{}",
+                kat_cli::man::render(
+                    &Cli::command(),
+                    8,
+                    kat_proto::VERSION,
+                    &[
+                        (
+                            "FILES",
+                            ".TP\n\\fISTATE_DIR\\fR (default /var/lib/kat)\nAll of a node's files: etcd data, keys and certificates, caches, \\fBkatcall.yaml\\fR and \\fBjoin\\-token\\fR (init).",
+                        ),
+                        ("SEE ALSO", "\\fBkatcall\\fR(1)"),
+                    ],
+                )
+            );
             ExitCode::SUCCESS
         }
         Command::Init { config, node } => {

@@ -70,10 +70,19 @@ enum Command {
         timeout: String,
     },
     /// List or show resources.
+    ///
+    /// For events, NAME picks those of one object (KIND/NAME, e.g. workload/web or
+    /// node/n1); newest last.
     Get {
         #[arg(value_enum)]
         resource: Resource,
         name: Option<String>,
+        /// Events only: those newer than this (e.g. 10m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Events only: keep printing new ones as they are recorded (Ctrl-C ends).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show a resource's spec, status, instances, recent events and pending reasons.
     Describe {
@@ -161,6 +170,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print this manual page (roff): katcall man > katcall.1; man -l katcall.1
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -248,6 +259,18 @@ fn main() -> ExitCode {
         server: cli.server.clone(),
         token: cli.token.clone(),
     };
+    if let Command::Get {
+        resource,
+        since,
+        watch,
+        ..
+    } = &cli.command
+        && !matches!(resource, Resource::Events)
+        && (since.is_some() || *watch)
+    {
+        eprintln!("katcall get: --since and --watch are for events only");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Command::Validate { paths } => validate(&paths, cli.output),
         Command::Version => {
@@ -265,6 +288,29 @@ fn main() -> ExitCode {
                     Ok(())
                 });
             }
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            print!(
+                "{}",
+                kat_cli::man::render(
+                    &Cli::command(),
+                    1,
+                    kat_proto::VERSION,
+                    &[
+                        (
+                            "FILES",
+                            ".TP\n\\fI~/.config/kat/config\\fR\nServer URL, CA certificate and token (contexts for several clusters).\n\
+                             .TP\n\\fISTATE_DIR/katcall.yaml\\fR\nThe admin configuration \\fBkat\\-agent init\\fR writes (mode 0600).",
+                        ),
+                        (
+                            "EXIT STATUS",
+                            "0 on success; 1 with a one\\-line error on stderr; 2 for bad arguments; \\fBexec\\fR exits with the command's status.",
+                        ),
+                        ("SEE ALSO", "\\fBkat\\-agent\\fR(8)"),
+                    ],
+                )
+            );
             ExitCode::SUCCESS
         }
         Command::Completion { shell } => {
@@ -322,18 +368,21 @@ fn main() -> ExitCode {
         Command::Get {
             resource: resource @ (Resource::Nodes | Resource::Node),
             name,
+            ..
         } => remote(&source, "get", |client| {
             get_nodes(client, resource, name.clone(), cli.output)
         }),
         Command::Get {
             resource: Resource::Workloads,
             name,
+            ..
         } => remote(&source, "get", |client| {
             workloads::get_workloads(client, ns, name.clone(), cli.output)
         }),
         Command::Get {
             resource: Resource::Workload,
             name: None,
+            ..
         } => {
             eprintln!("katcall get: which workload? (katcall get workload NAME)");
             ExitCode::FAILURE
@@ -341,24 +390,44 @@ fn main() -> ExitCode {
         Command::Get {
             resource: Resource::Workload,
             name,
+            ..
         } => remote(&source, "get", |client| {
             workloads::get_workloads(client, ns, name.clone(), cli.output)
         }),
         Command::Get {
             resource: Resource::Instances,
             name,
+            ..
         } => remote(&source, "get", |client| {
             workloads::get_instances(client, ns, name.clone(), cli.output)
         }),
         Command::Get {
             resource: Resource::Events,
-            ..
-        } => remote(&source, "get", |client| {
-            workloads::get_events(client, ns, cli.output)
-        }),
+            name,
+            since,
+            watch,
+        } => {
+            let since = match since.as_deref().map(output::parse_duration) {
+                None => None,
+                Some(Ok(d)) => Some(std::time::SystemTime::now() - d),
+                Some(Err(e)) => {
+                    eprintln!("katcall get events: --since {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let filter = workloads::EventFilter {
+                involved: name.unwrap_or_default(),
+                since,
+                watch,
+            };
+            remote(&source, "get", |client| {
+                workloads::get_events(client, ns, &filter, cli.output)
+            })
+        }
         Command::Get {
             resource: Resource::Namespace,
             name: None,
+            ..
         } => {
             eprintln!("katcall get: which namespace? (katcall get namespace NAME)");
             ExitCode::FAILURE
@@ -366,6 +435,7 @@ fn main() -> ExitCode {
         Command::Get {
             resource: Resource::Namespaces | Resource::Namespace,
             name,
+            ..
         } => remote(&source, "get", |client| {
             workloads::get_namespaces(client, name.clone(), cli.output)
         }),
