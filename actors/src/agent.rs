@@ -335,6 +335,7 @@ fn prepared(
         u16::try_from(agent_port).unwrap_or_default(),
     ));
     agent.remember_targets = Some(remember_targets(dir, &identity));
+    agent.capacity = Some(crate::node::host_capacity);
     PreparedNode {
         identity,
         state_dir: dir.to_path_buf(),

@@ -281,7 +281,17 @@ pub struct HeartbeatArgs {
     /// The leader's node name, as its last heartbeat answer said (the agent API takes
     /// calls from that node only).
     pub leader_node: LeaderNodeCell,
+    /// Measures what this host has (CPU, memory, GPUs), reported with heartbeats and
+    /// measured again every [`CAPACITY_REFRESH`]; `None`: not reported (simulations,
+    /// whose nodes have the capacity they joined with).
+    pub capacity: Option<CapacityProbe>,
 }
+
+/// See [`HeartbeatArgs::capacity`].
+pub type CapacityProbe = fn() -> kat_proto::v1alpha1::NodeResources;
+
+/// How often a node measures its capacity again (GPU discovery runs `nvidia-smi`).
+pub const CAPACITY_REFRESH: Duration = Duration::from_secs(300);
 
 /// See [`HeartbeatArgs::leader_node`].
 pub type LeaderNodeCell = Arc<std::sync::Mutex<String>>;
@@ -315,6 +325,8 @@ pub struct HeartbeatState {
     report_queued: bool,
     /// Follows the reports cell.
     reports_watch: Option<tokio::task::JoinHandle<()>>,
+    /// The last measured capacity, and when.
+    capacity: Option<(Instant, kat_proto::v1alpha1::NodeResources)>,
 }
 
 impl Drop for HeartbeatState {
@@ -339,6 +351,16 @@ impl Heartbeat {
 
 impl HeartbeatState {
     fn request(&self, rejoining: bool) -> HeartbeatRequest {
+        let owners: std::collections::HashMap<String, (String, String)> = self
+            .args
+            .synced
+            .borrow()
+            .assignments
+            .iter()
+            .flatten()
+            .filter_map(|a| a.instance.as_ref())
+            .map(|i| (i.id.clone(), (i.namespace.clone(), i.workload.clone())))
+            .collect();
         HeartbeatRequest {
             node_name: self.args.node.clone(),
             node_status: Some(NodeStatus {
@@ -346,6 +368,7 @@ impl HeartbeatState {
                 ..Default::default()
             }),
             rejoining,
+            allocatable: self.capacity.as_ref().map(|(_, c)| c.clone()),
             synced_revision: self.args.synced.borrow().revision,
             instances: self
                 .args
@@ -354,20 +377,42 @@ impl HeartbeatState {
                 .map(|r| {
                     r.borrow()
                         .iter()
-                        .map(|(id, status)| InstanceReport {
-                            id: id.clone(),
-                            status: Some(status.clone()),
+                        .map(|(id, status)| {
+                            let (namespace, workload) = owners.get(id).cloned().unwrap_or_default();
+                            InstanceReport {
+                                id: id.clone(),
+                                status: Some(status.clone()),
+                                namespace,
+                                workload,
+                            }
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
-            ..Default::default()
         }
     }
 
     /// One round: each known address once, starting with the last that answered; a
     /// member that points to the leader is followed at once.
+    /// Measures the host's capacity again when it is due.
+    async fn refresh_capacity(&mut self) {
+        let Some(probe) = self.args.capacity else {
+            return;
+        };
+        if self
+            .capacity
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < CAPACITY_REFRESH)
+        {
+            return;
+        }
+        if let Ok(measured) = tokio::task::spawn_blocking(probe).await {
+            self.capacity = Some((Instant::now(), measured));
+        }
+    }
+
     async fn send(&mut self, rejoining: bool) -> Option<HeartbeatResponse> {
+        self.refresh_capacity().await;
         let n = self.args.targets.len() + 1;
         for _ in 0..n {
             let target = self.args.targets[self.current].clone();
@@ -520,6 +565,7 @@ impl Actor for Heartbeat {
             last_ok: Instant::now(),
             last_response: None,
             sync: None,
+            capacity: None,
         })
     }
 

@@ -161,6 +161,8 @@ pub struct AgentOptions {
     pub agent_api: Option<std::net::SocketAddr>,
     /// The leader's node name as heartbeats learn it (the agent API's one caller).
     pub leader_node: crate::heartbeat::LeaderNodeCell,
+    /// Measures the host's capacity for heartbeats (real nodes only).
+    pub capacity: Option<crate::heartbeat::CapacityProbe>,
 }
 
 /// What the Runtime actor of a node works with.
@@ -199,6 +201,7 @@ impl AgentOptions {
             remember_targets: None,
             agent_api: None,
             leader_node: Arc::default(),
+            capacity: None,
         }
     }
 }
@@ -224,6 +227,7 @@ fn agent_spec(opts: &AgentOptions) -> ChildSpec {
         remember_targets: opts.remember_targets.clone(),
         learned: Arc::default(),
         leader_node: opts.leader_node.clone(),
+        capacity: opts.capacity,
     };
     let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
         heartbeat_args.clone()

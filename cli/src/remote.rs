@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 #[derive(Debug, Default, Clone)]
 pub struct ConfigSource {
     pub file: Option<PathBuf>,
+    /// `--context`: which cluster of a file that lists several.
+    pub context: Option<String>,
     pub server: Option<String>,
     pub token: Option<String>,
 }
@@ -48,7 +50,11 @@ pub fn load_config(source: &ConfigSource) -> Result<KatcallConfig, String> {
         }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let mut config = KatcallConfig::parse(&path.display().to_string(), &text)?;
+    let mut config = parse_config(
+        &path.display().to_string(),
+        &text,
+        source.context.as_deref(),
+    )?;
     if let Some(server) = &source.server {
         if !server.starts_with("https://") {
             return Err(format!("--server {server:?}: must start with https://"));
@@ -59,6 +65,81 @@ pub fn load_config(source: &ConfigSource) -> Result<KatcallConfig, String> {
         config.token = token.trim().to_owned();
     }
     Ok(config)
+}
+
+/// A configuration file's cluster: the file itself (what `kat-agent init` writes), or
+/// one of its `contexts` (several clusters: `currentContext` names the one used unless
+/// `--context` says):
+///
+/// ```yaml
+/// currentContext: home
+/// contexts:
+///   - name: home
+///     server: https://192.168.1.10:9115
+///     certificateAuthority: |
+///       -----BEGIN CERTIFICATE-----
+///       ...
+///     token: <id>.<secret>
+///   - name: lab
+///     ...
+/// ```
+pub fn parse_config(
+    origin: &str,
+    text: &str,
+    context: Option<&str>,
+) -> Result<KatcallConfig, String> {
+    let value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+    let Some(contexts) = value.get("contexts") else {
+        if let Some(name) = context {
+            return Err(format!(
+                "{origin}: --context {name:?}: this file has no contexts (it is one cluster's; \
+                 list clusters under `contexts:` to choose among them)"
+            ));
+        }
+        return KatcallConfig::parse(origin, text);
+    };
+    if let Some(map) = value.as_mapping() {
+        for key in map.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if key != "contexts" && key != "currentContext" {
+                return Err(format!(
+                    "{origin}: {key}: unknown field beside contexts (expected contexts, currentContext)"
+                ));
+            }
+        }
+    }
+    let list = contexts
+        .as_sequence()
+        .ok_or_else(|| format!("{origin}: contexts: must be a list"))?;
+    let names: Vec<&str> = list
+        .iter()
+        .map(|c| c.get("name").and_then(|n| n.as_str()).unwrap_or_default())
+        .collect();
+    let current = value.get("currentContext").and_then(|c| c.as_str());
+    let wanted = match (context, current) {
+        (Some(name), _) | (None, Some(name)) => name,
+        (None, None) if names.len() == 1 => names[0],
+        (None, None) => {
+            return Err(format!(
+                "{origin}: several contexts ({}) and no currentContext: pass --context NAME \
+                 or set KAT_CONTEXT",
+                names.join(", ")
+            ));
+        }
+    };
+    let Some(index) = names.iter().position(|n| *n == wanted) else {
+        return Err(format!(
+            "{origin}: no context {wanted:?} (there are: {})",
+            names.join(", ")
+        ));
+    };
+    let mut entry = list[index].clone();
+    if let Some(map) = entry.as_mapping_mut() {
+        map.remove("name");
+    }
+    let body = serde_yaml_ng::to_string(&entry).map_err(|e| format!("{origin}: {e}"))?;
+    KatcallConfig::parse(&format!("{origin} (context {wanted})"), &body)
 }
 
 /// Adds `authorization: Bearer <token>` to every request.
@@ -151,5 +232,81 @@ impl From<tonic::Status> for CmdError {
             leader_api,
             unreachable,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const TOKEN_A: &str = "aaaaaaaaaaaa.0123456789abcdef0123456789abcdef";
+    const TOKEN_B: &str = "bbbbbbbbbbbb.0123456789abcdef0123456789abcdef";
+
+    fn indented(pem: &str, by: usize) -> String {
+        pem.lines()
+            .map(|l| format!("{}{l}\n", " ".repeat(by)))
+            .collect()
+    }
+
+    fn two_clusters(current: Option<&str>) -> String {
+        let ca = kat_actors::pki::ca::generate_ca("test").unwrap().cert_pem;
+        let mut text = String::new();
+        if let Some(c) = current {
+            text.push_str(&format!("currentContext: {c}\n"));
+        }
+        text.push_str("contexts:\n");
+        for (name, port, token) in [("home", 9115, TOKEN_A), ("lab", 9116, TOKEN_B)] {
+            text.push_str(&format!(
+                "  - name: {name}\n    server: https://10.0.0.1:{port}\n    token: {token}\n    certificateAuthority: |\n{}",
+                indented(&ca, 6)
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn a_context_is_chosen_by_flag_then_current_context() {
+        let text = two_clusters(Some("home"));
+        let home = parse_config("f", &text, None).unwrap();
+        assert_eq!(home.server, "https://10.0.0.1:9115");
+        assert_eq!(home.token, TOKEN_A);
+        let lab = parse_config("f", &text, Some("lab")).unwrap();
+        assert_eq!(lab.server, "https://10.0.0.1:9116");
+        assert_eq!(lab.token, TOKEN_B);
+        assert_eq!(
+            parse_config("f", &text, Some("work")).unwrap_err(),
+            "f: no context \"work\" (there are: home, lab)"
+        );
+    }
+
+    #[test]
+    fn several_contexts_without_a_current_one_need_the_flag() {
+        let text = two_clusters(None);
+        let err = parse_config("f", &text, None).unwrap_err();
+        assert!(err.contains("several contexts (home, lab)"), "{err}");
+        assert!(parse_config("f", &text, Some("lab")).is_ok());
+    }
+
+    #[test]
+    fn a_one_cluster_file_refuses_a_context_and_bad_contexts_name_their_field() {
+        let ca = kat_actors::pki::ca::generate_ca("test").unwrap().cert_pem;
+        let flat = format!(
+            "server: https://10.0.0.1:9115\ntoken: {TOKEN_A}\ncertificateAuthority: |\n{}",
+            indented(&ca, 2)
+        );
+        assert!(parse_config("f", &flat, None).is_ok());
+        let err = parse_config("f", &flat, Some("home")).unwrap_err();
+        assert!(err.contains("this file has no contexts"), "{err}");
+        let bad = two_clusters(Some("home")).replace("https://10.0.0.1:9115", "http://x");
+        let err = parse_config("f", &bad, None).unwrap_err();
+        assert!(
+            err.starts_with("f (context home): server: \"http://x\" must start with https://"),
+            "{err}"
+        );
+        let err = parse_config("f", "contexts: {}\n", None).unwrap_err();
+        assert_eq!(err, "f: contexts: must be a list");
+        let err = parse_config("f", "contexts: []\nextra: 1\n", None).unwrap_err();
+        assert!(err.starts_with("f: extra: unknown field"), "{err}");
     }
 }

@@ -496,6 +496,7 @@ fn run(flow: &Flow) {
     assert!(listed.lines().nth(1).unwrap().contains("3/3"), "{listed}");
     let described = ok(&flow.kat(&["describe", "workload", "web"]));
     assert!(described.contains("Scheduled"), "{described}");
+    assert!(described.contains("InstanceStarted"), "{described}");
     assert!(described.contains("ROLLING (maxSurge 1)"), "{described}");
 
     // Logs and exec of an instance on another node, through the leader.
@@ -610,6 +611,8 @@ fn run(flow: &Flow) {
     );
     eprintln!("n3's instance running elsewhere {moved:?} after SIGKILL");
     // Events of one object, and only recent ones.
+    let joined = ok(&katcall(kc, &["get", "events", &format!("node/{n2}")]));
+    assert!(joined.contains("NodeJoined"), "{joined}");
     // (Nodes are in no namespace: no -n.)
     let lost = ok(&katcall(
         kc,

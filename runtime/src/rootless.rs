@@ -528,11 +528,20 @@ impl UserManagers for AgentStarted {
         for hierarchy in cgroup_hierarchies() {
             remove_cgroup(&hierarchy.join(agent_started_cgroup(&self.tag, name)));
         }
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(spawn_err(&dir.display().to_string(), &e)),
+        // What the manager and the user's Podman leave there may still be settling
+        // (a process of the user exiting): a few tries; a leftover on this tmpfs is
+        // harmless, so it is only reported.
+        for attempt in 1..=10 {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if attempt == 10 => {
+                    tracing::warn!(path = %dir.display(), error = %e, "cannot remove the workload user's runtime directory; left in place");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
+        Ok(())
     }
 }
 

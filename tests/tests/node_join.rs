@@ -317,6 +317,101 @@ async fn a_joined_node_heartbeats_as_itself_only() {
     assert_eq!(status.state(), NodeState::Ready);
     assert!(status.last_heartbeat.is_some());
 
+    // A heartbeat that reports other capacity (a GPU appeared) updates the
+    // registration, with an event; the join made one too.
+    let events = |reason: &'static str| {
+        let store = leader.store.clone();
+        async move {
+            let (kvs, _) = store.list("/kat/events/").await.unwrap();
+            kvs.iter()
+                .filter_map(|kv| kat_proto::v1alpha1::Event::decode(kv.value.as_slice()).ok())
+                .filter(|e| e.reason == reason)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(events("NodeJoined").await.len(), 2, "w1 and w2 joined");
+    let gpu = kat_proto::v1alpha1::NodeResources {
+        cpu_millis: 4000,
+        memory_bytes: 8 << 30,
+        gpus: vec![kat_proto::v1alpha1::Gpu {
+            driver: kat_proto::v1alpha1::GpuDriver::Nvidia.into(),
+            model: "RTX 4090".to_owned(),
+            vram_mb: 24_564,
+            index: 0,
+        }],
+    };
+    let mut with_gpu = beat("w1");
+    with_gpu.allocatable = Some(gpu.clone());
+    w1.heartbeat(with_gpu.clone()).await.unwrap();
+    let node = leader.store.get(&node_key("w1")).await.unwrap().unwrap();
+    let node = kat_proto::v1alpha1::Node::decode(node.value.as_slice()).unwrap();
+    let spec = node.spec.unwrap();
+    assert_eq!(spec.capacity.as_ref(), Some(&gpu));
+    assert_eq!(spec.allocatable.as_ref(), Some(&gpu));
+    let changed = events("NodeCapacityChanged").await;
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert!(changed[0].message.contains("RTX 4090"), "{changed:?}");
+    w1.heartbeat(with_gpu).await.unwrap();
+    assert_eq!(
+        events("NodeCapacityChanged").await.len(),
+        1,
+        "no change, no event"
+    );
+
+    // Instance reports: a start, a restart and a failed health check become events of
+    // the instance's workload.
+    use kat_proto::v1alpha1::instance_status::Health;
+    use kat_proto::v1alpha1::{InstancePhase, InstanceReport, InstanceStatus};
+    let report = |phase: InstancePhase, restarts: u32, health: Health| {
+        let mut b = beat("w1");
+        b.instances = vec![InstanceReport {
+            id: "a1b2c3d4".to_owned(),
+            namespace: "default".to_owned(),
+            workload: "web".to_owned(),
+            status: Some(InstanceStatus {
+                phase: phase.into(),
+                restarts,
+                health: health.into(),
+                ..Default::default()
+            }),
+        }];
+        b
+    };
+    w1.heartbeat(report(InstancePhase::Running, 0, Health::Starting))
+        .await
+        .unwrap();
+    w1.heartbeat(report(InstancePhase::Running, 1, Health::Unhealthy))
+        .await
+        .unwrap();
+    w1.heartbeat(report(InstancePhase::Running, 1, Health::Unhealthy))
+        .await
+        .unwrap();
+    let mut failed = report(InstancePhase::Failed, 1, Health::Unhealthy);
+    if let Some(st) = failed.instances[0].status.as_mut() {
+        st.exit_code = 3;
+        st.reason = "Exited".to_owned();
+    }
+    w1.heartbeat(failed).await.unwrap();
+    let found = events("InstanceFailed").await;
+    assert!(
+        found.len() == 1 && found[0].message.ends_with("failed (exit code 3): Exited"),
+        "{found:?}"
+    );
+    for reason in ["InstanceStarted", "InstanceRestarted", "InstanceUnhealthy"] {
+        let found = events(reason).await;
+        assert_eq!(found.len(), 1, "{reason}: {found:?}");
+        let object = found[0].involved_object.clone().unwrap();
+        assert_eq!(
+            (
+                object.kind.as_str(),
+                object.namespace.as_str(),
+                object.name.as_str()
+            ),
+            ("Workload", "default", "web")
+        );
+        assert!(found[0].message.contains("a1b2c3d4") && found[0].message.contains("w1"));
+    }
+
     // w1's certificate cannot speak for w2.
     let err = w1.heartbeat(beat("w2")).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");

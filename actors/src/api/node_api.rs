@@ -245,6 +245,22 @@ pub async fn join(
         record.used = true;
         then.push(TxnOp::put(&token_key, record.encode_to_vec()));
     }
+    let (event_key, event) = node_event(
+        &req.node_name,
+        "NodeJoined",
+        EventSeverity::Normal,
+        format!(
+            "joined as {} from {address}",
+            if control_plane {
+                "a control-plane member"
+            } else {
+                "a worker"
+            }
+        ),
+        now,
+    );
+    let lease = ctx.events.get(ctx.store.as_ref()).await;
+    then.push(TxnOp::put_leased(event_key, event.encode_to_vec(), lease));
     let txn = Txn::new()
         .when([
             ctx.leader.fence(),
@@ -335,12 +351,22 @@ pub async fn heartbeat(
         .get(&node_key(caller))
         .await
         .map_err(unavailable)?;
-    if registered.is_none() {
+    let Some(registered) = registered else {
         return Err(Status::not_found(format!(
             "node {caller:?} is not registered (join first)"
         )));
+    };
+    if let Some(reported) = &req.allocatable {
+        update_capacity(ctx, caller, &registered, reported, now).await;
     }
-    let instance_ops = instance_status_ops(ctx.store.as_ref(), caller, &req.instances).await?;
+    let (mut instance_ops, instance_events) =
+        instance_status_ops(ctx.store.as_ref(), caller, &req.instances, now).await?;
+    if !instance_events.is_empty() {
+        let lease = ctx.events.get(ctx.store.as_ref()).await;
+        for (key, event) in instance_events {
+            instance_ops.push(TxnOp::put_leased(key, event.encode_to_vec(), lease));
+        }
+    }
     let mut status = req.node_status.unwrap_or_default();
     status.state = NodeState::Ready.into();
     status.last_heartbeat = Some(kat_proto::timestamp(now));
@@ -396,13 +422,133 @@ pub async fn heartbeat(
     ))
 }
 
+/// Records what a node reports it has (CPU, memory, GPUs: SPEC §7) when that differs
+/// from its registration, with a NodeCapacityChanged event. A conflicting write (the
+/// registration changed meanwhile) is left to the next heartbeat.
+async fn update_capacity(
+    ctx: &NodeApiContext,
+    caller: &str,
+    registered: &crate::store::KeyValue,
+    reported: &kat_proto::v1alpha1::NodeResources,
+    now: SystemTime,
+) {
+    let Ok(mut node) = Node::decode(registered.value.as_slice()) else {
+        return;
+    };
+    let spec = node.spec.get_or_insert_with(Default::default);
+    if spec.capacity.as_ref() == Some(reported) {
+        return;
+    }
+    spec.capacity = Some(reported.clone());
+    spec.allocatable = Some(reported.clone());
+    let gpus: Vec<String> = reported
+        .gpus
+        .iter()
+        .map(|g| format!("{:?} {}", g.driver(), g.model).trim().to_owned())
+        .collect();
+    let message = format!(
+        "capacity now {} millicores, {} MiB{}",
+        reported.cpu_millis,
+        reported.memory_bytes / (1024 * 1024),
+        if gpus.is_empty() {
+            String::new()
+        } else {
+            format!(", GPUs: {}", gpus.join(", "))
+        }
+    );
+    let (event_key, event) = node_event(
+        caller,
+        "NodeCapacityChanged",
+        EventSeverity::Normal,
+        message,
+        now,
+    );
+    let lease = ctx.events.get(ctx.store.as_ref()).await;
+    let key = node_key(caller);
+    let txn = Txn::new()
+        .when([
+            ctx.leader.fence(),
+            Compare::unchanged(&key, registered.mod_revision),
+        ])
+        .and_then([
+            TxnOp::put(&key, node.encode_to_vec()),
+            TxnOp::put_leased(event_key, event.encode_to_vec(), lease),
+        ]);
+    match ctx.store.txn(txn).await {
+        Ok(r) if r.succeeded => {
+            tracing::info!(node = %caller, "node capacity updated from its heartbeat");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(node = %caller, error = %e, "capacity update not written"),
+    }
+}
+
+/// The events a changed instance status makes (SPEC §12): started, failed, restarted,
+/// unhealthy — each under the instance's workload, so `describe workload` shows them.
+fn instance_events(
+    caller: &str,
+    report: &kat_proto::v1alpha1::InstanceReport,
+    old: Option<&kat_proto::v1alpha1::InstanceStatus>,
+) -> Vec<(&'static str, EventSeverity, String)> {
+    use kat_proto::v1alpha1::InstancePhase;
+    use kat_proto::v1alpha1::instance_status::Health;
+    let new = report.status.clone().unwrap_or_default();
+    let default = kat_proto::v1alpha1::InstanceStatus::default();
+    let old = old.unwrap_or(&default);
+    let id = &report.id;
+    let mut events = Vec::new();
+    let became = |phase: InstancePhase| new.phase() == phase && old.phase() != phase;
+    if became(InstancePhase::Running) {
+        events.push((
+            "InstanceStarted",
+            EventSeverity::Normal,
+            format!("instance {id} running on {caller}"),
+        ));
+    }
+    if became(InstancePhase::Failed) {
+        let why = [new.reason.as_str(), new.message.as_str()]
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        let mut message = format!("instance {id} on {caller} failed");
+        if new.exit_code != 0 {
+            message.push_str(&format!(" (exit code {})", new.exit_code));
+        }
+        if !why.is_empty() {
+            message.push_str(&format!(": {why}"));
+        }
+        events.push(("InstanceFailed", EventSeverity::Warning, message));
+    }
+    if new.restarts > old.restarts {
+        events.push((
+            "InstanceRestarted",
+            EventSeverity::Warning,
+            format!(
+                "instance {id} on {caller} restarted ({} restarts)",
+                new.restarts
+            ),
+        ));
+    }
+    if new.health() == Health::Unhealthy && old.health() != Health::Unhealthy {
+        events.push((
+            "InstanceUnhealthy",
+            EventSeverity::Warning,
+            format!("instance {id} on {caller} failed its health check"),
+        ));
+    }
+    events
+}
+
 /// The writes that make `/kat/status/instances/<caller>/` what the node reports:
-/// changed statuses put, statuses of instances it no longer has deleted.
+/// changed statuses put, statuses of instances it no longer has deleted; and the
+/// events the changes make.
 async fn instance_status_ops(
     store: &dyn StateStore,
     caller: &str,
     reports: &[kat_proto::v1alpha1::InstanceReport],
-) -> Result<Vec<TxnOp>, Status> {
+    now: SystemTime,
+) -> Result<(Vec<TxnOp>, Vec<(String, kat_proto::v1alpha1::Event)>), Status> {
     use super::workloads::{INSTANCE_STATUS_PREFIX, instance_status_key};
     let (stored, _) = store
         .list(&format!("{INSTANCE_STATUS_PREFIX}{caller}/"))
@@ -411,6 +557,7 @@ async fn instance_status_ops(
     let stored: std::collections::HashMap<String, Vec<u8>> =
         stored.into_iter().map(|kv| (kv.key, kv.value)).collect();
     let mut ops = Vec::new();
+    let mut events = Vec::new();
     let mut reported = std::collections::HashSet::new();
     for r in reports {
         // IDs become key segments: anything but a DNS label is not ours.
@@ -420,6 +567,23 @@ async fn instance_status_ops(
         let key = instance_status_key(caller, &r.id);
         let value = r.status.clone().unwrap_or_default().encode_to_vec();
         if stored.get(&key) != Some(&value) {
+            if !r.namespace.is_empty() && !r.workload.is_empty() {
+                let old = stored
+                    .get(&key)
+                    .and_then(|v| kat_proto::v1alpha1::InstanceStatus::decode(v.as_slice()).ok());
+                for (reason, severity, message) in instance_events(caller, r, old.as_ref()) {
+                    // Distinct times, so events of one heartbeat get distinct keys.
+                    let at = now + Duration::from_nanos(events.len() as u64);
+                    events.push(super::workloads::workload_event(
+                        &r.namespace,
+                        &r.workload,
+                        reason,
+                        severity,
+                        message,
+                        at,
+                    ));
+                }
+            }
             ops.push(TxnOp::put(&key, value));
         }
         reported.insert(key);
@@ -429,7 +593,7 @@ async fn instance_status_ops(
             ops.push(TxnOp::delete(key));
         }
     }
-    Ok(ops)
+    Ok((ops, events))
 }
 
 /// The WireGuard peers node `caller` should have: every other registered node.

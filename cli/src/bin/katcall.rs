@@ -256,6 +256,7 @@ fn main() -> ExitCode {
     let ns = cli.namespace.as_deref();
     let source = ConfigSource {
         file: cli.config.clone(),
+        context: cli.context.clone(),
         server: cli.server.clone(),
         token: cli.token.clone(),
     };

@@ -170,13 +170,10 @@ impl NodeInfo {
         }
         match d.gpu {
             None => Ok(None),
+            // The smallest GPU that does, leaving big ones for big asks.
             Some(need) => self
-                .gpus
-                .iter()
-                .filter(|g| !self.used_gpus.contains(&g.index) && gpu_matches(g, need))
-                // The smallest GPU that does, leaving big ones for big asks.
-                .min_by_key(|g| (g.vram_mb, g.index))
-                .map(|g| Some(g.index))
+                .free_gpu(need)
+                .map(Some)
                 .ok_or(Cow::Borrowed("no free GPU matching the request")),
         }
     }
@@ -211,11 +208,22 @@ impl NodeInfo {
             / 2
     }
 
-    /// Records an instance placed here.
+    /// The free GPU placing `d` here would take (the smallest that fits).
+    fn free_gpu(&self, need: GpuNeed) -> Option<u32> {
+        self.gpus
+            .iter()
+            .filter(|g| !self.used_gpus.contains(&g.index) && gpu_matches(g, need))
+            .min_by_key(|g| (g.vram_mb, g.index))
+            .map(|g| g.index)
+    }
+
+    /// Records an instance placed here. `gpu: None` for a demand that asks for one
+    /// (an instance placed in an earlier round: which card it got is not kept) takes
+    /// the card placing it now would take, so GPUs in use stay counted.
     pub fn add(&mut self, d: &Demand, gpu: Option<u32>) {
         self.used_cpu_millis += d.cpu_millis;
         self.used_memory_bytes += d.memory_bytes;
-        if let Some(g) = gpu {
+        if let Some(g) = gpu.or_else(|| d.gpu.and_then(|need| self.free_gpu(need))) {
             self.used_gpus.insert(g);
         }
         // No new key (an allocation) for a workload already counted here.
@@ -231,6 +239,15 @@ impl NodeInfo {
     pub fn remove(&mut self, d: &Demand, gpu: Option<u32>) {
         self.used_cpu_millis -= d.cpu_millis;
         self.used_memory_bytes -= d.memory_bytes;
+        // Without its card's index ([`NodeInfo::add`]): one card in use that fits.
+        let gpu = gpu.or_else(|| {
+            let need = d.gpu?;
+            self.gpus
+                .iter()
+                .filter(|g| self.used_gpus.contains(&g.index) && gpu_matches(g, need))
+                .min_by_key(|g| (g.vram_mb, g.index))
+                .map(|g| g.index)
+        });
         if let Some(g) = gpu {
             self.used_gpus.remove(&g);
         }
@@ -973,6 +990,33 @@ mod tests {
             min_vram_mb: 32_000,
         });
         assert!(s.place(&huge).is_err());
+    }
+
+    #[test]
+    fn gpus_of_instances_placed_in_earlier_rounds_stay_taken() {
+        let mut a = node("a");
+        a.gpus = vec![Gpu {
+            driver: GpuDriver::Nvidia.into(),
+            model: String::new(),
+            vram_mb: 24_000,
+            index: 0,
+        }];
+        let mut d = demand("ns/ml");
+        d.gpu = Some(GpuNeed {
+            driver: GpuDriver::Nvidia,
+            min_vram_mb: 0,
+        });
+        // A later round rebuilds the snapshot: the instance placed before is added
+        // without its card's index, and still holds the one card.
+        let mut s = Snapshot::new(vec![a]);
+        s.add("a", &d, None);
+        assert_eq!(
+            s.place(&d).unwrap_err().0,
+            "0/1 nodes: 1 no free GPU matching the request"
+        );
+        // Removed (without the index either), the card is free again.
+        s.remove("a", &d, None);
+        assert_eq!(s.place(&d).unwrap().gpu, Some(0));
     }
 
     #[test]
