@@ -42,6 +42,26 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 /// What `job_state` says a user sees.
+/// The first and the latest tick of `cron` after `since` and at or before `now`: a
+/// leader that was down for hours runs one execution, for the latest, not one per
+/// tick it missed. Looks back an hour, then a day, then a year, then all the way to
+/// `since`, so a frequent schedule is not walked tick by tick.
+fn due_ticks(cron: &kat_proto::cron::CronSchedule, since: i64, now: i64) -> Option<(i64, i64)> {
+    let first = cron.next_after(since).filter(|t| *t <= now)?;
+    for window in [3_600, 86_400, 366 * 86_400, i64::MAX] {
+        let mut at = since.max(now.saturating_sub(window));
+        let mut latest = None;
+        while let Some(t) = cron.next_after(at).filter(|t| *t <= now) {
+            latest = Some(t);
+            at = t;
+        }
+        if let Some(latest) = latest {
+            return Some((first, latest));
+        }
+    }
+    Some((first, first))
+}
+
 pub fn describe(state: Option<&JobState>, scheduled: bool) -> String {
     match state {
         None if scheduled => "Waiting".to_owned(),
@@ -97,10 +117,20 @@ pub fn plan_job(
                 .and_then(|m| m.created_at.as_ref())
                 .map_or(now_s, |t| t.seconds)
         };
-        if let Some(tick) = cron.next_after(since)
-            && tick <= now_s
-        {
+        if let Some((first, tick)) = due_ticks(&cron, since, now_s) {
             st.last_tick_seconds = tick;
+            if first < tick {
+                // No leader ran the ticks between (downtime): the latest one counts.
+                plan.events.push((
+                    "JobTicksMissed".to_owned(),
+                    EventSeverity::Warning,
+                    format!(
+                        "the ticks from {} to {} passed while no leader scheduled; only the latest runs",
+                        rfc3339(first),
+                        rfc3339(tick)
+                    ),
+                ));
+            }
             if active_execution {
                 plan.events.push((
                     "JobTickSkipped".to_owned(),
@@ -222,5 +252,23 @@ fn fail(st: &mut JobState, plan: &mut WorkloadPlan, current: &mut Vec<Instance>,
         if !finished(&i) {
             plan.delete.push(i);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::due_ticks;
+
+    #[test]
+    fn due_ticks_are_the_first_and_the_latest_passed() {
+        let minutely = kat_proto::cron::parse("* * * * *").unwrap();
+        assert_eq!(due_ticks(&minutely, 0, 30), None, "none yet");
+        assert_eq!(due_ticks(&minutely, 0, 60), Some((60, 60)));
+        assert_eq!(due_ticks(&minutely, 0, 5 * 3600 + 30), Some((60, 5 * 3600)));
+        // Weekly (Sundays at 00:00; 1970-01-01 was a Thursday): found beyond a day.
+        let weekly = kat_proto::cron::parse("0 0 * * 0").unwrap();
+        let day = 86_400;
+        assert_eq!(due_ticks(&weekly, 0, 30 * day), Some((3 * day, 24 * day)));
     }
 }

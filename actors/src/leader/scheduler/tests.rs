@@ -594,4 +594,18 @@ fn a_changed_job_runs_again_and_a_scheduled_one_runs_at_each_tick() {
         runs.len() <= 3,
         "history of the last three executions: {runs:?}"
     );
+
+    // After hours without a leader: one execution for the latest tick, not one per
+    // tick missed, and an event saying so.
+    finish(&mut world, InstancePhase::Succeeded, t + 8 * minute);
+    let before = world.jobs["default/web"].execution;
+    let later = t + 8 * minute + Duration::from_secs(5 * 3600);
+    let plans = plan_world(&world, later, &mut id);
+    apply_jobs(&mut world, &plans);
+    assert_eq!(world.jobs["default/web"].execution, before + 1);
+    assert!(events(&plans).contains(&"JobTicksMissed".to_owned()));
+    let plans = plan_world(&world, later + Duration::from_secs(1), &mut id);
+    apply_jobs(&mut world, &plans);
+    assert_eq!(world.jobs["default/web"].execution, before + 1, "no burst");
+    assert!(!events(&plans).contains(&"JobTicksMissed".to_owned()));
 }
