@@ -237,18 +237,27 @@ pub fn plan_workload(
         plan.delete.push(i);
     };
 
-    // Instances on nodes that are gone are replaced elsewhere.
+    // Instances on nodes that are gone are replaced elsewhere. Those on a draining
+    // node of a ROLLING service move like an update: they stay until replacements
+    // elsewhere are ready, within maxSurge (SPEC §6).
+    let rolling_service = matches!(
+        spec.r#type(),
+        WorkloadType::Service | WorkloadType::Unspecified
+    ) && spec
+        .update_strategy
+        .as_ref()
+        .is_none_or(|u| u.r#type() != UpdateStrategyType::Simultaneous);
     let mut alive = Vec::new();
     let mut lost = Vec::new();
+    let mut drained = Vec::new();
     for i in instances {
-        // Instances stay where the node is Ready and not being drained.
-        let stays = snapshot
-            .node(&i.node)
-            .is_some_and(|n| n.ready && !n.draining);
-        if !i.node.is_empty() && !stays {
-            lost.push(i.clone());
-        } else {
+        let node = snapshot.node(&i.node);
+        if i.node.is_empty() || node.is_some_and(|n| n.ready && !n.draining) {
             alive.push(i.clone());
+        } else if rolling_service && node.is_some_and(|n| n.ready) {
+            drained.push(i.clone());
+        } else {
+            lost.push(i.clone());
         }
     }
     if !lost.is_empty() && spec.r#type() != WorkloadType::DaemonService {
@@ -295,6 +304,8 @@ pub fn plan_workload(
     );
     let (mut current, mut old): (Vec<Instance>, Vec<Instance>) =
         alive.into_iter().partition(|i| i.generation == generation);
+    let moving: std::collections::HashSet<String> = drained.iter().map(|i| i.id.clone()).collect();
+    old.extend(drained);
 
     // Too many of the current generation: remove the extras.
     if current.len() > replicas as usize {
@@ -320,12 +331,31 @@ pub fn plan_workload(
     if old.len() > keep_old {
         removal_order(&mut old);
         let n = old.len() - keep_old;
-        let ids: Vec<String> = old[..n].iter().map(|i| i.id.clone()).collect();
-        plan.events.push((
-            "Replaced".to_owned(),
-            EventSeverity::Normal,
-            format!("generation {generation} replaces {}", ids.join(", ")),
-        ));
+        let (moved, replaced): (Vec<&Instance>, Vec<&Instance>) =
+            old[..n].iter().partition(|i| moving.contains(&i.id));
+        let ids = |list: &[&Instance]| {
+            list.iter()
+                .map(|i| format!("{} on {}", i.id, i.node))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !replaced.is_empty() {
+            plan.events.push((
+                "Replaced".to_owned(),
+                EventSeverity::Normal,
+                format!("generation {generation} replaces {}", ids(&replaced)),
+            ));
+        }
+        if !moved.is_empty() {
+            plan.events.push((
+                "InstancesMoved".to_owned(),
+                EventSeverity::Normal,
+                format!(
+                    "node draining; replacements ready elsewhere, removing {}",
+                    ids(&moved)
+                ),
+            ));
+        }
         for i in old.drain(..n) {
             remove(&mut plan, snapshot, i);
         }

@@ -233,6 +233,61 @@ fn instances_on_a_lost_node_are_replaced_elsewhere() {
     );
 }
 
+#[test]
+fn draining_moves_a_rolling_service_within_its_surge() {
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            1,
+            1,
+            UpdateStrategyType::Rolling,
+        )],
+        nodes: vec![node("n1", true), node("n2", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    report_running(&mut world);
+    assert_eq!(nodes_of(&world), ["n1"]);
+    if let Some(spec) = world.nodes[0].0.spec.as_mut() {
+        spec.draining = true;
+    }
+    // The replacement comes first; the drained instance keeps serving meanwhile.
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n1", "n2"]);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n1", "n2"], "not ready yet: both stay");
+    // Ready elsewhere: the drained one goes, with an event.
+    report_running(&mut world);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n2"]);
+    assert!(events(&plans).contains(&"InstancesMoved".to_owned()));
+
+    // SIMULTANEOUS: moved at once, as from a lost node.
+    let mut world = World {
+        workloads: vec![workload(
+            WorkloadType::Service,
+            1,
+            1,
+            UpdateStrategyType::Simultaneous,
+        )],
+        nodes: vec![node("n1", true), node("n2", true)],
+        ..Default::default()
+    };
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    if let Some(spec) = world.nodes[0].0.spec.as_mut() {
+        spec.draining = true;
+    }
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n2"]);
+}
+
 /// Three running instances of generation 1 on three nodes, then generation 2 applied
 /// (ROLLING, surge 1); the ID maker goes on from there.
 fn three_running_then_generation_2() -> (World, impl FnMut() -> String) {
