@@ -225,6 +225,16 @@ pub fn events_table(events: &[Event], now: SystemTime) -> String {
     table(&rows)
 }
 
+/// `[########------------]`: `done` of `total` in `width` cells.
+pub fn progress_bar(done: u32, total: u32, width: usize) -> String {
+    let filled = if total == 0 {
+        width
+    } else {
+        (done.min(total) as usize * width) / total as usize
+    };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
 /// `kind/name` or `kind/namespace/name` of the event's object.
 fn event_object(e: &Event) -> String {
     e.involved_object.as_ref().map_or_else(String::new, |o| {
@@ -520,6 +530,15 @@ mod tests {
             "{line}"
         );
         assert!(event_line_header().starts_with("TIME  "));
+    }
+
+    #[test]
+    fn progress_bars_fill_in_proportion() {
+        assert_eq!(progress_bar(0, 3, 6), "[------]");
+        assert_eq!(progress_bar(2, 3, 6), "[####--]");
+        assert_eq!(progress_bar(3, 3, 6), "[######]");
+        assert_eq!(progress_bar(5, 3, 6), "[######]", "never past full");
+        assert_eq!(progress_bar(0, 0, 4), "[####]", "nothing to do is done");
     }
 
     #[test]

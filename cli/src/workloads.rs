@@ -116,8 +116,11 @@ pub async fn wait_ready(
             )
         } else {
             format!(
-                "{ns}/{name}: {}/{} ready, {} pending, {old} old",
-                status.ready_instances, status.desired_instances, status.pending_instances
+                "{ns}/{name}: {} {}/{} ready, {} pending, {old} old",
+                output::progress_bar(status.ready_instances, status.desired_instances, 20),
+                status.ready_instances,
+                status.desired_instances,
+                status.pending_instances
             )
         };
         if line != last {

@@ -756,6 +756,7 @@ spec:
             "json",
         ])
         .stdout(std::fs::File::create(&watched).unwrap())
+        .stderr(std::fs::File::create(flow.path("events.err")).unwrap())
         .spawn()
         .unwrap();
     let ran = Instant::now();
@@ -790,8 +791,18 @@ spec:
         Duration::from_secs(10),
         || std::fs::read_to_string(&watched).is_ok_and(|t| t.contains("JobCompleted")),
     );
-    let _ = watch.kill();
-    let _ = watch.wait();
+    // Ctrl-C ends the watch with a word that nothing was undone.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(watch.id()).unwrap()),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(watch.wait().unwrap().code(), Some(130));
+    let said = std::fs::read_to_string(flow.path("events.err")).unwrap();
+    assert!(
+        said.contains("katcall get: interrupted; the cluster carries on"),
+        "{said}"
+    );
     let seen: Vec<serde_json::Value> = std::fs::read_to_string(&watched)
         .unwrap()
         .lines()

@@ -641,6 +641,7 @@ where
     F: Fn(Client) -> Fut,
     Fut: std::future::Future<Output = CmdResult>,
 {
+    let mut interrupted = false;
     let result = load_config(source).and_then(|mut config| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -648,17 +649,30 @@ where
             .map_err(|e| format!("cannot start the async runtime: {e}"))?;
         runtime
             .block_on(async {
-                let client = connect_with_timeout(&config, call_timeout)?;
-                match f(client).await {
-                    // A member that does not lead names the leader: ask it instead.
-                    Err(CmdError {
-                        leader_api: Some(leader),
-                        ..
-                    }) => {
-                        config.server = format!("https://{leader}");
-                        f(connect_with_timeout(&config, call_timeout)?).await
+                let work = async {
+                    let client = connect_with_timeout(&config, call_timeout)?;
+                    match f(client).await {
+                        // A member that does not lead names the leader: ask it instead.
+                        Err(CmdError {
+                            leader_api: Some(leader),
+                            ..
+                        }) => {
+                            config.server = format!("https://{leader}");
+                            f(connect_with_timeout(&config, call_timeout)?).await
+                        }
+                        other => other,
                     }
-                    other => other,
+                };
+                // Ctrl-C stops following, not the work: the leader carries on with
+                // what it was asked (a rollout, a drain), and nothing is undone.
+                tokio::select! {
+                    r = work => r,
+                    _ = tokio::signal::ctrl_c() => {
+                        interrupted = true;
+                        Err(CmdError::from(
+                            "interrupted; the cluster carries on with what it was asked (nothing is undone)".to_owned(),
+                        ))
+                    }
                 }
             })
             .map_err(|e| {
@@ -677,7 +691,11 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("katcall {what}: {e}");
-            ExitCode::FAILURE
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
