@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use kat_proto::v1alpha1 as api;
 use kat_proto::v1alpha1::TaintEffect;
 
+use crate::OutputFormat;
 use crate::remote::{Client, CmdError};
 use crate::workloads::CmdResult;
 
@@ -56,12 +57,18 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-fn done(node: &api::Node, what: &str) {
-    let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
-    println!("node {name} {what}");
+/// What a node verb prints: a line, or (`-o json|yaml`) the node as it is now.
+fn done(node: &api::Node, what: &str, format: OutputFormat) -> CmdResult {
+    if format == OutputFormat::Table {
+        let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
+        println!("node {name} {what}");
+    } else {
+        print!("{}", crate::output::encode(node, format)?);
+    }
+    Ok(())
 }
 
-pub async fn cordon(mut client: Client, name: String, on: bool) -> CmdResult {
+pub async fn cordon(mut client: Client, name: String, on: bool, format: OutputFormat) -> CmdResult {
     let request = api::GetNodeRequest { name };
     let node = if on {
         client.cordon_node(request).await
@@ -70,8 +77,7 @@ pub async fn cordon(mut client: Client, name: String, on: bool) -> CmdResult {
     }
     .map_err(CmdError::from)?
     .into_inner();
-    done(&node, if on { "cordoned" } else { "uncordoned" });
-    Ok(())
+    done(&node, if on { "cordoned" } else { "uncordoned" }, format)
 }
 
 /// `katcall drain NODE`: follows the drain until the node is empty; Ctrl-C leaves it
@@ -91,7 +97,12 @@ pub async fn drain(mut client: Client, name: String) -> CmdResult {
     Err("the drain stream ended early; the node stays draining".into())
 }
 
-pub async fn label(mut client: Client, name: String, args: &[String]) -> CmdResult {
+pub async fn label(
+    mut client: Client,
+    name: String,
+    args: &[String],
+    format: OutputFormat,
+) -> CmdResult {
     let mut labels = BTreeMap::new();
     for a in args {
         let (k, v) = parse_label(a)?;
@@ -102,11 +113,15 @@ pub async fn label(mut client: Client, name: String, args: &[String]) -> CmdResu
         .await
         .map_err(CmdError::from)?
         .into_inner();
-    done(&node, "labeled");
-    Ok(())
+    done(&node, "labeled", format)
 }
 
-pub async fn taint(mut client: Client, name: String, args: &[String]) -> CmdResult {
+pub async fn taint(
+    mut client: Client,
+    name: String,
+    args: &[String],
+    format: OutputFormat,
+) -> CmdResult {
     let parsed: Vec<TaintArg> = args
         .iter()
         .map(|a| parse_taint(a))
@@ -131,8 +146,7 @@ pub async fn taint(mut client: Client, name: String, args: &[String]) -> CmdResu
         .await
         .map_err(CmdError::from)?
         .into_inner();
-    done(&node, "tainted");
-    Ok(())
+    done(&node, "tainted", format)
 }
 
 #[cfg(test)]

@@ -666,7 +666,14 @@ fn run(flow: &Flow) {
     }
 
     // Node verbs: labels and taints show; draining n2 moves its instances to n1.
-    ok(&flow.kat(&["label", "node", n1, "disktype=ssd"]));
+    let labeled = ok(&flow.kat(&["label", "node", n1, "disktype=ssd", "-o", "json"]));
+    let labeled: serde_json::Value = serde_json::from_str(&labeled).unwrap();
+    assert_eq!(
+        labeled["metadata"]["labels"]["disktype"], "ssd",
+        "{labeled}"
+    );
+    let described = ok(&flow.kat(&["describe", "node", n1, "-o", "yaml"]));
+    assert!(described.contains("disktype: ssd"), "{described}");
     ok(&flow.kat(&["taint", "node", n1, "spot:PreferNoSchedule"]));
     let shown = ok(&flow.kat(&["get", "node", n1, "-o", "json"]));
     assert!(shown.contains("\"disktype\": \"ssd\""), "{shown}");

@@ -444,7 +444,7 @@ fn main() -> ExitCode {
             kind: DescribeKind::Node,
             name,
         } => remote(&source, "describe", |client| {
-            describe_node(client, name.clone())
+            describe_node(client, name.clone(), cli.output)
         }),
         Command::Describe {
             kind: DescribeKind::Workload,
@@ -554,19 +554,19 @@ fn main() -> ExitCode {
             workloads::rollback(client, ns, name.clone(), to_generation, cli.output)
         }),
         Command::Cordon { node } => remote(&source, "cordon", |client| {
-            kat_cli::nodes::cordon(client, node.clone(), true)
+            kat_cli::nodes::cordon(client, node.clone(), true, cli.output)
         }),
         Command::Uncordon { node } => remote(&source, "uncordon", |client| {
-            kat_cli::nodes::cordon(client, node.clone(), false)
+            kat_cli::nodes::cordon(client, node.clone(), false, cli.output)
         }),
         Command::Drain { node } => remote(&source, "drain", |client| {
             kat_cli::nodes::drain(client, node.clone())
         }),
         Command::Label { node, labels, .. } => remote(&source, "label", |client| {
-            kat_cli::nodes::label(client, node.clone(), &labels)
+            kat_cli::nodes::label(client, node.clone(), &labels, cli.output)
         }),
         Command::Taint { node, taints, .. } => remote(&source, "taint", |client| {
-            kat_cli::nodes::taint(client, node.clone(), &taints)
+            kat_cli::nodes::taint(client, node.clone(), &taints, cli.output)
         }),
         Command::Token(TokenCommand::Create(create)) => remote(&source, "token create", |client| {
             create_token(client, create.clone(), cli.output)
@@ -745,12 +745,15 @@ async fn get_nodes(
     }
 }
 
-async fn describe_node(mut client: Client, name: String) -> CmdResult {
+async fn describe_node(mut client: Client, name: String, format: OutputFormat) -> CmdResult {
     let node = client
         .get_node(api::GetNodeRequest { name: name.clone() })
         .await
         .map_err(CmdError::from)?
         .into_inner();
+    if format != OutputFormat::Table {
+        return emit(&node, format);
+    }
     let events = client
         .list_events(api::ListEventsRequest {
             involved: format!("node/{name}"),
