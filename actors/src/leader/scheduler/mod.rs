@@ -277,8 +277,19 @@ pub fn plan_workload(
 
     match spec.r#type() {
         WorkloadType::DaemonService => {
+            let strategy = spec.update_strategy.clone().unwrap_or_default();
+            let rolling = strategy.r#type() != UpdateStrategyType::Simultaneous;
+            let surge = rolling.then(|| {
+                let eligible = u32::try_from(snapshot.nodes().len()).unwrap_or(u32::MAX);
+                let text = if strategy.max_surge.is_empty() {
+                    "1"
+                } else {
+                    strategy.max_surge.as_str()
+                };
+                max_surge(text, eligible)
+            });
             plan_daemon(
-                &ns, &name, generation, &demand, alive, snapshot, now, new_id, &mut plan,
+                &ns, &name, generation, &demand, alive, surge, snapshot, now, new_id, &mut plan,
             );
             return plan;
         }
@@ -437,6 +448,7 @@ fn plan_daemon(
     generation: i64,
     demand: &Demand,
     alive: Vec<Instance>,
+    surge: Option<u32>,
     snapshot: &mut Snapshot,
     now: SystemTime,
     new_id: IdMaker<'_>,
@@ -446,6 +458,27 @@ fn plan_daemon(
     for i in alive {
         by_node.entry(i.node.clone()).or_default().push(i);
     }
+    // ROLLING (`surge: Some(n)`): at most n nodes at a time have their old instance
+    // replaced by a new one that is not ready yet; the others keep the old one until
+    // their turn. SIMULTANEOUS: every node at once.
+    let updating: Vec<&Instance> = by_node
+        .iter()
+        .filter(|(node, _)| !node.is_empty())
+        .filter_map(|(_, here)| here.iter().find(|i| i.generation == generation))
+        .filter(|i| !ready(i))
+        .collect();
+    let old_left = by_node
+        .values()
+        .flatten()
+        .any(|i| i.generation != generation);
+    if surge.is_some() && old_left {
+        plan.paused = rollout_stuck(updating.iter().copied(), now);
+    }
+    let mut budget = match (surge, &plan.paused) {
+        (_, Some(_)) => 0,
+        (Some(n), None) => (n as usize).saturating_sub(updating.len()),
+        (None, None) => usize::MAX,
+    };
     // Unplaced daemon instances are not kept: each round decides per node.
     for i in by_node.remove("").unwrap_or_default() {
         plan.delete.push(i);
@@ -462,9 +495,20 @@ fn plan_daemon(
         let fit = snapshot.daemon_fit(&node, demand);
         let keep_current = matches!(fit, DaemonFit::Fits(_) | DaemonFit::NoRoom(_));
         here.sort_by(|a, b| a.id.cmp(&b.id));
+        let has_current = keep_current && here.iter().any(|i| i.generation == generation);
+        // An old instance waits for its node's turn (the node stays eligible).
+        let wait_turn = keep_current
+            && !has_current
+            && here.iter().any(|i| i.generation != generation)
+            && budget == 0;
         let mut kept = false;
         for i in here {
-            if keep_current && !kept && i.generation == generation {
+            let keep = if has_current {
+                !kept && i.generation == generation
+            } else {
+                wait_turn && !kept
+            };
+            if keep {
                 kept = true;
                 snapshot.add(&node, demand, None);
             } else {
@@ -473,6 +517,10 @@ fn plan_daemon(
         }
         if kept {
             continue;
+        }
+        if matches!(fit, DaemonFit::Fits(_)) && plan.delete.iter().any(|d| d.node == node) {
+            // This node's turn: its old instance goes, a new one comes.
+            budget = budget.saturating_sub(1);
         }
         match fit {
             DaemonFit::Fits(gpu) => {

@@ -691,7 +691,7 @@ impl Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DaemonFit {
     Fits(Option<u32>),
-    /// It belongs there but there is no room now (stays Pending).
+    /// It belongs there but there is no room now (no instance; a FailedScheduling event).
     NoRoom(Unschedulable),
     NotEligible,
 }

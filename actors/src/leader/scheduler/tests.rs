@@ -443,6 +443,66 @@ fn a_daemon_runs_once_on_every_eligible_node_and_follows_them() {
 }
 
 #[test]
+fn a_daemon_rolls_out_one_node_at_a_time_or_all_at_once() {
+    let daemon = |generation, strategy| {
+        vec![workload(
+            WorkloadType::DaemonService,
+            0,
+            generation,
+            strategy,
+        )]
+    };
+    let mut world = World {
+        workloads: daemon(1, UpdateStrategyType::Rolling),
+        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
+        ..Default::default()
+    };
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    report_running(&mut world);
+    let generations = |world: &World| {
+        let mut g: Vec<(String, i64)> = world
+            .instances
+            .iter()
+            .map(|i| (i.node.clone(), i.generation))
+            .collect();
+        g.sort();
+        g.into_iter().map(|(_, g)| g).collect::<Vec<_>>()
+    };
+    // ROLLING, maxSurge 1: one node's instance at a time, the next once it is ready.
+    world.workloads = daemon(2, UpdateStrategyType::Rolling);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(generations(&world), [2, 1, 1]);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(generations(&world), [2, 1, 1], "waits for n1's new one");
+    report_running(&mut world);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(generations(&world), [2, 2, 1]);
+    report_running(&mut world);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(generations(&world), [2, 2, 2]);
+    // A new one that never becomes ready pauses the rollout after the deadline.
+    world.workloads = daemon(3, UpdateStrategyType::Rolling);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    let late = now() + ROLLOUT_DEADLINE + Duration::from_secs(1);
+    let plans = plan_world(&world, late, &mut id);
+    assert!(plans.iter().any(|p| p.2.paused.is_some()), "paused");
+    apply(&mut world, &plans);
+    assert_eq!(generations(&world), [3, 2, 2]);
+    // SIMULTANEOUS: every node at once.
+    world.workloads = daemon(4, UpdateStrategyType::Simultaneous);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(generations(&world), [4, 4, 4]);
+}
+
+#[test]
 fn max_surge_takes_integers_and_percentages() {
     assert_eq!(max_surge("2", 10), 2);
     assert_eq!(max_surge("25%", 10), 3, "rounded up");
