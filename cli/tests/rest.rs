@@ -448,6 +448,40 @@ fn the_user_api_over_rest_matches_grpc() {
     );
     assert_eq!(bad.status, 400, "{}", bad.body);
 
+    let tainted = rest.ok(
+        "PUT",
+        "/v1alpha1/nodes/n1/taints",
+        &[
+            "--data",
+            r#"{"taints": [{"key": "spot", "value": "yes", "effect": "PREFER_NO_SCHEDULE"}]}"#,
+        ],
+    );
+    assert_eq!(tainted["spec"]["taints"][0]["key"], "spot", "{tainted}");
+    assert_eq!(
+        katcall_json(&kc, &["get", "node", "n1"])["spec"]["taints"][0]["effect"],
+        "PREFER_NO_SCHEDULE"
+    );
+    rest.ok(
+        "PUT",
+        "/v1alpha1/nodes/n1/taints",
+        &["--data", r#"{"taints": []}"#],
+    );
+
+    // Events of one object, as katcall's filter gives them.
+    let of_node = rest.ok("GET", "/v1alpha1/events?involved=node/n1", &[]);
+    let items = of_node["items"].as_array().unwrap();
+    assert!(
+        !items.is_empty() && items.iter().all(|e| e["involvedObject"]["name"] == "n1"),
+        "{of_node}"
+    );
+    assert_eq!(
+        of_node,
+        katcall_json(&kc, &["get", "events", "node/n1"]),
+        "the same list both ways"
+    );
+    let bad_involved = rest.call("GET", "/v1alpha1/events?involved=n1", &[]);
+    assert_eq!(bad_involved.status, 400, "{}", bad_involved.body);
+
     // Events: the same list both ways.
     let events = rest.ok("GET", "/v1alpha1/events?since=1h", &[]);
     let reasons: Vec<&str> = events["items"]
@@ -460,6 +494,18 @@ fn the_user_api_over_rest_matches_grpc() {
     assert!(reasons.contains(&"NodeLabeled"), "{reasons:?}");
     let bad_since = rest.call("GET", "/v1alpha1/events?since=yesterday", &[]);
     assert_eq!(bad_since.status, 400, "{}", bad_since.body);
+
+    // A join token over REST is what kat-agent join takes: <id>.<secret>.<CA hash>.
+    let join = rest.ok(
+        "POST",
+        "/v1alpha1/tokens/join",
+        &["--data", r#"{"ttlSeconds": 600}"#],
+    );
+    assert_eq!(
+        join["token"].as_str().unwrap().split('.').count(),
+        3,
+        "{join}"
+    );
 
     // Tokens: an API token made over REST works for katcall's API, then is deleted.
     let made = rest.ok("POST", "/v1alpha1/tokens/api", &["--data", "{}"]);

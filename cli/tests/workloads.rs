@@ -857,6 +857,33 @@ spec:
         }
     }
 
+    // Node removal: the dead worker goes; a node with instances and the
+    // control-plane member are refused, saying why.
+    let busy = flow.kat(&["delete", "node", n2]);
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("drain it first"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    let member = flow.kat(&["delete", "node", n1]);
+    assert!(!member.status.success());
+    assert!(
+        String::from_utf8_lossy(&member.stderr).contains("is a control-plane member"),
+        "{}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    ok(&flow.kat(&["delete", "node", n3]));
+    let left = ok(&flow.kat(&["get", "nodes", "-o", "json"]));
+    let left: serde_json::Value = serde_json::from_str(&left).unwrap();
+    let names: Vec<&str> = left["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, [n1.as_str(), n2.as_str()]);
+
     for agent in [&mut a1, &mut a2] {
         agent.signal(Signal::SIGTERM);
     }
