@@ -2,8 +2,10 @@
 //! 127.0.0.1 and two `kat-agent join`s on 127.0.0.2 and .3, each with its own state
 //! directory, real etcd and real TLS; `katcall get nodes` sees three Ready nodes; a
 //! joined agent killed with SIGKILL turns NotReady within the loss timeout plus a tick,
-//! and `kat-agent run` brings it back Ready with the same identity. Every agent is
-//! stopped by PID when its guard drops.
+//! and `kat-agent run` brings it back Ready with the same identity. Three control-plane
+//! members lose their leader to SIGKILL: another leads, a four-replica service (fake
+//! runtime) keeps its instances on the surviving nodes running and gets the dead
+//! leader's replaced. Every agent is stopped by PID when its guard drops.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -248,6 +250,8 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
             "n1",
             "--advertise-address",
             "127.0.0.1",
+            "--runtime",
+            "fake",
         ],
         &dir.path().join("n1.log"),
     );
@@ -274,10 +278,9 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
         ("n4", "127.0.0.4"),
     ] {
         let state = path(name);
-        let mut agent = Agent::start(
-            &join_args(&leader, &token, &state, name, addr),
-            &dir.path().join(format!("{name}.log")),
-        );
+        let mut args = join_args(&leader, &token, &state, name, addr);
+        args.extend(["--runtime", "fake"]);
+        let mut agent = Agent::start(&args, &dir.path().join(format!("{name}.log")));
         agent.wait_for("joined the cluster", 1, Duration::from_secs(60));
         others.push(agent);
     }
@@ -337,6 +340,52 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
     );
     assert_eq!(via_n2.len(), 4, "{via_n2:?}");
 
+    // A service of four replicas, one per node (the fake runtime).
+    let bundle = dir.path().join("keep");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("workload.kat"),
+        "apiVersion: kat.dws.rip/v1alpha1\nkind: Workload\nmetadata:\n  name: keep\n\
+         spec:\n  type: SERVICE\n  source:\n    image: localhost/busybox:latest\n  replicas: 4\n",
+    )
+    .unwrap();
+    let applied = katcall(
+        &katcall_yaml,
+        &["apply", "-f", bundle.to_str().unwrap(), "--wait"],
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let instances = |server: &str| -> Vec<(String, String, String)> {
+        let out = katcall(
+            &katcall_yaml,
+            &["--server", server, "get", "instances", "keep", "-o", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap_or_default().to_owned(),
+                    i["node"].as_str().unwrap_or_default().to_owned(),
+                    i["status"]["phase"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let before = instances(&format!("https://127.0.0.1:{api_port}"));
+    assert_eq!(before.len(), 4, "{before:?}");
+    let survivors: Vec<String> = before
+        .iter()
+        .filter(|(_, node, _)| node != "n1")
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    assert_eq!(survivors.len(), 3, "one per node: {before:?}");
+
     // Kill the leader: another member leads, and everyone else stays Ready.
     n1.signal(Signal::SIGKILL);
     let _ = n1.child.wait();
@@ -382,6 +431,33 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
         let states = node_states_at(&katcall_yaml, &["--server", server]);
         assert_eq!(states.len(), 4, "{server}: {states:?}");
     }
+    // The service kept running through the failover: the instances on the other
+    // nodes are the same ones, still RUNNING, and the new leader replaced n1's.
+    let started = Instant::now();
+    loop {
+        let now = instances(&servers[0]);
+        let kept = survivors.iter().all(|id| {
+            now.iter()
+                .any(|(i, _, phase)| i == id && phase == "RUNNING")
+        });
+        assert!(kept, "a surviving instance was disturbed: {now:?}");
+        if now.len() == 4
+            && now
+                .iter()
+                .all(|(_, node, phase)| node != "n1" && phase == "RUNNING")
+        {
+            eprintln!(
+                "n1's instance running elsewhere {:?} after the failover",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "n1's instance not replaced: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The worker followed the new leader without going Detached.
     let n4_log = std::fs::read_to_string(dir.path().join("n4.log")).unwrap();
     assert!(
@@ -404,7 +480,7 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
     assert!(n4.child.wait().unwrap().success());
     drop(n4);
     let n4 = Agent::start(
-        &["run", "--state-dir", &path("n4")],
+        &["run", "--state-dir", &path("n4"), "--runtime", "fake"],
         &dir.path().join("n4-run.log"),
     );
     let restarted = Instant::now();
