@@ -15,7 +15,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Agent, cluster_file_with, katcall, ok};
+use common::{Agent, RemovedDir, cluster_file_with, katcall, ok};
 use kat_runtime::ContainerRuntime;
 use kat_runtime::podman::{Podman, RunAs};
 use kat_runtime::rootless::lookup_user;
@@ -23,15 +23,6 @@ use kat_runtime::users::workload_user;
 use kat_tests::programs::{BUSYBOX_IMAGE, find_program, podman_with_busybox};
 use kat_tests::systemd::WorkloadUserCleanup;
 use nix::sys::signal::Signal;
-
-/// Removes `/run/kat/<node>` (the agent-started managers' runtime directories).
-struct RemovedDir(std::path::PathBuf);
-
-impl Drop for RemovedDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn bundle(dir: &Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);

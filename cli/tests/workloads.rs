@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Agent, api_port, cluster_file_with, join_args, katcall, ok};
+use common::{Agent, RemovedDir, api_port, cluster_file_with, join_args, katcall, ok};
 use kat_runtime::ContainerRuntime;
 use kat_runtime::podman::{Podman, RunAs};
 use kat_runtime::rootless::lookup_user;
@@ -62,15 +62,6 @@ struct Seen {
     node: String,
     phase: String,
     generation: i64,
-}
-
-/// Removes a directory tree when dropped.
-struct RemovedDir(PathBuf);
-
-impl Drop for RemovedDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Removes an image tag from root's Podman storage when dropped.

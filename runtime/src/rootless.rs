@@ -561,7 +561,7 @@ async fn end_process(pid: i32, grace: Duration) {
 }
 
 /// PIDs of the processes running as `uid` (real uid, as `/proc/PID/status` says).
-fn processes_of(uid: u32) -> Vec<i32> {
+pub fn processes_of(uid: u32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

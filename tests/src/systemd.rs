@@ -97,7 +97,7 @@ impl Drop for TestUser {
 /// home.
 fn remove_user(name: &str, uid: u32) {
     for _ in 0..50 {
-        let pids = processes_of(uid);
+        let pids = rootless::processes_of(uid);
         if pids.is_empty() {
             break;
         }
@@ -133,24 +133,6 @@ impl Drop for WorkloadUserCleanup {
             rootless::remove_cgroup(&cgroup);
         }
     }
-}
-
-/// PIDs of the processes running as `uid`.
-fn processes_of(uid: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
-                status.lines().any(|l| {
-                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
-                })
-            })
-        })
-        .collect()
 }
 
 impl UserManager {

@@ -101,6 +101,16 @@ pub fn wait_dead(pid: i64, within: Duration) {
     }
 }
 
+/// Removes a directory tree when dropped (e.g. `/run/kat/<node>`, where an agent's
+/// workload-user managers keep their runtime directories).
+pub struct RemovedDir(pub PathBuf);
+
+impl Drop for RemovedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn cluster_file(dir: &Path) -> PathBuf {
     cluster_file_with(dir, "")
 }
