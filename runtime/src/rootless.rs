@@ -644,13 +644,21 @@ impl RootlessHost {
         }
     }
 
-    /// The host of workload user `name`: the user made, its manager running, its bus
-    /// reached with its credentials.
-    async fn host(&self, name: &str) -> Result<SystemdHost, RuntimeError> {
+    /// The host of workload user `name`: the user (made if `make`), its manager
+    /// running, its bus reached with its credentials. Only making an instance exist
+    /// (`prepare`, `ensure`) makes the user: looking at instances must not bring back
+    /// a user `--purge-volumes` just removed.
+    async fn host(&self, name: &str, make: bool) -> Result<SystemdHost, RuntimeError> {
         if let Some(h) = self.hosts.lock().await.get(name) {
             return Ok(h.clone());
         }
-        let user = ensure_user(name).await?;
+        let user = if make {
+            ensure_user(name).await?
+        } else {
+            lookup_user(name)
+                .await?
+                .ok_or_else(|| RuntimeError::NotFound(format!("workload user {name}")))?
+        };
         let runtime_dir = self.managers.ensure(&user).await?;
         let bus = format!("unix:path={}", runtime_dir.join("bus").display());
         let systemd = Systemd::connect_as(&bus, user.uid, user.gid).await?;
@@ -677,11 +685,12 @@ impl RootlessHost {
         Ok(host)
     }
 
+    /// The host of an instance's workload user, which exists already.
     async fn host_for(&self, desired: &DesiredInstance) -> Result<SystemdHost, RuntimeError> {
-        self.host(&workload_user(
-            &desired.opts.namespace,
-            &desired.opts.workload,
-        ))
+        self.host(
+            &workload_user(&desired.opts.namespace, &desired.opts.workload),
+            false,
+        )
         .await
     }
 
@@ -704,8 +713,10 @@ impl RootlessHost {
                 continue;
             }
             let name = user.name;
-            match self.host(&name).await {
+            match self.host(&name, false).await {
                 Ok(h) => hosts.push(h),
+                // Removed meanwhile (a purge): nothing of it to list.
+                Err(RuntimeError::NotFound(_)) => {}
                 Err(e) => {
                     tracing::warn!(user = %name, error = %e, "cannot reach the workload user's systemd manager")
                 }
@@ -727,7 +738,7 @@ impl InstanceHost for RootlessHost {
 
     async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
         let user = workload_user(&desired.opts.namespace, &desired.opts.workload);
-        let r = match self.host(&user).await {
+        let r = match self.host(&user, true).await {
             Ok(h) => h.prepare(desired).await,
             Err(e) => Err(e),
         };
@@ -736,7 +747,7 @@ impl InstanceHost for RootlessHost {
 
     async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError> {
         let user = workload_user(&desired.opts.namespace, &desired.opts.workload);
-        let r = match self.host(&user).await {
+        let r = match self.host(&user, true).await {
             Ok(h) => h.ensure(desired).await,
             Err(e) => Err(e),
         };

@@ -268,6 +268,11 @@ async fn the_rootless_host_makes_the_user_and_runs_the_instance_as_it() {
         "manager stopped"
     );
     assert_eq!(host.remove_workload("test", &workload).await.unwrap(), None);
+    // Looking at it afterwards (a reconcile still under way) does not make the user
+    // again: only making an instance exist does.
+    assert!(host.observe(&x).await.is_err());
+    assert!(host.present().await.unwrap().is_empty());
+    assert_eq!(lookup_user(&name).await.unwrap(), None, "not made again");
 }
 
 /// Agents sharing a host, and tasks of one agent, may make the same workload user at
