@@ -423,8 +423,8 @@ pub async fn heartbeat(
 }
 
 /// Records what a node reports it has (CPU, memory, GPUs: SPEC §7) when that differs
-/// from its registration, with a NodeCapacityChanged event. A conflicting write (the
-/// registration changed meanwhile) is left to the next heartbeat.
+/// from its registration, with a NodeCapacityChanged event (the node verbs' fenced
+/// registration update). A failed write is left to the next heartbeat.
 async fn update_capacity(
     ctx: &NodeApiContext,
     caller: &str,
@@ -432,15 +432,13 @@ async fn update_capacity(
     reported: &kat_proto::v1alpha1::NodeResources,
     now: SystemTime,
 ) {
-    let Ok(mut node) = Node::decode(registered.value.as_slice()) else {
-        return;
-    };
-    let spec = node.spec.get_or_insert_with(Default::default);
-    if spec.capacity.as_ref() == Some(reported) {
+    let same = Node::decode(registered.value.as_slice())
+        .ok()
+        .and_then(|n| n.spec)
+        .is_some_and(|s| s.capacity.as_ref() == Some(reported));
+    if same {
         return;
     }
-    spec.capacity = Some(reported.clone());
-    spec.allocatable = Some(reported.clone());
     let gpus: Vec<String> = reported
         .gpus
         .iter()
@@ -456,29 +454,14 @@ async fn update_capacity(
             format!(", GPUs: {}", gpus.join(", "))
         }
     );
-    let (event_key, event) = node_event(
-        caller,
-        "NodeCapacityChanged",
-        EventSeverity::Normal,
-        message,
-        now,
-    );
-    let lease = ctx.events.get(ctx.store.as_ref()).await;
-    let key = node_key(caller);
-    let txn = Txn::new()
-        .when([
-            ctx.leader.fence(),
-            Compare::unchanged(&key, registered.mod_revision),
-        ])
-        .and_then([
-            TxnOp::put(&key, node.encode_to_vec()),
-            TxnOp::put_leased(event_key, event.encode_to_vec(), lease),
-        ]);
-    match ctx.store.txn(txn).await {
-        Ok(r) if r.succeeded => {
-            tracing::info!(node = %caller, "node capacity updated from its heartbeat");
-        }
-        Ok(_) => {}
+    let change = |node: &mut Node| {
+        let spec = node.spec.get_or_insert_with(Default::default);
+        spec.capacity = Some(reported.clone());
+        spec.allocatable = Some(reported.clone());
+        Ok(message.clone())
+    };
+    match super::nodes::update_node(ctx, caller, "NodeCapacityChanged", change, now).await {
+        Ok(_) => tracing::info!(node = %caller, "node capacity updated from its heartbeat"),
         Err(e) => tracing::debug!(node = %caller, error = %e, "capacity update not written"),
     }
 }
