@@ -240,9 +240,10 @@ fn init_refuses_bad_input_without_touching_the_state_dir() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("--node-name: \"Bad_Name\" is not a DNS label")
+        stderr.contains("--node-name: \"Bad_Name\" is not a DNS label"),
+        "{stderr}"
     );
     assert!(!state.join("agent.json").exists());
 

@@ -22,11 +22,33 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; another process could take it).
+/// Never the same port twice in one test process (the kernel may hand a just-closed
+/// port out again), and never a default port of the cluster file (51820 lies in the
+/// ephemeral range): a cluster file with two equal ports is refused.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    use kat_proto::quadlet::defaults as d;
+    const DEFAULTS: [u32; 5] = [
+        d::API_PORT,
+        d::AGENT_PORT,
+        d::ETCD_PEER_PORT,
+        d::ETCD_CLIENT_PORT,
+        d::WIREGUARD_PORT,
+    ];
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        if port != 0 && !given.contains(&port) && !DEFAULTS.contains(&u32::from(port)) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port not handed out before");
 }
 
 fn loopback(port: u16) -> SocketAddr {
