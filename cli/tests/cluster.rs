@@ -466,15 +466,23 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
     );
     assert!(!n4_log.contains("Detached"), "{n4_log}");
 
-    // It wrote them down: restarted while the node it joined through is dead, it
-    // finds the leader and is Ready again.
-    let identity: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("n4/agent.json")).unwrap()).unwrap();
-    assert_eq!(
-        identity["leader_api"].as_array().unwrap().len(),
-        3,
-        "{identity}"
-    );
+    // It wrote them down (all three once a heartbeat answer names them: the leader
+    // caches the member list for up to 5 s): restarted while the node it joined
+    // through is dead, it finds the leader and is Ready again.
+    let started = Instant::now();
+    loop {
+        let identity: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("n4/agent.json")).unwrap())
+                .unwrap();
+        if identity["leader_api"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the worker did not write down the three members: {identity}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut n4 = others.pop().unwrap();
     n4.signal(Signal::SIGTERM);
     assert!(n4.child.wait().unwrap().success());

@@ -59,6 +59,13 @@ type CachedApis = (tokio::time::Instant, Vec<String>);
 impl ControlPlaneCache {
     const FRESH_FOR: Duration = Duration::from_secs(5);
 
+    /// Drops the cached addresses: the next [`get`](Self::get) reads the store.
+    pub fn forget(&self) {
+        if let Ok(mut cached) = self.0.lock() {
+            *cached = None;
+        }
+    }
+
     /// The addresses, read from the store when the cached ones are older than 5 s.
     pub async fn get(&self, store: &dyn StateStore) -> Vec<String> {
         if let Ok(cached) = self.0.lock()
@@ -281,6 +288,10 @@ pub async fn join(
             Err(e) => unavailable(e),
             Ok(_) => Status::aborted("the join conflicted with another change; try again"),
         });
+    }
+    if control_plane {
+        // Heartbeat answers name the new member at once, not up to 5 s later.
+        ctx.control_plane.forget();
     }
     tracing::info!(node = %req.node_name, address = %address, control_plane, "node joined");
     Ok(JoinResponse {
