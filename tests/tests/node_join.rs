@@ -29,6 +29,12 @@ struct Leader {
 }
 
 async fn leader() -> Leader {
+    leader_starting_for(None).await
+}
+
+/// [`leader`], whose leader services (the context in its API's slot) are in place only
+/// `starting` after its server listens, as when a member has just been elected.
+async fn leader_starting_for(starting: Option<Duration>) -> Leader {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
     let key = election::campaign(store.as_ref(), "/kat/election", b"n0".to_vec(), lease.id)
@@ -65,8 +71,25 @@ async fn leader() -> Leader {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let served = match starting {
+        None => Served::leading(ctx),
+        Some(delay) => {
+            let slot = kat_actors::api::new_api_slot();
+            let filled = slot.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                filled.send_replace(Some(ctx));
+            });
+            Served {
+                slot,
+                store: store.clone(),
+                ca_pem: ca.cert_pem.clone(),
+                node: "n0".to_owned(),
+            }
+        }
+    };
     tokio::spawn(async move {
-        serve(listener, &server_cert, Served::leading(ctx), async {
+        serve(listener, &server_cert, served, async {
             let _ = stopped.await;
         })
         .await
@@ -722,6 +745,18 @@ async fn list_nodes_as(
 }
 
 #[tokio::test]
+async fn a_call_to_a_just_elected_leader_waits_for_its_leader_services() {
+    // n0 holds the election; its context arrives 2 s after the server listens. A join
+    // in between is served once it is there, not sent back to n0 itself.
+    let leader = leader_starting_for(Some(Duration::from_secs(2))).await;
+    let token = leader.token(None, false).await;
+    let mut client = leader.client(None).await.unwrap();
+    let (_key, joined) = join_keeping_key(&mut client, &token, "w1").await;
+    assert!(!joined.certificate_pem.is_empty());
+    assert!(leader.registered("w1").await);
+}
+
+#[tokio::test]
 async fn a_member_that_does_not_lead_points_to_the_leader() {
     use kat_actors::api::{LEADER_API_METADATA, new_api_slot};
     use kat_actors::heartbeat::{LeaderLink, LinkError, TlsLeaderLink};
@@ -754,6 +789,7 @@ async fn a_member_that_does_not_lead_points_to_the_leader() {
         slot: new_api_slot(),
         store,
         ca_pem: ca.cert_pem.clone(),
+        node: "follower".to_owned(),
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();

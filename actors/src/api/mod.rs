@@ -277,6 +277,7 @@ impl Actor for ApiServer {
             slot: args.slot.clone(),
             store,
             ca_pem: ca.cert_pem.clone(),
+            node: args.node.clone(),
         };
         let server = listener::ServerTask::spawn(
             move |stopped| async move {

@@ -807,7 +807,13 @@ pub struct Served {
     pub store: Arc<dyn StateStore>,
     /// The cluster CA certificate (client certificates are checked against it).
     pub ca_pem: String,
+    /// This member's node name: a call that reaches the elected leader while its
+    /// leader services still start waits for them rather than being sent back here.
+    pub node: String,
 }
+
+/// How long a call to a just-elected leader waits for its leader services.
+const LEADER_SETTLE: Duration = Duration::from_secs(5);
 
 impl Served {
     /// A server that is always the leader (tests).
@@ -816,6 +822,7 @@ impl Served {
             store: ctx.store.clone(),
             ca_pem: ctx.ca.cert_pem.clone(),
             slot: std::sync::Arc::new(tokio::sync::watch::channel(Some(ctx)).0),
+            node: String::new(),
         }
     }
 
@@ -824,16 +831,30 @@ impl Served {
         if let Some(ctx) = self.slot.borrow().clone() {
             return Ok(ctx);
         }
-        Err(self.redirect().await)
-    }
-
-    async fn redirect(&self) -> Status {
         let leader =
             crate::store::election::leader(self.store.as_ref(), crate::node::ELECTION_PREFIX)
                 .await
                 .ok()
                 .flatten()
                 .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+        if leader.as_deref() == Some(self.node.as_str()) && !self.node.is_empty() {
+            // Elected, and starting the leader's actors: the call waits for them.
+            let mut slot = self.slot.subscribe();
+            return match tokio::time::timeout(LEADER_SETTLE, slot.wait_for(Option::is_some)).await {
+                Ok(Ok(ctx)) => ctx.clone().ok_or_else(Self::starting),
+                _ => Err(Self::starting()),
+            };
+        }
+        Err(self.redirect(leader).await)
+    }
+
+    fn starting() -> Status {
+        Status::unavailable(
+            "this member leads but its leader services are still starting; try again",
+        )
+    }
+
+    async fn redirect(&self, leader: Option<String>) -> Status {
         let address = match &leader {
             Some(name) => self
                 .store
