@@ -420,6 +420,10 @@ pub struct JoinOptions {
 /// node's key and CSR here, joins, and records the certificate, CA, cluster
 /// configuration and identity in the state directory (identity last: a join that fails
 /// half-way leaves a directory `run` refuses and `join` can retry).
+/// How long `join` keeps asking a leader that cannot take the join yet.
+const JOIN_RETRY: Duration = Duration::from_secs(30);
+const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
     let dir = &opts.state_dir;
     if let Some(identity) = read_identity(dir)? {
@@ -448,14 +452,8 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
             "{leader:?}: expected HOST:PORT"
         )));
     }
-    let ca_pem = fetch_pinned_ca(&leader, &credential.ca_sha256)
-        .await
-        .map_err(|e| AgentError::Leader(e.to_string()))?;
     let (key_pem, csr_pem) =
         node_key_and_csr(&node_name).map_err(|e| AgentError::Failed(e.to_string()))?;
-    // A control-plane join waits while an earlier member catches up in etcd.
-    let channel = api_channel_with_timeout(&leader, &ca_pem, None, Duration::from_secs(60))
-        .map_err(|e| AgentError::Leader(e.to_string()))?;
     let request = JoinRequest {
         token: credential.token.clone(),
         node_name: node_name.clone(),
@@ -465,14 +463,53 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
         agent_version: kat_proto::VERSION.to_owned(),
         ..Default::default()
     };
-    let response = NodeApiClient::new(channel)
-        .join(request)
-        .await
-        .map_err(|status| AgentError::JoinRefused {
-            leader: leader.clone(),
-            message: status.message().to_owned(),
-        })?
-        .into_inner();
+    // A leader that does not listen yet, or was elected and still starts its leader
+    // services, is asked again for a while: nothing was stored for those answers.
+    let started = tokio::time::Instant::now();
+    let response = loop {
+        let retry = |why: String| {
+            if started.elapsed() < JOIN_RETRY {
+                tracing::info!(leader = %leader, reason = %why, "the leader is not ready for the join; trying again");
+                Ok(why)
+            } else {
+                Err(why)
+            }
+        };
+        let ca_pem = match fetch_pinned_ca(&leader, &credential.ca_sha256).await {
+            Ok(pem) => pem,
+            Err(e @ crate::client::ClientError::Connect { .. }) => {
+                retry(e.to_string()).map_err(AgentError::Leader)?;
+                tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+                continue;
+            }
+            Err(e) => return Err(AgentError::Leader(e.to_string())),
+        };
+        // A control-plane join waits while an earlier member catches up in etcd.
+        let channel = api_channel_with_timeout(&leader, &ca_pem, None, Duration::from_secs(60))
+            .map_err(|e| AgentError::Leader(e.to_string()))?;
+        match NodeApiClient::new(channel).join(request.clone()).await {
+            Ok(response) => break response.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && status
+                        .metadata()
+                        .get(crate::api::LEADER_API_METADATA)
+                        .is_none() =>
+            {
+                retry(status.message().to_owned()).map_err(|message| AgentError::JoinRefused {
+                    leader: leader.clone(),
+                    message,
+                })?;
+                tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+            }
+            Err(status) => {
+                return Err(AgentError::JoinRefused {
+                    leader: leader.clone(),
+                    message: status.message().to_owned(),
+                });
+            }
+        }
+    };
     let cluster = response
         .cluster
         .clone()
