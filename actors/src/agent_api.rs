@@ -204,8 +204,20 @@ impl AgentApi for AgentApiService {
                     .any(|i| i.opts.namespace == req.namespace && i.opts.workload == req.workload)
             })
         };
+        // Then until the Runtime actor has retired them (on its next pass).
+        let host = &self.host;
         let gone = tokio::time::timeout(PURGE_WAIT, async {
-            desired.wait_for(|d| !still_runs(d)).await.is_ok()
+            if desired.wait_for(|d| !still_runs(d)).await.is_err() {
+                return false;
+            }
+            loop {
+                match host.has_workload(&req.namespace, &req.workload).await {
+                    Ok(false) => return true,
+                    Ok(true) => {}
+                    Err(e) => tracing::warn!(node = %self.node, error = %e, "cannot list the instances left"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         })
         .await
         .unwrap_or(false);
@@ -215,8 +227,6 @@ impl AgentApi for AgentApiService {
                 self.node, req.namespace, req.workload
             )));
         }
-        // The Runtime actor retires undesired instances on its next pass.
-        tokio::time::sleep(Duration::from_secs(1)).await;
         let mut response = PurgeVolumesResponse::default();
         if let Some(base) = &self.volume_base {
             kat_runtime::volumes::purge(base, &req.namespace, &req.workload)

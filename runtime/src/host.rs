@@ -82,6 +82,9 @@ pub struct Observation {
 pub trait InstanceHost: Send + Sync {
     /// IDs of the instances this host has now (desired or not).
     async fn present(&self) -> Result<Vec<String>, RuntimeError>;
+    /// Whether the host still has an instance of the workload (desired or not): a
+    /// purge waits until the Runtime actor has retired them all.
+    async fn has_workload(&self, namespace: &str, workload: &str) -> Result<bool, RuntimeError>;
     /// Gets what the instance needs before it can start — its image, pulled (which
     /// may take minutes) — so that `ensure` is quick. The Runtime actor runs it in
     /// the background.
@@ -123,16 +126,37 @@ pub struct SystemdHost {
     pub image_source: Option<Podman>,
 }
 
-/// The instance ID a unit file was written for (its first line says).
-fn instance_of_unit(text: &str) -> Option<String> {
+/// The namespace, workload and instance ID a unit file was written for (its first
+/// line says).
+fn instance_of_unit(text: &str) -> Option<UnitOwner> {
     let first = text.lines().next()?;
     let rest = first.strip_prefix("# Written by kat-agent for instance ")?;
-    let ids = rest.split(';').next()?;
-    ids.rsplit('/').next().map(str::to_owned)
+    let mut ids = rest.split(';').next()?.splitn(3, '/');
+    Some(UnitOwner {
+        namespace: ids.next()?.to_owned(),
+        workload: ids.next()?.to_owned(),
+        instance: ids.next()?.to_owned(),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UnitOwner {
+    namespace: String,
+    workload: String,
+    instance: String,
 }
 
 impl SystemdHost {
+    /// (instance ID, unit name) of each unit file kat-agent wrote.
     fn unit_files(&self) -> Result<Vec<(String, String)>, RuntimeError> {
+        Ok(self
+            .owned_unit_files()?
+            .into_iter()
+            .map(|(owner, name)| (owner.instance, name))
+            .collect())
+    }
+
+    fn owned_unit_files(&self) -> Result<Vec<(UnitOwner, String)>, RuntimeError> {
         let dir = &self.units.unit_dir;
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -151,9 +175,9 @@ impl SystemdHost {
                 continue;
             }
             if let Ok(text) = std::fs::read_to_string(entry.path())
-                && let Some(id) = instance_of_unit(&text)
+                && let Some(owner) = instance_of_unit(&text)
             {
-                units.push((id, name));
+                units.push((owner, name));
             }
         }
         Ok(units)
@@ -164,6 +188,13 @@ impl SystemdHost {
 impl InstanceHost for SystemdHost {
     async fn present(&self) -> Result<Vec<String>, RuntimeError> {
         Ok(self.unit_files()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    async fn has_workload(&self, namespace: &str, workload: &str) -> Result<bool, RuntimeError> {
+        Ok(self
+            .owned_unit_files()?
+            .iter()
+            .any(|(owner, _)| owner.namespace == namespace && owner.workload == workload))
     }
 
     async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
@@ -368,6 +399,13 @@ impl InstanceHost for FakeHost {
         Ok(self.lock()?.keys().cloned().collect())
     }
 
+    async fn has_workload(&self, namespace: &str, workload: &str) -> Result<bool, RuntimeError> {
+        Ok(self
+            .lock()?
+            .values()
+            .any(|e| e.desired.opts.namespace == namespace && e.desired.opts.workload == workload))
+    }
+
     async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
         self.pull(desired).await
     }
@@ -492,7 +530,14 @@ mod tests {
             crate::systemd::unit::CgroupsMode::NoConmon,
             Duration::from_secs(5),
         );
-        assert_eq!(instance_of_unit(&unit).as_deref(), Some("x9"));
+        assert_eq!(
+            instance_of_unit(&unit),
+            Some(UnitOwner {
+                namespace: "ns".into(),
+                workload: "w".into(),
+                instance: "x9".into(),
+            })
+        );
         assert_eq!(instance_of_unit("[Unit]\n"), None);
     }
 }

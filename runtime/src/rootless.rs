@@ -736,6 +736,23 @@ impl InstanceHost for RootlessHost {
         Ok(ids)
     }
 
+    async fn has_workload(&self, namespace: &str, workload: &str) -> Result<bool, RuntimeError> {
+        // Only the workload's own user can have its instances; one whose manager does
+        // not run has none running.
+        let name = workload_user(namespace, workload);
+        let Some(user) = workload_users().into_iter().find(|u| u.name == name) else {
+            return Ok(false);
+        };
+        if self.managers.running(&user).is_none() {
+            return Ok(false);
+        }
+        match self.host(&name, false).await {
+            Ok(h) => h.has_workload(namespace, workload).await,
+            Err(RuntimeError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
         let user = workload_user(&desired.opts.namespace, &desired.opts.workload);
         let r = match self.host(&user, true).await {
