@@ -42,17 +42,17 @@ fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
 
     let started = Instant::now();
     let mut agent = Agent::start(&init, &dir.path().join("agent1.log"));
-    let leader = agent.wait_for("became leader", 1, Duration::from_secs(5));
+    let leader = agent.wait_for("became leader", 1, Duration::from_secs(15));
     assert_eq!(leader["fields"]["node"], "n1");
     eprintln!("leader after {:?}", started.elapsed());
-    let created = agent.wait_for("cluster created", 1, Duration::from_secs(5));
+    let created = agent.wait_for("cluster created", 1, Duration::from_secs(10));
     let uid = created["fields"]["uid"].as_str().unwrap().to_owned();
 
     // The node's identity and the first join token are on disk, keys private.
     agent.wait_for(
         "join token written (single use, expires in 24 h)",
         1,
-        Duration::from_secs(5),
+        Duration::from_secs(10),
     );
     let mode = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
@@ -132,11 +132,12 @@ fn init_leads_survives_etcd_crash_resumes_and_stops_cleanly() {
     );
     assert!(!keys.contains(join_token.trim()), "the secret is not a key");
 
-    // kill -9 of the etcd child: restarted, and the node leads again within 10 s.
+    // kill -9 of the etcd child: restarted, and the node leads again (the time is
+    // printed; the bound is loose for a loaded machine).
     let first_etcd = etcd_pid(&agent.wait_for("etcd member starting", 1, Duration::from_secs(1)));
     kill(Pid::from_raw(first_etcd as i32), Signal::SIGKILL).unwrap();
     let crashed = Instant::now();
-    agent.wait_for("became leader", 2, Duration::from_secs(10));
+    agent.wait_for("became leader", 2, Duration::from_secs(20));
     eprintln!("leader again {:?} after etcd was killed", crashed.elapsed());
     let second_etcd = etcd_pid(&agent.wait_for("etcd member starting", 2, Duration::from_secs(1)));
     assert_ne!(first_etcd, second_etcd);

@@ -166,7 +166,15 @@ fn a_workload_runs_rootless_on_podman_survives_an_agent_restart_and_goes() {
     );
 
     // Logs and exec through the leader and the node's agent API, from Podman.
-    let logs = ok(&katcall(&kc, &["logs", &id]));
+    // (The first line can reach the log a moment after the container counts as started.)
+    let started = Instant::now();
+    let logs = loop {
+        let logs = ok(&katcall(&kc, &["logs", &id]));
+        if !logs.trim().is_empty() || started.elapsed() > Duration::from_secs(15) {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
     assert_eq!(
         logs.trim(),
         "hello from 0",

@@ -22,27 +22,28 @@ use nix::sys::signal::Signal;
 const TICK: u64 = 1;
 const LOSS: u64 = 3;
 /// The loss timeout of the failover test: "agents follow a new leader without going
-/// Detached" needs it above the failover time (≈2 s median, up to ≈4 s on a loaded
-/// 2-core machine; the production default is 60 s).
-const FAILOVER_LOSS: u64 = 6;
+/// Detached" needs it well above the failover time (≈2 s median, up to ≈4 s on a
+/// loaded 2-core machine, more when etcd's raft leader moves too and renews every
+/// lease; the production default is 60 s).
+const FAILOVER_LOSS: u64 = 10;
 
-/// Node name → state, from `katcall get nodes -o json`.
-fn node_states(config: &Path) -> Vec<(String, String)> {
-    node_states_at(config, &[])
+/// Node name → state, from `katcall get nodes -o json` with extra katcall flags
+/// (e.g. `--server`).
+fn node_states_at(config: &Path, flags: &[&str]) -> Vec<(String, String)> {
+    try_node_states_at(config, flags).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The same, with extra katcall flags (e.g. `--server`).
-fn node_states_at(config: &Path, flags: &[&str]) -> Vec<(String, String)> {
+/// [`node_states_at`], or katcall's complaint (a transient failure while the cluster
+/// settles, for callers that poll).
+fn try_node_states_at(config: &Path, flags: &[&str]) -> Result<Vec<(String, String)>, String> {
     let mut args = flags.to_vec();
     args.extend(["get", "nodes", "-o", "json"]);
     let out = katcall(config, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    list["items"]
+    Ok(list["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -52,13 +53,13 @@ fn node_states_at(config: &Path, flags: &[&str]) -> Vec<(String, String)> {
                 n["status"]["state"].as_str().unwrap_or("").to_owned(),
             )
         })
-        .collect()
+        .collect())
 }
 
 fn wait_states(config: &Path, want: &[(&str, &str)], within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let states = node_states(config);
+        let states = try_node_states_at(config, &[]).unwrap_or_default();
         let matches = want.len() == states.len()
             && want
                 .iter()
@@ -167,14 +168,15 @@ fn init_and_two_joins_form_a_cluster_and_a_killed_node_comes_back() {
     assert!(table.lines().nth(2).unwrap().starts_with("n2 "), "{table}");
 
     // SIGKILL of a joined agent: NotReady within the loss timeout plus one tick
-    // (plus the time katcall takes to ask).
+    // (plus the time katcall takes to ask, generously on a loaded machine; the
+    // measured time is printed).
     let cert = std::fs::read_to_string(dir.path().join("n2/pki/node.crt")).unwrap();
     n2.signal(Signal::SIGKILL);
     let _ = n2.child.wait();
     let lost = wait_states(
         &katcall_yaml,
         &[("n1", "READY"), ("n2", "NOT_READY"), ("n3", "READY")],
-        Duration::from_secs(LOSS + TICK + 2),
+        Duration::from_secs(LOSS + TICK + 8),
     );
     eprintln!(
         "n2 NotReady {lost:?} after SIGKILL (bound {} s)",
@@ -190,7 +192,7 @@ fn init_and_two_joins_form_a_cluster_and_a_killed_node_comes_back() {
     let back = wait_states(
         &katcall_yaml,
         &[("n1", "READY"), ("n2", "READY"), ("n3", "READY")],
-        Duration::from_secs(10),
+        Duration::from_secs(20),
     );
     eprintln!("n2 Ready again {back:?} after run");
     assert_eq!(
@@ -333,11 +335,19 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
         }
     }
 
-    // A member that does not lead points katcall to the leader.
-    let via_n2 = node_states_at(
-        &katcall_yaml,
-        &["--server", &format!("https://127.0.0.2:{api_port}")],
-    );
+    // A member that does not lead points katcall to the leader (once its API server,
+    // which starts after its etcd member has joined, listens).
+    let started = Instant::now();
+    let via_n2 = loop {
+        match try_node_states_at(
+            &katcall_yaml,
+            &["--server", &format!("https://127.0.0.2:{api_port}")],
+        ) {
+            Ok(states) => break states,
+            Err(e) => assert!(started.elapsed() < Duration::from_secs(15), "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(via_n2.len(), 4, "{via_n2:?}");
 
     // A service of four replicas, one per node (the fake runtime).
@@ -358,13 +368,19 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    let instances = |server: &str| -> Vec<(String, String, String)> {
+    // The instances as a member sees them; `None` when katcall failed (the cluster
+    // may still be settling after the failover).
+    let instances = |server: &str| -> Option<Vec<(String, String, String)>> {
         let out = katcall(
             &katcall_yaml,
             &["--server", server, "get", "instances", "keep", "-o", "json"],
         );
+        if !out.status.success() {
+            eprintln!("get instances: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["items"]
+        let items = v["items"]
             .as_array()
             .into_iter()
             .flatten()
@@ -375,9 +391,10 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
                     i["status"]["phase"].as_str().unwrap_or_default().to_owned(),
                 )
             })
-            .collect()
+            .collect();
+        Some(items)
     };
-    let before = instances(&format!("https://127.0.0.1:{api_port}"));
+    let before = instances(&format!("https://127.0.0.1:{api_port}")).expect("the leader answers");
     assert_eq!(before.len(), 4, "{before:?}");
     let survivors: Vec<String> = before
         .iter()
@@ -402,26 +419,20 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
     ];
     'wait: loop {
         for server in &servers {
-            let out = katcall(
-                &katcall_yaml,
-                &["--server", server, "get", "nodes", "-o", "json"],
-            );
-            if out.status.success() {
-                let states = node_states_at(&katcall_yaml, &["--server", server]);
-                if want
+            if let Ok(states) = try_node_states_at(&katcall_yaml, &["--server", server])
+                && want
                     .iter()
                     .all(|(n, s)| states.iter().any(|(name, st)| name == n && st == s))
-                {
-                    eprintln!(
-                        "{server} answered; n1 NotReady {:?} after SIGKILL",
-                        killed.elapsed()
-                    );
-                    break 'wait;
-                }
+            {
+                eprintln!(
+                    "{server} answered; n1 NotReady {:?} after SIGKILL",
+                    killed.elapsed()
+                );
+                break 'wait;
             }
         }
         assert!(
-            killed.elapsed() < Duration::from_secs(20),
+            killed.elapsed() < Duration::from_secs(FAILOVER_LOSS + 20),
             "no new leader with the expected view"
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -435,7 +446,14 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
     // nodes are the same ones, still RUNNING, and the new leader replaced n1's.
     let started = Instant::now();
     loop {
-        let now = instances(&servers[0]);
+        let Some(now) = instances(&servers[0]) else {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the new leader does not list the instances"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
         let kept = survivors.iter().all(|id| {
             now.iter()
                 .any(|(i, _, phase)| i == id && phase == "RUNNING")
@@ -493,7 +511,8 @@ fn three_control_plane_members_keep_the_cluster_when_the_leader_dies() {
     );
     let restarted = Instant::now();
     loop {
-        let states = node_states_at(&katcall_yaml, &["--server", &servers[0]]);
+        let states =
+            try_node_states_at(&katcall_yaml, &["--server", &servers[0]]).unwrap_or_default();
         let n4_state = states
             .iter()
             .find(|(n, _)| n == "n4")

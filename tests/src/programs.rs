@@ -116,11 +116,22 @@ pub const BUSYBOX_IMAGE: &str = "localhost/busybox:latest";
 /// is missing.
 pub fn podman_with_busybox() -> Option<PathBuf> {
     let podman = find_program("podman")?;
-    let exists = std::process::Command::new(&podman)
-        .args(["image", "exists", BUSYBOX_IMAGE])
-        .status()
-        .is_ok_and(|s| s.success());
-    if exists {
+    let exists = || {
+        std::process::Command::new(&podman)
+            .args(["image", "exists", BUSYBOX_IMAGE])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if exists() {
+        return Some(podman);
+    }
+    // Tests run in parallel processes: one imports, the others wait for it.
+    let lock = std::fs::File::create(std::env::temp_dir().join("kat-tests-busybox-import.lock"))
+        .expect("the busybox import lock file");
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("the busybox import lock");
+    if exists() {
         return Some(podman);
     }
     let (_dir, archive) = busybox_archive()?;

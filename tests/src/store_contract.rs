@@ -279,7 +279,8 @@ async fn wait_gone(store: &dyn StateStore, key: &str) -> Duration {
 pub async fn leases_expire_without_keep_alive(store: &dyn StateStore) {
     let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
     store.put("/t/e", vec![], Some(lease.id)).await.unwrap();
-    let kept = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    // Long enough that a stall of a loaded machine between keep-alives cannot end it.
+    let kept = store.grant_lease(Duration::from_secs(10)).await.unwrap();
     store.put("/t/kept", vec![], Some(kept.id)).await.unwrap();
     let mut watch = store.watch("/t/e", 0).await.unwrap();
     // Keep one lease alive while the other runs out.

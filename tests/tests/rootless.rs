@@ -263,8 +263,9 @@ async fn the_rootless_host_makes_the_user_and_runs_the_instance_as_it() {
         !base.path().join(&name).exists(),
         "runtime directory removed"
     );
+    // Stopped: gone, or a zombie its parent (PID 1 after `setsid --fork`) has yet to reap.
     assert!(
-        !std::path::Path::new(&format!("/proc/{manager}")).exists(),
+        !kat_runtime::rootless::alive(u32::try_from(manager).unwrap()),
         "manager stopped"
     );
     assert_eq!(host.remove_workload("test", &workload).await.unwrap(), None);
