@@ -307,6 +307,8 @@ pub enum HeartbeatMsg {
     /// The Runtime's instance reports changed: report them now (at most once a
     /// second), not at the next tick.
     ReportsChanged,
+    /// Internal: the report held back by the one-second gap is due.
+    ReportsDue,
     /// Replies with the last accepted response and how long ago it came.
     Last(ractor::RpcReplyPort<Option<(HeartbeatResponse, Duration)>>),
 }
@@ -584,8 +586,13 @@ impl Actor for Heartbeat {
                 let _ = reply.send(last);
                 return Ok(());
             }
-            HeartbeatMsg::ReportsChanged => {
+            HeartbeatMsg::ReportsChanged | HeartbeatMsg::ReportsDue => {
                 const MIN_GAP: Duration = Duration::from_secs(1);
+                if matches!(msg, HeartbeatMsg::ReportsDue) {
+                    // Whatever happened meanwhile (a tick sent), a later change must
+                    // be able to queue its own report again.
+                    state.report_queued = false;
+                }
                 if *state.args.mode.borrow() != AgentMode::Attached {
                     return Ok(()); // the next tick (or rejoin) carries them
                 }
@@ -593,7 +600,7 @@ impl Actor for Heartbeat {
                 if since < MIN_GAP {
                     if !state.report_queued {
                         state.report_queued = true;
-                        myself.send_after(MIN_GAP - since, || HeartbeatMsg::ReportsChanged);
+                        myself.send_after(MIN_GAP - since, || HeartbeatMsg::ReportsDue);
                     }
                     return Ok(());
                 }
@@ -640,5 +647,119 @@ impl Actor for Heartbeat {
         }
         myself.send_after(state.delay, || HeartbeatMsg::Tick);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+    use super::*;
+    use kat_proto::v1alpha1::{InstancePhase, InstanceStatus};
+
+    /// A leader that answers every heartbeat and records when each came and the
+    /// phase of instance `i1` it carried.
+    #[derive(Default)]
+    struct Recorder {
+        beats: Mutex<Vec<(Instant, Option<i32>)>>,
+        streams: Mutex<Vec<tokio::sync::mpsc::Sender<Result<SyncEvent, LinkError>>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl LeaderLink for Recorder {
+        async fn heartbeat(
+            &self,
+            _target: &str,
+            request: HeartbeatRequest,
+        ) -> Result<HeartbeatResponse, LinkError> {
+            let phase = request
+                .instances
+                .iter()
+                .find(|i| i.id == "i1")
+                .and_then(|i| i.status.as_ref())
+                .map(|s| s.phase);
+            self.beats.lock().unwrap().push((Instant::now(), phase));
+            Ok(HeartbeatResponse::default())
+        }
+
+        async fn renew(
+            &self,
+            _target: &str,
+            _request: RenewCertificateRequest,
+        ) -> Result<RenewCertificateResponse, LinkError> {
+            Err(LinkError::Refused("not in this test".into()))
+        }
+
+        async fn sync(
+            &self,
+            _target: &str,
+            _request: SyncRequest,
+        ) -> Result<SyncReceiver, LinkError> {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            self.streams.lock().unwrap().push(tx);
+            Ok(rx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_after_a_tick_that_overtook_a_held_back_report_is_still_sent_early() {
+        let link = Arc::new(Recorder::default());
+        let reports: crate::runtime::ReportsCell = Arc::new(watch::channel(Default::default()).0);
+        let set = |phase: InstancePhase| {
+            reports.send_replace(
+                [(
+                    "i1".to_owned(),
+                    InstanceStatus {
+                        phase: phase.into(),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+            );
+        };
+        let start = Instant::now();
+        let (actor, handle) = Actor::spawn(
+            None,
+            Heartbeat,
+            HeartbeatArgs {
+                node: "w1".into(),
+                targets: vec!["leader:1".into()],
+                tick: Duration::from_secs(15),
+                loss_timeout: Duration::from_secs(60),
+                max_backoff: Duration::from_secs(30),
+                link: link.clone(),
+                mode: new_mode_cell(),
+                synced: new_synced_cell(),
+                reports: Some(reports.clone()),
+                remember_targets: None,
+                learned: Default::default(),
+                leader_node: Default::default(),
+                capacity: None,
+            },
+        )
+        .await
+        .unwrap();
+        // Ticks at 0 s and 15 s. A change at 13.9 s is sent at once (14.1 s, after the
+        // 200 ms that gathers a burst); one at 14.4 s is held back to 15.1 s by the
+        // one-second gap, and the 15 s tick overtakes it.
+        tokio::time::sleep_until(start + Duration::from_millis(13_900)).await;
+        set(InstancePhase::Starting);
+        tokio::time::sleep_until(start + Duration::from_millis(14_400)).await;
+        set(InstancePhase::Starting);
+        // RUNNING at 15.5 s must not wait for the 30 s tick.
+        tokio::time::sleep_until(start + Duration::from_millis(15_500)).await;
+        set(InstancePhase::Running);
+        tokio::time::sleep_until(start + Duration::from_secs(20)).await;
+        let beats = link.beats.lock().unwrap().clone();
+        let running = beats
+            .iter()
+            .find(|(_, phase)| *phase == Some(InstancePhase::Running.into()))
+            .map(|(at, _)| *at - start);
+        assert!(
+            running.is_some_and(|at| at < Duration::from_millis(17_000)),
+            "RUNNING reported at {running:?}; beats at {:?}",
+            beats.iter().map(|(at, _)| *at - start).collect::<Vec<_>>()
+        );
+        actor.stop(None);
+        handle.await.unwrap();
     }
 }
