@@ -394,8 +394,6 @@ impl HeartbeatState {
         }
     }
 
-    /// One round: each known address once, starting with the last that answered; a
-    /// member that points to the leader is followed at once.
     /// Measures the host's capacity again when it is due.
     async fn refresh_capacity(&mut self) {
         let Some(probe) = self.args.capacity else {
@@ -413,6 +411,8 @@ impl HeartbeatState {
         }
     }
 
+    /// One round: each known address once, starting with the last that answered; a
+    /// member that points to the leader is followed at once.
     async fn send(&mut self, rejoining: bool) -> Option<HeartbeatResponse> {
         self.refresh_capacity().await;
         let n = self.args.targets.len() + 1;

@@ -41,7 +41,6 @@ pub fn backoff(failures: u32) -> Duration {
     (BACKOFF_START * factor).min(BACKOFF_MAX)
 }
 
-/// What `job_state` says a user sees.
 /// The first and the latest tick of `cron` after `since` and at or before `now`: a
 /// leader that was down for hours runs one execution, for the latest, not one per
 /// tick it missed. Looks back an hour, then a day, then a year, then all the way to
@@ -62,6 +61,7 @@ fn due_ticks(cron: &kat_proto::cron::CronSchedule, since: i64, now: i64) -> Opti
     Some((first, first))
 }
 
+/// What `job_state` says a user sees.
 pub fn describe(state: Option<&JobState>, scheduled: bool) -> String {
     match state {
         None if scheduled => "Waiting".to_owned(),
