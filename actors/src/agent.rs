@@ -416,14 +416,14 @@ pub struct JoinOptions {
     pub etcd_bin: PathBuf,
 }
 
+/// How long `join` keeps asking a leader that cannot take the join yet, and how often.
+const JOIN_RETRY: Duration = Duration::from_secs(30);
+const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// `kat-agent join`: checks the leader against the CA hash in the token, makes this
 /// node's key and CSR here, joins, and records the certificate, CA, cluster
 /// configuration and identity in the state directory (identity last: a join that fails
 /// half-way leaves a directory `run` refuses and `join` can retry).
-/// How long `join` keeps asking a leader that cannot take the join yet.
-const JOIN_RETRY: Duration = Duration::from_secs(30);
-const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
-
 pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
     let dir = &opts.state_dir;
     if let Some(identity) = read_identity(dir)? {
@@ -466,6 +466,7 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
     // A leader that does not listen yet, or was elected and still starts its leader
     // services, is asked again for a while: nothing was stored for those answers.
     let started = tokio::time::Instant::now();
+    let mut pinned: Option<String> = None;
     let response = loop {
         let retry = |why: String| {
             if started.elapsed() < JOIN_RETRY {
@@ -475,14 +476,18 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
                 Err(why)
             }
         };
-        let ca_pem = match fetch_pinned_ca(&leader, &credential.ca_sha256).await {
-            Ok(pem) => pem,
-            Err(e @ crate::client::ClientError::Connect { .. }) => {
-                retry(e.to_string()).map_err(AgentError::Leader)?;
-                tokio::time::sleep(JOIN_RETRY_PAUSE).await;
-                continue;
-            }
-            Err(e) => return Err(AgentError::Leader(e.to_string())),
+        // The CA is checked against the pin once; later tries reuse it.
+        let ca_pem = match &pinned {
+            Some(pem) => pem.clone(),
+            None => match fetch_pinned_ca(&leader, &credential.ca_sha256).await {
+                Ok(pem) => pinned.insert(pem).clone(),
+                Err(e @ crate::client::ClientError::Connect { .. }) => {
+                    retry(e.to_string()).map_err(AgentError::Leader)?;
+                    tokio::time::sleep(JOIN_RETRY_PAUSE).await;
+                    continue;
+                }
+                Err(e) => return Err(AgentError::Leader(e.to_string())),
+            },
         };
         // A control-plane join waits while an earlier member catches up in etcd.
         let channel = api_channel_with_timeout(&leader, &ca_pem, None, Duration::from_secs(60))
