@@ -709,20 +709,29 @@ impl RootlessHost {
     async fn all_hosts(&self) -> Vec<SystemdHost> {
         let mut hosts = Vec::new();
         for user in workload_users() {
-            if self.managers.running(&user).is_none() {
-                continue;
-            }
-            let name = user.name;
-            match self.host(&name, false).await {
-                Ok(h) => hosts.push(h),
-                // Removed meanwhile (a purge): nothing of it to list.
-                Err(RuntimeError::NotFound(_)) => {}
+            let name = user.name.clone();
+            match self.running_host(&user).await {
+                Ok(Some(h)) => hosts.push(h),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(user = %name, error = %e, "cannot reach the workload user's systemd manager")
                 }
             }
         }
         hosts
+    }
+
+    /// The host of `user` if its manager runs (`None`: no instance of it can run,
+    /// or the user was removed meanwhile by a purge).
+    async fn running_host(&self, user: &WorkloadUser) -> Result<Option<SystemdHost>, RuntimeError> {
+        if self.managers.running(user).is_none() {
+            return Ok(None);
+        }
+        match self.host(&user.name, false).await {
+            Ok(h) => Ok(Some(h)),
+            Err(RuntimeError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -737,19 +746,14 @@ impl InstanceHost for RootlessHost {
     }
 
     async fn has_workload(&self, namespace: &str, workload: &str) -> Result<bool, RuntimeError> {
-        // Only the workload's own user can have its instances; one whose manager does
-        // not run has none running.
+        // Only the workload's own user can have its instances.
         let name = workload_user(namespace, workload);
         let Some(user) = workload_users().into_iter().find(|u| u.name == name) else {
             return Ok(false);
         };
-        if self.managers.running(&user).is_none() {
-            return Ok(false);
-        }
-        match self.host(&name, false).await {
-            Ok(h) => h.has_workload(namespace, workload).await,
-            Err(RuntimeError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
+        match self.running_host(&user).await? {
+            Some(h) => h.has_workload(namespace, workload).await,
+            None => Ok(false),
         }
     }
 
