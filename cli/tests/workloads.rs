@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Agent, RemovedDir, api_port, cluster_file_with, join_args, katcall, ok};
+use common::{
+    Agent, RemovedDir, api_port, cluster_file_with, fails_saying, join_args, katcall, ok,
+};
 use kat_runtime::ContainerRuntime;
 use kat_runtime::podman::{Podman, RunAs};
 use kat_runtime::rootless::lookup_user;
@@ -598,12 +600,9 @@ fn run(flow: &Flow) {
     assert!(described.contains(image1.as_str()), "{described}");
     assert!(described.contains("RolledBack"), "{described}");
     let none_older = flow.kat(&["rollback", "workload", "web", "--to-generation", "99"]);
-    assert!(!none_older.status.success());
-    assert!(
-        String::from_utf8_lossy(&none_older.stderr)
-            .contains(&format!("generation 99 of workload {ns}/web is not kept")),
-        "{}",
-        String::from_utf8_lossy(&none_older.stderr)
+    fails_saying(
+        &none_older,
+        &format!("generation 99 of workload {ns}/web is not kept"),
     );
 
     // A node dies: its instance is replaced on the others.
@@ -856,12 +855,7 @@ spec:
     );
     assert!(flow.instances("web").is_empty());
     let missing = flow.kat(&["get", "workload", "web"]);
-    assert!(!missing.status.success());
-    assert!(
-        String::from_utf8_lossy(&missing.stderr).contains("NotFound"),
-        "{}",
-        String::from_utf8_lossy(&missing.stderr)
-    );
+    fails_saying(&missing, "NotFound");
     if flow.podman() {
         assert!(!flow.path("volumes").join(ns).join("web").exists());
         // With the workload's user, its storage (the containers) and its managers.
@@ -879,19 +873,9 @@ spec:
     // Node removal: the dead worker goes; a node with instances and the
     // control-plane member are refused, saying why.
     let busy = flow.kat(&["delete", "node", n2]);
-    assert!(!busy.status.success());
-    assert!(
-        String::from_utf8_lossy(&busy.stderr).contains("drain it first"),
-        "{}",
-        String::from_utf8_lossy(&busy.stderr)
-    );
+    fails_saying(&busy, "drain it first");
     let member = flow.kat(&["delete", "node", n1]);
-    assert!(!member.status.success());
-    assert!(
-        String::from_utf8_lossy(&member.stderr).contains("is a control-plane member"),
-        "{}",
-        String::from_utf8_lossy(&member.stderr)
-    );
+    fails_saying(&member, "is a control-plane member");
     ok(&flow.kat(&["delete", "node", n3]));
     let left = ok(&flow.kat(&["get", "nodes", "-o", "json"]));
     let left: serde_json::Value = serde_json::from_str(&left).unwrap();

@@ -170,6 +170,14 @@ pub fn ok(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that katcall failed and that its stderr says `what`; returns the stderr.
+pub fn fails_saying(out: &std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "katcall succeeded; expected: {what}");
+    assert!(stderr.contains(what), "{stderr}");
+    stderr
+}
+
 /// `kat-agent join` arguments.
 pub fn join_args<'a>(
     leader: &'a str,

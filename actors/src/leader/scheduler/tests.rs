@@ -78,6 +78,15 @@ fn workload(
     }
 }
 
+/// A world of one workload and `nodes` Ready nodes n1, n2, ...
+fn world_of(workload: Quadlet, nodes: usize) -> World {
+    World {
+        workloads: vec![workload],
+        nodes: (1..=nodes).map(|i| node(&format!("n{i}"), true)).collect(),
+        ..Default::default()
+    }
+}
+
 fn ids() -> impl FnMut() -> String {
     let mut n = 0;
     move || {
@@ -118,16 +127,10 @@ fn nodes_of(world: &World) -> Vec<String> {
 
 #[test]
 fn a_service_gets_its_replicas_spread_over_the_nodes() {
-    let mut world = World {
-        workloads: vec![workload(
-            WorkloadType::Service,
-            3,
-            1,
-            UpdateStrategyType::Rolling,
-        )],
-        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
-        ..Default::default()
-    };
+    let mut world = world_of(
+        workload(WorkloadType::Service, 3, 1, UpdateStrategyType::Rolling),
+        3,
+    );
     let mut id = ids();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
@@ -140,16 +143,10 @@ fn a_service_gets_its_replicas_spread_over_the_nodes() {
 
 #[test]
 fn scaling_down_removes_pending_then_newest_instances() {
-    let mut world = World {
-        workloads: vec![workload(
-            WorkloadType::Service,
-            3,
-            1,
-            UpdateStrategyType::Rolling,
-        )],
-        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
-        ..Default::default()
-    };
+    let mut world = world_of(
+        workload(WorkloadType::Service, 3, 1, UpdateStrategyType::Rolling),
+        3,
+    );
     let mut id = ids();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
@@ -206,16 +203,10 @@ fn what_fits_nowhere_stays_pending_with_the_reason() {
 
 #[test]
 fn instances_on_a_lost_node_are_replaced_elsewhere() {
-    let mut world = World {
-        workloads: vec![workload(
-            WorkloadType::Service,
-            2,
-            1,
-            UpdateStrategyType::Rolling,
-        )],
-        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
-        ..Default::default()
-    };
+    let mut world = world_of(
+        workload(WorkloadType::Service, 2, 1, UpdateStrategyType::Rolling),
+        3,
+    );
     let mut id = ids();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
@@ -235,16 +226,10 @@ fn instances_on_a_lost_node_are_replaced_elsewhere() {
 
 #[test]
 fn draining_moves_a_rolling_service_within_its_surge() {
-    let mut world = World {
-        workloads: vec![workload(
-            WorkloadType::Service,
-            1,
-            1,
-            UpdateStrategyType::Rolling,
-        )],
-        nodes: vec![node("n1", true), node("n2", true)],
-        ..Default::default()
-    };
+    let mut world = world_of(
+        workload(WorkloadType::Service, 1, 1, UpdateStrategyType::Rolling),
+        2,
+    );
     let mut id = ids();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
@@ -268,16 +253,15 @@ fn draining_moves_a_rolling_service_within_its_surge() {
     assert!(events(&plans).contains(&"InstancesMoved".to_owned()));
 
     // SIMULTANEOUS: moved at once, as from a lost node.
-    let mut world = World {
-        workloads: vec![workload(
+    let mut world = world_of(
+        workload(
             WorkloadType::Service,
             1,
             1,
             UpdateStrategyType::Simultaneous,
-        )],
-        nodes: vec![node("n1", true), node("n2", true)],
-        ..Default::default()
-    };
+        ),
+        2,
+    );
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
     if let Some(spec) = world.nodes[0].0.spec.as_mut() {
@@ -291,16 +275,10 @@ fn draining_moves_a_rolling_service_within_its_surge() {
 /// Three running instances of generation 1 on three nodes, then generation 2 applied
 /// (ROLLING, surge 1); the ID maker goes on from there.
 fn three_running_then_generation_2() -> (World, impl FnMut() -> String) {
-    let mut world = World {
-        workloads: vec![workload(
-            WorkloadType::Service,
-            3,
-            1,
-            UpdateStrategyType::Rolling,
-        )],
-        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
-        ..Default::default()
-    };
+    let mut world = world_of(
+        workload(WorkloadType::Service, 3, 1, UpdateStrategyType::Rolling),
+        3,
+    );
     let mut id = ids();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
@@ -376,16 +354,15 @@ fn a_rolling_update_pauses_on_a_new_instance_that_never_becomes_ready() {
 
 #[test]
 fn a_simultaneous_update_replaces_everything_at_once() {
-    let mut world = World {
-        workloads: vec![workload(
+    let mut world = world_of(
+        workload(
             WorkloadType::Service,
             3,
             1,
             UpdateStrategyType::Simultaneous,
-        )],
-        nodes: vec![node("n1", true), node("n2", true), node("n3", true)],
-        ..Default::default()
-    };
+        ),
+        3,
+    );
     let mut id = ids();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
@@ -404,16 +381,15 @@ fn a_simultaneous_update_replaces_everything_at_once() {
 
 #[test]
 fn a_daemon_runs_once_on_every_eligible_node_and_follows_them() {
-    let mut world = World {
-        workloads: vec![workload(
+    let mut world = world_of(
+        workload(
             WorkloadType::DaemonService,
             0,
             1,
             UpdateStrategyType::Rolling,
-        )],
-        nodes: vec![node("n1", true), node("n2", true)],
-        ..Default::default()
-    };
+        ),
+        2,
+    );
     let mut id = ids();
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
