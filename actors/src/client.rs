@@ -1,5 +1,6 @@
-//! A node's connections to the leader's API (SPEC §2, §6): the pinned first contact of
-//! `kat-agent join`, and mTLS channels verified against the cluster CA afterwards.
+//! Connections to the leader's API (SPEC §2, §6): the pinned first contact of
+//! `kat-agent join`, mTLS channels verified against the cluster CA afterwards, the
+//! metadata a follower points to the leader with, and katcall's configuration file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::pki::ca::CertAndKey;
 use crate::pki::pin::{der_to_pem, fingerprint_der};
+
+/// Metadata key (and REST header) naming the leader's API address in a follower's
+/// answer.
+pub const LEADER_API_METADATA: &str = "kat-leader-api";
 
 /// How long a connection attempt to the leader may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

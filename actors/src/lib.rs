@@ -1,24 +1,29 @@
-//! KAT's supervision tree (SPEC §3): `NodeSupervisor` with the control-plane subtree
-//! (Store, Election, and the leader's Pki, Scheduler, Ipam, NodeMonitor, Api, Backup)
-//! and the agent subtree (Heartbeat, Runtime, WireGuard, Dns, NodeCerts).
+//! KAT's supervision tree (SPEC §3) and everything it runs. The modules read top-down;
+//! each depends only on those below it (a test, `tests/module_layers.rs`, holds this):
 //!
-//! So far: [`store`], the state layer every actor uses, and [`supervision`], the one
-//! supervisor every subtree is built from. The actors arrive next.
+//! | layer | modules | what they own |
+//! |---|---|---|
+//! | procedures | [`procedures`] | `kat-agent init / join / run / etcd-env`: a state directory becomes a running node |
+//! | tree | [`tree`] | `node@N`, the node's root supervisor |
+//! | subtrees | [`control_plane`] | `control-plane@N`: the etcd member, the election, the API server |
+//! | | [`api`] | the API's adapters: gRPC and REST over the leader's behaviours, the in-process link |
+//! | | [`agent`] | `agent@N`: heartbeat, the leader link, runtime, certificates, the agent API |
+//! | | [`leader`] | `leader@N`: bootstrap, node monitor, scheduler, backups; join, heartbeat intake, sync |
+//! | state | [`state`] | every etcd key, events, typed reads and fenced writes, [`state::StateError`] |
+//! | store | [`store`] | the `StateStore` trait over etcd and memory, leader election, the etcd process |
+//! | foundations | [`supervision`], [`pki`], [`client`], [`listener`], [`metrics`], [`files`] | the supervisor, certificates and tokens, TLS clients and listeners |
 
 pub mod agent;
-pub mod agent_api;
 pub mod api;
 pub mod client;
-pub mod election;
+pub mod control_plane;
 pub mod files;
-pub mod gpus;
-pub mod heartbeat;
 pub mod leader;
+pub mod listener;
 pub mod metrics;
-pub mod node;
-pub mod node_certs;
 pub mod pki;
-pub mod runtime;
-pub mod runtime_spec;
+pub mod procedures;
+pub mod state;
 pub mod store;
 pub mod supervision;
+pub mod tree;

@@ -219,7 +219,7 @@ impl From<tonic::Status> for CmdError {
     fn from(status: tonic::Status) -> Self {
         let leader_api = status
             .metadata()
-            .get(kat_actors::api::LEADER_API_METADATA)
+            .get(kat_actors::client::LEADER_API_METADATA)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let message = status.message();

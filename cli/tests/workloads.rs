@@ -326,7 +326,7 @@ spec:
             uid: user.uid,
             gid: user.gid,
             home: user.home.clone(),
-            runtime_dir: Path::new(kat_actors::agent::AGENT_MANAGERS_DIR)
+            runtime_dir: Path::new(kat_actors::procedures::runtime::AGENT_MANAGERS_DIR)
                 .join(node)
                 .join("users")
                 .join(&name),
@@ -393,7 +393,7 @@ fn workloads_end_to_end_on_podman_and_systemd() {
     let _runtime_dirs: Vec<RemovedDir> = flow
         .nodes
         .iter()
-        .map(|n| RemovedDir(Path::new(kat_actors::agent::AGENT_MANAGERS_DIR).join(n)))
+        .map(|n| RemovedDir(Path::new(kat_actors::procedures::runtime::AGENT_MANAGERS_DIR).join(n)))
         .collect();
     let _users: Vec<WorkloadUserCleanup> = ["web", "node-exporter", "count"]
         .into_iter()
@@ -862,7 +862,7 @@ spec:
         let user = workload_user(ns, "web");
         assert_eq!(block(lookup_user(&user)).unwrap(), None, "{last:?}");
         for n in [n1, n2] {
-            let dir = Path::new(kat_actors::agent::AGENT_MANAGERS_DIR)
+            let dir = Path::new(kat_actors::procedures::runtime::AGENT_MANAGERS_DIR)
                 .join(n)
                 .join("users")
                 .join(&user);

@@ -3,12 +3,16 @@
 //! simulations and by demos on machines without Podman (`--runtime fake`).
 //!
 //! Instances as systemd units over D-Bus, rootless per-workload users and the Runtime
-//! actor that reconciles them build on this trait (see `docs/runtime.md`).
+//! actor that reconciles them build on this trait (see `docs/runtime.md`). [`spec`]
+//! turns what the leader assigns into what the runtime runs; [`probe`] measures what
+//! the host has.
 
 pub mod fake;
 pub mod host;
 pub mod podman;
+pub mod probe;
 pub mod rootless;
+pub mod spec;
 pub mod systemd;
 pub mod types;
 pub mod users;

@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kat_actors::election::{Election, ElectionMsg, ElectionSnapshot};
-use kat_actors::node::{ControlPlaneOptions, start_control_plane_node};
+use kat_actors::control_plane::ControlPlaneOptions;
+use kat_actors::control_plane::election::{Election, ElectionMsg, ElectionSnapshot};
 use kat_actors::store::StoreBackend;
 use kat_actors::store::etcd_process::EtcdMemberConfig;
 use kat_actors::supervision::SupervisorMsg;
+use kat_actors::tree::start_control_plane_node;
 use kat_proto::v1alpha1::ClusterConfiguration;
 use ractor::{ActorRef, call_t};
 use tokio::time::Instant;

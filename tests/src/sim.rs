@@ -3,10 +3,10 @@
 //!
 //! Control-plane nodes run their real control-plane subtree (Store over the shared
 //! [`MemoryStore`], Election, the leader subtree with NodeMonitor and the Api actor).
-//! The Api actor serves in process: while a node leads, its node-API handlers are
-//! entered in an [`ApiDirectory`] under the address `sim://<node>`, and every node's
-//! Heartbeat reaches them through a [`SimLink`] — the same handlers the TLS server
-//! calls, minus the sockets. Workers join through the leader's `Join` handler with a
+//! The Api actor serves in process: while a node leads, its context is entered in the
+//! [`SimNetwork`]'s directory under the address `sim://<node>`, and every node's
+//! Heartbeat reaches the leader's handlers through an [`InProcessLink`] — the same
+//! handlers the TLS server calls, minus the sockets. Workers join through the leader's `Join` handler with a
 //! CSR, as `kat-agent join` does.
 //!
 //! Faults: kill an actor ([`SimCluster::kill_actor`]), crash a node's whole tree
@@ -16,23 +16,23 @@
 //! Wall-clock times (heartbeat stamps, NodeMonitor's comparisons) come from
 //! [`sim_now`], which moves with tokio's clock, so a paused test can skip minutes.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kat_actors::api::node_api::{self, control_plane_key, node_key};
-use kat_actors::api::user_api;
-use kat_actors::api::{ApiDirectory, ApiEndpoint};
-use kat_actors::heartbeat::{AgentMode, LeaderLink, LinkError, SyncReceiver};
-use kat_actors::node::{AgentOptions, ControlPlaneOptions, start_node};
+use kat_actors::agent::AgentOptions;
+use kat_actors::agent::view::AgentMode;
+use kat_actors::api::in_process::{InProcessLink, SimNetwork};
+use kat_actors::control_plane::ControlPlaneOptions;
+use kat_actors::leader::{self, ApiEndpoint, LeaderContext};
 use kat_actors::pki::ca::node_key_and_csr;
 use kat_actors::pki::tokens;
+use kat_actors::state::{self, StateError, keys};
 use kat_actors::store::{MemoryStore, StateStore, StoreBackend};
 use kat_actors::supervision::SupervisorMsg;
+use kat_actors::tree::start_node;
 use kat_proto::v1alpha1::{
-    ClusterConfiguration, HeartbeatRequest, HeartbeatResponse, JoinRequest, Node, NodeRole,
-    NodeSpec, NodeState, ObjectMeta, RenewCertificateRequest, RenewCertificateResponse,
-    SyncRequest, TokenKind,
+    ClusterConfiguration, JoinRequest, Node, NodeRole, NodeSpec, NodeState, ObjectMeta, TokenKind,
 };
 use prost::Message;
 use ractor::ActorRef;
@@ -46,93 +46,6 @@ pub fn sim_now() -> SystemTime {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     UNIX_EPOCH + Duration::from_secs(1_800_000_000) + start.elapsed()
-}
-
-/// The in-process network: which nodes are cut off, and the directory of leaders.
-#[derive(Default)]
-pub struct SimNetwork {
-    pub directory: ApiDirectory,
-    partitioned: Mutex<HashSet<String>>,
-}
-
-impl SimNetwork {
-    fn is_partitioned(&self, node: &str) -> bool {
-        self.partitioned
-            .lock()
-            .map(|p| p.contains(node))
-            .unwrap_or(false)
-    }
-}
-
-/// Node `node`'s way to a leader in the simulation.
-pub struct SimLink {
-    pub node: String,
-    pub network: Arc<SimNetwork>,
-}
-
-#[async_trait::async_trait]
-impl LeaderLink for SimLink {
-    async fn heartbeat(
-        &self,
-        target: &str,
-        request: HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, LinkError> {
-        let ctx = self.reach(target)?;
-        node_api::heartbeat(&ctx, &self.node, request, sim_now())
-            .await
-            .map_err(|s| LinkError::Refused(s.message().to_owned()))
-    }
-
-    async fn renew(
-        &self,
-        target: &str,
-        request: RenewCertificateRequest,
-    ) -> Result<RenewCertificateResponse, LinkError> {
-        let ctx = self.reach(target)?;
-        node_api::renew_certificate(&ctx, &self.node, request)
-            .await
-            .map_err(|s| LinkError::Refused(s.message().to_owned()))
-    }
-
-    async fn sync(&self, target: &str, request: SyncRequest) -> Result<SyncReceiver, LinkError> {
-        let ctx = self.reach(target)?;
-        let mut events = node_api::sync_events(&ctx, &self.node, request.from_revision)
-            .await
-            .map_err(|s| LinkError::Refused(s.message().to_owned()))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let (network, node) = (self.network.clone(), self.node.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                // A partition cuts an open stream too.
-                if network.is_partitioned(&node) {
-                    let _ = tx
-                        .send(Err(LinkError::Unreachable("partitioned".to_owned())))
-                        .await;
-                    return;
-                }
-                let event = event.map_err(|s| LinkError::Refused(s.message().to_owned()));
-                if tx.send(event).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(rx)
-    }
-}
-
-impl SimLink {
-    /// The leader context serving `target`, unless this node is cut off.
-    fn reach(&self, target: &str) -> Result<node_api::NodeApiContext, LinkError> {
-        if self.network.is_partitioned(&self.node) {
-            return Err(LinkError::Unreachable("partitioned".to_owned()));
-        }
-        self.network
-            .directory
-            .lock()
-            .ok()
-            .and_then(|d| d.get(target).cloned())
-            .ok_or_else(|| LinkError::Unreachable(format!("nothing serves {target}")))
-    }
 }
 
 /// One simulated node.
@@ -182,7 +95,7 @@ impl SimCluster {
             tokens::generate(TokenKind::Join, None, true, "simulation", sim_now()).expect("token");
         shared
             .put(
-                &tokens::key(TokenKind::Join, &record.id),
+                &keys::token(TokenKind::Join, &record.id),
                 record.encode_to_vec(),
                 None,
             )
@@ -228,20 +141,24 @@ impl SimCluster {
             status: None,
         };
         self.store
-            .put(&node_key(name), node.encode_to_vec(), None)
+            .put(&keys::node(name), node.encode_to_vec(), None)
             .await
             .expect("store");
         self.store
-            .put(&control_plane_key(name), sim_addr(name).into_bytes(), None)
+            .put(
+                &keys::control_plane(name),
+                sim_addr(name).into_bytes(),
+                None,
+            )
             .await
             .expect("store");
     }
 
     /// Joins `name` through the current leader's Join handler (CSR made here).
-    pub async fn join(&self, name: &str) -> Result<(), tonic::Status> {
+    pub async fn join(&self, name: &str) -> Result<(), StateError> {
         let ctx = self
             .leader_ctx()
-            .ok_or_else(|| tonic::Status::unavailable("no leader"))?;
+            .ok_or_else(|| StateError::Unavailable("no leader".to_owned()))?;
         let (_key, csr) = node_key_and_csr(name).expect("csr");
         let request = JoinRequest {
             token: self.join_token.clone(),
@@ -250,12 +167,13 @@ impl SimCluster {
             advertise_address: "127.0.0.1".to_owned(),
             ..Default::default()
         };
-        node_api::join(&ctx, request, sim_now()).await.map(|_| ())
+        leader::join::join(&ctx, request, sim_now())
+            .await
+            .map(|_| ())
     }
 
-    fn leader_ctx(&self) -> Option<node_api::NodeApiContext> {
-        let directory = self.network.directory.lock().ok()?;
-        directory.values().next().cloned()
+    fn leader_ctx(&self) -> Option<LeaderContext> {
+        self.network.any_leader()
     }
 
     /// Starts (or restarts) node `name`'s tree.
@@ -279,9 +197,10 @@ impl SimCluster {
         if let Some(i) = targets.iter().position(|t| *t == sim_addr(name)) {
             targets.swap(0, i);
         }
-        let link = Arc::new(SimLink {
+        let link = Arc::new(InProcessLink {
             node: name.to_owned(),
             network: self.network.clone(),
+            clock: sim_now,
         });
         let agent = AgentOptions::new(name, &self.cluster, targets, link);
         let (supervisor, handle) = start_node(name, cp.as_ref(), Some(&agent))
@@ -319,15 +238,11 @@ impl SimCluster {
 
     /// Cuts `name` off from every leader (its heartbeats fail as unreachable).
     pub fn partition(&self, name: &str) {
-        if let Ok(mut p) = self.network.partitioned.lock() {
-            p.insert(name.to_owned());
-        }
+        self.network.partition(name);
     }
 
     pub fn heal(&self, name: &str) {
-        if let Ok(mut p) = self.network.partitioned.lock() {
-            p.remove(name);
-        }
+        self.network.heal(name);
     }
 
     /// The node leading now, per the Election actors.
@@ -349,7 +264,7 @@ impl SimCluster {
 
     /// The cluster's view of its nodes: name → state, as `katcall get nodes` shows it.
     pub async fn states(&self) -> BTreeMap<String, NodeState> {
-        user_api::list_nodes(self.store.as_ref())
+        state::nodes::list(self.store.as_ref())
             .await
             .expect("store")
             .into_iter()
@@ -405,7 +320,7 @@ impl SimCluster {
             involved: format!("node/{name}"),
             ..Default::default()
         };
-        user_api::list_events(self.store.as_ref(), &req)
+        state::events::list(self.store.as_ref(), &req)
             .await
             .expect("store")
             .into_iter()

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use kat_actors::node::ELECTION_PREFIX;
+use kat_actors::state::keys::ELECTION_PREFIX;
 use kat_actors::store::election::{self, LeaderKey};
 use kat_actors::store::{EtcdStore, StateStore, Txn, TxnOp};
 use kat_tests::cluster::{EtcdTrio, wait_for_leader};

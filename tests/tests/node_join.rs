@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kat_actors::api::node_api::{NodeApiContext, Served, node_key, serve};
+use kat_actors::api::{Served, serve};
+use kat_actors::leader::LeaderContext;
 use kat_actors::pki::ca::{ClusterCa, generate_ca, node_key_and_csr};
 use kat_actors::pki::tokens;
+use kat_actors::state::{Leadership, keys};
 use kat_actors::store::election;
 use kat_actors::store::{MemoryStore, StateStore};
 use kat_proto::v1alpha1::node_api_client::NodeApiClient;
@@ -43,7 +45,7 @@ async fn leader_starting_for(starting: Option<Duration>) -> Leader {
     // n0 is the (only, quorumSize 1) control-plane member: joiners are workers.
     store
         .put(
-            &kat_actors::api::node_api::control_plane_key("n0"),
+            &kat_actors::state::keys::control_plane("n0"),
             b"127.0.0.1:1".to_vec(),
             None,
         )
@@ -58,23 +60,18 @@ async fn leader_starting_for(starting: Option<Duration>) -> Leader {
             Duration::from_secs(3600),
         )
         .unwrap();
-    let ctx = NodeApiContext {
-        store: store.clone(),
-        leader: key,
-        leader_node: "leader".to_owned(),
-        ca: ca.clone(),
-        cluster: cluster_config("join-test", 1),
-        control_plane: Default::default(),
-        events: Default::default(),
-        agent_client: Default::default(),
-    };
+    let ctx = LeaderContext::new(
+        Leadership::new("leader", key, store.clone()),
+        ca.clone(),
+        cluster_config("join-test", 1),
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let served = match starting {
         None => Served::leading(ctx),
         Some(delay) => {
-            let slot = kat_actors::api::new_api_slot();
+            let slot = kat_actors::leader::new_api_slot();
             let filled = slot.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -110,7 +107,7 @@ impl Leader {
             tokens::generate(TokenKind::Join, ttl, reusable, "test", SystemTime::now()).unwrap();
         self.store
             .put(
-                &tokens::key(TokenKind::Join, &record.id),
+                &keys::token(TokenKind::Join, &record.id),
                 record.encode_to_vec(),
                 None,
             )
@@ -147,7 +144,7 @@ impl Leader {
     }
 
     async fn registered(&self, node: &str) -> bool {
-        self.store.get(&node_key(node)).await.unwrap().is_some()
+        self.store.get(&keys::node(node)).await.unwrap().is_some()
     }
 }
 
@@ -185,7 +182,7 @@ async fn a_node_joins_with_a_token_and_gets_a_certificate() {
     let (id, _) = tokens::parse(&token).unwrap();
     let stored = leader
         .store
-        .get(&tokens::key(TokenKind::Join, id))
+        .get(&keys::token(TokenKind::Join, id))
         .await
         .unwrap()
         .unwrap();
@@ -303,7 +300,7 @@ async fn a_client_certificate_from_another_ca_is_refused() {
 
 #[tokio::test]
 async fn a_joined_node_heartbeats_as_itself_only() {
-    use kat_actors::api::node_api::node_status_key;
+    use kat_actors::state::keys::node_status as node_status_key;
     use kat_proto::v1alpha1::{HeartbeatRequest, NodeState, NodeStatus};
     let leader = leader().await;
     let token = leader.token(None, true).await;
@@ -366,7 +363,7 @@ async fn a_joined_node_heartbeats_as_itself_only() {
     let mut with_gpu = beat("w1");
     with_gpu.allocatable = Some(gpu.clone());
     w1.heartbeat(with_gpu.clone()).await.unwrap();
-    let node = leader.store.get(&node_key("w1")).await.unwrap().unwrap();
+    let node = leader.store.get(&keys::node("w1")).await.unwrap().unwrap();
     let node = kat_proto::v1alpha1::Node::decode(node.value.as_slice()).unwrap();
     let spec = node.spec.unwrap();
     assert_eq!(spec.capacity.as_ref(), Some(&gpu));
@@ -451,8 +448,9 @@ async fn a_joined_node_heartbeats_as_itself_only() {
 
 #[tokio::test]
 async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
-    use kat_actors::heartbeat::{LeaderLink, TlsLeaderLink};
-    use kat_actors::node_certs::{NodeCerts, NodeCertsArgs, NodeCertsMsg};
+    use kat_actors::agent::certs::{NodeCerts, NodeCertsArgs, NodeCertsMsg};
+    use kat_actors::agent::link::LeaderLink;
+    use kat_actors::agent::link::tls::TlsLeaderLink;
     use kat_actors::pki::ca::validity_of;
     use kat_proto::v1alpha1::RenewCertificateRequest;
     let leader = leader().await;
@@ -581,7 +579,8 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
 
 #[tokio::test]
 async fn the_sync_stream_sends_peers_and_follows_new_registrations() {
-    use kat_actors::heartbeat::{LeaderLink, TlsLeaderLink};
+    use kat_actors::agent::link::LeaderLink;
+    use kat_actors::agent::link::tls::TlsLeaderLink;
     use kat_proto::v1alpha1::{SyncRequest, sync_event::Payload};
     let leader = leader().await;
     let token = leader.token(None, true).await;
@@ -657,7 +656,7 @@ async fn the_user_api_wants_a_valid_bearer_token_before_anything_else() {
     leader
         .store
         .put(
-            &tokens::key(TokenKind::Api, &record.id),
+            &keys::token(TokenKind::Api, &record.id),
             record.encode_to_vec(),
             None,
         )
@@ -758,8 +757,10 @@ async fn a_call_to_a_just_elected_leader_waits_for_its_leader_services() {
 
 #[tokio::test]
 async fn a_member_that_does_not_lead_points_to_the_leader() {
-    use kat_actors::api::{LEADER_API_METADATA, new_api_slot};
-    use kat_actors::heartbeat::{LeaderLink, LinkError, TlsLeaderLink};
+    use kat_actors::agent::link::tls::TlsLeaderLink;
+    use kat_actors::agent::link::{LeaderLink, LinkError};
+    use kat_actors::client::LEADER_API_METADATA;
+    use kat_actors::leader::new_api_slot;
     use kat_proto::v1alpha1::HeartbeatRequest;
     // The store knows a leader, n0, whose API is at 127.0.0.9:1234 ...
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
@@ -769,7 +770,7 @@ async fn a_member_that_does_not_lead_points_to_the_leader() {
         .unwrap();
     store
         .put(
-            &kat_actors::api::node_api::control_plane_key("n0"),
+            &kat_actors::state::keys::control_plane("n0"),
             b"127.0.0.9:1234".to_vec(),
             None,
         )

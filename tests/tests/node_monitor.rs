@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kat_actors::election::Leadership;
-use kat_actors::leader::node_monitor::{
-    EVENTS_PREFIX, NODE_STATUS_PREFIX, NodeMonitor, NodeMonitorArgs,
-};
+use kat_actors::leader::node_monitor::{NodeMonitor, NodeMonitorArgs};
+use kat_actors::state::Leadership;
+use kat_actors::state::keys::{EVENTS_PREFIX, NODE_STATUS_PREFIX};
 use kat_actors::store::{MemoryStore, StateStore, election};
 use kat_proto::v1alpha1::{ClusterConfiguration, Event, NodeState, NodeStatus};
 use prost::Message;
@@ -71,11 +70,7 @@ async fn a_silent_node_becomes_not_ready_with_an_event() {
     .await
     .unwrap();
     let args = NodeMonitorArgs {
-        leadership: Leadership {
-            node: "leader".into(),
-            key,
-            store: store.clone(),
-        },
+        leadership: Leadership::new("leader", key, store.clone()),
         cluster: cluster(5, 20),
         now: test_now,
     };

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kat_actors::runtime::{
+use kat_actors::agent::runtime::{
     DesiredCell, ReportsCell, Runtime, RuntimeArgs, RuntimeMsg, new_desired_cell, new_reports_cell,
 };
 use kat_proto::v1alpha1::instance_status::Health;

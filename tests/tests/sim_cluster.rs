@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use kat_actors::api::node_api::node_key;
-use kat_actors::heartbeat::AgentMode;
+use kat_actors::agent::view::AgentMode;
+use kat_actors::state::keys;
 use kat_proto::v1alpha1::{ClusterConfiguration, Node, NodeState};
 use kat_tests::cluster::wait_for_leader;
 use kat_tests::sim::SimCluster;
@@ -50,7 +50,10 @@ async fn five_nodes_form_a_cluster() {
     }
     // A node name is taken once.
     let again = sim.join("w1").await.unwrap_err();
-    assert_eq!(again.code(), tonic::Code::AlreadyExists);
+    assert!(
+        matches!(again, kat_actors::state::StateError::AlreadyExists(_)),
+        "{again}"
+    );
 
     // Each node's sync stream brought it the other four as peers...
     let peers_of = |name: &str| -> Vec<String> {
@@ -149,12 +152,12 @@ async fn a_partitioned_node_runs_detached_and_rejoins_under_the_leaders_view() {
     assert_eq!(sim.states().await["w2"], NodeState::Ready);
 
     // Meanwhile the operator cordons w1: the leader's record changes, not the node's.
-    let kv = sim.store.get(&node_key("w1")).await.unwrap().unwrap();
+    let kv = sim.store.get(&keys::node("w1")).await.unwrap().unwrap();
     let mut node = Node::decode(kv.value.as_slice()).unwrap();
     node.spec.as_mut().unwrap().unschedulable = true;
     use kat_actors::store::StateStore;
     sim.store
-        .put(&node_key("w1"), node.encode_to_vec(), None)
+        .put(&keys::node("w1"), node.encode_to_vec(), None)
         .await
         .unwrap();
 

@@ -6,12 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kat_actors::election::{Election, ElectionMsg};
-use kat_actors::leader::CLUSTER_UID_KEY;
-use kat_actors::node::{ControlPlaneOptions, ELECTION_PREFIX, start_control_plane_node};
+use kat_actors::control_plane::ControlPlaneOptions;
+use kat_actors::control_plane::election::{Election, ElectionMsg};
+use kat_actors::state::keys::CLUSTER_UID as CLUSTER_UID_KEY;
+use kat_actors::state::keys::ELECTION_PREFIX;
 use kat_actors::store::election::{self, LeaderKey};
 use kat_actors::store::{MemoryStore, StateStore, StoreBackend, Txn, TxnOp};
 use kat_actors::supervision::SupervisorMsg;
+use kat_actors::tree::start_control_plane_node;
 use kat_tests::cluster::{cluster_config, election_of, wait_for_leader};
 use ractor::ActorRef;
 use tokio::time::Instant;
@@ -49,7 +51,7 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         shared
-            .get(kat_actors::leader::CA_KEY)
+            .get(kat_actors::state::keys::CA)
             .await
             .unwrap()
             .is_some(),
@@ -132,8 +134,8 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
 struct Listener;
 
 impl ractor::Actor for Listener {
-    type Msg = kat_actors::election::LeaderChanged;
-    type State = Arc<std::sync::Mutex<Vec<kat_actors::election::LeaderChanged>>>;
+    type Msg = kat_actors::control_plane::election::LeaderChanged;
+    type State = Arc<std::sync::Mutex<Vec<kat_actors::control_plane::election::LeaderChanged>>>;
     type Arguments = Self::State;
 
     async fn pre_start(
@@ -157,7 +159,7 @@ impl ractor::Actor for Listener {
 
 #[tokio::test(start_paused = true)]
 async fn subscribers_hear_who_leads() {
-    use kat_actors::election::LeaderChanged;
+    use kat_actors::control_plane::election::LeaderChanged;
     let shared: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let mut supervisors = Vec::new();
     for node in ["s1", "s2"] {

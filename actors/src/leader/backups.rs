@@ -13,14 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use kat_proto::v1alpha1::{Backup, ClusterConfiguration, EventSeverity, ObjectReference};
-use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tonic::Status;
 
-use crate::election::Leadership;
-use crate::leader::node_monitor::{EventLease, object_event};
-use crate::store::election::LeaderKey;
-use crate::store::{StateStore, Txn, TxnOp};
+use crate::state::events::object_event;
+use crate::state::{Leadership, StateError, StateResult, keys};
 
 /// How many snapshots are kept (the oldest go first).
 pub const KEEP_BACKUPS: usize = 24;
@@ -101,48 +97,46 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<String>, std::io::Error> {
 /// Writes a snapshot of `store` into `dir`, prunes old ones, records a `BackupMade`
 /// event (fenced: a deposed leader records nothing).
 pub async fn make(
-    store: &dyn StateStore,
-    leader: &LeaderKey,
-    node: &str,
+    leadership: &Leadership,
     cluster: &ClusterConfiguration,
-    events: &EventLease,
     now: SystemTime,
-) -> Result<Backup, Status> {
+) -> StateResult<Backup> {
+    let store = leadership.store();
     if !store.can_snapshot() {
-        return Err(Status::unimplemented(
-            "this cluster's store cannot make snapshots (only etcd can)",
+        return Err(StateError::Unsupported(
+            "this cluster's store cannot make snapshots (only etcd can)".to_owned(),
         ));
     }
     let dir = backup_dir(cluster);
     crate::files::private_dir(&dir)
-        .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?;
+        .map_err(|e| StateError::Internal(format!("{}: {e}", dir.display())))?;
     let partial = dir.join(format!(".partial-{}", std::process::id()));
     let taken = store
         .snapshot(&partial)
         .await
-        .map_err(|e| Status::unavailable(format!("snapshot failed: {e}")))?;
+        .map_err(|e| StateError::Unavailable(format!("snapshot failed: {e}")))?;
     // etcd's snapshot stream may not say its revision; the store's, read right after,
     // is at least the snapshot's (names stay unique: each backup's event moves it on).
-    let revision = match store.list(crate::leader::CA_KEY).await {
+    let revision = match store.list(keys::CA).await {
         Ok((_, now_at)) => now_at.max(taken),
         Err(_) => taken,
     };
     let name = backup_name(now, revision);
     let path = dir.join(&name);
     std::fs::rename(&partial, &path)
-        .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+        .map_err(|e| StateError::Internal(format!("{}: {e}", path.display())))?;
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
     if let Err(e) = prune(&dir, KEEP_BACKUPS) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove old backups");
     }
-    let (key, event) = object_event(
+    let event = object_event(
         ObjectReference {
             kind: "Backup".to_owned(),
             namespace: String::new(),
             name: name.clone(),
             uid: String::new(),
         },
-        node,
+        &leadership.node,
         "BackupMade",
         EventSeverity::Normal,
         format!(
@@ -151,11 +145,8 @@ pub async fn make(
         ),
         now,
     );
-    let lease = events.get(store).await;
-    let txn = Txn::new()
-        .when([leader.fence()])
-        .and_then([TxnOp::put_leased(key, event.encode_to_vec(), lease)]);
-    if let Err(e) = store.txn(txn).await {
+    let put = leadership.event_op(event).await;
+    if let Err(e) = leadership.commit([], [put]).await {
         tracing::warn!(error = %e, "backup made, but its event was not recorded");
     }
     tracing::info!(path = %path.display(), revision, size, "backup made");
@@ -169,9 +160,9 @@ pub async fn make(
 }
 
 /// The snapshots the leader keeps.
-pub fn kept(cluster: &ClusterConfiguration) -> Result<Vec<Backup>, Status> {
+pub fn kept(cluster: &ClusterConfiguration) -> StateResult<Vec<Backup>> {
     let dir = backup_dir(cluster);
-    list(&dir).map_err(|e| Status::internal(format!("{}: {e}", dir.display())))
+    list(&dir).map_err(|e| StateError::Internal(format!("{}: {e}", dir.display())))
 }
 
 #[derive(Clone)]
@@ -188,7 +179,6 @@ pub enum BackupsMsg {
 pub struct BackupsState {
     args: BackupsArgs,
     timer: Option<ractor::concurrency::JoinHandle<()>>,
-    events: EventLease,
     /// Snapshots made and failed (for tests and metrics).
     pub made: u64,
     pub failed: u64,
@@ -228,7 +218,6 @@ impl Actor for Backups {
         Ok(BackupsState {
             args,
             timer,
-            events: EventLease::default(),
             made: 0,
             failed: 0,
         })
@@ -242,20 +231,11 @@ impl Actor for Backups {
     ) -> Result<(), ActorProcessingErr> {
         let BackupsMsg::Tick = msg;
         let args = &state.args;
-        match make(
-            args.leadership.store.as_ref(),
-            &args.leadership.key,
-            &args.leadership.node,
-            &args.cluster,
-            &state.events,
-            (args.now)(),
-        )
-        .await
-        {
+        match make(&args.leadership, &args.cluster, (args.now)()).await {
             Ok(_) => state.made += 1,
             Err(e) => {
                 state.failed += 1;
-                tracing::warn!(error = %e.message(), "periodic backup failed; next try at the next interval");
+                tracing::warn!(error = %e, "periodic backup failed; next try at the next interval");
             }
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! Join and API tokens (SPEC §6, §13): `<id>.<secret>`, random, stored only as the
-//! secret's SHA-256 with expiry and single-use bookkeeping. Plain functions; the API
-//! server and `kat-agent init` store and check them.
+//! secret's SHA-256 with expiry and single-use bookkeeping. Plain functions;
+//! `crate::state::tokens` stores and checks them.
 
 use std::time::{Duration, SystemTime};
 
@@ -39,16 +39,6 @@ fn sha256(secret: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, secret.as_bytes())
         .as_ref()
         .to_vec()
-}
-
-/// The key a token is stored under.
-pub fn key(kind: TokenKind, id: &str) -> String {
-    let kind = if kind == TokenKind::Api {
-        "api"
-    } else {
-        "join"
-    };
-    format!("/kat/tokens/{kind}/{id}")
 }
 
 /// A new token: the text to hand out once, and the record to store.
@@ -145,7 +135,6 @@ mod tests {
             "the secret is not stored"
         );
         assert_eq!(check(&record, TokenKind::Join, secret, now()), Ok(()));
-        assert_eq!(key(TokenKind::Join, id), format!("/kat/tokens/join/{id}"));
     }
 
     #[test]

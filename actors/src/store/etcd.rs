@@ -39,10 +39,10 @@ impl EtcdStore {
     pub async fn connect_tls(
         endpoints: &[String],
         timeout: Duration,
-        tls: Option<&super::etcd_process::EtcdTls>,
+        tls: Option<&super::etcd_tls::EtcdTls>,
     ) -> StoreResult<Self> {
         let tls = tls
-            .map(super::etcd_process::EtcdTls::client_options)
+            .map(super::etcd_tls::EtcdTls::client_options)
             .transpose()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let mut options = ec::ConnectOptions::new()

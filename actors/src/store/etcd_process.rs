@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use super::etcd_tls::EtcdTls;
 use super::{EtcdStore, StateStore};
 
 /// Whether the member starts a new cluster or joins an existing one.
@@ -22,59 +23,6 @@ use super::{EtcdStore, StateStore};
 pub enum ClusterState {
     New,
     Existing,
-}
-
-/// mTLS for an etcd member and its clients: the node's certificate (client and server
-/// usage, SANs = node name and advertise address) serves clients and peers, and only
-/// certificates from the cluster CA are accepted on either port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdTls {
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-impl EtcdTls {
-    /// The files under a node's `DIR/pki`.
-    pub fn in_pki_dir(pki: &std::path::Path) -> Self {
-        Self {
-            ca_file: pki.join("ca.crt"),
-            cert_file: pki.join("node.crt"),
-            key_file: pki.join("node.key"),
-        }
-    }
-
-    /// TLS settings for an etcd client presenting this node's certificate.
-    pub fn client_options(&self) -> std::io::Result<etcd_client::TlsOptions> {
-        let read = |p: &PathBuf| {
-            std::fs::read(p)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-        };
-        Ok(etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca_file)?))
-            .identity(etcd_client::Identity::from_pem(
-                read(&self.cert_file)?,
-                read(&self.key_file)?,
-            )))
-    }
-
-    fn args(&self) -> Vec<String> {
-        let (ca, cert, key) = (
-            self.ca_file.display(),
-            self.cert_file.display(),
-            self.key_file.display(),
-        );
-        vec![
-            format!("--cert-file={cert}"),
-            format!("--key-file={key}"),
-            format!("--trusted-ca-file={ca}"),
-            "--client-cert-auth=true".to_owned(),
-            format!("--peer-cert-file={cert}"),
-            format!("--peer-key-file={key}"),
-            format!("--peer-trusted-ca-file={ca}"),
-            "--peer-client-cert-auth=true".to_owned(),
-        ]
-    }
 }
 
 /// How long one health probe of a starting member may take.
@@ -176,7 +124,7 @@ impl EtcdMemberConfig {
             "--auto-compaction-retention=0".to_owned(),
             // The scheduler writes a workload's changes in one transaction (etcd's
             // default allows 128 operations).
-            format!("--max-txn-ops={}", crate::store::MAX_TXN_OPS),
+            format!("--max-txn-ops={}", super::MAX_TXN_OPS),
         ];
         if let Some(tls) = &self.tls {
             args.extend(tls.args());

@@ -6,17 +6,16 @@ mod actor;
 pub mod election;
 mod etcd;
 pub mod etcd_process;
+mod etcd_tls;
 mod memory;
 mod state_store;
 
 pub use actor::{Store, StoreArgs, StoreBackend, StoreMsg, StoreSnapshot};
 pub use etcd::EtcdStore;
+pub use etcd_tls::EtcdTls;
 pub use memory::MemoryStore;
 pub use state_store::{
-    CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, Revision, StateStore, StoreError,
-    StoreMember, StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent, WatchReceiver,
+    CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, MAX_TXN_OPS, Revision, StateStore,
+    StoreError, StoreMember, StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent,
+    WatchReceiver,
 };
-
-/// The most operations one transaction may hold (etcd is started with this as its
-/// `--max-txn-ops`); writers split bigger changes into transactions of this size.
-pub const MAX_TXN_OPS: usize = 4096;

@@ -9,6 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+/// The most operations one transaction may hold (etcd is started with this as its
+/// `--max-txn-ops`); writers split bigger changes into transactions of this size.
+pub const MAX_TXN_OPS: usize = 4096;
+
 /// A store revision: increases by one with every write transaction.
 pub type Revision = i64;
 

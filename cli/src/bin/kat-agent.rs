@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use kat_actors::agent;
+use kat_actors::procedures as agent;
 use kat_cli::{LogFormat, init_logging, not_implemented};
 
 /// The KAT node daemon: runs on every node, supervising its etcd member (on

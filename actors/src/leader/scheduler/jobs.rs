@@ -10,10 +10,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kat_proto::v1alpha1::{EventSeverity, Instance, InstancePhase, JobState, Quadlet};
+use kat_proto::v1alpha1::{EventSeverity, Instance, InstancePhase, JobState};
 
-use super::place::{Demand, Snapshot};
-use super::{IdMaker, WorkloadPlan, new_instance, place_pending};
+use super::place::Snapshot;
+use super::plan::{IdMaker, Subject, WorkloadPlan, place_pending};
 
 /// Executions whose instances are kept.
 const KEEP_EXECUTIONS: u32 = 3;
@@ -61,34 +61,20 @@ fn due_ticks(cron: &kat_proto::cron::CronSchedule, since: i64, now: i64) -> Opti
     Some((first, first))
 }
 
-/// What `job_state` says a user sees.
-pub fn describe(state: Option<&JobState>, scheduled: bool) -> String {
-    match state {
-        None if scheduled => "Waiting".to_owned(),
-        None => "Pending".to_owned(),
-        Some(s) if s.failed => format!("Failed: {}", s.message),
-        Some(s) if s.complete && scheduled => "Waiting".to_owned(),
-        Some(s) if s.complete => "Complete".to_owned(),
-        Some(_) => "Running".to_owned(),
-    }
-}
-
 /// Plans a JOB: `alive` are its instances not on lost nodes; `state` its progress so
 /// far. Sets `plan.job_state` when the progress changes.
-#[allow(clippy::too_many_arguments, clippy::too_many_lines)]
+#[allow(clippy::too_many_lines)]
 pub fn plan_job(
-    quadlet: &Quadlet,
-    generation: i64,
-    demand: &Demand,
+    s: &Subject<'_>,
     alive: Vec<Instance>,
     state: Option<&JobState>,
     snapshot: &mut Snapshot,
-    now: SystemTime,
     new_id: IdMaker<'_>,
     plan: &mut WorkloadPlan,
 ) {
-    let (ns, name) = super::quadlet_name(quadlet);
-    let spec = quadlet
+    let (generation, now) = (s.generation, s.now);
+    let spec = s
+        .quadlet
         .job
         .as_ref()
         .and_then(|j| j.spec.clone())
@@ -110,7 +96,7 @@ pub fn plan_job(
         let since = if st.last_tick_seconds > 0 {
             st.last_tick_seconds
         } else {
-            quadlet
+            s.quadlet
                 .workload
                 .as_ref()
                 .and_then(|w| w.metadata.as_ref())
@@ -207,12 +193,12 @@ pub fn plan_job(
             let mut runs = current.clone();
             if !waiting {
                 for _ in 0..room.min(needed) {
-                    let mut i = new_instance(&ns, &name, generation, now, new_id());
+                    let mut i = s.new_instance(new_id());
                     i.job_run = st.execution;
                     runs.push(i);
                 }
             }
-            place_pending(demand, runs, snapshot, plan);
+            place_pending(&s.demand, runs, snapshot, plan);
         }
     }
     if st != before {

@@ -1,9 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::time::{Duration, SystemTime};
+
 use super::*;
+use crate::state::workloads::ROLLOUT_DEADLINE;
+use kat_proto::v1alpha1::instance_status::Health;
 use kat_proto::v1alpha1::{
-    Container, NodeResources, NodeSpec, ObjectMeta, ResourceList, Resources, UpdateStrategy,
-    Workload,
+    Container, InstancePhase, InstanceStatus, Node, NodeResources, NodeSpec, NodeState, NodeStatus,
+    ObjectMeta, Quadlet, ResourceList, Resources, UpdateStrategy, UpdateStrategyType, Workload,
+    WorkloadSpec, WorkloadType,
 };
 
 const GI: i64 = 1 << 30;

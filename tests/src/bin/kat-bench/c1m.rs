@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use kat_actors::api::node_api::{self, NodeApiContext, control_plane_key};
-use kat_actors::api::workloads::{self, ApplyMode, INSTANCES_PREFIX};
-use kat_actors::election::Leadership;
 use kat_actors::leader::scheduler::{Scheduler, SchedulerArgs};
-use kat_actors::node::ELECTION_PREFIX;
+use kat_actors::leader::{self, LeaderContext};
 use kat_actors::pki::ca::{generate_ca, node_key_and_csr};
 use kat_actors::pki::tokens;
+use kat_actors::state::Leadership;
+use kat_actors::state::keys::ELECTION_PREFIX;
+use kat_actors::state::keys::{self, INSTANCES_PREFIX};
+use kat_actors::state::workloads::{self, ApplyMode};
 use kat_actors::store::election as store_election;
 use kat_actors::store::{EventKind, MemoryStore, StateStore};
 use kat_proto::bundle::{BundleFile, Limits};
@@ -88,25 +89,21 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
           spec: {quorumSize: 1}\n",
     )
     .unwrap();
-    let ctx = NodeApiContext {
-        store: shared.clone(),
-        leader: key.clone(),
-        leader_node: LEADER.to_owned(),
-        ca: generate_ca("c1m").unwrap(),
-        cluster: cluster.clone(),
-        control_plane: Default::default(),
-        events: Default::default(),
-        agent_client: Default::default(),
-    };
+    let leadership = Leadership::new(LEADER, key, shared.clone());
+    let ctx = LeaderContext::new(
+        leadership.clone(),
+        generate_ca("c1m").unwrap(),
+        cluster.clone(),
+    );
     shared
-        .put(&control_plane_key(LEADER), b"127.0.0.1:1".to_vec(), None)
+        .put(&keys::control_plane(LEADER), b"127.0.0.1:1".to_vec(), None)
         .await
         .unwrap();
     let (token, record) =
         tokens::generate(TokenKind::Join, None, true, "c1m", SystemTime::now()).unwrap();
     shared
         .put(
-            &tokens::key(TokenKind::Join, &record.id),
+            &keys::token(TokenKind::Join, &record.id),
             record.encode_to_vec(),
             None,
         )
@@ -130,7 +127,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
             labels: [("zone".to_owned(), format!("z{}", i % 3))].into(),
             ..Default::default()
         };
-        node_api::join(&ctx, request, SystemTime::now())
+        leader::join::join(&ctx, request, SystemTime::now())
             .await
             .unwrap();
         let beat = HeartbeatRequest {
@@ -138,7 +135,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
             node_status: Some(NodeStatus::default()),
             ..Default::default()
         };
-        node_api::heartbeat(&ctx, &name, beat, SystemTime::now())
+        leader::heartbeats::heartbeat(&ctx, &name, beat, SystemTime::now())
             .await
             .unwrap();
     }
@@ -166,11 +163,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
         placed.clone(),
     ));
     let args = SchedulerArgs {
-        leadership: Leadership {
-            node: LEADER.to_owned(),
-            key,
-            store: shared.clone(),
-        },
+        leadership: leadership.clone(),
         cluster,
         now: SystemTime::now,
     };
@@ -184,9 +177,16 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
     let (rss_before, cpu_before) = usage_of_self();
     let clock = Instant::now();
     for bundle in &bundles {
-        workloads::apply_bundle(&ctx, "", None, bundle, ApplyMode::Apply, SystemTime::now())
-            .await
-            .unwrap();
+        workloads::apply_bundle(
+            &leadership,
+            "",
+            None,
+            bundle,
+            ApplyMode::Apply,
+            SystemTime::now(),
+        )
+        .await
+        .unwrap();
     }
     let written = clock.elapsed();
     println!(

@@ -44,9 +44,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use kat_actors::client::{KatcallConfig, api_channel};
-use kat_actors::node::ELECTION_PREFIX;
 use kat_actors::pki::ca::{CertAndKey, node_key_and_csr};
 use kat_actors::pki::pin::JoinCredential;
+use kat_actors::state::keys::ELECTION_PREFIX;
 use kat_actors::store::election as store_election;
 use kat_actors::store::{CmpOp, Compare, EtcdStore, StateStore, Txn, TxnOp};
 use kat_proto::v1alpha1::node_api_client::NodeApiClient;

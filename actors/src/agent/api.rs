@@ -1,0 +1,356 @@
+//! The agent API on `agentPort` (SPEC §10): every node serves its instances' logs and
+//! `exec` to the leader, which relays them to `katcall logs` / `katcall exec`.
+//!
+//! mTLS only: the server presents the node's certificate, and a caller must present a
+//! certificate of the cluster CA whose CN is the node the last heartbeat answer named
+//! as leader ([`super::view::LeaderNodeCell`]). A request names the instance by
+//! namespace, workload and ID; only instances this node is told to run are served.
+//!
+//! | actor | in | restart |
+//! |---|---|---|
+//! | `agent-api@<node>` | `agent@<node>` (one_for_one) | permanent; a lost listener fails it and the supervisor restarts it |
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kat_proto::v1alpha1::agent_api_server::{AgentApi, AgentApiServer as AgentApiGrpc};
+use kat_proto::v1alpha1::log_chunk::Stream as ChunkStream;
+use kat_proto::v1alpha1::{
+    ExecRequest, ExecResponse, LogChunk, LogsRequest, PurgeVolumesRequest, PurgeVolumesResponse,
+};
+use kat_runtime::host::{DesiredInstance, InstanceHost};
+use kat_runtime::{LogOptions, LogStream, RuntimeError};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tonic::codegen::tokio_stream::Stream;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+
+use super::runtime::DesiredCell;
+use super::view::LeaderNodeCell;
+use crate::listener::{ClientAuth, ServerTask, incoming, peer_node, server_config};
+use crate::pki::ca::CertAndKey;
+
+/// The longest an `exec` may run (a request may ask for less).
+pub const MAX_EXEC: Duration = Duration::from_secs(300);
+/// An `exec` without a timeout gets this.
+pub const DEFAULT_EXEC: Duration = Duration::from_secs(30);
+/// How long a volume purge waits for this node to retire the workload's instances.
+pub const PURGE_WAIT: Duration = Duration::from_secs(30);
+
+/// What the service reads.
+#[derive(Clone)]
+pub struct AgentApiService {
+    pub node: String,
+    pub host: Arc<dyn InstanceHost>,
+    pub desired: DesiredCell,
+    pub leader_node: LeaderNodeCell,
+    /// `volumeBasePath`, where simpleClusterStorage lives (`None`: no volumes here).
+    pub volume_base: Option<PathBuf>,
+}
+
+impl AgentApiService {
+    /// Refuses a caller that is not the leader this node knows.
+    fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let caller = peer_node(request)?;
+        let leader = self
+            .leader_node
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        if leader.is_empty() {
+            return Err(Status::unavailable(format!(
+                "node {} has not heard from a leader yet; try again shortly",
+                self.node
+            )));
+        }
+        if caller != leader {
+            return Err(Status::permission_denied(format!(
+                "node {} takes agent calls from the leader ({leader}) only, not from {caller}",
+                self.node
+            )));
+        }
+        Ok(())
+    }
+
+    /// The desired instance the request names.
+    fn instance(&self, ns: &str, workload: &str, id: &str) -> Result<DesiredInstance, Status> {
+        let desired = self.desired.borrow();
+        desired
+            .as_ref()
+            .and_then(|list| {
+                list.iter()
+                    .find(|d| d.id() == id && d.opts.namespace == ns && d.opts.workload == workload)
+                    .cloned()
+            })
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {} runs no instance {id} of {ns}/{workload}",
+                    self.node
+                ))
+            })
+    }
+}
+
+fn runtime_status(e: RuntimeError) -> Status {
+    match e {
+        RuntimeError::NotFound(what) => Status::not_found(format!(
+            "{what}: no container (it may have ended and been removed)"
+        )),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentApi for AgentApiService {
+    type StreamLogsStream = BoxStream<LogChunk>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<LogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        self.check_caller(&request)?;
+        let req = request.into_inner();
+        if req.build {
+            return Err(Status::unimplemented(
+                "build logs: this build has no image builds yet",
+            ));
+        }
+        let desired = self.instance(&req.namespace, &req.workload, &req.instance_id)?;
+        let opts = LogOptions {
+            follow: req.follow,
+            since: (req.since_seconds > 0).then(|| Duration::from_secs(req.since_seconds.into())),
+            tail: (req.tail > 0).then_some(req.tail),
+        };
+        let mut lines = self
+            .host
+            .logs(&desired, &opts)
+            .await
+            .map_err(runtime_status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(line) = lines.recv().await {
+                let chunk = line
+                    .map(|l| {
+                        let mut data = l.line;
+                        data.push(b'\n');
+                        LogChunk {
+                            stream: match l.stream {
+                                LogStream::Stdout => ChunkStream::Stdout,
+                                LogStream::Stderr => ChunkStream::Stderr,
+                            }
+                            .into(),
+                            data,
+                            time: Some(kat_proto::timestamp(std::time::SystemTime::now())),
+                        }
+                    })
+                    .map_err(runtime_status);
+                if tx.send(chunk).await.is_err() {
+                    break; // the reader went away: stop following
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        self.check_caller(&request)?;
+        let req = request.into_inner();
+        if req.command.is_empty() {
+            return Err(Status::invalid_argument("command: must not be empty"));
+        }
+        let desired = self.instance(&req.namespace, &req.workload, &req.instance_id)?;
+        let timeout = match req.timeout_seconds {
+            0 => DEFAULT_EXEC,
+            n => Duration::from_secs(n.into()).min(MAX_EXEC),
+        };
+        let out = self
+            .host
+            .exec(&desired, &req.command, timeout)
+            .await
+            .map_err(runtime_status)?;
+        Ok(Response::new(ExecResponse {
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }))
+    }
+
+    async fn purge_volumes(
+        &self,
+        request: Request<PurgeVolumesRequest>,
+    ) -> Result<Response<PurgeVolumesResponse>, Status> {
+        self.check_caller(&request)?;
+        let req = request.into_inner();
+        // Names become path components: only DNS labels (no `/`, no `..`).
+        for (field, value) in [("namespace", &req.namespace), ("workload", &req.workload)] {
+            if let Some(problem) = kat_proto::names::dns_label_problem(value) {
+                return Err(Status::invalid_argument(format!("{field}: {problem}")));
+            }
+        }
+        // The leader deleted the workload first; wait until this node stopped its
+        // instances, so no container still writes where the files are removed.
+        let mut desired = self.desired.subscribe();
+        let still_runs = |d: &Option<Vec<DesiredInstance>>| {
+            d.as_ref().is_some_and(|list| {
+                list.iter()
+                    .any(|i| i.opts.namespace == req.namespace && i.opts.workload == req.workload)
+            })
+        };
+        // Then until the Runtime actor has retired them (on its next pass).
+        let host = &self.host;
+        let gone = tokio::time::timeout(PURGE_WAIT, async {
+            if desired.wait_for(|d| !still_runs(d)).await.is_err() {
+                return false;
+            }
+            loop {
+                match host.has_workload(&req.namespace, &req.workload).await {
+                    Ok(false) => return true,
+                    Ok(true) => {}
+                    Err(e) => tracing::warn!(node = %self.node, error = %e, "cannot list the instances left"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !gone {
+            return Err(Status::failed_precondition(format!(
+                "node {} still runs instances of {}/{}; its volumes are left in place",
+                self.node, req.namespace, req.workload
+            )));
+        }
+        let mut response = PurgeVolumesResponse::default();
+        if let Some(base) = &self.volume_base {
+            kat_runtime::volumes::purge(base, &req.namespace, &req.workload)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let path = base.join(&req.namespace).join(&req.workload);
+            tracing::info!(node = %self.node, path = %path.display(), "volumes purged");
+            response.path = path.display().to_string();
+        }
+        // Rootless: the workload's user goes too, with its image storage.
+        match self
+            .host
+            .remove_workload(&req.namespace, &req.workload)
+            .await
+        {
+            Ok(Some(what)) => {
+                tracing::info!(node = %self.node, removed = %what, "workload's host state removed")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "volumes purged, but the workload's user is left: {e}"
+                )));
+            }
+        }
+        Ok(Response::new(response))
+    }
+}
+
+#[derive(Clone)]
+pub struct AgentApiArgs {
+    pub service: AgentApiService,
+    /// The node's advertise address and `agentPort`.
+    pub addr: SocketAddr,
+    /// `DIR/pki`: `node.crt`, `node.key` (the server's identity) and `ca.crt`.
+    pub pki_dir: PathBuf,
+}
+
+pub enum AgentApiMsg {
+    /// Internal: the server stopped on its own.
+    ServerExited(String),
+}
+
+pub struct AgentApiState {
+    server: ServerTask,
+}
+
+/// Serves [`AgentApiService`]; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentApiServer;
+
+impl AgentApiServer {
+    pub fn name(node: &str) -> String {
+        format!("agent-api@{node}")
+    }
+}
+
+fn read_pki(dir: &std::path::Path) -> Result<(CertAndKey, String), ActorProcessingErr> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    Ok((
+        CertAndKey {
+            cert_pem: read("node.crt")?,
+            key_pem: read("node.key")?,
+        },
+        read("ca.crt")?,
+    ))
+}
+
+impl Actor for AgentApiServer {
+    type Msg = AgentApiMsg;
+    type State = AgentApiState;
+    type Arguments = AgentApiArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AgentApiMsg>,
+        args: AgentApiArgs,
+    ) -> Result<AgentApiState, ActorProcessingErr> {
+        // Read at every start: a renewed certificate is picked up by a restart.
+        let (identity, ca) = read_pki(&args.pki_dir)?;
+        let tls = server_config(&identity, "", &ca, ClientAuth::Required)?;
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .map_err(|e| format!("agent API: cannot listen on {}: {e}", args.addr))?;
+        let service = AgentApiGrpc::new(args.service.clone());
+        let server = ServerTask::spawn(
+            move |stopped| {
+                Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming(listener, tls), async {
+                        let _ = stopped.await;
+                    })
+            },
+            move |result| {
+                let why = match result {
+                    Ok(()) => "agent API server stopped".to_owned(),
+                    Err(e) => format!("agent API server failed: {e}"),
+                };
+                let _ = myself.send_message(AgentApiMsg::ServerExited(why));
+            },
+        );
+        tracing::info!(node = %args.service.node, addr = %args.addr, "agent API listening");
+        Ok(AgentApiState { server })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<AgentApiMsg>,
+        msg: AgentApiMsg,
+        state: &mut AgentApiState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AgentApiMsg::ServerExited(why) if !state.server.stopping() => Err(why.into()),
+            AgentApiMsg::ServerExited(_) => Ok(()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AgentApiMsg>,
+        state: &mut AgentApiState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.server.stop().await;
+        Ok(())
+    }
+}

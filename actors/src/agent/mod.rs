@@ -1,0 +1,209 @@
+//! The agent subtree (SPEC §3): `agent@N`, on every node, one_for_one over the node's
+//! own work.
+//!
+//! | child | what it does |
+//! |---|---|
+//! | `heartbeat@N` ([`heartbeat`]) | reports to the leader every tick; follows its sync stream |
+//! | `node-certs@N` ([`certs`]) | renews `DIR/pki/node.crt` past two thirds of its life (real nodes) |
+//! | `runtime@N` ([`runtime`]) | makes the node's instances what the leader assigned (nodes with a runtime) |
+//! | `agent-api@N` ([`api`]) | logs, exec and volume purges for the leader on `agentPort` |
+//!
+//! Restart: 10 in 60 s (a detach costs one restart; flapping links get some slack),
+//! backoff 100 ms → 5 s. When Heartbeat fails (no leader answered for the loss
+//! timeout), this supervisor's policy switches the node to Detached before restarting
+//! it; local work continues. The actors share the node's view ([`view`]); they reach
+//! the leader through a [`link::LeaderLink`].
+
+pub mod api;
+pub mod certs;
+pub mod heartbeat;
+pub mod link;
+pub mod runtime;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kat_proto::v1alpha1::ClusterConfiguration;
+
+use crate::supervision::{Backoff, ChildSpec, Intensity, Strategy, SupervisorArgs};
+use certs::{NodeCerts, NodeCertsArgs};
+use heartbeat::{CapacityProbe, Heartbeat, HeartbeatArgs, RememberTargets};
+use link::LeaderLink;
+use runtime::{Runtime, RuntimeArgs};
+use view::{AgentMode, LeaderNodeCell, ModeCell, SyncedCell, new_mode_cell, new_synced_cell};
+
+/// What every node's agent subtree runs.
+#[derive(Clone)]
+pub struct AgentOptions {
+    pub node: String,
+    /// Control-plane API addresses Heartbeat tries.
+    pub leader_api: Vec<String>,
+    pub tick: Duration,
+    pub loss_timeout: Duration,
+    pub link: Arc<dyn LeaderLink>,
+    /// The node's Attached/Detached mode; created with [`new_mode_cell`].
+    pub mode: ModeCell,
+    /// What the sync stream told this node.
+    pub synced: SyncedCell,
+    /// `DIR/pki` of a real node: NodeCerts renews the certificate there.
+    pub pki_dir: Option<std::path::PathBuf>,
+    /// The node's instances, when it runs a Runtime actor.
+    pub runtime: Option<RuntimeSetup>,
+    /// Persists learned control-plane addresses (`agent.json` of a real node).
+    pub remember_targets: Option<RememberTargets>,
+    /// Where the agent API listens (advertise address, `agentPort`); served when the
+    /// node has a runtime and a `pki_dir`.
+    pub agent_api: Option<std::net::SocketAddr>,
+    /// The leader's node name as heartbeats learn it (the agent API's one caller).
+    pub leader_node: LeaderNodeCell,
+    /// Measures the host's capacity for heartbeats (real nodes only).
+    pub capacity: Option<CapacityProbe>,
+}
+
+/// What the Runtime actor of a node works with.
+#[derive(Clone)]
+pub struct RuntimeSetup {
+    pub host: Arc<dyn kat_runtime::host::InstanceHost>,
+    pub desired: runtime::DesiredCell,
+    pub reports: runtime::ReportsCell,
+    /// `DIR/runtime/desired.json`.
+    pub cache: Option<std::path::PathBuf>,
+    pub tick: Duration,
+    /// Take the desired set from the sync stream's assignments, with this context
+    /// (else only `desired` says).
+    pub spec: Option<kat_runtime::spec::SpecContext>,
+}
+
+impl AgentOptions {
+    /// Options with the cluster's tick and loss timeout.
+    pub fn new(
+        node: &str,
+        cluster: &ClusterConfiguration,
+        leader_api: Vec<String>,
+        link: Arc<dyn LeaderLink>,
+    ) -> Self {
+        let spec = cluster.spec.clone().unwrap_or_default();
+        Self {
+            node: node.to_owned(),
+            leader_api,
+            tick: Duration::from_secs(u64::from(spec.agent_tick_seconds.max(1))),
+            loss_timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds.max(1))),
+            link,
+            mode: new_mode_cell(),
+            synced: new_synced_cell(),
+            pki_dir: None,
+            runtime: None,
+            remember_targets: None,
+            agent_api: None,
+            leader_node: Arc::default(),
+            capacity: None,
+        }
+    }
+}
+
+/// Name of node `node`'s agent supervisor.
+pub fn supervisor_name(node: &str) -> String {
+    format!("agent@{node}")
+}
+
+/// `agent@N`; see the module docs.
+pub fn spec(opts: &AgentOptions) -> ChildSpec {
+    let heartbeat_args = HeartbeatArgs {
+        node: opts.node.clone(),
+        targets: opts.leader_api.clone(),
+        tick: opts.tick,
+        loss_timeout: opts.loss_timeout,
+        max_backoff: Duration::from_secs(30).max(opts.tick),
+        link: opts.link.clone(),
+        mode: opts.mode.clone(),
+        synced: opts.synced.clone(),
+        reports: opts.runtime.as_ref().map(|r| r.reports.clone()),
+        remember_targets: opts.remember_targets.clone(),
+        learned: Arc::default(),
+        leader_node: opts.leader_node.clone(),
+        capacity: opts.capacity,
+    };
+    let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
+        heartbeat_args.clone()
+    });
+    let mode = opts.mode.clone();
+    let node = opts.node.clone();
+    heartbeat.on_restart = Some(Arc::new(move |_, reason| {
+        if *mode.borrow() != AgentMode::Detached {
+            tracing::warn!(%node, %reason, "no leader reachable: node is Detached; local work continues");
+            mode.send_replace(AgentMode::Detached);
+        }
+    }));
+    let mut children = vec![heartbeat];
+    if let Some(pki_dir) = &opts.pki_dir {
+        let certs_args = NodeCertsArgs {
+            node: opts.node.clone(),
+            pki_dir: pki_dir.clone(),
+            targets: opts.leader_api.clone(),
+            link: opts.link.clone(),
+            check_every: Duration::from_secs(3600),
+            now: std::time::SystemTime::now,
+        };
+        children.push(ChildSpec::actor(
+            NodeCerts::name(&opts.node),
+            NodeCerts,
+            move || certs_args.clone(),
+        ));
+    }
+    if let Some(rt) = &opts.runtime {
+        let runtime_args = RuntimeArgs {
+            node: opts.node.clone(),
+            feed: rt.spec.clone().map(|ctx| runtime::AssignmentFeed {
+                synced: opts.synced.clone(),
+                ctx,
+            }),
+            host: rt.host.clone(),
+            desired: rt.desired.clone(),
+            cache: rt.cache.clone(),
+            reports: rt.reports.clone(),
+            tick: rt.tick,
+        };
+        children.push(
+            ChildSpec::actor(Runtime::name(&opts.node), Runtime, move || {
+                runtime_args.clone()
+            })
+            .shutdown_timeout(Duration::from_secs(30)),
+        );
+    }
+    if let (Some(rt), Some(pki_dir), Some(addr)) = (&opts.runtime, &opts.pki_dir, opts.agent_api) {
+        let api_args = api::AgentApiArgs {
+            service: api::AgentApiService {
+                node: opts.node.clone(),
+                host: rt.host.clone(),
+                desired: rt.desired.clone(),
+                leader_node: opts.leader_node.clone(),
+                volume_base: rt.spec.as_ref().map(|s| s.volume_base.clone()),
+            },
+            addr,
+            pki_dir: pki_dir.clone(),
+        };
+        children.push(
+            ChildSpec::actor(
+                api::AgentApiServer::name(&opts.node),
+                api::AgentApiServer,
+                move || api_args.clone(),
+            )
+            .shutdown_timeout(Duration::from_secs(10)),
+        );
+    }
+    let args = SupervisorArgs {
+        strategy: Strategy::OneForOne,
+        intensity: Intensity {
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+        },
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        },
+        children,
+    };
+    ChildSpec::supervisor(supervisor_name(&opts.node), args)
+        .shutdown_timeout(Duration::from_secs(30))
+}

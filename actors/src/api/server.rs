@@ -1,0 +1,52 @@
+//! Serving the API on `apiPort` (SPEC §2, §10): one TLS listener whose router carries
+//! the node API and the user API as gRPC and the REST gateway ([`super::rest`]).
+
+use std::time::Duration;
+
+use kat_proto::v1alpha1::node_api_server::NodeApiServer;
+use kat_proto::v1alpha1::user_api_server::UserApiServer;
+use tonic::transport::Server;
+
+use super::node::NodeApiService;
+use super::served::Served;
+use super::user::UserApiService;
+use crate::pki::ca::CertAndKey;
+
+/// Serves the node API and the user API (gRPC, and REST under `/v1alpha1/` with
+/// `/healthz`, `/readyz` — [`super::rest`]) with TLS on `listener` until `shutdown`
+/// resolves. Client certificates from the cluster CA are requested but optional:
+/// `Join` comes before the node has one, users authenticate with tokens, and the node
+/// calls after `Join` require one.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server_cert: &CertAndKey,
+    served: Served,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use tonic::server::NamedService;
+    // The chain carries the CA too: a joining node checks it against its pin.
+    let tls = crate::listener::server_config(
+        server_cert,
+        &served.ca_pem,
+        &served.ca_pem,
+        crate::listener::ClientAuth::Optional,
+    )?;
+    let node_api = NodeApiServer::new(NodeApiService::new(served.clone()));
+    let user_api = UserApiServer::new(UserApiService::new(served.clone()));
+    let router = super::rest::router(served)
+        .route_service(
+            &format!("/{}/{{*rest}}", NodeApiServer::<NodeApiService>::NAME),
+            node_api,
+        )
+        .route_service(
+            &format!("/{}/{{*rest}}", UserApiServer::<UserApiService>::NAME),
+            user_api,
+        );
+    Server::builder()
+        .accept_http1(true)
+        .timeout(Duration::from_secs(60))
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming_shutdown(crate::listener::incoming(listener, tls), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The control-plane subtree (SPEC §3): `control-plane@N`, on the first `quorumSize`
+//! nodes, rest_for_one over
+//!
+//! | child | what it does |
+//! |---|---|
+//! | `store@N` (`crate::store::Store`) | the etcd member (or the shared in-memory store) |
+//! | `election@N` ([`election`]) | campaigns; adds `leader@N` (`crate::leader`) while this node leads |
+//! | `api-server@N` ([`api_server`]) | listens on `apiPort`; serves as leader or points to it |
+//!
+//! Restart: 5 in 60 s, backoff 100 ms → 5 s. If the Store (etcd) restarts, Election
+//! restarts after it with a fresh lease, and the leader subtree is dropped until
+//! Election wins again.
+
+pub mod api_server;
+pub mod election;
+
+use std::time::{Duration, SystemTime};
+
+use kat_proto::v1alpha1::ClusterConfiguration;
+
+use crate::leader::{ApiEndpoint, LeaderSetup, LocalFiles};
+use crate::state::keys;
+use crate::store::{Store, StoreArgs, StoreBackend};
+use crate::supervision::{Backoff, ChildSpec, Intensity, Strategy, SupervisorArgs};
+use api_server::{ApiServer, ApiServerArgs};
+use election::{Election, ElectionArgs};
+
+/// What a control-plane node runs.
+#[derive(Clone)]
+pub struct ControlPlaneOptions {
+    pub node: String,
+    pub backend: StoreBackend,
+    pub cluster: ClusterConfiguration,
+    /// Election lease TTL (about 5 s: failover time is at most this plus a campaign).
+    pub lease_ttl: Duration,
+    /// How long etcd may take to become healthy at each (re)start.
+    pub etcd_health_timeout: Duration,
+    /// Where this node keeps its certificate and the first join token (init's node).
+    pub local_files: Option<LocalFiles>,
+    /// Where the leader's API is served when this node leads (TCP: advertise address
+    /// and apiPort).
+    pub api: Option<ApiEndpoint>,
+    /// The wall clock heartbeat times are compared on (simulations pass their own).
+    pub clock: fn() -> SystemTime,
+}
+
+impl ControlPlaneOptions {
+    pub fn new(node: &str, backend: StoreBackend, cluster: ClusterConfiguration) -> Self {
+        Self {
+            node: node.to_owned(),
+            backend,
+            cluster,
+            lease_ttl: Duration::from_secs(5),
+            etcd_health_timeout: Duration::from_secs(30),
+            local_files: None,
+            api: None,
+            clock: SystemTime::now,
+        }
+    }
+}
+
+/// Actor name of node `node`'s control-plane subtree.
+pub fn supervisor_name(node: &str) -> String {
+    format!("control-plane@{node}")
+}
+
+/// The control-plane subtree of a node; see the module docs.
+pub fn spec(opts: &ControlPlaneOptions) -> ChildSpec {
+    let node = opts.node.clone();
+    let store_args = StoreArgs {
+        node: node.clone(),
+        backend: opts.backend.clone(),
+        health_timeout: opts.etcd_health_timeout,
+    };
+    let store = ChildSpec::actor(Store::name(&node), Store, move || store_args.clone())
+        .shutdown_timeout(Duration::from_secs(10));
+    let setup = LeaderSetup {
+        cluster: opts.cluster.clone(),
+        local: opts.local_files.clone(),
+        api: opts.api.clone(),
+        clock: opts.clock,
+    };
+    let election_args = ElectionArgs {
+        node: node.clone(),
+        store_actor: Store::name(&node),
+        election: keys::ELECTION_PREFIX.to_owned(),
+        lease_ttl: opts.lease_ttl,
+        leader_subtree: Some(std::sync::Arc::new(move |leadership| {
+            crate::leader::subtree_spec(leadership, &setup)
+        })),
+    };
+    let election = ChildSpec::actor(Election::name(&node), Election, move || {
+        election_args.clone()
+    });
+    let mut children = vec![store, election];
+    // Every member listens on apiPort; it serves as leader while it leads and points
+    // to the leader otherwise.
+    if let Some(ApiEndpoint::Tcp { addr, slot }) = &opts.api {
+        let server_args = ApiServerArgs {
+            node: node.clone(),
+            store_actor: Store::name(&node),
+            addr: *addr,
+            slot: slot.clone(),
+            local_ca_dir: opts.local_files.as_ref().map(|l| l.state_dir.clone()),
+        };
+        children.push(
+            ChildSpec::actor(ApiServer::name(&node), ApiServer, move || {
+                server_args.clone()
+            })
+            .shutdown_timeout(Duration::from_secs(10)),
+        );
+    }
+    let args = SupervisorArgs {
+        strategy: Strategy::RestForOne,
+        intensity: Intensity {
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+        },
+        backoff: Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        },
+        children,
+    };
+    // Children's timeouts and kill waits add up to about 45 s.
+    ChildSpec::supervisor(supervisor_name(&node), args).shutdown_timeout(Duration::from_secs(60))
+}

@@ -1,0 +1,222 @@
+//! `Bootstrap` (leader subtree): records the cluster's identity, configuration and CA
+//! the first time a leader exists (a later leader, or a re-run `kat-agent init`, finds
+//! them and resumes). On init's node it also registers that node as a control-plane
+//! member and writes its certificate, `DIR/katcall.yaml` (admin API token) and the
+//! first join token, each once.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use kat_proto::v1alpha1::{ClusterConfiguration, Node, NodeRole, NodeSpec, ObjectMeta, TokenKind};
+use prost::Message;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::client::KatcallConfig;
+use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, node_key_and_csr};
+use crate::pki::{pin, tokens};
+use crate::state::{self, Leadership, keys};
+use crate::store::{Compare, TxnOp};
+
+/// The node whose files the leader writes at bootstrap (the node `kat-agent init` runs on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFiles {
+    pub state_dir: PathBuf,
+    pub advertise_address: IpAddr,
+    /// The API's port (for `katcall.yaml`'s server URL).
+    pub api_port: u16,
+}
+
+#[derive(Clone)]
+pub struct BootstrapArgs {
+    pub leadership: Leadership,
+    pub cluster: ClusterConfiguration,
+    pub local: Option<LocalFiles>,
+}
+
+/// Records the cluster once; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bootstrap;
+
+/// The CA `kat-agent init` made in `DIR/pki` before etcd started (etcd serves with
+/// certificates it signed), if this is init's node.
+pub fn read_local_ca(state_dir: &Path) -> Option<CertAndKey> {
+    let pki = state_dir.join("pki");
+    Some(CertAndKey {
+        cert_pem: std::fs::read_to_string(pki.join("ca.crt")).ok()?,
+        key_pem: std::fs::read_to_string(pki.join("ca.key")).ok()?,
+    })
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActorProcessingErr + '_ {
+    move |e| format!("{}: {e}", path.display()).into()
+}
+
+/// On init's node: the CA certificate, the node's own key and certificate, and the
+/// first join token, each written once (a resumed init keeps what is there).
+async fn write_node_files(
+    ca: &CertAndKey,
+    leadership: &Leadership,
+    local: &LocalFiles,
+) -> Result<(), ActorProcessingErr> {
+    let pki = local.state_dir.join("pki");
+    crate::files::private_dir(&pki).map_err(file_err(&pki))?;
+    let ca_path = pki.join("ca.crt");
+    crate::files::write_atomic(&ca_path, ca.cert_pem.as_bytes(), 0o644)
+        .map_err(file_err(&ca_path))?;
+    let (key_path, cert_path) = (pki.join("node.key"), pki.join("node.crt"));
+    if !(key_path.exists() && cert_path.exists()) {
+        let (key_pem, csr_pem) = node_key_and_csr(&leadership.node)?;
+        let signer = ClusterCa::from_pem(ca)?;
+        let cert = signer.sign_node_csr(
+            &csr_pem,
+            &leadership.node,
+            local.advertise_address,
+            NODE_CERT_VALIDITY,
+        )?;
+        crate::files::write_atomic(&key_path, key_pem.as_bytes(), 0o600)
+            .map_err(file_err(&key_path))?;
+        crate::files::write_atomic(&cert_path, cert.as_bytes(), 0o644)
+            .map_err(file_err(&cert_path))?;
+        tracing::info!(node = %leadership.node, path = %cert_path.display(), "node certificate written");
+    }
+    register_local_node(leadership, local).await?;
+    write_katcall_config(ca, leadership, local).await?;
+    let token_path = local.state_dir.join("join-token");
+    if !token_path.exists() {
+        let (token, _) = state::tokens::issue(
+            leadership,
+            TokenKind::Join,
+            Some(tokens::DEFAULT_JOIN_TTL),
+            false,
+            "created by kat-agent init",
+            SystemTime::now(),
+        )
+        .await?;
+        let credential = pin::join_credential(&token, &ca.cert_pem)?;
+        crate::files::write_atomic(&token_path, format!("{credential}\n").as_bytes(), 0o600)
+            .map_err(file_err(&token_path))?;
+        tracing::info!(
+            node = %leadership.node,
+            path = %token_path.display(),
+            "join token written (single use, expires in 24 h)"
+        );
+        println!("join token:     {}", token_path.display());
+    }
+    Ok(())
+}
+
+/// Registers init's node (a control-plane member) at `/kat/nodes/<name>` once.
+async fn register_local_node(
+    leadership: &Leadership,
+    local: &LocalFiles,
+) -> Result<(), ActorProcessingErr> {
+    let key = keys::node(&leadership.node);
+    if leadership.store.get(&key).await?.is_some() {
+        return Ok(());
+    }
+    let node = Node {
+        api_version: kat_proto::quadlet::API_VERSION.to_owned(),
+        kind: "Node".to_owned(),
+        metadata: Some(ObjectMeta {
+            name: leadership.node.clone(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            advertise_address: local.advertise_address.to_string(),
+            role: NodeRole::ControlPlane.into(),
+            agent_version: kat_proto::VERSION.to_owned(),
+            // Bootstrap runs on init's node: this host.
+            capacity: Some(kat_runtime::probe::host_capacity()),
+            allocatable: Some(kat_runtime::probe::host_capacity()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let api = std::net::SocketAddr::new(local.advertise_address, local.api_port);
+    let ops = [
+        TxnOp::put(&key, node.encode_to_vec()),
+        TxnOp::put(keys::control_plane(&leadership.node), api.to_string()),
+    ];
+    if leadership.commit([Compare::absent(&key)], ops).await? {
+        tracing::info!(node = %leadership.node, "node registered (control plane)");
+    }
+    Ok(())
+}
+
+/// Creates the admin API token and writes `DIR/katcall.yaml` (0600), once.
+async fn write_katcall_config(
+    ca: &CertAndKey,
+    leadership: &Leadership,
+    local: &LocalFiles,
+) -> Result<(), ActorProcessingErr> {
+    let path = local.state_dir.join("katcall.yaml");
+    if path.exists() {
+        return Ok(());
+    }
+    let (token, _) = state::tokens::issue(
+        leadership,
+        TokenKind::Api,
+        None,
+        true,
+        "admin token created by kat-agent init",
+        SystemTime::now(),
+    )
+    .await?;
+    let config = KatcallConfig {
+        server: format!(
+            "https://{}",
+            std::net::SocketAddr::new(local.advertise_address, local.api_port)
+        ),
+        certificate_authority: ca.cert_pem.clone(),
+        token,
+    };
+    crate::files::write_atomic(&path, config.to_yaml().as_bytes(), 0o600)
+        .map_err(file_err(&path))?;
+    tracing::info!(node = %leadership.node, path = %path.display(), "katcall configuration written (admin API token)");
+    println!("katcall config: {}", path.display());
+    Ok(())
+}
+
+impl Actor for Bootstrap {
+    type Msg = ();
+    type State = ();
+    type Arguments = BootstrapArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        args: BootstrapArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let (uid, created) = state::cluster::record(&args.leadership, &args.cluster).await?;
+        let name = args
+            .cluster
+            .metadata
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or_default();
+        if created {
+            tracing::info!(node = %args.leadership.node, cluster = %name, %uid, "cluster created");
+        } else {
+            tracing::info!(node = %args.leadership.node, %uid, "cluster exists; resuming");
+        }
+        let local_ca = args
+            .local
+            .as_ref()
+            .and_then(|l| read_local_ca(&l.state_dir));
+        let ca = state::cluster::ensure_ca(&args.leadership, name, local_ca.as_ref()).await?;
+        if let Some(local) = &args.local {
+            write_node_files(&ca, &args.leadership, local).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<()>,
+        _msg: (),
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! [`LeaderContext`]: what the leader's API handlers work with while this node leads —
+//! its [`Leadership`] (store, election fence, events lease), the cluster CA and
+//! configuration, and two short-lived caches.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kat_proto::v1alpha1::ClusterConfiguration;
+
+use crate::pki::ca::{CertAndKey, ClusterCa, node_key_and_csr};
+use crate::state::{self, Leadership, StateError, StateResult};
+use crate::store::StateStore;
+
+/// The leader's context; see the module docs.
+#[derive(Clone)]
+pub struct LeaderContext {
+    pub leadership: Leadership,
+    pub ca: CertAndKey,
+    pub cluster: ClusterConfiguration,
+    /// Control-plane API addresses, re-read at most every few seconds (every
+    /// heartbeat answer carries them).
+    pub control_plane: ControlPlaneCache,
+    /// The certificate this leader presents to agent APIs (logs, exec).
+    pub agent_client: AgentClientCert,
+}
+
+impl LeaderContext {
+    pub fn new(leadership: Leadership, ca: CertAndKey, cluster: ClusterConfiguration) -> Self {
+        Self {
+            leadership,
+            ca,
+            cluster,
+            control_plane: ControlPlaneCache::default(),
+            agent_client: AgentClientCert::default(),
+        }
+    }
+
+    pub fn store(&self) -> &dyn StateStore {
+        self.leadership.store()
+    }
+
+    /// The leading node's name.
+    pub fn node(&self) -> &str {
+        &self.leadership.node
+    }
+}
+
+/// A short-lived cache of [`state::cluster::control_plane_apis`].
+#[derive(Clone, Default)]
+pub struct ControlPlaneCache(Arc<std::sync::Mutex<Option<CachedApis>>>);
+
+/// When the addresses were read, and what they were.
+type CachedApis = (tokio::time::Instant, Vec<String>);
+
+impl ControlPlaneCache {
+    const FRESH_FOR: Duration = Duration::from_secs(5);
+
+    /// Drops the cached addresses: the next [`get`](Self::get) reads the store.
+    pub fn forget(&self) {
+        if let Ok(mut cached) = self.0.lock() {
+            *cached = None;
+        }
+    }
+
+    /// The addresses, read from the store when the cached ones are older than 5 s.
+    pub async fn get(&self, store: &dyn StateStore) -> Vec<String> {
+        if let Ok(cached) = self.0.lock()
+            && let Some((at, apis)) = cached.as_ref()
+            && at.elapsed() < Self::FRESH_FOR
+        {
+            return apis.clone();
+        }
+        match state::cluster::control_plane_apis(store).await {
+            Ok(apis) => {
+                if let Ok(mut cached) = self.0.lock() {
+                    *cached = Some((tokio::time::Instant::now(), apis.clone()));
+                }
+                apis
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Lifetime of the leader's agent-client certificate; a new one is made after half.
+const CLIENT_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// The leader's client certificate for agent calls, made once per half lifetime.
+#[derive(Clone, Default)]
+pub struct AgentClientCert(Arc<std::sync::Mutex<Option<(Instant, CertAndKey)>>>);
+
+impl AgentClientCert {
+    pub(super) fn get(
+        &self,
+        ca: &CertAndKey,
+        node: &str,
+        address: IpAddr,
+    ) -> StateResult<CertAndKey> {
+        let mut cached = self.0.lock().map_err(|_| {
+            StateError::Internal("agent client certificate cache poisoned".to_owned())
+        })?;
+        if let Some((made, cert)) = cached.as_ref()
+            && made.elapsed() < CLIENT_CERT_VALIDITY / 2
+        {
+            return Ok(cert.clone());
+        }
+        let failed = |e: crate::pki::ca::PkiError| {
+            StateError::Internal(format!(
+                "cannot make the leader's agent client certificate: {e}"
+            ))
+        };
+        let (key_pem, csr_pem) = node_key_and_csr(node).map_err(failed)?;
+        let cert_pem = ClusterCa::from_pem(ca)
+            .and_then(|ca| ca.sign_node_csr(&csr_pem, node, address, CLIENT_CERT_VALIDITY))
+            .map_err(failed)?;
+        let cert = CertAndKey { cert_pem, key_pem };
+        *cached = Some((Instant::now(), cert.clone()));
+        Ok(cert)
+    }
+}

@@ -1,0 +1,144 @@
+//! Heartbeat intake (SPEC §6), as the leader handles a node's heartbeat: the node's
+//! status becomes Ready with the time it was heard (NodeReady / NodeRejoined on a
+//! transition), what it reports of its instances is stored with the events their
+//! changes make, a changed capacity updates its registration, and the answer names
+//! every control-plane member's API. A node may report only for itself.
+
+use std::time::SystemTime;
+
+use kat_proto::v1alpha1::{
+    EventSeverity, HeartbeatRequest, HeartbeatResponse, Node, NodeResources, NodeState, NodeStatus,
+};
+use prost::Message;
+
+use super::context::LeaderContext;
+use crate::state::events::node_event;
+use crate::state::{self, StateError, StateResult, keys};
+use crate::store::{Compare, KeyValue, TxnOp};
+
+/// Records node `caller`'s heartbeat; see the module docs.
+pub async fn heartbeat(
+    ctx: &LeaderContext,
+    caller: &str,
+    req: HeartbeatRequest,
+    now: SystemTime,
+) -> StateResult<HeartbeatResponse> {
+    if req.node_name != caller {
+        return Err(StateError::Denied(format!(
+            "this certificate belongs to node {caller:?}; it cannot report for {:?}",
+            req.node_name
+        )));
+    }
+    let Some(registered) = ctx.store().get(&keys::node(caller)).await? else {
+        return Err(StateError::NotFound(format!(
+            "node {caller:?} is not registered (join first)"
+        )));
+    };
+    if let Some(reported) = &req.allocatable {
+        update_capacity(ctx, caller, &registered, reported, now).await;
+    }
+    let (mut instance_ops, instance_events) =
+        state::instances::report_ops(ctx.store(), caller, &req.instances, now).await?;
+    if !instance_events.is_empty() {
+        let lease = ctx.leadership.events.get(ctx.store()).await;
+        instance_ops.extend(instance_events.iter().map(|e| e.put(lease)));
+    }
+    let mut status = req.node_status.unwrap_or_default();
+    status.state = NodeState::Ready.into();
+    status.last_heartbeat = Some(kat_proto::timestamp(now));
+    let key = keys::node_status(caller);
+    // NodeMonitor may mark the node NotReady at the same moment: the write compares the
+    // status it read, and is tried again on a race.
+    for _ in 0..3 {
+        let previous = ctx.store().get(&key).await?;
+        let was = previous
+            .as_ref()
+            .and_then(|kv| NodeStatus::decode(kv.value.as_slice()).ok())
+            .map(|s| s.state());
+        let mut ops = vec![TxnOp::put(&key, status.encode_to_vec())];
+        ops.extend(instance_ops.iter().cloned());
+        let event = if req.rejoining {
+            Some((
+                "NodeRejoined",
+                "rejoined after running detached; the leader's view wins",
+            ))
+        } else if was != Some(NodeState::Ready) {
+            Some(("NodeReady", "heartbeats arrive; Ready"))
+        } else {
+            None
+        };
+        if let Some((reason, message)) = event {
+            let event = node_event(
+                caller,
+                reason,
+                EventSeverity::Normal,
+                message.to_owned(),
+                now,
+            );
+            ops.push(ctx.leadership.event_op(event).await);
+        }
+        let unchanged = match &previous {
+            Some(kv) => Compare::unchanged(&key, kv.mod_revision),
+            None => Compare::absent(&key),
+        };
+        let result = ctx.leadership.commit_txn([unchanged], ops).await?;
+        if result.succeeded {
+            if was != Some(NodeState::Ready) || req.rejoining {
+                tracing::info!(node = %caller, rejoining = req.rejoining, "node Ready");
+            }
+            return Ok(HeartbeatResponse {
+                revision: result.revision,
+                leader_address: String::new(),
+                control_plane_apis: ctx.control_plane.get(ctx.store()).await,
+                leader_node: ctx.node().to_owned(),
+            });
+        }
+    }
+    Err(StateError::Unavailable(
+        "the status write kept conflicting; ask again".to_owned(),
+    ))
+}
+
+/// Records what a node reports it has (CPU, memory, GPUs: SPEC §7) when that differs
+/// from its registration, with a NodeCapacityChanged event (the node verbs' fenced
+/// registration update). A failed write is left to the next heartbeat.
+async fn update_capacity(
+    ctx: &LeaderContext,
+    caller: &str,
+    registered: &KeyValue,
+    reported: &NodeResources,
+    now: SystemTime,
+) {
+    let same = Node::decode(registered.value.as_slice())
+        .ok()
+        .and_then(|n| n.spec)
+        .is_some_and(|s| s.capacity.as_ref() == Some(reported));
+    if same {
+        return;
+    }
+    let gpus: Vec<String> = reported
+        .gpus
+        .iter()
+        .map(|g| format!("{:?} {}", g.driver(), g.model).trim().to_owned())
+        .collect();
+    let message = format!(
+        "capacity now {} millicores, {} MiB{}",
+        reported.cpu_millis,
+        reported.memory_bytes / (1024 * 1024),
+        if gpus.is_empty() {
+            String::new()
+        } else {
+            format!(", GPUs: {}", gpus.join(", "))
+        }
+    );
+    let change = |node: &mut Node| {
+        let spec = node.spec.get_or_insert_with(Default::default);
+        spec.capacity = Some(reported.clone());
+        spec.allocatable = Some(reported.clone());
+        Ok(message.clone())
+    };
+    match state::nodes::update(&ctx.leadership, caller, "NodeCapacityChanged", change, now).await {
+        Ok(_) => tracing::info!(node = %caller, "node capacity updated from its heartbeat"),
+        Err(e) => tracing::debug!(node = %caller, error = %e, "capacity update not written"),
+    }
+}

@@ -1,0 +1,253 @@
+//! `Join` (SPEC §6), as the leader handles it: checks the token, signs the node's CSR,
+//! registers the node and spends a single-use token, all in one transaction fenced on
+//! leadership. The first `quorumSize` nodes are control-plane members: they get an
+//! etcd member, added as a learner (no vote until the leader promotes it), and serve
+//! the API when they lead. Every refusal says why and changes nothing.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use kat_proto::v1alpha1::{
+    EtcdMembership, EventSeverity, JoinRequest, JoinResponse, Node, NodeRole, NodeSpec, NodeState,
+    NodeStatus, ObjectMeta,
+};
+use prost::Message;
+
+use super::context::LeaderContext;
+use crate::pki::ca::{ClusterCa, NODE_CERT_VALIDITY, PkiError};
+use crate::state::events::node_event;
+use crate::state::tokens::ValidJoinToken;
+use crate::state::{self, StateError, StateResult, keys};
+use crate::store::{Compare, TxnOp};
+
+/// How long a control-plane join waits for etcd to take another learner.
+const LEARNER_WAIT: Duration = Duration::from_secs(45);
+
+/// The node's certificate for `csr_pem`, signed by the cluster CA (CN = `node`).
+pub fn sign_node_certificate(
+    ctx: &LeaderContext,
+    csr_pem: &str,
+    node: &str,
+    address: IpAddr,
+) -> StateResult<String> {
+    let signer = ClusterCa::from_pem(&ctx.ca).map_err(|e| StateError::Internal(e.to_string()))?;
+    signer
+        .sign_node_csr(csr_pem, node, address, NODE_CERT_VALIDITY)
+        .map_err(|e| match e {
+            PkiError::WrongCommonName { .. } => StateError::Denied(e.to_string()),
+            other => StateError::BadRequest(other.to_string()),
+        })
+}
+
+/// Handles one join; see the module docs.
+pub async fn join(
+    ctx: &LeaderContext,
+    req: JoinRequest,
+    now: SystemTime,
+) -> StateResult<JoinResponse> {
+    let token = state::tokens::check_join(ctx.store(), &req.token, now).await?;
+    if let Some(problem) = kat_proto::names::dns_label_problem(&req.node_name) {
+        return Err(StateError::invalid("node_name", problem));
+    }
+    let address: IpAddr = req.advertise_address.parse().map_err(|_| {
+        StateError::invalid(
+            "advertise_address",
+            format!("{:?} is not an IP address", req.advertise_address),
+        )
+    })?;
+    if state::nodes::exists(ctx.store(), &req.node_name).await? {
+        return Err(StateError::AlreadyExists(format!(
+            "a node named {:?} is already registered",
+            req.node_name
+        )));
+    }
+    let certificate_pem = sign_node_certificate(ctx, &req.csr_pem, &req.node_name, address)?;
+    let spec = ctx.cluster.spec.clone().unwrap_or_default();
+    let (members, _) = ctx.store().list(keys::CONTROL_PLANE_PREFIX).await?;
+    let control_plane = members.len() < usize::try_from(spec.quorum_size.max(1)).unwrap_or(1);
+    let seat = if control_plane {
+        let peer = SocketAddr::new(address, port(spec.etcd_peer_port));
+        Some(etcd_seat(ctx, &req.node_name, &format!("https://{peer}")).await?)
+    } else {
+        None
+    };
+    let node = registration(&req, address, control_plane, &ctx.cluster);
+    let result = record(
+        ctx,
+        &req.node_name,
+        &node,
+        control_plane,
+        address,
+        &token,
+        now,
+    )
+    .await;
+    if let Err(e) = result {
+        // Another join raced this one (same token or same name), leadership moved, or
+        // the store failed: the etcd member added for it goes too.
+        if let Some(id) = seat.as_ref().and_then(|s| s.learner)
+            && let Err(e) = ctx.store().remove_member(id).await
+        {
+            tracing::warn!(node = %req.node_name, error = %e, "could not remove the etcd learner of a failed join");
+        }
+        return Err(e);
+    }
+    if control_plane {
+        // Heartbeat answers name the new member at once, not up to 5 s later.
+        ctx.control_plane.forget();
+    }
+    tracing::info!(node = %req.node_name, address = %address, control_plane, "node joined");
+    Ok(JoinResponse {
+        certificate_pem,
+        ca_pem: ctx.ca.cert_pem.clone(),
+        cluster: Some(ctx.cluster.clone()),
+        overlay_subnet: String::new(),
+        node: Some(node),
+        etcd: seat.map(|s| s.membership),
+    })
+}
+
+fn port(p: u32) -> u16 {
+    u16::try_from(p).unwrap_or_default()
+}
+
+/// A control-plane joiner's place in etcd.
+struct EtcdSeat {
+    membership: EtcdMembership,
+    /// The learner added for it (removed again if the join fails).
+    learner: Option<u64>,
+}
+
+/// Adds the joiner as an etcd learner and tells it the initial cluster. etcd takes one
+/// learner at a time, and no new member while one is not yet connected: a member that
+/// joined just before may still be catching up (the leader promotes it within a tick
+/// or two), so this waits up to [`LEARNER_WAIT`].
+async fn etcd_seat(ctx: &LeaderContext, node: &str, peer_url: &str) -> StateResult<EtcdSeat> {
+    let deadline = tokio::time::Instant::now() + LEARNER_WAIT;
+    let members = loop {
+        match ctx.store().add_learner(peer_url).await {
+            Ok(members) => break members,
+            Err(e)
+                if (e.to_string().contains("too many learner")
+                    || e.to_string().contains("unhealthy cluster"))
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(StateError::Unavailable(format!(
+                    "cannot add an etcd member for {node}: {e}"
+                )));
+            }
+        }
+    };
+    let learner = members
+        .iter()
+        .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+        .map(|m| m.id);
+    let initial_cluster: Vec<String> = members
+        .iter()
+        .filter_map(|m| {
+            let url = m.peer_urls.first()?;
+            let name = if url == peer_url {
+                node.to_owned()
+            } else if m.name.is_empty() {
+                return None;
+            } else {
+                m.name.clone()
+            };
+            Some(format!("{name}={url}"))
+        })
+        .collect();
+    Ok(EtcdSeat {
+        membership: EtcdMembership {
+            member_name: node.to_owned(),
+            initial_cluster: initial_cluster.join(","),
+        },
+        learner,
+    })
+}
+
+/// The joiner's registration record.
+fn registration(
+    req: &JoinRequest,
+    address: IpAddr,
+    control_plane: bool,
+    cluster: &kat_proto::v1alpha1::ClusterConfiguration,
+) -> Node {
+    let spec = cluster.spec.clone().unwrap_or_default();
+    let role = if control_plane {
+        NodeRole::ControlPlane
+    } else {
+        NodeRole::Worker
+    };
+    Node {
+        api_version: kat_proto::quadlet::API_VERSION.to_owned(),
+        kind: "Node".to_owned(),
+        metadata: Some(ObjectMeta {
+            name: req.node_name.clone(),
+            labels: req.labels.clone(),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            advertise_address: address.to_string(),
+            wireguard_public_key: req.wireguard_public_key.clone(),
+            wireguard_endpoint: SocketAddr::new(address, port(spec.wireguard_port)).to_string(),
+            role: role.into(),
+            agent_version: req.agent_version.clone(),
+            capacity: req.capacity.clone(),
+            allocatable: req.capacity.clone(),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: NodeState::NotReady.into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Registers the node (and a member's API address), spends the token and records
+/// `NodeJoined`, in one fenced transaction that fails if the token or the name was
+/// taken meanwhile.
+async fn record(
+    ctx: &LeaderContext,
+    name: &str,
+    node: &Node,
+    control_plane: bool,
+    address: IpAddr,
+    token: &ValidJoinToken,
+    now: SystemTime,
+) -> StateResult<()> {
+    let node_key = keys::node(name);
+    let mut ops = vec![TxnOp::put(&node_key, node.encode_to_vec())];
+    if control_plane {
+        let spec = ctx.cluster.spec.clone().unwrap_or_default();
+        let api = SocketAddr::new(address, port(spec.api_port));
+        ops.push(TxnOp::put(keys::control_plane(name), api.to_string()));
+    }
+    ops.extend(token.spend());
+    let role = if control_plane {
+        "a control-plane member"
+    } else {
+        "a worker"
+    };
+    let event = node_event(
+        name,
+        "NodeJoined",
+        EventSeverity::Normal,
+        format!("joined as {role} from {address}"),
+        now,
+    );
+    ops.push(ctx.leadership.event_op(event).await);
+    let when = [
+        Compare::unchanged(&token.key, token.stored.mod_revision),
+        Compare::absent(&node_key),
+    ];
+    if ctx.leadership.commit(when, ops).await? {
+        Ok(())
+    } else {
+        Err(StateError::Conflict(
+            "the join conflicted with another change; try again".to_owned(),
+        ))
+    }
+}

@@ -1,0 +1,131 @@
+//! A node's sync stream (SPEC §6), as the leader serves it: the peer set (every other
+//! node's WireGuard key, endpoint and subnet) and the node's assignments (its
+//! instances, each with the Quadlet of its generation) first, then a new peer set
+//! whenever a registration changes and new assignments whenever its instances change.
+
+use kat_proto::v1alpha1::{Node, Peer, PeerSet, SyncEvent, sync_event};
+
+use super::context::LeaderContext;
+use crate::state::{self, StateError, StateResult, keys};
+use crate::store::StateStore;
+
+/// The WireGuard peers node `caller` should have: every other registered node.
+pub fn peer_set(nodes: &[Node], caller: &str) -> PeerSet {
+    let peers = nodes
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.as_ref()?.name.clone();
+            let spec = n.spec.as_ref()?;
+            (name != caller).then(|| Peer {
+                node_name: name,
+                public_key: spec.wireguard_public_key.clone(),
+                endpoint: spec.wireguard_endpoint.clone(),
+                allowed_ips: if spec.overlay_subnet.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![spec.overlay_subnet.clone()]
+                },
+            })
+        })
+        .collect();
+    PeerSet { peers }
+}
+
+async fn peers_now(store: &dyn StateStore, caller: &str) -> StateResult<(PeerSet, i64)> {
+    let (nodes, revision) = state::nodes::registrations(store).await?;
+    Ok((peer_set(&nodes, caller), revision))
+}
+
+/// The receiving end of a sync stream; it ends when the stream does.
+pub type SyncEvents = tokio::sync::mpsc::Receiver<StateResult<SyncEvent>>;
+
+/// Node `caller`'s sync stream, from `from_revision` (the peer set is sent first
+/// unless the node has seen this revision already; assignments always). Ends when the
+/// receiver is dropped or the store's watch breaks.
+pub async fn sync_events(
+    ctx: &LeaderContext,
+    caller: &str,
+    from_revision: i64,
+) -> StateResult<SyncEvents> {
+    let store = ctx.leadership.store.clone();
+    let (peers, revision) = peers_now(store.as_ref(), caller).await?;
+    let (assignments, assigned_at) =
+        state::instances::assignments_for(store.as_ref(), caller).await?;
+    let mut node_watch = store.watch(keys::NODES_PREFIX, revision + 1).await?;
+    let mut instance_watch = store.watch(keys::INSTANCES_PREFIX, assigned_at + 1).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let caller = caller.to_owned();
+    let ended = || StateError::Unavailable("the leader's watch ended; resync".to_owned());
+    tokio::spawn(async move {
+        if from_revision < revision {
+            let first = SyncEvent {
+                revision,
+                payload: Some(sync_event::Payload::Peers(peers)),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+        }
+        // Assignments always: they are cheap, and the node's copy may be older than
+        // its revision says (two watches need not arrive in revision order).
+        let mut sent = assignments.clone();
+        let first = SyncEvent {
+            revision: assigned_at,
+            payload: Some(sync_event::Payload::Assignments(assignments)),
+        };
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        loop {
+            let update = tokio::select! {
+                () = tx.closed() => return,
+                event = node_watch.recv() => {
+                    let Some(Ok(mut last)) = event else {
+                        let _ = tx.send(Err(ended())).await;
+                        return;
+                    };
+                    // A burst of changes becomes one update.
+                    while let Ok(Ok(next)) = node_watch.try_recv() {
+                        last = next;
+                    }
+                    peers_now(store.as_ref(), &caller).await.map(|(peers, revision)| {
+                        Some(SyncEvent {
+                            revision: revision.max(last.kv.mod_revision),
+                            payload: Some(sync_event::Payload::Peers(peers)),
+                        })
+                    })
+                }
+                event = instance_watch.recv() => {
+                    let Some(Ok(mut last)) = event else {
+                        let _ = tx.send(Err(ended())).await;
+                        return;
+                    };
+                    while let Ok(Ok(next)) = instance_watch.try_recv() {
+                        last = next;
+                    }
+                    match state::instances::assignments_for(store.as_ref(), &caller).await {
+                        Ok((set, _)) if set == sent => Ok(None),
+                        Ok((set, revision)) => {
+                            sent = set.clone();
+                            Ok(Some(SyncEvent {
+                                revision: revision.max(last.kv.mod_revision),
+                                payload: Some(sync_event::Payload::Assignments(set)),
+                            }))
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            let update = match update {
+                Ok(None) => continue,
+                Ok(Some(event)) => Ok(event),
+                Err(e) => Err(e),
+            };
+            let failed = update.is_err();
+            if tx.send(update).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,128 @@
+//! `kat-agent init`: a new cluster on this node.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use kat_proto::quadlet;
+
+use super::prepared::{PreparedNode, prepared};
+use super::state_dir::{
+    AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
+    default_node_name, io_err, read_cluster, read_identity, write_private,
+};
+use crate::pki::ca::{ClusterCa, NODE_CERT_VALIDITY, generate_ca, node_key_and_csr};
+
+/// Flags of `kat-agent init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    pub node_name: Option<String>,
+    pub advertise_address: Option<IpAddr>,
+    pub etcd_bin: PathBuf,
+}
+
+/// `kat-agent init`: validates the configuration and records the node in its state
+/// directory, or — on a directory init already set up — checks that nothing
+/// conflicts and resumes. Nothing is overwritten.
+pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
+    let config_bytes = std::fs::read(&opts.config).map_err(io_err(&opts.config))?;
+    let cluster = quadlet::parse_cluster_config(&opts.config.display().to_string(), &config_bytes)
+        .map_err(AgentError::Config)?;
+    let dir = &opts.state_dir;
+    if let Some(identity) = read_identity(dir)? {
+        if let Some(name) = &opts.node_name
+            && *name != identity.node_name
+        {
+            return Err(AgentError::Conflict(format!(
+                "{} belongs to node {:?}, not {name:?}; use another --state-dir",
+                dir.display(),
+                identity.node_name
+            )));
+        }
+        if let Some(addr) = opts.advertise_address
+            && addr != identity.advertise_address
+        {
+            return Err(AgentError::Conflict(format!(
+                "{} was initialised with --advertise-address {}, not {addr}",
+                dir.display(),
+                identity.advertise_address
+            )));
+        }
+        let stored = read_cluster(dir)?;
+        if stored != cluster {
+            return Err(AgentError::Conflict(format!(
+                "{} was initialised with a different cluster configuration ({}); \
+                 init never overwrites it — use `kat-agent run --state-dir {}`",
+                dir.display(),
+                dir.join(CLUSTER_FILE).display(),
+                dir.display()
+            )));
+        }
+        tracing::info!(node = %identity.node_name, state_dir = %dir.display(), "state directory already initialised; resuming");
+        return Ok(prepared(identity, dir, cluster, &opts.etcd_bin));
+    }
+
+    let node_name = match &opts.node_name {
+        Some(name) => name.clone(),
+        None => default_node_name()?,
+    };
+    if let Some(problem) = kat_proto::names::dns_label_problem(&node_name) {
+        return Err(AgentError::NodeName(problem));
+    }
+    let identity = AgentIdentity {
+        node_name,
+        advertise_address: opts
+            .advertise_address
+            .unwrap_or_else(default_advertise_address),
+        control_plane: true,
+        leader_api: Vec::new(),
+        etcd_initial_cluster: None,
+    };
+    crate::files::private_dir(dir).map_err(io_err(dir))?;
+    write_private(&dir.join(CLUSTER_FILE), &config_bytes)?;
+    let name = cluster
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    write_init_pki(dir, &name, &identity)?;
+    let json =
+        serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;
+    write_private(&dir.join(IDENTITY_FILE), &json)?;
+    tracing::info!(node = %identity.node_name, address = %identity.advertise_address, state_dir = %dir.display(), "state directory initialised");
+    Ok(prepared(identity, dir, cluster, &opts.etcd_bin))
+}
+
+/// init's PKI, made before etcd starts so etcd can serve with mTLS from its first
+/// start: the cluster CA (`ca.key` 0600; the leader stores it in etcd for every
+/// control-plane member) and this node's key and certificate.
+fn write_init_pki(
+    dir: &Path,
+    cluster_name: &str,
+    identity: &AgentIdentity,
+) -> Result<(), AgentError> {
+    let pki = dir.join("pki");
+    crate::files::private_dir(&pki).map_err(io_err(&pki))?;
+    let failed = |e: crate::pki::ca::PkiError| AgentError::Failed(e.to_string());
+    let ca = generate_ca(cluster_name).map_err(failed)?;
+    let (key_pem, csr_pem) = node_key_and_csr(&identity.node_name).map_err(failed)?;
+    let cert_pem = ClusterCa::from_pem(&ca)
+        .and_then(|signer| {
+            signer.sign_node_csr(
+                &csr_pem,
+                &identity.node_name,
+                identity.advertise_address,
+                NODE_CERT_VALIDITY,
+            )
+        })
+        .map_err(failed)?;
+    write_private(&pki.join("ca.key"), ca.key_pem.as_bytes())?;
+    write_private(&pki.join("node.key"), key_pem.as_bytes())?;
+    let public = |path: &Path, data: &str| {
+        crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
+    };
+    public(&pki.join("ca.crt"), &ca.cert_pem)?;
+    public(&pki.join("node.crt"), &cert_pem)?;
+    Ok(())
+}
