@@ -8,8 +8,7 @@ use kat_proto::v1alpha1::log_chunk::Stream as ChunkStream;
 
 use crate::OutputFormat;
 use crate::output::encode;
-use crate::remote::{Client, CmdError};
-use crate::workloads::CmdResult;
+use crate::remote::{Client, CmdError, CmdResult};
 
 /// An instance as the user names it: `ID`, `WORKLOAD/ID`, or the container (and
 /// unit) name `kat-<ns>-<workload>-<ID>`.

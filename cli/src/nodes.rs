@@ -6,8 +6,7 @@ use kat_proto::v1alpha1 as api;
 use kat_proto::v1alpha1::TaintEffect;
 
 use crate::OutputFormat;
-use crate::remote::{Client, CmdError};
-use crate::workloads::CmdResult;
+use crate::remote::{Client, CmdError, CmdResult};
 
 /// One `k=v:EFFECT`, `k:EFFECT` or `k-` (remove every taint with key k).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,16 +7,8 @@ use std::time::{Duration, SystemTime};
 use kat_proto::v1alpha1 as api;
 
 use crate::OutputFormat;
-use crate::output::{self, encode};
-use crate::remote::{Client, CmdError};
-
-/// A command's result: its failure is one line on stderr.
-pub type CmdResult = Result<(), CmdError>;
-
-fn emit<T: serde::Serialize>(value: &T, format: OutputFormat) -> CmdResult {
-    print!("{}", encode(value, format)?);
-    Ok(())
-}
+use crate::output::{self, emit, encode};
+use crate::remote::{Client, CmdError, CmdResult};
 
 /// The bundle to send for `path`: a Quadlet directory is checked offline first (so
 /// errors name its files) and packed; a `.tar.gz` is sent as it is.

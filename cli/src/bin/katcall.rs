@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use kat_cli::output::{self, encode};
-use kat_cli::remote::{Client, CmdError, ConfigSource, connect_with_timeout, load_config};
+use kat_cli::output::{self, emit};
+use kat_cli::remote::{
+    Client, CmdError, CmdResult, ConfigSource, load_config, remote, remote_with,
+};
 use kat_cli::{OutputFormat, workloads};
 use kat_proto::quadlet::{self, Document};
 use kat_proto::v1alpha1 as api;
@@ -620,88 +622,6 @@ fn print_document(doc: &Document, output: OutputFormat) -> anyhow::Result<()> {
         (Document::Quadlet(q), _) => quadlet::to_yaml(q)?,
     };
     println!("{}", text.trim_end());
-    Ok(())
-}
-
-use workloads::CmdResult;
-
-/// Runs `f` against the API with the configured client; prints a one-line error and
-/// fails if anything goes wrong.
-fn remote<F, Fut>(source: &ConfigSource, what: &str, f: F) -> ExitCode
-where
-    F: Fn(Client) -> Fut,
-    Fut: std::future::Future<Output = CmdResult>,
-{
-    remote_with(source, what, kat_actors::client::CALL_TIMEOUT, f)
-}
-
-/// [`remote`] with calls that may take up to `call_timeout`.
-fn remote_with<F, Fut>(source: &ConfigSource, what: &str, call_timeout: Duration, f: F) -> ExitCode
-where
-    F: Fn(Client) -> Fut,
-    Fut: std::future::Future<Output = CmdResult>,
-{
-    let mut interrupted = false;
-    let result = load_config(source).and_then(|mut config| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        runtime
-            .block_on(async {
-                let work = async {
-                    let client = connect_with_timeout(&config, call_timeout)?;
-                    match f(client).await {
-                        // A member that does not lead names the leader: ask it instead.
-                        Err(CmdError {
-                            leader_api: Some(leader),
-                            ..
-                        }) => {
-                            config.server = format!("https://{leader}");
-                            f(connect_with_timeout(&config, call_timeout)?).await
-                        }
-                        other => other,
-                    }
-                };
-                // Ctrl-C stops following, not the work: the leader carries on with
-                // what it was asked (a rollout, a drain), and nothing is undone.
-                tokio::select! {
-                    r = work => r,
-                    _ = tokio::signal::ctrl_c() => {
-                        interrupted = true;
-                        Err(CmdError::from(
-                            "interrupted; the cluster carries on with what it was asked (nothing is undone)".to_owned(),
-                        ))
-                    }
-                }
-            })
-            .map_err(|e| {
-                if e.unreachable {
-                    format!(
-                        "{e}: cannot reach {} (is kat-agent running there, and is that member the leader? \
-                         another control-plane member can be named with --server)",
-                        config.server
-                    )
-                } else {
-                    e.message
-                }
-            })
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("katcall {what}: {e}");
-            if interrupted {
-                ExitCode::from(130)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-    }
-}
-
-fn emit<T: serde::Serialize>(value: &T, format: OutputFormat) -> CmdResult {
-    print!("{}", encode(value, format)?);
     Ok(())
 }
 
