@@ -1,5 +1,7 @@
-//! Shared pieces of the two binaries: output formats, logging setup, and the one way
-//! a command that is not built yet says so.
+//! Shared pieces of the two binaries: output formats, logging setup, manual pages, and
+//! the one way a command that is not built yet says so; and `katcall`'s commands
+//! ([`commands`], one module per command), its connection to the cluster ([`remote`])
+//! and how it prints ([`output`]).
 
 use std::process::ExitCode;
 
@@ -50,9 +52,7 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
     }
 }
 
-pub mod instances;
+pub mod commands;
 pub mod man;
-pub mod nodes;
 pub mod output;
 pub mod remote;
-pub mod workloads;

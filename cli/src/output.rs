@@ -13,6 +13,7 @@ use kat_proto::v1alpha1::{
 use serde::Serialize;
 
 use crate::OutputFormat;
+use crate::remote::CmdResult;
 
 /// JSON or YAML text of `value` (proto3 JSON field names).
 pub fn encode<T: Serialize>(value: &T, format: OutputFormat) -> Result<String, String> {
@@ -22,6 +23,12 @@ pub fn encode<T: Serialize>(value: &T, format: OutputFormat) -> Result<String, S
             .map(|s| s + "\n")
             .map_err(|e| e.to_string()),
     }
+}
+
+/// Prints `value` as JSON or YAML (`-o json|yaml`).
+pub fn emit<T: Serialize>(value: &T, format: OutputFormat) -> CmdResult {
+    print!("{}", encode(value, format)?);
+    Ok(())
 }
 
 /// "12s", "5m", "3h", "2d": how long ago `seconds` (Unix time) was, seen at `now`.

@@ -1,8 +1,11 @@
 //! `katcall`'s connection to the leader's API: configuration (SPEC §11: `--config`,
 //! `KAT_CONFIG`, `~/.config/kat/config`, `--server`/`--token` overrides), a TLS channel
-//! verified against the cluster CA, and the bearer token on every call.
+//! verified against the cluster CA, and the bearer token on every call; and [`remote`],
+//! which every command that talks to the cluster runs its calls through.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use kat_actors::client::{KatcallConfig, api_channel_with_timeout};
 use kat_proto::v1alpha1::user_api_client::UserApiClient;
@@ -169,7 +172,7 @@ pub fn connect(config: &KatcallConfig) -> Result<Client, String> {
 /// stream's first message, arrives).
 pub fn connect_with_timeout(
     config: &KatcallConfig,
-    call_timeout: std::time::Duration,
+    call_timeout: Duration,
 ) -> Result<Client, String> {
     let addr = config
         .server
@@ -182,6 +185,9 @@ pub fn connect_with_timeout(
         .map_err(|_| "token: not valid in a header".to_owned())?;
     Ok(UserApiClient::with_interceptor(channel, Bearer(value)))
 }
+
+/// A command's result: its failure is one line on stderr.
+pub type CmdResult = Result<(), CmdError>;
 
 /// A failed command: its one-line message; for a failed call, also where the leader
 /// is (when a control-plane member that does not lead answered) and whether the
@@ -231,6 +237,86 @@ impl From<tonic::Status> for CmdError {
             message: format!("{:?}: {message}", status.code()),
             leader_api,
             unreachable,
+        }
+    }
+}
+
+/// Runs `f` against the API with the configured client; prints a one-line error and
+/// fails if anything goes wrong.
+pub fn remote<F, Fut>(source: &ConfigSource, what: &str, f: F) -> ExitCode
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = CmdResult>,
+{
+    remote_with(source, what, kat_actors::client::CALL_TIMEOUT, f)
+}
+
+/// [`remote`] with calls that may take up to `call_timeout`.
+pub fn remote_with<F, Fut>(
+    source: &ConfigSource,
+    what: &str,
+    call_timeout: Duration,
+    f: F,
+) -> ExitCode
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = CmdResult>,
+{
+    let mut interrupted = false;
+    let result = load_config(source).and_then(|mut config| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        runtime
+            .block_on(async {
+                let work = async {
+                    let client = connect_with_timeout(&config, call_timeout)?;
+                    match f(client).await {
+                        // A member that does not lead names the leader: ask it instead.
+                        Err(CmdError {
+                            leader_api: Some(leader),
+                            ..
+                        }) => {
+                            config.server = format!("https://{leader}");
+                            f(connect_with_timeout(&config, call_timeout)?).await
+                        }
+                        other => other,
+                    }
+                };
+                // Ctrl-C stops following, not the work: the leader carries on with
+                // what it was asked (a rollout, a drain), and nothing is undone.
+                tokio::select! {
+                    r = work => r,
+                    _ = tokio::signal::ctrl_c() => {
+                        interrupted = true;
+                        Err(CmdError::from(
+                            "interrupted; the cluster carries on with what it was asked (nothing is undone)".to_owned(),
+                        ))
+                    }
+                }
+            })
+            .map_err(|e| {
+                if e.unreachable {
+                    format!(
+                        "{e}: cannot reach {} (is kat-agent running there, and is that member the leader? \
+                         another control-plane member can be named with --server)",
+                        config.server
+                    )
+                } else {
+                    e.message
+                }
+            })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("katcall {what}: {e}");
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

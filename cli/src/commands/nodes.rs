@@ -1,25 +1,101 @@
 //! `katcall` node verbs: cordon, uncordon, drain, label, taint.
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 
+use clap::{Args, ValueEnum};
 use kat_proto::v1alpha1 as api;
 use kat_proto::v1alpha1::TaintEffect;
 
+use super::GlobalArgs;
 use crate::OutputFormat;
-use crate::remote::{Client, CmdError};
-use crate::workloads::CmdResult;
+use crate::output::emit;
+use crate::remote::{Client, CmdError, CmdResult, remote};
+
+/// Stop new placements on a node.
+#[derive(Debug, Args)]
+pub struct CordonArgs {
+    node: String,
+}
+
+/// Allow placements on a node again.
+#[derive(Debug, Args)]
+pub struct UncordonArgs {
+    node: String,
+}
+
+/// Cordon a node and move its instances away.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    node: String,
+}
+
+/// Set labels on a node (k=v; k= or k- removes).
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    #[arg(value_enum)]
+    kind: NodeKind,
+    node: String,
+    #[arg(required = true, value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+}
+
+/// Add or replace taints on a node (k=v:NoSchedule, k:PreferNoSchedule; k- removes).
+#[derive(Debug, Args)]
+pub struct TaintArgs {
+    #[arg(value_enum)]
+    kind: NodeKind,
+    node: String,
+    #[arg(required = true, value_name = "KEY=VALUE:EFFECT")]
+    taints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NodeKind {
+    Node,
+}
+
+pub fn run_cordon(args: CordonArgs, globals: &GlobalArgs) -> ExitCode {
+    remote(&globals.config_source(), "cordon", |client| {
+        cordon(client, args.node.clone(), true, globals.output)
+    })
+}
+
+pub fn run_uncordon(args: UncordonArgs, globals: &GlobalArgs) -> ExitCode {
+    remote(&globals.config_source(), "uncordon", |client| {
+        cordon(client, args.node.clone(), false, globals.output)
+    })
+}
+
+pub fn run_drain(args: DrainArgs, globals: &GlobalArgs) -> ExitCode {
+    remote(&globals.config_source(), "drain", |client| {
+        drain(client, args.node.clone())
+    })
+}
+
+pub fn run_label(args: LabelArgs, globals: &GlobalArgs) -> ExitCode {
+    remote(&globals.config_source(), "label", |client| {
+        label(client, args.node.clone(), &args.labels, globals.output)
+    })
+}
+
+pub fn run_taint(args: TaintArgs, globals: &GlobalArgs) -> ExitCode {
+    remote(&globals.config_source(), "taint", |client| {
+        taint(client, args.node.clone(), &args.taints, globals.output)
+    })
+}
 
 /// One `k=v:EFFECT`, `k:EFFECT` or `k-` (remove every taint with key k).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TaintArg {
+enum TaintChange {
     Set(api::Taint),
     Remove(String),
 }
 
 /// Parses a taint argument; the error names it and says the form.
-pub fn parse_taint(text: &str) -> Result<TaintArg, String> {
+fn parse_taint(text: &str) -> Result<TaintChange, String> {
     if let Some(key) = text.strip_suffix('-') {
-        return Ok(TaintArg::Remove(key.to_owned()));
+        return Ok(TaintChange::Remove(key.to_owned()));
     }
     let (kv, effect) = text.rsplit_once(':').ok_or_else(|| {
         format!("{text:?}: expected KEY[=VALUE]:EFFECT or KEY- (e.g. gpu=true:NoSchedule)")
@@ -37,7 +113,7 @@ pub fn parse_taint(text: &str) -> Result<TaintArg, String> {
     if key.is_empty() {
         return Err(format!("{text:?}: the key is empty"));
     }
-    Ok(TaintArg::Set(api::Taint {
+    Ok(TaintChange::Set(api::Taint {
         key: key.to_owned(),
         value: value.to_owned(),
         effect: effect.into(),
@@ -45,7 +121,7 @@ pub fn parse_taint(text: &str) -> Result<TaintArg, String> {
 }
 
 /// `k=v` (or `k=` / `k-` to remove).
-pub fn parse_label(text: &str) -> Result<(String, String), String> {
+fn parse_label(text: &str) -> Result<(String, String), String> {
     if let Some(key) = text.strip_suffix('-')
         && !key.contains('=')
     {
@@ -59,16 +135,16 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
 
 /// What a node verb prints: a line, or (`-o json|yaml`) the node as it is now.
 fn done(node: &api::Node, what: &str, format: OutputFormat) -> CmdResult {
-    if format == OutputFormat::Table {
-        let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
-        println!("node {name} {what}");
-    } else {
-        print!("{}", crate::output::encode(node, format)?);
+    if format != OutputFormat::Table {
+        return emit(node, format);
     }
+    let name = node.metadata.as_ref().map_or("", |m| m.name.as_str());
+    println!("node {name} {what}");
     Ok(())
 }
 
-pub async fn cordon(mut client: Client, name: String, on: bool, format: OutputFormat) -> CmdResult {
+/// `katcall cordon NODE` (`on`) or `uncordon NODE`.
+async fn cordon(mut client: Client, name: String, on: bool, format: OutputFormat) -> CmdResult {
     let request = api::GetNodeRequest { name };
     let node = if on {
         client.cordon_node(request).await
@@ -82,7 +158,7 @@ pub async fn cordon(mut client: Client, name: String, on: bool, format: OutputFo
 
 /// `katcall drain NODE`: follows the drain until the node is empty; Ctrl-C leaves it
 /// draining (and cordoned), which `uncordon` ends.
-pub async fn drain(mut client: Client, name: String) -> CmdResult {
+async fn drain(mut client: Client, name: String) -> CmdResult {
     let mut stream = client
         .drain_node(api::GetNodeRequest { name })
         .await
@@ -97,7 +173,8 @@ pub async fn drain(mut client: Client, name: String) -> CmdResult {
     Err("the drain stream ended early; the node stays draining".into())
 }
 
-pub async fn label(
+/// `katcall label node NODE KEY=VALUE...`.
+async fn label(
     mut client: Client,
     name: String,
     args: &[String],
@@ -116,13 +193,15 @@ pub async fn label(
     done(&node, "labeled", format)
 }
 
-pub async fn taint(
+/// `katcall taint node NODE KEY=VALUE:EFFECT...`: the node's taints with these
+/// changes made.
+async fn taint(
     mut client: Client,
     name: String,
     args: &[String],
     format: OutputFormat,
 ) -> CmdResult {
-    let parsed: Vec<TaintArg> = args
+    let parsed: Vec<TaintChange> = args
         .iter()
         .map(|a| parse_taint(a))
         .collect::<Result<_, _>>()?;
@@ -134,8 +213,8 @@ pub async fn taint(
     let mut taints = node.spec.map(|s| s.taints).unwrap_or_default();
     for p in parsed {
         match p {
-            TaintArg::Remove(key) => taints.retain(|t| t.key != key),
-            TaintArg::Set(t) => {
+            TaintChange::Remove(key) => taints.retain(|t| t.key != key),
+            TaintChange::Set(t) => {
                 taints.retain(|old| !(old.key == t.key && old.effect == t.effect));
                 taints.push(t);
             }
@@ -157,7 +236,7 @@ mod tests {
     fn taint_arguments_parse() {
         assert_eq!(
             parse_taint("gpu=true:NoSchedule"),
-            Ok(TaintArg::Set(api::Taint {
+            Ok(TaintChange::Set(api::Taint {
                 key: "gpu".into(),
                 value: "true".into(),
                 effect: TaintEffect::NoSchedule.into(),
@@ -165,9 +244,9 @@ mod tests {
         );
         assert!(matches!(
             parse_taint("spot:PREFER_NO_SCHEDULE"),
-            Ok(TaintArg::Set(t)) if t.key == "spot" && t.effect() == TaintEffect::PreferNoSchedule
+            Ok(TaintChange::Set(t)) if t.key == "spot" && t.effect() == TaintEffect::PreferNoSchedule
         ));
-        assert_eq!(parse_taint("gpu-"), Ok(TaintArg::Remove("gpu".into())));
+        assert_eq!(parse_taint("gpu-"), Ok(TaintChange::Remove("gpu".into())));
         assert!(parse_taint("gpu").is_err());
         assert!(parse_taint("gpu:Sometimes").is_err());
         assert!(parse_taint("=x:NoSchedule").is_err());

@@ -1,0 +1,107 @@
+//! `katcall delete`: a workload (and its instances, optionally its volumes), a
+//! namespace, or a drained node.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use kat_proto::v1alpha1 as api;
+
+use super::GlobalArgs;
+use crate::remote::{Client, CmdError, CmdResult, remote};
+
+/// Delete a workload, namespace or node.
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a workload and its instances.
+    Workload {
+        name: String,
+        /// Also remove its simpleClusterStorage volumes.
+        #[arg(long)]
+        purge_volumes: bool,
+    },
+    /// Delete a namespace (refused while it has workloads, unless --cascade).
+    Namespace {
+        name: String,
+        #[arg(long)]
+        cascade: bool,
+    },
+    /// Remove a drained node from the cluster.
+    Node { name: String },
+}
+
+pub fn run(command: DeleteCommand, globals: &GlobalArgs) -> ExitCode {
+    let source = globals.config_source();
+    match command {
+        DeleteCommand::Workload {
+            name,
+            purge_volumes,
+        } => remote(&source, "delete", |client| {
+            delete_workload(client, globals.namespace(), name.clone(), purge_volumes)
+        }),
+        DeleteCommand::Namespace { name, cascade } => remote(&source, "delete", |client| {
+            delete_namespace(client, name.clone(), cascade)
+        }),
+        DeleteCommand::Node { name } => remote(&source, "delete", |client| {
+            delete_node(client, name.clone())
+        }),
+    }
+}
+
+/// `katcall delete workload NAME [--purge-volumes]`.
+async fn delete_workload(
+    mut client: Client,
+    namespace: Option<&str>,
+    name: String,
+    purge_volumes: bool,
+) -> CmdResult {
+    let ns = namespace.unwrap_or("default").to_owned();
+    let answer = client
+        .delete_workload(api::DeleteWorkloadRequest {
+            namespace: ns.clone(),
+            name: name.clone(),
+            purge_volumes,
+        })
+        .await
+        .map_err(CmdError::from)?
+        .into_inner();
+    println!("workload {ns}/{name} deleted");
+    if purge_volumes {
+        if !answer.purged_nodes.is_empty() {
+            println!("volumes removed on {}", answer.purged_nodes.join(", "));
+        }
+        for failure in &answer.purge_failures {
+            eprintln!("volumes kept: {failure}");
+        }
+        if !answer.purge_failures.is_empty() {
+            return Err(format!(
+                "the workload is deleted, but volumes are left on {} node(s); remove volumeBasePath/{ns}/{name} there by hand",
+                answer.purge_failures.len()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// `katcall delete namespace NAME [--cascade]`.
+async fn delete_namespace(mut client: Client, name: String, cascade: bool) -> CmdResult {
+    client
+        .delete_namespace(api::DeleteNamespaceRequest {
+            name: name.clone(),
+            cascade,
+        })
+        .await
+        .map_err(CmdError::from)?;
+    println!("namespace {name} deleted");
+    Ok(())
+}
+
+/// `katcall delete node NAME`.
+async fn delete_node(mut client: Client, name: String) -> CmdResult {
+    client
+        .delete_node(api::GetNodeRequest { name: name.clone() })
+        .await
+        .map_err(CmdError::from)?;
+    println!("node {name} removed from the cluster");
+    Ok(())
+}
