@@ -59,7 +59,7 @@ pub struct SimNode {
 
 impl SimNode {
     pub fn mode(&self) -> AgentMode {
-        *self.agent.mode.borrow()
+        self.agent.view.mode()
     }
 }
 
@@ -202,7 +202,8 @@ impl SimCluster {
             network: self.network.clone(),
             clock: sim_now,
         });
-        let agent = AgentOptions::new(name, &self.cluster, targets, link);
+        let settings = kat_proto::quadlet::ClusterSettings::from(&self.cluster);
+        let agent = AgentOptions::new(name, &settings, targets, link);
         let (supervisor, handle) = start_node(name, cp.as_ref(), Some(&agent))
             .await
             .expect("node tree starts");

@@ -63,7 +63,7 @@ async fn leader_starting_for(starting: Option<Duration>) -> Leader {
     let ctx = LeaderContext::new(
         Leadership::new("leader", key, store.clone()),
         ca.clone(),
-        cluster_config("join-test", 1),
+        kat_proto::quadlet::ClusterSettings::from(&cluster_config("join-test", 1)),
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -71,7 +71,7 @@ async fn a_silent_node_becomes_not_ready_with_an_event() {
     .unwrap();
     let args = NodeMonitorArgs {
         leadership: Leadership::new("leader", key, store.clone()),
-        cluster: cluster(5, 20),
+        settings: kat_proto::quadlet::ClusterSettings::from(&cluster(5, 20)),
         now: test_now,
     };
     report(store.as_ref(), "quiet").await;

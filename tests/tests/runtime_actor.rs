@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kat_actors::agent::runtime::{
-    DesiredCell, ReportsCell, Runtime, RuntimeArgs, RuntimeMsg, new_desired_cell, new_reports_cell,
-};
+use kat_actors::agent::runtime::{DesiredSource, Runtime, RuntimeArgs, RuntimeMsg};
+use kat_actors::agent::view::{Cell, NodeView, Reports};
 use kat_proto::v1alpha1::instance_status::Health;
 use kat_proto::v1alpha1::{InstancePhase, InstanceStatus};
 use kat_runtime::fake::{Behaviour, FakeRuntime};
@@ -44,6 +43,26 @@ fn probe(command: &str, period: Duration) -> HealthProbe {
     }
 }
 
+type DesiredCell = Cell<Option<Vec<DesiredInstance>>>;
+type ReportsCell = Cell<Reports>;
+
+fn new_desired_cell() -> DesiredCell {
+    Arc::new(tokio::sync::watch::channel(None).0)
+}
+
+fn new_reports_cell() -> ReportsCell {
+    Arc::new(tokio::sync::watch::channel(Reports::new()).0)
+}
+
+/// The reported status of each instance.
+fn statuses(reports: &ReportsCell) -> std::collections::BTreeMap<String, InstanceStatus> {
+    let reports = reports.borrow();
+    reports
+        .iter()
+        .map(|(id, r)| (id.clone(), r.status.clone().unwrap_or_default()))
+        .collect()
+}
+
 async fn start(
     host: Arc<dyn InstanceHost>,
     desired: &DesiredCell,
@@ -51,25 +70,44 @@ async fn start(
     cache: &std::path::Path,
     tick: Duration,
 ) -> ActorRef<RuntimeMsg> {
+    let view = NodeView {
+        reports: reports.clone(),
+        ..NodeView::new()
+    };
     let args = RuntimeArgs {
         node: "n1".into(),
-        feed: None,
+        source: DesiredSource::Given(desired.clone()),
         host,
-        desired: desired.clone(),
+        view,
         cache: Some(cache.to_path_buf()),
-        reports: reports.clone(),
         tick,
     };
     Actor::spawn(None, Runtime, args).await.unwrap().0
 }
 
+/// Reconciles, waits for the preparations (image pulls) that started, and reconciles
+/// again: what can be done now is done when it returns.
 async fn settle(rt: &ActorRef<RuntimeMsg>) {
-    ractor::call_t!(rt, RuntimeMsg::Settle, 120_000).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for _ in 0..2 {
+        let before = ractor::call_t!(rt, RuntimeMsg::Snapshot, 10_000).unwrap();
+        rt.cast(RuntimeMsg::Reconcile).unwrap();
+        loop {
+            let now = ractor::call_t!(rt, RuntimeMsg::Snapshot, 10_000).unwrap();
+            if now.rounds > before.rounds && now.preparing == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "preparations still running: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn report(reports: &ReportsCell, id: &str) -> InstanceStatus {
-    reports
-        .borrow()
+    statuses(reports)
         .get(id)
         .cloned()
         .unwrap_or_else(|| panic!("no report for {id}: {:?}", reports.borrow()))
@@ -221,7 +259,7 @@ async fn a_slow_pull_reports_pulling_without_holding_up_other_instances() {
     let mut saw = false;
     while started.elapsed() < Duration::from_secs(100) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let r = reports.borrow().clone();
+        let r = statuses(&reports);
         if let (Some(b), Some(s)) = (r.get("big"), r.get("small")) {
             assert_eq!(b.phase(), InstancePhase::Pulling);
             assert!(
@@ -357,7 +395,7 @@ async fn wait(
 ) -> InstanceStatus {
     for _ in 0..120 {
         settle(rt).await;
-        if let Some(r) = reports.borrow().get(id)
+        if let Some(r) = statuses(reports).get(id)
             && done(r)
         {
             return r.clone();

@@ -59,6 +59,7 @@ async fn five_nodes_form_a_cluster() {
     let peers_of = |name: &str| -> Vec<String> {
         let mut p: Vec<String> = sim.nodes[name]
             .agent
+            .view
             .synced
             .borrow()
             .peers
@@ -74,7 +75,7 @@ async fn five_nodes_form_a_cluster() {
     sim.join("w5").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(peers_of("w1"), ["cp1", "w2", "w3", "w4", "w5"]);
-    assert!(sim.nodes["w1"].agent.synced.borrow().revision > 0);
+    assert!(sim.nodes["w1"].agent.view.synced.borrow().revision > 0);
     sim.stop().await;
     assert!(
         real.elapsed() < Duration::from_secs(10),

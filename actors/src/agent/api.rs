@@ -3,7 +3,7 @@
 //!
 //! mTLS only: the server presents the node's certificate, and a caller must present a
 //! certificate of the cluster CA whose CN is the node the last heartbeat answer named
-//! as leader ([`super::view::LeaderNodeCell`]). A request names the instance by
+//! as leader (the node view's `leader`). A request names the instance by
 //! namespace, workload and ID; only instances this node is told to run are served.
 //!
 //! | actor | in | restart |
@@ -28,8 +28,7 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use super::runtime::DesiredCell;
-use super::view::LeaderNodeCell;
+use super::view::NodeView;
 use crate::listener::{ClientAuth, ServerTask, incoming, peer_node, server_config};
 use crate::pki::ca::CertAndKey;
 
@@ -45,8 +44,8 @@ pub const PURGE_WAIT: Duration = Duration::from_secs(30);
 pub struct AgentApiService {
     pub node: String,
     pub host: Arc<dyn InstanceHost>,
-    pub desired: DesiredCell,
-    pub leader_node: LeaderNodeCell,
+    /// What the Runtime runs (`running`) and who leads (`leader`).
+    pub view: NodeView,
     /// `volumeBasePath`, where simpleClusterStorage lives (`None`: no volumes here).
     pub volume_base: Option<PathBuf>,
 }
@@ -55,11 +54,7 @@ impl AgentApiService {
     /// Refuses a caller that is not the leader this node knows.
     fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let caller = peer_node(request)?;
-        let leader = self
-            .leader_node
-            .lock()
-            .map(|l| l.clone())
-            .unwrap_or_default();
+        let leader = self.view.leader.borrow().clone();
         if leader.is_empty() {
             return Err(Status::unavailable(format!(
                 "node {} has not heard from a leader yet; try again shortly",
@@ -77,7 +72,7 @@ impl AgentApiService {
 
     /// The desired instance the request names.
     fn instance(&self, ns: &str, workload: &str, id: &str) -> Result<DesiredInstance, Status> {
-        let desired = self.desired.borrow();
+        let desired = self.view.running.borrow();
         desired
             .as_ref()
             .and_then(|list| {
@@ -196,7 +191,7 @@ impl AgentApi for AgentApiService {
         }
         // The leader deleted the workload first; wait until this node stopped its
         // instances, so no container still writes where the files are removed.
-        let mut desired = self.desired.subscribe();
+        let mut desired = self.view.running.subscribe();
         let still_runs = |d: &Option<Vec<DesiredInstance>>| {
             d.as_ref().is_some_and(|list| {
                 list.iter()

@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kat_proto::v1alpha1::{
-    HeartbeatRequest, HeartbeatResponse, InstanceReport, NodeState, NodeStatus, SyncRequest,
+    HeartbeatRequest, HeartbeatResponse, NodeState, NodeStatus, SyncRequest,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
 use super::link::{LeaderLink, LinkError};
-use super::view::{AgentMode, LeaderNodeCell, ModeCell, SyncedCell, apply_sync_event};
+use super::view::{AgentMode, NodeView, publish};
 
 #[derive(Clone)]
 pub struct HeartbeatArgs {
@@ -32,19 +32,12 @@ pub struct HeartbeatArgs {
     /// Longest wait between attempts while Detached.
     pub max_backoff: Duration,
     pub link: Arc<dyn LeaderLink>,
-    pub mode: ModeCell,
-    pub synced: SyncedCell,
-    /// The Runtime actor's instance reports, sent with every heartbeat.
-    pub reports: Option<super::runtime::ReportsCell>,
+    /// Writes the mode, what the sync stream says, the learned control-plane
+    /// addresses and the leader's name; reads the Runtime's instance reports.
+    pub view: NodeView,
     /// Told the full address list whenever a new control-plane member is learned, so
     /// the node still finds a leader after a restart when the one it joined is gone.
     pub remember_targets: Option<RememberTargets>,
-    /// Addresses learned so far, kept across restarts of this actor (a restarted
-    /// Heartbeat — after a detach — must not forget the members it learned).
-    pub learned: LearnedTargets,
-    /// The leader's node name, as its last heartbeat answer said (the agent API takes
-    /// calls from that node only).
-    pub leader_node: LeaderNodeCell,
     /// Measures what this host has (CPU, memory, GPUs), reported with heartbeats and
     /// measured again every [`CAPACITY_REFRESH`]; `None`: not reported (simulations,
     /// whose nodes have the capacity they joined with).
@@ -56,9 +49,6 @@ pub type CapacityProbe = fn() -> kat_proto::v1alpha1::NodeResources;
 
 /// How often a node measures its capacity again (GPU discovery runs `nvidia-smi`).
 pub const CAPACITY_REFRESH: Duration = Duration::from_secs(300);
-
-/// See [`HeartbeatArgs::learned`].
-pub type LearnedTargets = Arc<std::sync::Mutex<Vec<String>>>;
 
 /// See [`HeartbeatArgs::remember_targets`].
 pub type RememberTargets = Arc<dyn Fn(&[String]) + Send + Sync>;
@@ -87,16 +77,14 @@ pub struct HeartbeatState {
     /// A report is already queued for when the minimum gap has passed.
     report_queued: bool,
     /// Follows the reports cell.
-    reports_watch: Option<tokio::task::JoinHandle<()>>,
+    reports_watch: tokio::task::JoinHandle<()>,
     /// The last measured capacity, and when.
     capacity: Option<(Instant, kat_proto::v1alpha1::NodeResources)>,
 }
 
 impl Drop for HeartbeatState {
     fn drop(&mut self) {
-        if let Some(task) = self.reports_watch.take() {
-            task.abort();
-        }
+        self.reports_watch.abort();
         if let Some((_, task)) = self.sync.take() {
             task.abort();
         }
@@ -114,16 +102,7 @@ impl Heartbeat {
 
 impl HeartbeatState {
     fn request(&self, rejoining: bool) -> HeartbeatRequest {
-        let owners: std::collections::HashMap<String, (String, String)> = self
-            .args
-            .synced
-            .borrow()
-            .assignments
-            .iter()
-            .flatten()
-            .filter_map(|a| a.instance.as_ref())
-            .map(|i| (i.id.clone(), (i.namespace.clone(), i.workload.clone())))
-            .collect();
+        let view = &self.args.view;
         HeartbeatRequest {
             node_name: self.args.node.clone(),
             node_status: Some(NodeStatus {
@@ -132,26 +111,8 @@ impl HeartbeatState {
             }),
             rejoining,
             allocatable: self.capacity.as_ref().map(|(_, c)| c.clone()),
-            synced_revision: self.args.synced.borrow().revision,
-            instances: self
-                .args
-                .reports
-                .as_ref()
-                .map(|r| {
-                    r.borrow()
-                        .iter()
-                        .map(|(id, status)| {
-                            let (namespace, workload) = owners.get(id).cloned().unwrap_or_default();
-                            InstanceReport {
-                                id: id.clone(),
-                                status: Some(status.clone()),
-                                namespace,
-                                workload,
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            synced_revision: view.synced.borrow().revision,
+            instances: view.reports.borrow().values().cloned().collect(),
         }
     }
 
@@ -195,18 +156,13 @@ impl HeartbeatState {
                         }
                     }
                     if learned {
-                        if let Ok(mut kept) = self.args.learned.lock() {
-                            kept.clone_from(&self.args.targets);
-                        }
+                        publish(&self.args.view.control_plane, self.args.targets.clone());
                         if let Some(remember) = &self.args.remember_targets {
                             remember(&self.args.targets);
                         }
                     }
-                    if !response.leader_node.is_empty()
-                        && let Ok(mut leader) = self.args.leader_node.lock()
-                        && *leader != response.leader_node
-                    {
-                        leader.clone_from(&response.leader_node);
+                    if !response.leader_node.is_empty() {
+                        publish(&self.args.view.leader, response.leader_node.clone());
                     }
                     self.follow(&target, &response.leader_address);
                     return Some(response);
@@ -239,7 +195,7 @@ impl HeartbeatState {
         }
         let (link, synced, node) = (
             self.args.link.clone(),
-            self.args.synced.clone(),
+            self.args.view.synced.clone(),
             self.args.node.clone(),
         );
         let addr = target.clone();
@@ -252,7 +208,7 @@ impl HeartbeatState {
                 Ok(mut rx) => {
                     while let Some(item) = rx.recv().await {
                         match item {
-                            Ok(event) => apply_sync_event(&synced, event),
+                            Ok(event) => synced.send_modify(|s| s.apply(event)),
                             Err(e) => {
                                 tracing::debug!(%node, leader = %addr, error = %e, "sync stream ended");
                                 return;
@@ -294,7 +250,7 @@ impl Actor for Heartbeat {
         myself: ActorRef<HeartbeatMsg>,
         mut args: HeartbeatArgs,
     ) -> Result<HeartbeatState, ActorProcessingErr> {
-        let learned = args.learned.lock().map(|l| l.clone()).unwrap_or_default();
+        let learned = args.view.control_plane.borrow().clone();
         for target in learned {
             if !args.targets.contains(&target) {
                 args.targets.push(target);
@@ -304,8 +260,8 @@ impl Actor for Heartbeat {
             return Err("no leader API address known".into());
         }
         let _ = myself.cast(HeartbeatMsg::Tick);
-        let reports_watch = args.reports.as_ref().map(|cell| {
-            let mut changes = cell.subscribe();
+        let reports_watch = {
+            let mut changes = args.view.reports.subscribe();
             let me = myself.clone();
             tokio::spawn(async move {
                 while changes.changed().await.is_ok() {
@@ -317,7 +273,7 @@ impl Actor for Heartbeat {
                     }
                 }
             })
-        });
+        };
         Ok(HeartbeatState {
             last_sent: Instant::now(),
             report_queued: false,
@@ -354,7 +310,7 @@ impl Actor for Heartbeat {
                     // be able to queue its own report again.
                     state.report_queued = false;
                 }
-                if *state.args.mode.borrow() != AgentMode::Attached {
+                if state.args.view.mode() != AgentMode::Attached {
                     return Ok(()); // the next tick (or rejoin) carries them
                 }
                 let since = state.last_sent.elapsed();
@@ -376,7 +332,7 @@ impl Actor for Heartbeat {
             HeartbeatMsg::Tick => {}
         }
         state.last_sent = Instant::now();
-        let mode = *state.args.mode.borrow();
+        let mode = state.args.view.mode();
         let detached = mode == AgentMode::Detached;
         if let Some(response) = state.send(detached).await {
             state.last_ok = Instant::now();
@@ -384,7 +340,7 @@ impl Actor for Heartbeat {
             state.delay = state.args.tick;
             state.ensure_sync();
             if mode != AgentMode::Attached {
-                state.args.mode.send_replace(AgentMode::Attached);
+                state.args.view.mode.send_replace(AgentMode::Attached);
                 let target = &state.args.targets[state.current];
                 if detached {
                     tracing::info!(node = %state.args.node, leader = %target, "leader answered; rejoined");
@@ -416,13 +372,11 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
     use super::*;
     use crate::agent::link::SyncReceiver;
-    use crate::agent::runtime::ReportsCell;
-    use crate::agent::view::{new_mode_cell, new_synced_cell};
     use kat_proto::v1alpha1::{
-        InstancePhase, InstanceStatus, RenewCertificateRequest, RenewCertificateResponse, SyncEvent,
+        InstancePhase, InstanceReport, InstanceStatus, RenewCertificateRequest,
+        RenewCertificateResponse, SyncEvent,
     };
     use std::sync::Mutex;
-    use tokio::sync::watch;
 
     /// A leader that answers every heartbeat and records when each came and the
     /// phase of instance `i1` it carried.
@@ -471,18 +425,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_change_after_a_tick_that_overtook_a_held_back_report_is_still_sent_early() {
         let link = Arc::new(Recorder::default());
-        let reports: ReportsCell = Arc::new(watch::channel(Default::default()).0);
+        let view = NodeView::new();
         let set = |phase: InstancePhase| {
-            reports.send_replace(
-                [(
-                    "i1".to_owned(),
-                    InstanceStatus {
-                        phase: phase.into(),
-                        ..Default::default()
-                    },
-                )]
-                .into(),
-            );
+            let report = InstanceReport {
+                id: "i1".to_owned(),
+                status: Some(InstanceStatus {
+                    phase: phase.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            view.reports
+                .send_replace([("i1".to_owned(), report)].into());
         };
         let start = Instant::now();
         let (actor, handle) = Actor::spawn(
@@ -495,12 +449,8 @@ mod tests {
                 loss_timeout: Duration::from_secs(60),
                 max_backoff: Duration::from_secs(30),
                 link: link.clone(),
-                mode: new_mode_cell(),
-                synced: new_synced_cell(),
-                reports: Some(reports.clone()),
+                view: view.clone(),
                 remember_targets: None,
-                learned: Default::default(),
-                leader_node: Default::default(),
                 capacity: None,
             },
         )

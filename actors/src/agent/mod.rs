@@ -24,14 +24,14 @@ pub mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kat_proto::v1alpha1::ClusterConfiguration;
+use kat_proto::quadlet::ClusterSettings;
 
 use crate::supervision::{Backoff, ChildSpec, Intensity, Strategy, SupervisorArgs};
 use certs::{NodeCerts, NodeCertsArgs};
 use heartbeat::{CapacityProbe, Heartbeat, HeartbeatArgs, RememberTargets};
 use link::LeaderLink;
 use runtime::{Runtime, RuntimeArgs};
-use view::{AgentMode, LeaderNodeCell, ModeCell, SyncedCell, new_mode_cell, new_synced_cell};
+use view::{AgentMode, NodeView};
 
 /// What every node's agent subtree runs.
 #[derive(Clone)]
@@ -42,10 +42,8 @@ pub struct AgentOptions {
     pub tick: Duration,
     pub loss_timeout: Duration,
     pub link: Arc<dyn LeaderLink>,
-    /// The node's Attached/Detached mode; created with [`new_mode_cell`].
-    pub mode: ModeCell,
-    /// What the sync stream told this node.
-    pub synced: SyncedCell,
+    /// The node's shared view (mode, what the sync stream said, instances).
+    pub view: NodeView,
     /// `DIR/pki` of a real node: NodeCerts renews the certificate there.
     pub pki_dir: Option<std::path::PathBuf>,
     /// The node's instances, when it runs a Runtime actor.
@@ -55,8 +53,6 @@ pub struct AgentOptions {
     /// Where the agent API listens (advertise address, `agentPort`); served when the
     /// node has a runtime and a `pki_dir`.
     pub agent_api: Option<std::net::SocketAddr>,
-    /// The leader's node name as heartbeats learn it (the agent API's one caller).
-    pub leader_node: LeaderNodeCell,
     /// Measures the host's capacity for heartbeats (real nodes only).
     pub capacity: Option<CapacityProbe>,
 }
@@ -65,38 +61,32 @@ pub struct AgentOptions {
 #[derive(Clone)]
 pub struct RuntimeSetup {
     pub host: Arc<dyn kat_runtime::host::InstanceHost>,
-    pub desired: runtime::DesiredCell,
-    pub reports: runtime::ReportsCell,
     /// `DIR/runtime/desired.json`.
     pub cache: Option<std::path::PathBuf>,
     pub tick: Duration,
-    /// Take the desired set from the sync stream's assignments, with this context
-    /// (else only `desired` says).
-    pub spec: Option<kat_runtime::spec::SpecContext>,
+    /// What the node adds to the instances the sync stream assigns.
+    pub spec: kat_runtime::spec::SpecContext,
 }
 
 impl AgentOptions {
     /// Options with the cluster's tick and loss timeout.
     pub fn new(
         node: &str,
-        cluster: &ClusterConfiguration,
+        settings: &ClusterSettings,
         leader_api: Vec<String>,
         link: Arc<dyn LeaderLink>,
     ) -> Self {
-        let spec = cluster.spec.clone().unwrap_or_default();
         Self {
             node: node.to_owned(),
             leader_api,
-            tick: Duration::from_secs(u64::from(spec.agent_tick_seconds.max(1))),
-            loss_timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds.max(1))),
+            tick: settings.agent_tick,
+            loss_timeout: settings.node_loss_timeout,
             link,
-            mode: new_mode_cell(),
-            synced: new_synced_cell(),
+            view: NodeView::new(),
             pki_dir: None,
             runtime: None,
             remember_targets: None,
             agent_api: None,
-            leader_node: Arc::default(),
             capacity: None,
         }
     }
@@ -116,18 +106,14 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
         loss_timeout: opts.loss_timeout,
         max_backoff: Duration::from_secs(30).max(opts.tick),
         link: opts.link.clone(),
-        mode: opts.mode.clone(),
-        synced: opts.synced.clone(),
-        reports: opts.runtime.as_ref().map(|r| r.reports.clone()),
+        view: opts.view.clone(),
         remember_targets: opts.remember_targets.clone(),
-        learned: Arc::default(),
-        leader_node: opts.leader_node.clone(),
         capacity: opts.capacity,
     };
     let mut heartbeat = ChildSpec::actor(Heartbeat::name(&opts.node), Heartbeat, move || {
         heartbeat_args.clone()
     });
-    let mode = opts.mode.clone();
+    let mode = opts.view.mode.clone();
     let node = opts.node.clone();
     heartbeat.on_restart = Some(Arc::new(move |_, reason| {
         if *mode.borrow() != AgentMode::Detached {
@@ -154,14 +140,10 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
     if let Some(rt) = &opts.runtime {
         let runtime_args = RuntimeArgs {
             node: opts.node.clone(),
-            feed: rt.spec.clone().map(|ctx| runtime::AssignmentFeed {
-                synced: opts.synced.clone(),
-                ctx,
-            }),
+            source: runtime::DesiredSource::Assignments(rt.spec.clone()),
             host: rt.host.clone(),
-            desired: rt.desired.clone(),
+            view: opts.view.clone(),
             cache: rt.cache.clone(),
-            reports: rt.reports.clone(),
             tick: rt.tick,
         };
         children.push(
@@ -176,9 +158,8 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
             service: api::AgentApiService {
                 node: opts.node.clone(),
                 host: rt.host.clone(),
-                desired: rt.desired.clone(),
-                leader_node: opts.leader_node.clone(),
-                volume_base: rt.spec.as_ref().map(|s| s.volume_base.clone()),
+                view: opts.view.clone(),
+                volume_base: Some(rt.spec.volume_base.clone()),
             },
             addr,
             pki_dir: pki_dir.clone(),

@@ -5,61 +5,64 @@
 //! instance exists as desired — adopting one that already does, e.g. after a
 //! `kat-agent` restart, without restarting it — retires instances that are not
 //! desired, observes each (phase, restarts, exit code, IP), runs exec health checks
-//! on each probe's schedule, and publishes the reports. The desired set comes from the
-//! sync stream (or a test); it is cached on disk, so after a restart while no leader
-//! answers the node keeps running what it last knew (detached operation).
+//! on each probe's schedule, and publishes the reports (each with its instance's
+//! namespace and workload) in the node's view, where Heartbeat picks them up. The
+//! desired set comes from the sync stream's assignments (or, in tests, a given list);
+//! it is cached on disk, so after a restart while no leader answers the node keeps
+//! running what it last knew (detached operation). What it makes run is published as
+//! the view's `running`, which the agent API serves logs and exec from.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kat_proto::v1alpha1::InstanceReport;
 use kat_proto::v1alpha1::instance_status::Health as ProtoHealth;
 use kat_proto::v1alpha1::{InstancePhase, InstanceStatus};
 use kat_runtime::host::{DesiredInstance, Ensured, InstanceHost, Phase};
+use kat_runtime::spec::{SpecContext, SpecError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// The desired instances; `None` until someone (the sync stream) says.
-pub type DesiredCell = Arc<watch::Sender<Option<Vec<DesiredInstance>>>>;
-/// The latest status of each instance, by instance ID.
-pub type ReportsCell = Arc<watch::Sender<BTreeMap<String, InstanceStatus>>>;
+use super::view::{Cell, NodeView, Reports, publish};
 
-pub fn new_desired_cell() -> DesiredCell {
-    Arc::new(watch::channel(None).0)
-}
-
-pub fn new_reports_cell() -> ReportsCell {
-    Arc::new(watch::channel(BTreeMap::new()).0)
-}
-
-/// Where the desired set comes from on a real node: the sync stream's assignments,
-/// turned into instances with the node's context.
+/// Where the desired instances come from.
 #[derive(Clone)]
-pub struct AssignmentFeed {
-    pub synced: super::view::SyncedCell,
-    pub ctx: kat_runtime::spec::SpecContext,
+pub enum DesiredSource {
+    /// The sync stream's assignments in the node's view, turned into instances with
+    /// the node's context (real and simulated nodes).
+    Assignments(SpecContext),
+    /// A list kept by someone else (tests): `None` until they say.
+    Given(Cell<Option<Vec<DesiredInstance>>>),
 }
 
 #[derive(Clone)]
 pub struct RuntimeArgs {
     pub node: String,
-    /// The sync stream's assignments (else only `desired` says, e.g. in tests).
-    pub feed: Option<AssignmentFeed>,
+    pub source: DesiredSource,
     pub host: Arc<dyn InstanceHost>,
-    pub desired: DesiredCell,
+    /// Where it publishes what runs and the reports (and reads the assignments).
+    pub view: NodeView,
     /// Where the last known desired set is kept (`DIR/runtime/desired.json`).
     pub cache: Option<PathBuf>,
-    pub reports: ReportsCell,
     pub tick: Duration,
 }
 
 pub enum RuntimeMsg {
     Reconcile,
-    /// Replies once a reconcile round has run after this message and the
-    /// preparations (image pulls) it started have ended.
-    Settle(RpcReplyPort<()>),
+    Snapshot(RpcReplyPort<RuntimeSnapshot>),
+}
+
+/// What the Runtime has done, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeSnapshot {
+    /// Reconcile rounds since the actor started.
+    pub rounds: u64,
+    /// Instances it makes run (or tries to).
+    pub desired: usize,
+    /// Preparations (image pulls) still running.
+    pub preparing: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +93,10 @@ pub struct RuntimeState {
     args: RuntimeArgs,
     myself: ActorRef<RuntimeMsg>,
     desired: Vec<DesiredInstance>,
-    /// Assigned instances that cannot run as specified, with why.
-    rejected: Vec<(String, kat_runtime::spec::SpecError)>,
+    /// Assigned instances that cannot run as specified: their report (namespace,
+    /// workload) and why.
+    rejected: Vec<(InstanceReport, SpecError)>,
+    rounds: u64,
     /// Preparations under way, by instance ID.
     preparing: HashMap<String, Preparing>,
     /// The image each instance was prepared with.
@@ -164,31 +169,27 @@ fn health_of(h: Health) -> ProtoHealth {
     }
 }
 
+/// A report of instance `d` with `status`.
+fn report_of(d: &DesiredInstance, status: InstanceStatus) -> InstanceReport {
+    InstanceReport {
+        id: d.id().to_owned(),
+        status: Some(status),
+        namespace: d.opts.namespace.clone(),
+        workload: d.opts.workload.clone(),
+    }
+}
+
 impl RuntimeState {
-    /// The desired set: the cell's when known (cached to disk), else the cache's.
+    /// The desired set from the source when it knows one (cached to disk), else the
+    /// cache's; published as what runs.
     fn refresh_desired(&mut self) {
-        if let Some(feed) = &self.args.feed {
-            let assigned = feed.synced.borrow().assignments.clone();
-            if let Some(assignments) = assigned {
-                let (ok, bad) = kat_runtime::spec::desired_set(&assignments, &feed.ctx);
-                for (id, e) in &bad {
-                    if !self.rejected.iter().any(|(r, _)| r == id) {
-                        tracing::warn!(node = %self.args.node, instance = %id, error = %e, "assigned instance cannot run");
-                    }
-                }
-                self.rejected = bad;
-                let ok = Some(ok);
-                self.args.desired.send_if_modified(|d| {
-                    if *d == ok {
-                        false
-                    } else {
-                        d.clone_from(&ok);
-                        true
-                    }
-                });
+        let known = match self.args.source.clone() {
+            DesiredSource::Assignments(ctx) => {
+                let assigned = self.args.view.synced.borrow().assignments.clone();
+                assigned.map(|assignments| self.instances_assigned(&assignments, &ctx))
             }
-        }
-        let known = self.args.desired.borrow().clone();
+            DesiredSource::Given(cell) => cell.borrow().clone(),
+        };
         if let Some(list) = known {
             if list != self.desired
                 && let Some(path) = &self.args.cache
@@ -199,6 +200,40 @@ impl RuntimeState {
             }
             self.desired = list;
         }
+        publish(&self.args.view.running, Some(self.desired.clone()));
+    }
+
+    /// The instances `assignments` ask for; those that cannot run are kept as rejected.
+    fn instances_assigned(
+        &mut self,
+        assignments: &[kat_proto::v1alpha1::Assignment],
+        ctx: &SpecContext,
+    ) -> Vec<DesiredInstance> {
+        let (ok, bad) = kat_runtime::spec::desired_set(assignments, ctx);
+        let owner = |id: &str| {
+            assignments
+                .iter()
+                .filter_map(|a| a.instance.as_ref())
+                .find(|i| i.id == id)
+                .map(|i| (i.namespace.clone(), i.workload.clone()))
+                .unwrap_or_default()
+        };
+        let mut rejected = Vec::new();
+        for (id, e) in bad {
+            if !self.rejected.iter().any(|(r, _)| r.id == id) {
+                tracing::warn!(node = %self.args.node, instance = %id, error = %e, "assigned instance cannot run");
+            }
+            let (namespace, workload) = owner(&id);
+            let report = InstanceReport {
+                id,
+                status: None,
+                namespace,
+                workload,
+            };
+            rejected.push((report, e));
+        }
+        self.rejected = rejected;
+        ok
     }
 
     async fn reconcile(&mut self) {
@@ -206,22 +241,22 @@ impl RuntimeState {
         self.forget_undesired_preparations();
         let node = self.args.node.clone();
         let host = self.args.host.clone();
-        let mut reports = BTreeMap::new();
-        for (id, e) in &self.rejected {
-            reports.insert(
-                id.clone(),
-                InstanceStatus {
-                    phase: InstancePhase::Failed.into(),
-                    reason: "InvalidSpec".to_owned(),
-                    message: e.to_string(),
-                    ..Default::default()
-                },
-            );
+        self.rounds += 1;
+        let mut reports = Reports::new();
+        for (rejected, e) in &self.rejected {
+            let mut report = rejected.clone();
+            report.status = Some(InstanceStatus {
+                phase: InstancePhase::Failed.into(),
+                reason: "InvalidSpec".to_owned(),
+                message: e.to_string(),
+                ..Default::default()
+            });
+            reports.insert(report.id.clone(), report);
         }
         let desired = self.desired.clone();
         for d in &desired {
-            if let Some(report) = self.preparation(d).await {
-                reports.insert(d.id().to_owned(), report);
+            if let Some(status) = self.preparation(d).await {
+                reports.insert(d.id().to_owned(), report_of(d, status));
                 continue;
             }
             match host.ensure(d).await {
@@ -239,7 +274,7 @@ impl RuntimeState {
                 }
                 Err(e) => {
                     tracing::warn!(%node, instance = %d.id(), error = %e, "cannot run instance");
-                    reports.insert(d.id().to_owned(), failed_report(&e));
+                    reports.insert(d.id().to_owned(), report_of(d, failed_report(&e)));
                 }
             }
         }
@@ -266,14 +301,12 @@ impl RuntimeState {
             let obs = match host.observe(d).await {
                 Ok(obs) => obs,
                 Err(e) => {
-                    reports.insert(
-                        d.id().to_owned(),
-                        InstanceStatus {
-                            phase: InstancePhase::Unspecified.into(),
-                            message: e.to_string(),
-                            ..Default::default()
-                        },
-                    );
+                    let status = InstanceStatus {
+                        phase: InstancePhase::Unspecified.into(),
+                        message: e.to_string(),
+                        ..Default::default()
+                    };
+                    reports.insert(d.id().to_owned(), report_of(d, status));
                     continue;
                 }
             };
@@ -289,29 +322,20 @@ impl RuntimeState {
                 self.finished.remove(d.id());
                 None
             };
-            reports.insert(
-                d.id().to_owned(),
-                InstanceStatus {
-                    phase: phase_of(obs.phase).into(),
-                    health: health_of(health).into(),
-                    restarts: obs.restarts,
-                    exit_code: obs.exit_code.unwrap_or_default(),
-                    ip: obs.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                    message: obs.message.clone(),
-                    finished_at,
-                    ..Default::default()
-                },
-            );
+            let status = InstanceStatus {
+                phase: phase_of(obs.phase).into(),
+                health: health_of(health).into(),
+                restarts: obs.restarts,
+                exit_code: obs.exit_code.unwrap_or_default(),
+                ip: obs.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                message: obs.message.clone(),
+                finished_at,
+                ..Default::default()
+            };
+            reports.insert(d.id().to_owned(), report_of(d, status));
         }
         // Only a change is published: the Heartbeat reports changes at once.
-        self.args.reports.send_if_modified(|old| {
-            if *old == reports {
-                false
-            } else {
-                *old = reports;
-                true
-            }
-        });
+        publish(&self.args.view.reports, reports);
     }
 
     /// Whether the instance is ready to be ensured (`None`), or the report to give
@@ -382,16 +406,6 @@ impl RuntimeState {
         });
     }
 
-    /// Reconciles, waits for the preparations it started, and reconciles again: what
-    /// can be done now is done when it returns.
-    async fn settle(&mut self) {
-        self.reconcile().await;
-        while self.preparing.values().any(|p| !p.task.is_finished()) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.reconcile().await;
-    }
-
     /// Runs the instance's health check if one is due; returns its health.
     async fn check_health(
         &mut self,
@@ -458,6 +472,22 @@ impl RuntimeState {
     }
 }
 
+/// A subscription to the Runtime's source of desired instances.
+enum SourceChanges {
+    Assignments(tokio::sync::watch::Receiver<super::view::Synced>),
+    Given(tokio::sync::watch::Receiver<Option<Vec<DesiredInstance>>>),
+}
+
+impl SourceChanges {
+    /// Waits for the next change; `false` once the source is gone.
+    async fn changed(&mut self) -> bool {
+        match self {
+            Self::Assignments(rx) => rx.changed().await.is_ok(),
+            Self::Given(rx) => rx.changed().await.is_ok(),
+        }
+    }
+}
+
 impl Actor for Runtime {
     type Msg = RuntimeMsg;
     type State = RuntimeState;
@@ -468,7 +498,11 @@ impl Actor for Runtime {
         myself: ActorRef<RuntimeMsg>,
         args: RuntimeArgs,
     ) -> Result<RuntimeState, ActorProcessingErr> {
-        let desired = if args.desired.borrow().is_some() {
+        let known = match &args.source {
+            DesiredSource::Assignments(_) => args.view.synced.borrow().assignments.is_some(),
+            DesiredSource::Given(cell) => cell.borrow().is_some(),
+        };
+        let desired = if known {
             Vec::new()
         } else {
             let cached = args.cache.as_ref().and_then(read_cache).unwrap_or_default();
@@ -477,22 +511,16 @@ impl Actor for Runtime {
             }
             cached
         };
-        let mut changes = args.desired.subscribe();
-        let mut assigned = args.feed.as_ref().map(|f| f.synced.subscribe());
+        // Woken by its source only (never by what it publishes itself).
+        let mut changes = match &args.source {
+            DesiredSource::Assignments(_) => {
+                SourceChanges::Assignments(args.view.synced.subscribe())
+            }
+            DesiredSource::Given(cell) => SourceChanges::Given(cell.subscribe()),
+        };
         let me = myself.clone();
         let watcher = tokio::spawn(async move {
-            loop {
-                let changed = match assigned.as_mut() {
-                    Some(a) => tokio::select! {
-                        r = changes.changed() => r.is_ok(),
-                        r = a.changed() => r.is_ok(),
-                    },
-                    None => changes.changed().await.is_ok(),
-                };
-                if !changed || me.cast(RuntimeMsg::Reconcile).is_err() {
-                    return;
-                }
-            }
+            while changes.changed().await && me.cast(RuntimeMsg::Reconcile).is_ok() {}
         });
         myself.send_interval(args.tick, || RuntimeMsg::Reconcile);
         let _ = myself.cast(RuntimeMsg::Reconcile);
@@ -501,6 +529,7 @@ impl Actor for Runtime {
             myself: myself.clone(),
             desired,
             rejected: Vec::new(),
+            rounds: 0,
             preparing: HashMap::new(),
             prepared: HashMap::new(),
             finished: HashMap::new(),
@@ -518,9 +547,13 @@ impl Actor for Runtime {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RuntimeMsg::Reconcile => state.reconcile().await,
-            RuntimeMsg::Settle(reply) => {
-                state.settle().await;
-                let _ = reply.send(());
+            RuntimeMsg::Snapshot(reply) => {
+                let preparing = state.preparing.values();
+                let _ = reply.send(RuntimeSnapshot {
+                    rounds: state.rounds,
+                    desired: state.desired.len(),
+                    preparing: preparing.filter(|p| !p.task.is_finished()).count(),
+                });
             }
         }
         Ok(())

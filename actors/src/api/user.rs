@@ -376,14 +376,14 @@ impl UserApi for UserApiService {
         request: Request<CreateBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
         let ctx = self.auth(&request).await?;
-        ok(leader::backups::make(&ctx.leadership, &ctx.cluster, SystemTime::now()).await)
+        ok(leader::backups::make(&ctx.leadership, &ctx.settings, SystemTime::now()).await)
     }
     async fn list_backups(
         &self,
         request: Request<ListBackupsRequest>,
     ) -> Result<Response<ListBackupsResponse>, Status> {
         let ctx = self.auth(&request).await?;
-        let items = leader::backups::kept(&ctx.cluster)?;
+        let items = leader::backups::kept(&ctx.settings)?;
         Ok(Response::new(ListBackupsResponse { items }))
     }
 

@@ -16,6 +16,7 @@ pub mod election;
 
 use std::time::{Duration, SystemTime};
 
+use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::ClusterConfiguration;
 
 use crate::leader::{ApiEndpoint, LeaderSetup, LocalFiles};
@@ -30,7 +31,7 @@ use election::{Election, ElectionArgs};
 pub struct ControlPlaneOptions {
     pub node: String,
     pub backend: StoreBackend,
-    pub cluster: ClusterConfiguration,
+    pub settings: ClusterSettings,
     /// Election lease TTL (about 5 s: failover time is at most this plus a campaign).
     pub lease_ttl: Duration,
     /// How long etcd may take to become healthy at each (re)start.
@@ -49,7 +50,7 @@ impl ControlPlaneOptions {
         Self {
             node: node.to_owned(),
             backend,
-            cluster,
+            settings: ClusterSettings::from(&cluster),
             lease_ttl: Duration::from_secs(5),
             etcd_health_timeout: Duration::from_secs(30),
             local_files: None,
@@ -75,7 +76,7 @@ pub fn spec(opts: &ControlPlaneOptions) -> ChildSpec {
     let store = ChildSpec::actor(Store::name(&node), Store, move || store_args.clone())
         .shutdown_timeout(Duration::from_secs(10));
     let setup = LeaderSetup {
-        cluster: opts.cluster.clone(),
+        settings: opts.settings.clone(),
         local: opts.local_files.clone(),
         api: opts.api.clone(),
         clock: opts.clock,

@@ -9,10 +9,11 @@
 //! |---|---|---|
 //! | `backups@<node>` | `leader@<node>` (one_for_one) | permanent; a failed snapshot is logged and counted, never fatal |
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::SystemTime;
 
-use kat_proto::v1alpha1::{Backup, ClusterConfiguration, EventSeverity, ObjectReference};
+use kat_proto::quadlet::ClusterSettings;
+use kat_proto::v1alpha1::{Backup, EventSeverity, ObjectReference};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::state::events::object_event;
@@ -20,17 +21,6 @@ use crate::state::{Leadership, StateError, StateResult, keys};
 
 /// How many snapshots are kept (the oldest go first).
 pub const KEEP_BACKUPS: usize = 24;
-
-fn backup_dir(cluster: &ClusterConfiguration) -> PathBuf {
-    PathBuf::from(
-        cluster
-            .spec
-            .as_ref()
-            .map(|s| s.backup_path.clone())
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| kat_proto::quadlet::defaults::BACKUP_PATH.to_owned()),
-    )
-}
 
 /// `kat-20261201T101500Z-42.db`.
 pub fn backup_name(at: SystemTime, revision: i64) -> String {
@@ -98,7 +88,7 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<String>, std::io::Error> {
 /// event (fenced: a deposed leader records nothing).
 pub async fn make(
     leadership: &Leadership,
-    cluster: &ClusterConfiguration,
+    settings: &ClusterSettings,
     now: SystemTime,
 ) -> StateResult<Backup> {
     let store = leadership.store();
@@ -107,8 +97,8 @@ pub async fn make(
             "this cluster's store cannot make snapshots (only etcd can)".to_owned(),
         ));
     }
-    let dir = backup_dir(cluster);
-    crate::files::private_dir(&dir)
+    let dir = &settings.backup_dir;
+    crate::files::private_dir(dir)
         .map_err(|e| StateError::Internal(format!("{}: {e}", dir.display())))?;
     let partial = dir.join(format!(".partial-{}", std::process::id()));
     let taken = store
@@ -126,7 +116,7 @@ pub async fn make(
     std::fs::rename(&partial, &path)
         .map_err(|e| StateError::Internal(format!("{}: {e}", path.display())))?;
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-    if let Err(e) = prune(&dir, KEEP_BACKUPS) {
+    if let Err(e) = prune(dir, KEEP_BACKUPS) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove old backups");
     }
     let event = object_event(
@@ -160,15 +150,15 @@ pub async fn make(
 }
 
 /// The snapshots the leader keeps.
-pub fn kept(cluster: &ClusterConfiguration) -> StateResult<Vec<Backup>> {
-    let dir = backup_dir(cluster);
-    list(&dir).map_err(|e| StateError::Internal(format!("{}: {e}", dir.display())))
+pub fn kept(settings: &ClusterSettings) -> StateResult<Vec<Backup>> {
+    let dir = &settings.backup_dir;
+    list(dir).map_err(|e| StateError::Internal(format!("{}: {e}", dir.display())))
 }
 
 #[derive(Clone)]
 pub struct BackupsArgs {
     pub leadership: Leadership,
-    pub cluster: ClusterConfiguration,
+    pub settings: ClusterSettings,
     pub now: fn() -> SystemTime,
 }
 
@@ -204,17 +194,11 @@ impl Actor for Backups {
         myself: ActorRef<BackupsMsg>,
         args: BackupsArgs,
     ) -> Result<BackupsState, ActorProcessingErr> {
-        let minutes = args
-            .cluster
-            .spec
-            .as_ref()
-            .and_then(|s| s.backup_interval_minutes)
-            .unwrap_or(kat_proto::quadlet::defaults::BACKUP_INTERVAL_MINUTES);
-        let timer = (minutes > 0 && args.leadership.store.can_snapshot()).then(|| {
-            myself.send_interval(Duration::from_secs(u64::from(minutes) * 60), || {
-                BackupsMsg::Tick
-            })
-        });
+        let interval = args
+            .settings
+            .backup_interval
+            .filter(|_| args.leadership.store.can_snapshot());
+        let timer = interval.map(|every| myself.send_interval(every, || BackupsMsg::Tick));
         Ok(BackupsState {
             args,
             timer,
@@ -231,7 +215,7 @@ impl Actor for Backups {
     ) -> Result<(), ActorProcessingErr> {
         let BackupsMsg::Tick = msg;
         let args = &state.args;
-        match make(&args.leadership, &args.cluster, (args.now)()).await {
+        match make(&args.leadership, &args.settings, (args.now)()).await {
             Ok(_) => state.made += 1,
             Err(e) => {
                 state.failed += 1;
@@ -256,6 +240,7 @@ impl Actor for Backups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn names_sort_by_time_and_carry_the_revision() {

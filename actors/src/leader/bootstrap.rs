@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use kat_proto::v1alpha1::{ClusterConfiguration, Node, NodeRole, NodeSpec, ObjectMeta, TokenKind};
+use kat_proto::quadlet::ClusterSettings;
+use kat_proto::v1alpha1::{Node, NodeRole, NodeSpec, ObjectMeta, TokenKind};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -30,7 +31,7 @@ pub struct LocalFiles {
 #[derive(Clone)]
 pub struct BootstrapArgs {
     pub leadership: Leadership,
-    pub cluster: ClusterConfiguration,
+    pub settings: ClusterSettings,
     pub local: Option<LocalFiles>,
 }
 
@@ -188,13 +189,9 @@ impl Actor for Bootstrap {
         _myself: ActorRef<()>,
         args: BootstrapArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let (uid, created) = state::cluster::record(&args.leadership, &args.cluster).await?;
-        let name = args
-            .cluster
-            .metadata
-            .as_ref()
-            .map(|m| m.name.as_str())
-            .unwrap_or_default();
+        let (uid, created) =
+            state::cluster::record(&args.leadership, &args.settings.config).await?;
+        let name = args.settings.name.as_str();
         if created {
             tracing::info!(node = %args.leadership.node, cluster = %name, %uid, "cluster created");
         } else {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kat_proto::v1alpha1::ClusterConfiguration;
+use kat_proto::quadlet::ClusterSettings;
 
 use crate::pki::ca::{CertAndKey, ClusterCa, node_key_and_csr};
 use crate::state::{self, Leadership, StateError, StateResult};
@@ -17,7 +17,8 @@ use crate::store::StateStore;
 pub struct LeaderContext {
     pub leadership: Leadership,
     pub ca: CertAndKey,
-    pub cluster: ClusterConfiguration,
+    /// The cluster configuration and its typed settings.
+    pub settings: ClusterSettings,
     /// Control-plane API addresses, re-read at most every few seconds (every
     /// heartbeat answer carries them).
     pub control_plane: ControlPlaneCache,
@@ -26,11 +27,11 @@ pub struct LeaderContext {
 }
 
 impl LeaderContext {
-    pub fn new(leadership: Leadership, ca: CertAndKey, cluster: ClusterConfiguration) -> Self {
+    pub fn new(leadership: Leadership, ca: CertAndKey, settings: ClusterSettings) -> Self {
         Self {
             leadership,
             ca,
-            cluster,
+            settings,
             control_plane: ControlPlaneCache::default(),
             agent_client: AgentClientCert::default(),
         }

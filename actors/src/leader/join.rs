@@ -7,6 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
+use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::{
     EtcdMembership, EventSeverity, JoinRequest, JoinResponse, Node, NodeRole, NodeSpec, NodeState,
     NodeStatus, ObjectMeta,
@@ -62,16 +63,16 @@ pub async fn join(
         )));
     }
     let certificate_pem = sign_node_certificate(ctx, &req.csr_pem, &req.node_name, address)?;
-    let spec = ctx.cluster.spec.clone().unwrap_or_default();
+    let settings = &ctx.settings;
     let (members, _) = ctx.store().list(keys::CONTROL_PLANE_PREFIX).await?;
-    let control_plane = members.len() < usize::try_from(spec.quorum_size.max(1)).unwrap_or(1);
+    let control_plane = members.len() < settings.quorum_size;
     let seat = if control_plane {
-        let peer = SocketAddr::new(address, port(spec.etcd_peer_port));
+        let peer = SocketAddr::new(address, settings.etcd_peer_port);
         Some(etcd_seat(ctx, &req.node_name, &format!("https://{peer}")).await?)
     } else {
         None
     };
-    let node = registration(&req, address, control_plane, &ctx.cluster);
+    let node = registration(&req, address, control_plane, settings);
     let result = record(
         ctx,
         &req.node_name,
@@ -100,15 +101,11 @@ pub async fn join(
     Ok(JoinResponse {
         certificate_pem,
         ca_pem: ctx.ca.cert_pem.clone(),
-        cluster: Some(ctx.cluster.clone()),
+        cluster: Some(settings.config.clone()),
         overlay_subnet: String::new(),
         node: Some(node),
         etcd: seat.map(|s| s.membership),
     })
-}
-
-fn port(p: u32) -> u16 {
-    u16::try_from(p).unwrap_or_default()
 }
 
 /// A control-plane joiner's place in etcd.
@@ -173,9 +170,8 @@ fn registration(
     req: &JoinRequest,
     address: IpAddr,
     control_plane: bool,
-    cluster: &kat_proto::v1alpha1::ClusterConfiguration,
+    settings: &ClusterSettings,
 ) -> Node {
-    let spec = cluster.spec.clone().unwrap_or_default();
     let role = if control_plane {
         NodeRole::ControlPlane
     } else {
@@ -192,7 +188,7 @@ fn registration(
         spec: Some(NodeSpec {
             advertise_address: address.to_string(),
             wireguard_public_key: req.wireguard_public_key.clone(),
-            wireguard_endpoint: SocketAddr::new(address, port(spec.wireguard_port)).to_string(),
+            wireguard_endpoint: SocketAddr::new(address, settings.wireguard_port).to_string(),
             role: role.into(),
             agent_version: req.agent_version.clone(),
             capacity: req.capacity.clone(),
@@ -221,8 +217,7 @@ async fn record(
     let node_key = keys::node(name);
     let mut ops = vec![TxnOp::put(&node_key, node.encode_to_vec())];
     if control_plane {
-        let spec = ctx.cluster.spec.clone().unwrap_or_default();
-        let api = SocketAddr::new(address, port(spec.api_port));
+        let api = SocketAddr::new(address, ctx.settings.api_port);
         ops.push(TxnOp::put(keys::control_plane(name), api.to_string()));
     }
     ops.extend(token.spend());

@@ -35,7 +35,7 @@ pub mod sync;
 
 use std::time::{Duration, SystemTime};
 
-use kat_proto::v1alpha1::ClusterConfiguration;
+use kat_proto::quadlet::ClusterSettings;
 use ractor::Actor;
 
 pub use bootstrap::LocalFiles;
@@ -55,7 +55,7 @@ pub fn supervisor_name(node: &str) -> String {
 /// What a node's leader subtree is made from, besides the leadership it won.
 #[derive(Clone)]
 pub struct LeaderSetup {
-    pub cluster: ClusterConfiguration,
+    pub settings: ClusterSettings,
     /// init's node: the files Bootstrap writes.
     pub local: Option<LocalFiles>,
     /// Where the API is served (none: the leader runs without an API, in tests).
@@ -104,22 +104,22 @@ fn children(leadership: &Leadership, setup: &LeaderSetup) -> Vec<ChildSpec> {
     let node = &leadership.node;
     let bootstrap_args = bootstrap::BootstrapArgs {
         leadership: leadership.clone(),
-        cluster: setup.cluster.clone(),
+        settings: setup.settings.clone(),
         local: setup.local.clone(),
     };
     let monitor_args = node_monitor::NodeMonitorArgs {
         leadership: leadership.clone(),
-        cluster: setup.cluster.clone(),
+        settings: setup.settings.clone(),
         now: setup.clock,
     };
     let scheduler_args = scheduler::SchedulerArgs {
         leadership: leadership.clone(),
-        cluster: setup.cluster.clone(),
+        settings: setup.settings.clone(),
         now: setup.clock,
     };
     let backups_args = backups::BackupsArgs {
         leadership: leadership.clone(),
-        cluster: setup.cluster.clone(),
+        settings: setup.settings.clone(),
         now: setup.clock,
     };
     let mut children = vec![
@@ -142,7 +142,7 @@ fn children(leadership: &Leadership, setup: &LeaderSetup) -> Vec<ChildSpec> {
     if let Some(endpoint) = setup.api.clone() {
         let api_args = serving::ApiArgs {
             leadership: leadership.clone(),
-            cluster: setup.cluster.clone(),
+            settings: setup.settings.clone(),
             endpoint,
         };
         children.push(ChildSpec::actor(

@@ -8,7 +8,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kat_proto::v1alpha1::{ClusterConfiguration, EventSeverity, NodeState, NodeStatus};
+use kat_proto::quadlet::ClusterSettings;
+use kat_proto::v1alpha1::{EventSeverity, NodeState, NodeStatus};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -38,7 +39,7 @@ pub fn lost_nodes(
 #[derive(Clone)]
 pub struct NodeMonitorArgs {
     pub leadership: Leadership,
-    pub cluster: ClusterConfiguration,
+    pub settings: ClusterSettings,
     /// The wall clock (heartbeats carry wall-clock times); tests pass their own.
     pub now: fn() -> SystemTime,
 }
@@ -146,11 +147,10 @@ impl Actor for NodeMonitor {
         myself: ActorRef<NodeMonitorMsg>,
         args: NodeMonitorArgs,
     ) -> Result<NodeMonitorState, ActorProcessingErr> {
-        let spec = args.cluster.spec.clone().unwrap_or_default();
-        let tick = Duration::from_secs(u64::from(spec.agent_tick_seconds.max(1)));
+        let tick = args.settings.agent_tick;
         myself.send_interval(tick, || NodeMonitorMsg::Tick);
         Ok(NodeMonitorState {
-            timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds)),
+            timeout: args.settings.node_loss_timeout,
             args,
             marked: 0,
         })

@@ -49,8 +49,7 @@ async fn node_client(
                 "node {node_name} has no advertise address on record"
             ))
         })?;
-    let port = ctx.cluster.spec.as_ref().map_or(0, |s| s.agent_port);
-    let addr = SocketAddr::new(address, u16::try_from(port).unwrap_or_default()).to_string();
+    let addr = SocketAddr::new(address, ctx.settings.agent_port).to_string();
     let own_address = match state::nodes::get(ctx.store(), ctx.node()).await {
         Ok(n) => n
             .spec

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use kat_proto::v1alpha1::ClusterConfiguration;
+use kat_proto::quadlet::ClusterSettings;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::context::LeaderContext;
@@ -52,7 +52,7 @@ impl std::fmt::Debug for ApiEndpoint {
 #[derive(Clone)]
 pub struct ApiArgs {
     pub leadership: Leadership,
-    pub cluster: ClusterConfiguration,
+    pub settings: ClusterSettings,
     pub endpoint: ApiEndpoint,
 }
 
@@ -119,14 +119,8 @@ impl Actor for Api {
         _myself: ActorRef<ApiMsg>,
         args: ApiArgs,
     ) -> Result<ApiState, ActorProcessingErr> {
-        let name = args
-            .cluster
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        let ca = state::cluster::ensure_ca(&args.leadership, &name, None).await?;
-        let ctx = LeaderContext::new(args.leadership.clone(), ca, args.cluster.clone());
+        let ca = state::cluster::ensure_ca(&args.leadership, &args.settings.name, None).await?;
+        let ctx = LeaderContext::new(args.leadership.clone(), ca, args.settings.clone());
         let revision = args.leadership.key.create_revision;
         let node = &args.leadership.node;
         match &args.endpoint {

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use kat_proto::quadlet::ClusterSettings;
+
 use super::state_dir::{AgentError, read_cluster, read_identity};
 
 /// `kat-agent etcd-env`: shell lines with which `etcdctl` reaches this node's member.
@@ -16,12 +18,8 @@ pub fn etcd_env(state_dir: &Path) -> Result<String, AgentError> {
             state_dir.display()
         )));
     }
-    let cluster = read_cluster(state_dir)?;
-    let port = cluster.spec.map(|s| s.etcd_client_port).unwrap_or_default();
-    let endpoint = SocketAddr::new(
-        identity.advertise_address,
-        u16::try_from(port).unwrap_or_default(),
-    );
+    let settings = ClusterSettings::from(&read_cluster(state_dir)?);
+    let endpoint = SocketAddr::new(identity.advertise_address, settings.etcd_client_port);
     let pki = std::fs::canonicalize(state_dir)
         .unwrap_or_else(|_| state_dir.to_path_buf())
         .join("pki");

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::ClusterConfiguration;
 
 use super::state_dir::{AgentIdentity, IDENTITY_FILE};
@@ -25,22 +26,22 @@ pub struct PreparedNode {
     /// Control-plane members only.
     pub control_plane: Option<ControlPlaneOptions>,
     pub agent: AgentOptions,
+    /// The cluster's settings, as the node's configuration file says.
+    pub settings: ClusterSettings,
 }
 
 fn etcd_member(
     identity: &AgentIdentity,
     dir: &Path,
-    cluster: &ClusterConfiguration,
+    settings: &ClusterSettings,
     etcd_bin: &Path,
 ) -> EtcdMemberConfig {
-    let spec = cluster.spec.clone().unwrap_or_default();
-    let port = |p: u32| u16::try_from(p).unwrap_or_default();
     let mut member = EtcdMemberConfig::single_tls(
         etcd_bin.to_path_buf(),
         &identity.node_name,
         dir.join("etcd"),
-        SocketAddr::new(identity.advertise_address, port(spec.etcd_client_port)),
-        SocketAddr::new(identity.advertise_address, port(spec.etcd_peer_port)),
+        SocketAddr::new(identity.advertise_address, settings.etcd_client_port),
+        SocketAddr::new(identity.advertise_address, settings.etcd_peer_port),
         EtcdTls::in_pki_dir(&dir.join("pki")),
     );
     member.log_file = Some(dir.join("logs").join("etcd.log"));
@@ -57,10 +58,11 @@ pub(super) fn prepared(
     cluster: ClusterConfiguration,
     etcd_bin: &Path,
 ) -> PreparedNode {
-    let api_port = u16::try_from(cluster_api_port(&cluster)).unwrap_or_default();
+    let settings = ClusterSettings::from(&cluster);
+    let api_port = settings.api_port;
     let own_api = SocketAddr::new(identity.advertise_address, api_port);
     let control_plane = identity.control_plane.then(|| {
-        let member = etcd_member(&identity, dir, &cluster, etcd_bin);
+        let member = etcd_member(&identity, dir, &settings, etcd_bin);
         let backend = StoreBackend::Etcd(Box::new(member));
         let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster.clone());
         options.api = Some(ApiEndpoint::Tcp {
@@ -83,12 +85,11 @@ pub(super) fn prepared(
         leader_api.insert(0, own_api.to_string());
     }
     let link = Arc::new(TlsLeaderLink::new(dir.join("pki")));
-    let mut agent = AgentOptions::new(&identity.node_name, &cluster, leader_api, link);
+    let mut agent = AgentOptions::new(&identity.node_name, &settings, leader_api, link);
     agent.pki_dir = Some(dir.join("pki"));
-    let agent_port = cluster.spec.as_ref().map_or(0, |s| s.agent_port);
     agent.agent_api = Some(SocketAddr::new(
         identity.advertise_address,
-        u16::try_from(agent_port).unwrap_or_default(),
+        settings.agent_port,
     ));
     agent.remember_targets = Some(remember_targets(dir, &identity));
     agent.capacity = Some(kat_runtime::probe::host_capacity);
@@ -97,6 +98,7 @@ pub(super) fn prepared(
         state_dir: dir.to_path_buf(),
         control_plane,
         agent,
+        settings,
     }
 }
 
@@ -117,12 +119,4 @@ fn remember_targets(dir: &Path, identity: &AgentIdentity) -> RememberTargets {
             Err(e) => tracing::warn!(error = %e, "cannot encode agent.json"),
         }
     })
-}
-
-fn cluster_api_port(cluster: &ClusterConfiguration) -> u32 {
-    cluster
-        .spec
-        .as_ref()
-        .map(|s| s.api_port)
-        .unwrap_or_default()
 }

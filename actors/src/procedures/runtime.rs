@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::prepared::PreparedNode;
-use super::state_dir::read_cluster;
 
 /// Runtime directories of the workload users' managers kat-agent starts itself, as
 /// `/run/kat/<node>/users` (a tmpfs: a reboot leaves no stale units behind; one per
@@ -106,23 +105,15 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
     }
     node.agent.runtime = Some(crate::agent::RuntimeSetup {
         host,
-        desired: crate::agent::runtime::new_desired_cell(),
-        reports: crate::agent::runtime::new_reports_cell(),
         cache: Some(runtime_dir.join("desired.json")),
         tick: Duration::from_secs(5),
-        spec: Some(kat_runtime::spec::SpecContext {
-            volume_base: read_cluster(&node.state_dir)
-                .ok()
-                .and_then(|c| c.spec)
-                .map_or_else(
-                    || PathBuf::from(kat_proto::quadlet::defaults::VOLUME_BASE_PATH),
-                    |s| PathBuf::from(s.volume_base_path),
-                ),
+        spec: kat_runtime::spec::SpecContext {
+            volume_base: node.settings.volume_base.clone(),
             network: match choice {
                 RuntimeChoice::Podman { network, .. } => network.clone(),
                 RuntimeChoice::Fake => None,
             },
-        }),
+        },
     });
     tracing::info!(node = %node.identity.node_name, runtime = ?choice, "container runtime ready");
 }

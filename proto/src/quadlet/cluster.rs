@@ -212,3 +212,91 @@ fn cidr(
     *slot = text;
     Some(net)
 }
+
+/// The cluster configuration as the agent works with it: durations, ports and paths,
+/// every default applied, read once from the `ClusterConfiguration` and handed to every
+/// actor. `config` keeps the configuration itself (stored at bootstrap, sent to joining
+/// nodes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    pub name: String,
+    /// `agentTickSeconds`: how often agents report and the leader looks (at least 1 s).
+    pub agent_tick: std::time::Duration,
+    /// `nodeLossTimeoutSeconds`: silence after which a node is NotReady (at least 1 s).
+    pub node_loss_timeout: std::time::Duration,
+    pub api_port: u16,
+    pub agent_port: u16,
+    pub etcd_client_port: u16,
+    pub etcd_peer_port: u16,
+    pub wireguard_port: u16,
+    /// How many nodes are control-plane (etcd) members.
+    pub quorum_size: usize,
+    /// `volumeBasePath`: where simpleClusterStorage lives on each node.
+    pub volume_base: std::path::PathBuf,
+    /// `backupPath`: where the leader keeps etcd snapshots.
+    pub backup_dir: std::path::PathBuf,
+    /// `backupIntervalMinutes`; `None` when 0 (no periodic backups).
+    pub backup_interval: Option<std::time::Duration>,
+    pub config: ClusterConfiguration,
+}
+
+impl From<&ClusterConfiguration> for ClusterSettings {
+    fn from(config: &ClusterConfiguration) -> Self {
+        use std::time::Duration;
+        let spec = config.spec.clone().unwrap_or_else(defaults);
+        let port = |p: u32| u16::try_from(p).unwrap_or_default();
+        let seconds = |s: u32| Duration::from_secs(u64::from(s.max(1)));
+        let path = |p: &str, default: &str| {
+            std::path::PathBuf::from(if p.is_empty() { default } else { p })
+        };
+        let minutes = spec
+            .backup_interval_minutes
+            .unwrap_or(d::BACKUP_INTERVAL_MINUTES);
+        Self {
+            name: config
+                .metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
+            agent_tick: seconds(spec.agent_tick_seconds),
+            node_loss_timeout: seconds(spec.node_loss_timeout_seconds),
+            api_port: port(spec.api_port),
+            agent_port: port(spec.agent_port),
+            etcd_client_port: port(spec.etcd_client_port),
+            etcd_peer_port: port(spec.etcd_peer_port),
+            wireguard_port: port(spec.wireguard_port),
+            quorum_size: usize::try_from(spec.quorum_size.max(1)).unwrap_or(1),
+            volume_base: path(&spec.volume_base_path, d::VOLUME_BASE_PATH),
+            backup_dir: path(&spec.backup_path, d::BACKUP_PATH),
+            backup_interval: (minutes > 0).then(|| Duration::from_secs(u64::from(minutes) * 60)),
+            config: config.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn settings_carry_the_defaults_and_a_zero_interval_means_no_backups() {
+        let mut config = ClusterConfiguration {
+            spec: Some(defaults()),
+            ..Default::default()
+        };
+        let s = ClusterSettings::from(&config);
+        assert_eq!(s.agent_tick, Duration::from_secs(15));
+        assert_eq!(s.node_loss_timeout, Duration::from_secs(60));
+        assert_eq!(s.api_port, 9115);
+        assert_eq!(s.backup_interval, Some(Duration::from_secs(30 * 60)));
+        assert_eq!(s.volume_base, std::path::PathBuf::from(d::VOLUME_BASE_PATH));
+        if let Some(spec) = config.spec.as_mut() {
+            spec.backup_interval_minutes = Some(0);
+            spec.agent_tick_seconds = 0;
+        }
+        let s = ClusterSettings::from(&config);
+        assert_eq!(s.backup_interval, None);
+        assert_eq!(s.agent_tick, Duration::from_secs(1), "never a zero tick");
+    }
+}

@@ -11,6 +11,7 @@
 //! for the file system.
 
 mod cluster;
+pub use cluster::ClusterSettings;
 mod companions;
 pub mod defaults;
 mod encode;

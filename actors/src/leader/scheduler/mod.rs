@@ -18,7 +18,8 @@ pub mod world;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use kat_proto::v1alpha1::{ClusterConfiguration, EventSeverity, InstancePhase};
+use kat_proto::quadlet::ClusterSettings;
+use kat_proto::v1alpha1::{EventSeverity, InstancePhase};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -35,7 +36,7 @@ use crate::store::TxnOp;
 #[derive(Clone)]
 pub struct SchedulerArgs {
     pub leadership: Leadership,
-    pub cluster: ClusterConfiguration,
+    pub settings: ClusterSettings,
     pub now: fn() -> SystemTime,
 }
 
@@ -202,8 +203,7 @@ impl Actor for Scheduler {
                 }
             }));
         }
-        let spec = args.cluster.spec.clone().unwrap_or_default();
-        let tick = Duration::from_secs(u64::from(spec.agent_tick_seconds.max(1)));
+        let tick = args.settings.agent_tick;
         myself.send_interval(tick, || SchedulerMsg::Poke);
         let _ = myself.cast(SchedulerMsg::Poke);
         Ok(SchedulerState {

@@ -26,6 +26,7 @@ use kat_actors::state::workloads::{self, ApplyMode};
 use kat_actors::store::election as store_election;
 use kat_actors::store::{EventKind, MemoryStore, StateStore};
 use kat_proto::bundle::{BundleFile, Limits};
+use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::{
     HeartbeatRequest, Instance, JoinRequest, NodeResources, NodeStatus, TokenKind,
 };
@@ -93,7 +94,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
     let ctx = LeaderContext::new(
         leadership.clone(),
         generate_ca("c1m").unwrap(),
-        cluster.clone(),
+        ClusterSettings::from(&cluster),
     );
     shared
         .put(&keys::control_plane(LEADER), b"127.0.0.1:1".to_vec(), None)
@@ -164,7 +165,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
     ));
     let args = SchedulerArgs {
         leadership: leadership.clone(),
-        cluster,
+        settings: ClusterSettings::from(&cluster),
         now: SystemTime::now,
     };
     let (scheduler, scheduler_task) =
