@@ -97,6 +97,16 @@ pub fn object_event(
     }
 }
 
+/// A reference to the object an event is about.
+fn reference(kind: &str, namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        kind: kind.to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        uid: String::new(),
+    }
+}
+
 /// An event about node `name`.
 pub fn node_event(
     name: &str,
@@ -105,11 +115,7 @@ pub fn node_event(
     message: String,
     now: SystemTime,
 ) -> EventRecord {
-    let involved = ObjectReference {
-        kind: "Node".to_owned(),
-        name: name.to_owned(),
-        ..Default::default()
-    };
+    let involved = reference("Node", "", name);
     object_event(involved, name, reason, severity, message, now)
 }
 
@@ -122,23 +128,19 @@ pub fn workload_event(
     message: String,
     now: SystemTime,
 ) -> EventRecord {
-    let involved = ObjectReference {
-        kind: "Workload".to_owned(),
-        namespace: ns.to_owned(),
-        name: name.to_owned(),
-        uid: String::new(),
-    };
-    object_event(involved, "", reason, severity, message, now)
+    object_event(
+        reference("Workload", ns, name),
+        "",
+        reason,
+        severity,
+        message,
+        now,
+    )
 }
 
 /// An event about a namespace.
 pub fn namespace_event(name: &str, reason: &str, message: String, now: SystemTime) -> EventRecord {
-    let involved = ObjectReference {
-        kind: "Namespace".to_owned(),
-        namespace: String::new(),
-        name: name.to_owned(),
-        uid: String::new(),
-    };
+    let involved = reference("Namespace", "", name);
     object_event(involved, "", reason, EventSeverity::Normal, message, now)
 }
 
