@@ -76,7 +76,8 @@ impl Scheduler {
 /// makes one round).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-fn new_instance_id() -> String {
+/// 8 random hex digits (the time's nanoseconds if no randomness can be had).
+fn random_instance_id() -> String {
     crate::pki::tokens::random_hex(4).unwrap_or_else(|_| {
         format!(
             "{:08x}",
@@ -94,8 +95,9 @@ impl SchedulerState {
         let started = std::time::Instant::now();
         let world = read_world(store.as_ref()).await?;
         let now = (self.args.now)();
-        let mut ids = new_instance_id;
-        let plans = plan_world(&world, now, &mut ids);
+        let existing = world.instances.iter().map(|i| i.id.clone());
+        let mut unique = plan::UniqueIds::new(existing, random_instance_id);
+        let plans = plan_world(&world, now, &mut || unique.next_id());
         let mut paused = HashSet::new();
         for (ns, name, mut plan) in plans {
             if let Some(why) = plan.paused.take() {

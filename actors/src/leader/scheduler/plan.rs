@@ -2,6 +2,7 @@
 //! what one instance asks of a node, how a node looks to the scheduler, new instances,
 //! placing the pending ones, the order instances go in, `maxSurge`.
 
+use std::collections::HashSet;
 use std::time::SystemTime;
 
 use kat_proto::v1alpha1::{
@@ -159,6 +160,34 @@ pub fn removal_order(candidates: &mut [Instance]) {
 /// Makes a new instance ID.
 pub type IdMaker<'a> = &'a mut dyn FnMut() -> String;
 
+/// Instance IDs that no instance has yet: drawn from `random` and drawn again on a
+/// collision with an existing instance or an ID made before. An ID names an instance
+/// across the cluster (`katcall logs ID`, a node's status keys), and 8 random hex
+/// digits collide among a million instances (about a hundred pairs), so uniqueness is
+/// checked, not hoped for.
+pub struct UniqueIds<R> {
+    taken: HashSet<String>,
+    random: R,
+}
+
+impl<R: FnMut() -> String> UniqueIds<R> {
+    pub fn new(taken: impl IntoIterator<Item = String>, random: R) -> Self {
+        Self {
+            taken: taken.into_iter().collect(),
+            random,
+        }
+    }
+
+    pub fn next_id(&mut self) -> String {
+        loop {
+            let id = (self.random)();
+            if self.taken.insert(id.clone()) {
+                return id;
+            }
+        }
+    }
+}
+
 pub fn new_instance(
     ns: &str,
     name: &str,
@@ -247,5 +276,25 @@ impl WorkloadPlan {
             snapshot.remove(&i.node, demand, None);
         }
         self.delete.push(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_never_repeat_an_existing_or_earlier_one() {
+        let mut draws = ["a", "b", "a", "b", "c", "c", "d"]
+            .into_iter()
+            .map(str::to_owned);
+        let mut ids = UniqueIds::new(["b".to_owned()], move || draws.next().unwrap_or_default());
+        assert_eq!(ids.next_id(), "a");
+        assert_eq!(
+            ids.next_id(),
+            "c",
+            "b exists and a was made: both drawn again"
+        );
+        assert_eq!(ids.next_id(), "d");
     }
 }
