@@ -21,6 +21,9 @@
 //! [`SimCluster::heal`]), lose the leader ([`SimCluster::crash_leader`]), and make
 //! containers exit, crash-loop, hang or fail health checks ([`SimNode::containers`]).
 //!
+//! A test ends with [`SimCluster::stop`]; dropping a cluster that was not stopped fails
+//! the test, naming the nodes still running (a test must not leave trees behind).
+//!
 //! Wall-clock times (heartbeat stamps, NodeMonitor's comparisons) come from
 //! [`sim_now`], which moves with tokio's clock, so a paused test can skip minutes.
 //! Tests wait for conditions with [`wait_until`], a poll with a deadline in simulated
@@ -28,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -121,6 +124,8 @@ pub struct SimCluster {
     join_token: String,
     /// Where nodes keep volumes; removed with the cluster.
     dir: tempfile::TempDir,
+    /// Whether [`Self::stop`] ran (see the `Drop` guard).
+    stopped: AtomicBool,
 }
 
 /// The address a simulated control-plane node serves its API at.
@@ -159,6 +164,7 @@ impl SimCluster {
             control_plane: cps.clone(),
             join_token: token,
             dir: tempfile::tempdir().expect("a temporary directory"),
+            stopped: AtomicBool::new(false),
         };
         for name in &cps {
             sim.register_control_plane(name).await;
@@ -461,13 +467,39 @@ impl SimCluster {
             .expect("the workload exists")
     }
 
-    /// Stops every node still running, workers first.
+    /// Stops every node still running, workers first. Every test ends with it.
     pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         for node in self.nodes.values().rev() {
             let _ = node
                 .supervisor
                 .stop_and_wait(None, Some(Duration::from_secs(30)))
                 .await;
+        }
+    }
+}
+
+/// The harness guard: a test that ends without [`SimCluster::stop`] fails, naming the
+/// nodes it left running (unless it is failing already).
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let running: Vec<&str> = self
+            .nodes
+            .values()
+            .filter(|n| !n.handle.is_finished())
+            .map(|n| n.name.as_str())
+            .collect();
+        for node in self.nodes.values() {
+            node.supervisor.kill();
+        }
+        if !running.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the simulated cluster was dropped with nodes still running: {running:?} \
+                 (end the test with SimCluster::stop)"
+            );
         }
     }
 }
