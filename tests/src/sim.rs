@@ -2,38 +2,60 @@
 //! one in-memory store, on tokio's paused clock, with fault injection.
 //!
 //! Control-plane nodes run their real control-plane subtree (Store over the shared
-//! [`MemoryStore`], Election, the leader subtree with NodeMonitor and the Api actor).
+//! [`MemoryStore`], Election, the leader subtree with NodeMonitor, the Scheduler and
+//! the Api actor). Every node runs its agent subtree with a Runtime actor over a
+//! [`FakeHost`]: the node's "machine", whose containers ([`SimNode::containers`]) take
+//! injected faults and outlive a crash of the node's tree.
 //! The Api actor serves in process: while a node leads, its context is entered in the
 //! [`SimNetwork`]'s directory under the address `sim://<node>`, and every node's
 //! Heartbeat reaches the leader's handlers through an [`InProcessLink`] — the same
 //! handlers the TLS server calls, minus the sockets. Workers join through the leader's `Join` handler with a
 //! CSR, as `kat-agent join` does.
 //!
+//! Workloads are applied through the leader as the user API applies them
+//! ([`SimCluster::apply`]) and read back as the API shows them
+//! ([`SimCluster::instances`], [`SimCluster::workload`]).
+//!
 //! Faults: kill an actor ([`SimCluster::kill_actor`]), crash a node's whole tree
 //! ([`SimCluster::crash`]), cut a node off from every leader ([`SimCluster::partition`],
-//! [`SimCluster::heal`]), and lose the leader ([`SimCluster::crash_leader`]).
+//! [`SimCluster::heal`]), lose the leader ([`SimCluster::crash_leader`]), and make
+//! containers exit, crash-loop, hang or fail health checks ([`SimNode::containers`]).
+//!
+//! A test ends with [`SimCluster::stop`]; dropping a cluster that was not stopped fails
+//! the test, naming the nodes still running (a test must not leave trees behind).
 //!
 //! Wall-clock times (heartbeat stamps, NodeMonitor's comparisons) come from
 //! [`sim_now`], which moves with tokio's clock, so a paused test can skip minutes.
+//! Tests wait for conditions with [`wait_until`], a poll with a deadline in simulated
+//! time.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kat_actors::agent::AgentOptions;
 use kat_actors::agent::view::AgentMode;
+use kat_actors::agent::{AgentOptions, RuntimeSetup};
 use kat_actors::api::in_process::{InProcessLink, SimNetwork};
 use kat_actors::control_plane::ControlPlaneOptions;
 use kat_actors::leader::{self, ApiEndpoint, LeaderContext};
 use kat_actors::pki::ca::node_key_and_csr;
 use kat_actors::pki::tokens;
+use kat_actors::state::workloads::ApplyMode;
 use kat_actors::state::{self, StateError, keys};
 use kat_actors::store::{MemoryStore, StateStore, StoreBackend};
 use kat_actors::supervision::SupervisorMsg;
 use kat_actors::tree::start_node;
+use kat_proto::bundle::BundleFile;
 use kat_proto::v1alpha1::{
-    ClusterConfiguration, JoinRequest, Node, NodeRole, NodeSpec, NodeState, ObjectMeta, TokenKind,
+    ClusterConfiguration, Event, Instance, InstancePhase, JoinRequest, ListEventsRequest, Node,
+    NodeResources, NodeRole, NodeSpec, NodeState, ObjectMeta, Quadlet, TokenKind,
+    WorkloadStatusResponse,
 };
+use kat_runtime::fake::FakeRuntime;
+use kat_runtime::host::FakeHost;
+use kat_runtime::spec::SpecContext;
 use prost::Message;
 use ractor::ActorRef;
 use tokio::task::JoinHandle;
@@ -42,10 +64,29 @@ use tokio::time::Instant;
 use crate::cluster::{election_of, wait_for_leader};
 
 /// The simulated wall clock: a fixed epoch plus tokio time elapsed since first use.
+/// Like a real clock read at different moments, no two reads are equal: on the paused
+/// clock many things happen at one instant, and records keyed by time (events) of two
+/// nodes' heartbeats in the same instant would otherwise collide.
 pub fn sim_now() -> SystemTime {
     static START: OnceLock<Instant> = OnceLock::new();
+    static LAST_NANOS: AtomicU64 = AtomicU64::new(0);
     let start = *START.get_or_init(Instant::now);
-    UNIX_EPOCH + Duration::from_secs(1_800_000_000) + start.elapsed()
+    let elapsed = u64::try_from(start.elapsed().as_nanos()).expect("under 584 years");
+    let prev = LAST_NANOS
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(elapsed.max(last + 1))
+        })
+        .expect("the update always succeeds");
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000) + Duration::from_nanos(elapsed.max(prev + 1))
+}
+
+/// What every simulated node offers the scheduler: 4 CPUs, 8 GiB.
+pub fn node_capacity() -> NodeResources {
+    NodeResources {
+        cpu_millis: 4000,
+        memory_bytes: 8 << 30,
+        gpus: Vec::new(),
+    }
 }
 
 /// One simulated node.
@@ -55,11 +96,20 @@ pub struct SimNode {
     pub supervisor: ActorRef<SupervisorMsg>,
     pub agent: AgentOptions,
     pub handle: JoinHandle<()>,
+    /// The node's machine, where its Runtime runs instances: it outlives a crash of
+    /// the node's tree (a restarted tree adopts what still runs).
+    pub host: Arc<FakeHost>,
 }
 
 impl SimNode {
     pub fn mode(&self) -> AgentMode {
         self.agent.view.mode()
+    }
+
+    /// The node's containers, to inject faults into: [`FakeRuntime::exit`],
+    /// [`FakeRuntime::set_behaviour`] (crash-loop, hang, unhealthy), refused pulls.
+    pub fn containers(&self) -> &FakeRuntime {
+        &self.host.runtime
     }
 }
 
@@ -72,6 +122,10 @@ pub struct SimCluster {
     /// Names of the control-plane nodes (`cp1..`).
     pub control_plane: Vec<String>,
     join_token: String,
+    /// Where nodes keep volumes; removed with the cluster.
+    dir: tempfile::TempDir,
+    /// Whether [`Self::stop`] ran (see the `Drop` guard).
+    stopped: AtomicBool,
 }
 
 /// The address a simulated control-plane node serves its API at.
@@ -109,6 +163,8 @@ impl SimCluster {
             nodes: BTreeMap::new(),
             control_plane: cps.clone(),
             join_token: token,
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            stopped: AtomicBool::new(false),
         };
         for name in &cps {
             sim.register_control_plane(name).await;
@@ -117,11 +173,15 @@ impl SimCluster {
         let names: Vec<&str> = cps.iter().map(String::as_str).collect();
         wait_for_leader(&names, Duration::from_secs(30)).await;
         for i in 1..=workers {
-            let name = format!("w{i}");
-            sim.join(&name).await.expect("worker joins");
-            sim.start_node(&name, false).await;
+            sim.add_worker(&format!("w{i}")).await;
         }
         sim
+    }
+
+    /// Joins worker `name` through the leader and starts its tree.
+    pub async fn add_worker(&mut self, name: &str) {
+        self.join(name).await.expect("worker joins");
+        self.start_node(name, false).await;
     }
 
     /// What init's Bootstrap does for its own node: a control-plane registration.
@@ -136,6 +196,8 @@ impl SimCluster {
             spec: Some(NodeSpec {
                 advertise_address: "127.0.0.1".to_owned(),
                 role: NodeRole::ControlPlane.into(),
+                capacity: Some(node_capacity()),
+                allocatable: Some(node_capacity()),
                 ..Default::default()
             }),
             status: None,
@@ -165,6 +227,7 @@ impl SimCluster {
             node_name: name.to_owned(),
             csr_pem: csr,
             advertise_address: "127.0.0.1".to_owned(),
+            capacity: Some(node_capacity()),
             ..Default::default()
         };
         leader::join::join(&ctx, request, sim_now())
@@ -176,7 +239,8 @@ impl SimCluster {
         self.network.any_leader()
     }
 
-    /// Starts (or restarts) node `name`'s tree.
+    /// Starts (or restarts) node `name`'s tree, its Runtime over the node's machine
+    /// (kept from before when it restarts).
     pub async fn start_node(&mut self, name: &str, control_plane: bool) {
         let shared: Arc<dyn StateStore> = self.store.clone();
         let cp = control_plane.then(|| {
@@ -203,7 +267,21 @@ impl SimCluster {
             clock: sim_now,
         });
         let settings = kat_proto::quadlet::ClusterSettings::from(&self.cluster);
-        let agent = AgentOptions::new(name, &settings, targets, link);
+        let host = self.nodes.get(name).map_or_else(
+            || Arc::new(FakeHost::new(Arc::new(FakeRuntime::new()))),
+            |old| old.host.clone(),
+        );
+        let mut agent = AgentOptions::new(name, &settings, targets, link);
+        agent.clock = sim_now;
+        agent.runtime = Some(RuntimeSetup {
+            host: host.clone(),
+            cache: None,
+            tick: settings.agent_tick,
+            spec: SpecContext {
+                volume_base: self.dir.path().join(name).join("volumes"),
+                network: None,
+            },
+        });
         let (supervisor, handle) = start_node(name, cp.as_ref(), Some(&agent))
             .await
             .expect("node tree starts");
@@ -215,6 +293,7 @@ impl SimCluster {
                 supervisor,
                 agent,
                 handle,
+                host,
             },
         );
     }
@@ -287,55 +366,235 @@ impl SimCluster {
         check: impl Fn(&BTreeMap<String, NodeState>) -> bool,
     ) -> Duration {
         let started = Instant::now();
-        loop {
-            let states = self.states().await;
-            if check(&states) {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < within,
-                "states not reached within {within:?}: {states:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until("node states", within, async || self.states().await, check).await;
+        started.elapsed()
     }
 
     /// Waits until node `name`'s own mode is `mode`.
     pub async fn wait_mode(&self, name: &str, mode: AgentMode, within: Duration) -> Duration {
         let started = Instant::now();
         let node = self.nodes.get(name).expect("a node of the simulation");
-        while node.mode() != mode {
-            assert!(
-                started.elapsed() < within,
-                "{name} not {mode:?} within {within:?} (is {:?})",
-                node.mode()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{name} {mode:?}");
+        wait_until(&what, within, async || node.mode(), |m| *m == mode).await;
         started.elapsed()
     }
 
     /// Event reasons recorded about node `name`, oldest first.
     pub async fn events_of(&self, name: &str) -> Vec<String> {
-        let req = kat_proto::v1alpha1::ListEventsRequest {
-            involved: format!("node/{name}"),
-            ..Default::default()
-        };
-        state::events::list(self.store.as_ref(), &req)
+        self.events(&format!("node/{name}"), "")
             .await
-            .expect("store")
             .into_iter()
             .map(|e| e.reason)
             .collect()
     }
 
-    /// Stops every node still running, workers first.
+    /// Events recorded about workload `ns/name`, oldest first.
+    pub async fn workload_events(&self, ns: &str, name: &str) -> Vec<Event> {
+        self.events(&format!("workload/{name}"), ns).await
+    }
+
+    async fn events(&self, involved: &str, namespace: &str) -> Vec<Event> {
+        let req = ListEventsRequest {
+            involved: involved.to_owned(),
+            namespace: namespace.to_owned(),
+            ..Default::default()
+        };
+        state::events::list(self.store.as_ref(), &req)
+            .await
+            .expect("store")
+    }
+
+    /// Applies a bundle of `files` (name, text) through the leader, with the function
+    /// the user API's `CreateWorkload` calls (`katcall apply`).
+    pub async fn apply(&self, files: &[(&str, &str)]) -> Result<Quadlet, StateError> {
+        let ctx = self
+            .leader_ctx()
+            .ok_or_else(|| StateError::Unavailable("no leader".to_owned()))?;
+        let files: Vec<BundleFile> = files
+            .iter()
+            .map(|(name, text)| BundleFile {
+                name: (*name).to_owned(),
+                data: text.as_bytes().to_vec(),
+            })
+            .collect();
+        let bundle = kat_proto::bundle::pack(&files, &Default::default())
+            .map_err(|e| StateError::BadRequest(e.to_string()))?;
+        state::workloads::apply_bundle(
+            &ctx.leadership,
+            "",
+            None,
+            &bundle,
+            ApplyMode::Apply,
+            sim_now(),
+        )
+        .await
+    }
+
+    /// Workload `ns/name`'s instances, each with the status its node last reported
+    /// (`katcall get instances`).
+    pub async fn instances(&self, ns: &str, name: &str) -> Instances {
+        Instances(
+            state::instances::list(self.store.as_ref(), ns, name, "")
+                .await
+                .expect("store"),
+        )
+    }
+
+    /// Waits until `check` holds for workload `ns/name`'s instances and returns them;
+    /// fails the test with the last ones seen otherwise.
+    pub async fn wait_instances(
+        &self,
+        ns: &str,
+        name: &str,
+        within: Duration,
+        check: impl Fn(&Instances) -> bool,
+    ) -> Instances {
+        let what = format!("instances of {ns}/{name}");
+        wait_until(
+            &what,
+            within,
+            async || self.instances(ns, name).await,
+            check,
+        )
+        .await
+    }
+
+    /// Workload `ns/name` with its status, instances and recent events, as `katcall
+    /// describe workload` shows it.
+    pub async fn workload(&self, ns: &str, name: &str) -> WorkloadStatusResponse {
+        state::workloads::status_response(self.store.as_ref(), ns, name)
+            .await
+            .expect("the workload exists")
+    }
+
+    /// Stops every node still running, workers first. Every test ends with it.
     pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         for node in self.nodes.values().rev() {
             let _ = node
                 .supervisor
                 .stop_and_wait(None, Some(Duration::from_secs(30)))
                 .await;
         }
+    }
+}
+
+/// The harness guard: a test that ends without [`SimCluster::stop`] fails, naming the
+/// nodes it left running (unless it is failing already).
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let running: Vec<&str> = self
+            .nodes
+            .values()
+            .filter(|n| !n.handle.is_finished())
+            .map(|n| n.name.as_str())
+            .collect();
+        for node in self.nodes.values() {
+            node.supervisor.kill();
+        }
+        if !running.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the simulated cluster was dropped with nodes still running: {running:?} \
+                 (end the test with SimCluster::stop)"
+            );
+        }
+    }
+}
+
+/// Polls `probe` (every 100 ms of simulated time) until `done` holds for what it
+/// returns, and returns that; after `within`, fails the test with the last value seen.
+pub async fn wait_until<T: fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let started = Instant::now();
+    loop {
+        let seen = probe().await;
+        if done(&seen) {
+            return seen;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what}: not as expected within {within:?}; last seen: {seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Instances as the API lists them; shown one line each in failure messages.
+#[derive(Clone, Default)]
+pub struct Instances(pub Vec<Instance>);
+
+impl Instances {
+    fn count(&self, keep: impl Fn(&Instance) -> bool) -> usize {
+        self.0.iter().filter(|i| keep(i)).count()
+    }
+
+    /// How many are in `phase`.
+    pub fn in_phase(&self, phase: InstancePhase) -> usize {
+        self.count(|i| phase_of(i) == phase)
+    }
+
+    /// How many are ready (running, and healthy where a health check says so).
+    pub fn ready(&self) -> usize {
+        self.count(state::instances::ready)
+    }
+
+    /// How many are of `generation`.
+    pub fn of_generation(&self, generation: i64) -> usize {
+        self.count(|i| i.generation == generation)
+    }
+
+    /// How many are placed on `node`.
+    pub fn on(&self, node: &str) -> usize {
+        self.count(|i| i.node == node)
+    }
+
+    /// Whether there are `n`, all of `generation`, all ready.
+    pub fn all_ready(&self, n: usize, generation: i64) -> bool {
+        self.len() == n && self.ready() == n && self.of_generation(generation) == n
+    }
+}
+
+fn phase_of(i: &Instance) -> InstancePhase {
+    i.status
+        .as_ref()
+        .map_or(InstancePhase::Pending, |s| s.phase())
+}
+
+impl std::ops::Deref for Instances {
+    type Target = Vec<Instance>;
+    fn deref(&self) -> &Vec<Instance> {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Instances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for i in &self.0 {
+            let status = i.status.clone().unwrap_or_default();
+            list.entry(&format_args!(
+                "{} on {:?}: generation {}, run {}, {:?}, health {:?}, exit {}{}",
+                i.id,
+                i.node,
+                i.generation,
+                i.job_run,
+                phase_of(i),
+                status.health(),
+                status.exit_code,
+                if status.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}: {}", status.reason, status.message)
+                },
+            ));
+        }
+        list.finish()
     }
 }

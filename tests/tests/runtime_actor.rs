@@ -81,6 +81,7 @@ async fn start(
         view,
         cache: Some(cache.to_path_buf()),
         tick,
+        clock: std::time::SystemTime::now,
     };
     Actor::spawn(None, Runtime, args).await.unwrap().0
 }

@@ -218,3 +218,14 @@ async fn a_crash_looping_actor_escalates_to_the_node_supervisor_and_the_node_is_
     assert!(!sim.nodes["cp1"].handle.is_finished());
     sim.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "dropped with nodes still running: [\"cp1\", \"w1\"]")]
+async fn a_test_that_leaves_its_cluster_running_fails() {
+    let sim = SimCluster::start(cluster(), 1, 1).await;
+    sim.wait_states(Duration::from_secs(30), |s| {
+        s.len() == 2 && all(NodeState::Ready)(s)
+    })
+    .await;
+    // No sim.stop(): dropping the cluster fails the test, naming what still runs.
+}

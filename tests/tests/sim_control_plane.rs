@@ -128,6 +128,12 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
         "simulated, not real, time: {:?}",
         real_start.elapsed()
     );
+    // Leave no tree running.
+    let index = nodes.iter().position(|n| *n == last).unwrap();
+    supervisors[index]
+        .stop_and_wait(None, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
 }
 
 /// Collects the LeaderChanged notifications it is sent.
@@ -206,4 +212,10 @@ async fn subscribers_hear_who_leads() {
             this_node_leads: true
         })
     );
+    // Leave no tree running.
+    supervisors[1 - index]
+        .stop_and_wait(None, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    listener.stop(None);
 }

@@ -55,6 +55,8 @@ pub struct AgentOptions {
     pub agent_api: Option<std::net::SocketAddr>,
     /// Measures the host's capacity for heartbeats (real nodes only).
     pub capacity: Option<CapacityProbe>,
+    /// The wall clock the node's actors stamp times with (simulations pass their own).
+    pub clock: fn() -> std::time::SystemTime,
 }
 
 /// What the Runtime actor of a node works with.
@@ -88,6 +90,7 @@ impl AgentOptions {
             remember_targets: None,
             agent_api: None,
             capacity: None,
+            clock: std::time::SystemTime::now,
         }
     }
 }
@@ -129,7 +132,7 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
             targets: opts.leader_api.clone(),
             link: opts.link.clone(),
             check_every: Duration::from_secs(3600),
-            now: std::time::SystemTime::now,
+            now: opts.clock,
         };
         children.push(ChildSpec::actor(
             NodeCerts::name(&opts.node),
@@ -145,6 +148,7 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
             view: opts.view.clone(),
             cache: rt.cache.clone(),
             tick: rt.tick,
+            clock: opts.clock,
         };
         children.push(
             ChildSpec::actor(Runtime::name(&opts.node), Runtime, move || {

@@ -47,6 +47,8 @@ pub struct RuntimeArgs {
     /// Where the last known desired set is kept (`DIR/runtime/desired.json`).
     pub cache: Option<PathBuf>,
     pub tick: Duration,
+    /// The wall clock an ended instance's `finished_at` is stamped with.
+    pub clock: fn() -> std::time::SystemTime,
 }
 
 pub enum RuntimeMsg {
@@ -316,7 +318,7 @@ impl RuntimeState {
                     *self
                         .finished
                         .entry(d.id().to_owned())
-                        .or_insert_with(|| kat_proto::timestamp(std::time::SystemTime::now())),
+                        .or_insert_with(|| kat_proto::timestamp((self.args.clock)())),
                 )
             } else {
                 self.finished.remove(d.id());

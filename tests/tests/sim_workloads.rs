@@ -1,0 +1,394 @@
+//! Workloads in the simulated cluster (issue 13): every node runs its Runtime over a
+//! fake host, workloads are applied through the leader as `katcall apply` applies
+//! them, and what the API shows is what the nodes reported in their heartbeats. On
+//! tokio's paused clock: minutes of cluster time in milliseconds. The same flows run
+//! across real processes in `cli/tests/workloads.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kat_actors::leader::scheduler::jobs::backoff;
+use kat_proto::v1alpha1::instance_status::Health;
+use kat_proto::v1alpha1::{ClusterConfiguration, Instance, InstancePhase, NodeState};
+use kat_runtime::ContainerRuntime;
+use kat_runtime::spec::container_name;
+use kat_tests::sim::{Instances, SimCluster, wait_until};
+use tokio::time::Instant;
+
+const TICK: u64 = 5;
+const LOSS: u64 = 20;
+
+/// examples/web: a SERVICE of three replicas, ROLLING with maxSurge 1, with an exec
+/// health check (5 s initial delay) in its VirtualLoadBalancer.
+const WEB: &str = include_str!("../../examples/web/workload.kat");
+const WEB_LB: &str = include_str!("../../examples/web/VirtualLoadBalancer.kat");
+const WEB_IMAGE: &str = "docker.io/library/nginx:1.27";
+/// examples/node-exporter: a DAEMON_SERVICE.
+const DAEMON: &str = include_str!("../../examples/node-exporter/workload.kat");
+
+/// A JOB of one run, retried after failures up to three times.
+const JOB: &str = "apiVersion: kat.dws.rip/v1alpha1
+kind: Workload
+metadata: {name: count, namespace: default}
+spec:
+  type: JOB
+  source: {image: localhost/busybox:latest}
+  restartPolicy: {condition: NEVER}
+  container:
+    command: [sh, -c, 'echo counted']
+";
+const JOB_DEF: &str = "apiVersion: kat.dws.rip/v1alpha1
+kind: JobDefinition
+metadata: {name: count}
+spec: {completions: 1, parallelism: 1, backoffLimit: 3}
+";
+
+fn cluster() -> ClusterConfiguration {
+    let yaml = format!(
+        "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: sim}}\n\
+         spec: {{agentTickSeconds: {TICK}, nodeLossTimeoutSeconds: {LOSS}}}\n"
+    );
+    kat_proto::quadlet::parse_cluster_config("sim.kat", yaml.as_bytes()).unwrap()
+}
+
+/// A cluster of one control-plane node and `workers` workers, all Ready.
+async fn ready_cluster(workers: usize) -> SimCluster {
+    let sim = SimCluster::start(cluster(), 1, workers).await;
+    sim.wait_states(Duration::from_secs(30), |s| {
+        s.len() == workers + 1 && s.values().all(|st| *st == NodeState::Ready)
+    })
+    .await;
+    sim
+}
+
+/// Applies examples/web with `image`; returns the generation it became.
+async fn apply_web(sim: &SimCluster, image: &str) -> i64 {
+    let applied = sim
+        .apply(&[
+            ("workload.kat", &WEB.replace(WEB_IMAGE, image)),
+            ("VirtualLoadBalancer.kat", WEB_LB),
+        ])
+        .await
+        .unwrap();
+    applied.workload.unwrap().metadata.unwrap().generation
+}
+
+/// Applies examples/web with `image` as generation `generation` and waits until its
+/// three replicas of it are ready; returns them.
+async fn web_ready(sim: &SimCluster, image: &str, generation: i64) -> Instances {
+    assert_eq!(apply_web(sim, image).await, generation);
+    sim.wait_instances("default", "web", Duration::from_secs(60), |i| {
+        i.all_ready(3, generation)
+    })
+    .await
+}
+
+/// Images of the containers running on each node.
+async fn running_images(sim: &SimCluster) -> BTreeMap<String, Vec<String>> {
+    let mut images = BTreeMap::new();
+    for node in sim.nodes.values() {
+        let containers = node.containers().list(&BTreeMap::new()).await.unwrap();
+        let running = containers
+            .into_iter()
+            .filter(|c| c.state == kat_runtime::ContainerState::Running)
+            .map(|c| c.image);
+        images.insert(node.name.clone(), running.collect());
+    }
+    images
+}
+
+fn reasons(events: &[kat_proto::v1alpha1::Event]) -> Vec<&str> {
+    events.iter().map(|e| e.reason.as_str()).collect()
+}
+
+/// How many of `reasons` are `reason`.
+fn count(reasons: &[&str], reason: &str) -> usize {
+    reasons.iter().filter(|r| **r == reason).count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_applied_service_runs_all_its_instances() {
+    let sim = ready_cluster(2).await;
+    let applied_at = Instant::now();
+    let web = web_ready(&sim, WEB_IMAGE, 1).await;
+    eprintln!(
+        "3 instances ready {:?} (simulated) after apply",
+        applied_at.elapsed()
+    );
+    // Spread one per node; RUNNING and healthy as the nodes reported it.
+    for node in ["cp1", "w1", "w2"] {
+        assert_eq!(web.on(node), 1, "{node}: {web:?}");
+    }
+    assert_eq!(web.in_phase(InstancePhase::Running), 3, "{web:?}");
+    let healthy = web.iter().map(|i| i.status.as_ref().unwrap().health());
+    assert!(healthy.into_iter().all(|h| h == Health::Healthy), "{web:?}");
+    let described = sim.workload("default", "web").await;
+    let status = described.workload.unwrap().status.unwrap();
+    assert_eq!(
+        (status.desired_instances, status.ready_instances),
+        (3, 3),
+        "{status:?}"
+    );
+    // Each node runs the container it was assigned, with the workload's image.
+    for (node, images) in running_images(&sim).await {
+        assert_eq!(images, [WEB_IMAGE], "{node}");
+    }
+    let events = sim.workload_events("default", "web").await;
+    let reasons = reasons(&events);
+    assert_eq!(reasons[0], "WorkloadCreated", "{reasons:?}");
+    assert!(reasons.contains(&"Scheduled"), "{reasons:?}");
+    assert_eq!(count(&reasons, "InstanceStarted"), 3, "{reasons:?}");
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
+    let sim = ready_cluster(3).await;
+    let before = web_ready(&sim, WEB_IMAGE, 1).await;
+    let victim = ["w1", "w2", "w3"]
+        .into_iter()
+        .find(|n| before.on(n) == 1)
+        .expect("a worker with an instance");
+    let lost: Vec<String> = before
+        .iter()
+        .filter(|i| i.node == victim)
+        .map(|i| i.id.clone())
+        .collect();
+    sim.crash(victim);
+    let crashed_at = Instant::now();
+    let after = sim
+        .wait_instances(
+            "default",
+            "web",
+            Duration::from_secs(LOSS + 6 * TICK),
+            |i| i.all_ready(3, 1) && i.on(victim) == 0,
+        )
+        .await;
+    let took = crashed_at.elapsed();
+    eprintln!("{victim}'s instance replaced and ready {took:?} (simulated) after the crash");
+    // Not before the node counted as lost; then within a few ticks.
+    assert!(
+        took >= Duration::from_secs(LOSS - TICK),
+        "replaced after {took:?}, before the loss timeout"
+    );
+    assert!(after.iter().all(|i| !lost.contains(&i.id)), "{after:?}");
+    assert_eq!(sim.states().await[victim], NodeState::NotReady);
+    assert!(sim.events_of(victim).await.contains(&"NodeLost".to_owned()));
+    let events = sim.workload_events("default", "web").await;
+    let rescheduled = events
+        .iter()
+        .find(|e| e.reason == "InstancesRescheduled")
+        .expect("an InstancesRescheduled event");
+    assert!(
+        rescheduled
+            .message
+            .contains(&format!("{} on {victim}", lost[0])),
+        "{rescheduled:?}"
+    );
+    // The replacement runs on a live node's machine.
+    let images = running_images(&sim).await;
+    let live: usize = images
+        .iter()
+        .filter(|(n, _)| n.as_str() != victim)
+        .map(|(_, i)| i.len())
+        .sum();
+    assert_eq!(live, 3, "{images:?}");
+    sim.stop().await;
+}
+
+/// (old generation, new generation, ready) instances.
+type Step = (usize, usize, usize);
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_update_replaces_instances_one_at_a_time() {
+    let sim = ready_cluster(2).await;
+    web_ready(&sim, WEB_IMAGE, 1).await;
+    let new_image = "docker.io/library/nginx:1.28";
+    assert_eq!(apply_web(&sim, new_image).await, 2);
+
+    // Watch the rollout every 100 ms of simulated time until all are new and ready.
+    let mut steps: Vec<Step> = Vec::new();
+    let mut too_many = Vec::new();
+    let mut sample = async || {
+        let now = sim.instances("default", "web").await;
+        let step = (now.of_generation(1), now.of_generation(2), now.ready());
+        if steps.last() != Some(&step) {
+            steps.push(step);
+        }
+        if now.len() > 3 + 1 {
+            too_many.push(now.clone());
+        }
+        now
+    };
+    wait_until(
+        "the rollout",
+        Duration::from_secs(300),
+        &mut sample,
+        |now| now.all_ready(3, 2),
+    )
+    .await;
+    eprintln!("rollout steps (old, new, ready): {steps:?}");
+    assert!(
+        too_many.is_empty(),
+        "more than replicas + maxSurge: {too_many:?}"
+    );
+    // Never fewer ready than replicas: an old instance goes only once a new one is
+    // ready (each sample is one consistent read of the store).
+    assert!(steps.iter().all(|s| s.2 >= 3), "{steps:?}");
+    // The old generation went down one at a time, through 2 and 1.
+    let olds: Vec<usize> = steps.iter().map(|s| s.0).collect();
+    assert!(
+        olds.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1),
+        "{steps:?}"
+    );
+    assert!(olds.contains(&2) && olds.contains(&1), "{steps:?}");
+    assert_eq!(steps.last(), Some(&(0, 3, 3)));
+    // The machines run the new image only: old containers were retired.
+    let images = running_images(&sim).await;
+    for (node, images) in &images {
+        assert_eq!(images, &[new_image], "{node}: {images:?}");
+    }
+    let events = sim.workload_events("default", "web").await;
+    let reasons = reasons(&events);
+    assert!(reasons.contains(&"WorkloadUpdated"), "{reasons:?}");
+    let replaced = count(&reasons, "Replaced");
+    assert_eq!(replaced, 3, "one old instance at a time: {reasons:?}");
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_daemon_service_follows_a_node_that_joins() {
+    let mut sim = ready_cluster(1).await;
+    sim.apply(&[("workload.kat", DAEMON)]).await.unwrap();
+    let one_each = |nodes: &'static [&'static str]| {
+        move |i: &Instances| {
+            i.len() == nodes.len()
+                && i.in_phase(InstancePhase::Running) == nodes.len()
+                && nodes.iter().all(|n| i.on(n) == 1)
+        }
+    };
+    let before = sim
+        .wait_instances(
+            "default",
+            "node-exporter",
+            Duration::from_secs(60),
+            one_each(&["cp1", "w1"]),
+        )
+        .await;
+
+    sim.add_worker("w2").await;
+    let joined_at = Instant::now();
+    let after = sim
+        .wait_instances(
+            "default",
+            "node-exporter",
+            Duration::from_secs(30),
+            one_each(&["cp1", "w1", "w2"]),
+        )
+        .await;
+    eprintln!(
+        "w2's daemon instance running {:?} (simulated) after it joined",
+        joined_at.elapsed()
+    );
+    // The nodes that had one keep it.
+    for i in before.iter() {
+        assert!(
+            after.iter().any(|a| a.id == i.id),
+            "{before:?} -> {after:?}"
+        );
+    }
+    let images = running_images(&sim).await;
+    assert_eq!(images["w2"], ["localhost/busybox:latest"], "{images:?}");
+    sim.stop().await;
+}
+
+/// The run of the job's execution 1 that is not finished yet, once it runs.
+async fn running_run(sim: &SimCluster, runs: usize) -> Instance {
+    let now = sim
+        .wait_instances("default", "count", Duration::from_secs(300), |i| {
+            i.len() == runs && i.in_phase(InstancePhase::Running) == 1
+        })
+        .await;
+    now.iter()
+        .find(|i| i.status.as_ref().unwrap().phase() == InstancePhase::Running)
+        .unwrap()
+        .clone()
+}
+
+/// Ends the run's container with `code`, as its process would.
+fn end_run(sim: &SimCluster, run: &Instance, code: i32) {
+    let name = container_name(&run.namespace, &run.workload, &run.id);
+    sim.nodes[&run.node].containers().exit(&name, code).unwrap();
+}
+
+/// Seconds from `a` to `b`.
+fn seconds_between(a: Option<pbjson_types::Timestamp>, b: Option<pbjson_types::Timestamp>) -> i64 {
+    b.unwrap().seconds - a.unwrap().seconds
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_is_retried_after_backoff_and_completes() {
+    let sim = ready_cluster(2).await;
+    sim.apply(&[("workload.kat", JOB), ("job.kat", JOB_DEF)])
+        .await
+        .unwrap();
+    // Two runs fail (exit 1); the third succeeds.
+    let mut runs: Vec<Instance> = Vec::new();
+    for (n, code) in [1, 1, 0].into_iter().enumerate() {
+        let run = running_run(&sim, n + 1).await;
+        assert_eq!(run.job_run, 1, "every run belongs to execution 1");
+        if let Some(failed) = runs.last() {
+            // A failed run is retried after 10 s, then 20 s (in the leader's time, from
+            // when the node saw it end).
+            let failed = sim
+                .instances("default", "count")
+                .await
+                .iter()
+                .find(|i| i.id == failed.id)
+                .cloned()
+                .unwrap();
+            let waited = seconds_between(failed.status.unwrap().finished_at, run.created_at);
+            let wanted = i64::try_from(backoff(u32::try_from(n).unwrap()).as_secs()).unwrap();
+            eprintln!("run {} started {waited} s after run {n} failed", n + 1);
+            assert!(
+                (wanted..wanted + 3 * i64::try_from(TICK).unwrap()).contains(&waited),
+                "run {n} started {waited} s after the failure; backoff is {wanted} s"
+            );
+        }
+        end_run(&sim, &run, code);
+        runs.push(run);
+    }
+    let done = sim
+        .wait_instances("default", "count", Duration::from_secs(60), |i| {
+            i.in_phase(InstancePhase::Succeeded) == 1
+        })
+        .await;
+    assert_eq!(done.len(), 3, "the failed runs are kept: {done:?}");
+    assert_eq!(done.in_phase(InstancePhase::Failed), 2, "{done:?}");
+    let mut exit_codes: Vec<i32> = done
+        .iter()
+        .map(|i| i.status.as_ref().unwrap().exit_code)
+        .collect();
+    exit_codes.sort_unstable();
+    assert_eq!(exit_codes, [0, 1, 1], "{done:?}");
+    // As `katcall describe workload count` shows it.
+    let status = wait_until(
+        "count complete",
+        Duration::from_secs(30),
+        async || {
+            let described = sim.workload("default", "count").await;
+            described.workload.unwrap().status.unwrap()
+        },
+        |s| s.job_state == "Complete",
+    )
+    .await;
+    assert_eq!((status.succeeded, status.failed), (1, 2), "{status:?}");
+    let events = sim.workload_events("default", "count").await;
+    let reasons = reasons(&events);
+    assert_eq!(count(&reasons, "InstanceFailed"), 2, "{reasons:?}");
+    let completed = events.iter().find(|e| e.reason == "JobCompleted").unwrap();
+    assert_eq!(completed.message, "execution 1: 1 of 1 runs succeeded");
+    sim.stop().await;
+}
