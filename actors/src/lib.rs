@@ -7,11 +7,14 @@
 //! | tree | [`tree`] | `node@N`, the node's root supervisor |
 //! | subtrees | [`control_plane`] | `control-plane@N`: the etcd member, the election, the API server |
 //! | | [`api`] | the API's adapters: gRPC and REST over the leader's behaviours, the in-process link |
-//! | | [`agent`] | `agent@N`: heartbeat, the leader link, runtime, certificates, the agent API |
 //! | | [`leader`] | `leader@N`: bootstrap, node monitor, scheduler, backups; join, heartbeat intake, sync |
+//! | | [`agent`] | `agent@N`: heartbeat, the leader link, runtime, certificates, the agent API |
 //! | state | [`state`] | every etcd key, events, typed reads and fenced writes, [`state::StateError`] |
-//! | store | [`store`] | the `StateStore` trait over etcd and memory, leader election, the etcd process |
-//! | foundations | [`supervision`], [`pki`], [`client`], [`listener`], [`metrics`], [`files`] | the supervisor, certificates and tokens, TLS clients and listeners |
+//! | store and services | [`store`], [`supervision`], [`client`], [`listener`] | the `StateStore` trait over etcd and memory, leader election, the etcd process; the supervisor; TLS clients and listeners |
+//! | foundations | [`pki`], [`metrics`], [`files`] | certificates and tokens, metrics, atomic files |
+//!
+//! Within the subtrees the order is control_plane → api → leader → agent (the leader's
+//! relay respects the agent API's limits).
 
 pub mod agent;
 pub mod api;

@@ -2,10 +2,13 @@
 //! depends on one above it, and no group of modules depends on each other in a cycle
 //! (a parent and its child included; a cycle inside one file's own items is fine).
 //!
-//! The graph is read from the source: every path that starts with `crate::`, `super::`
-//! or a child module's name is an edge to the module it names (a name a module
-//! re-exports from its child counts as that child). Comments, string literals and
-//! `#[cfg(test)] mod tests` blocks are not dependencies.
+//! The graph is read from the source: every path that starts with `crate::`, `super::`,
+//! `self::` or a child module's name is an edge to the module it names (a name a
+//! module re-exports from its child counts as that child), and so is a call of a
+//! `macro_rules!` macro defined in another module. Comments, string literals and
+//! `#[cfg(test)] mod tests` blocks are not dependencies. Not followed: a module
+//! brought into scope by `use` and then named (`use crate::x; x::child::f()` counts as
+//! a dependency on `x`, not on `x::child`).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -224,14 +227,24 @@ struct Graph {
     modules: BTreeMap<Module, PathBuf>,
     /// (module, name) → the child module it re-exports that name from.
     reexports: HashMap<(Module, String), Module>,
+    /// `macro_rules!` name → the module that defines it.
+    macros: HashMap<String, Module>,
 }
 
 impl Graph {
     fn new(src: &Path) -> Self {
         let modules = modules(src);
         let mut reexports = HashMap::new();
+        let mut macros = HashMap::new();
         for (module, file) in &modules {
             let toks = without_test_modules(tokens(&std::fs::read_to_string(file).unwrap()));
+            for w in toks.windows(3) {
+                if let [Token::Ident(m), Token::Punct('!'), Token::Ident(name)] = w
+                    && m == "macro_rules"
+                {
+                    macros.insert(name.clone(), module.clone());
+                }
+            }
             for k in 0..toks.len() {
                 let is_pub_use = matches!(&toks[k], Token::Ident(p) if p == "pub")
                     && matches!(toks.get(k + 1), Some(Token::Ident(u)) if u == "use");
@@ -254,7 +267,11 @@ impl Graph {
                 }
             }
         }
-        Self { modules, reexports }
+        Self {
+            modules,
+            reexports,
+            macros,
+        }
     }
 
     /// The module a crate-relative path names.
@@ -288,12 +305,23 @@ impl Graph {
                 .filter(|m| m.len() == module.len() + 1 && m.starts_with(module))
                 .map(|m| m.last().unwrap().clone())
                 .collect();
+            for w in toks.windows(2) {
+                if let [Token::Ident(name), Token::Punct('!')] = w
+                    && let Some(home) = self.macros.get(name)
+                    && home != module
+                {
+                    to.insert(home.clone());
+                }
+            }
             let mut i = 0;
             while i < toks.len() {
                 let after_sep = i > 0 && toks[i - 1] == Token::Sep;
                 let starts = match &toks[i] {
                     Token::Ident(first) if !after_sep && toks.get(i + 1) == Some(&Token::Sep) => {
-                        first == "crate" || first == "super" || children.contains(first)
+                        first == "crate"
+                            || first == "super"
+                            || first == "self"
+                            || children.contains(first)
                     }
                     _ => false,
                 };
@@ -306,6 +334,11 @@ impl Graph {
                 for path in paths {
                     let absolute = match path[0].as_str() {
                         "crate" => path[1..].to_vec(),
+                        "self" => {
+                            let mut base = module.clone();
+                            base.extend(path[1..].iter().cloned());
+                            base
+                        }
                         "super" => {
                             let ups = path.iter().take_while(|p| *p == "super").count();
                             let mut base = module[..module.len().saturating_sub(ups)].to_vec();
@@ -426,6 +459,25 @@ fn modules_depend_only_on_lower_layers() {
         upward.is_empty(),
         "dependencies that do not point down: {upward:#?}"
     );
+}
+
+#[test]
+fn a_macro_defined_in_a_parent_and_called_in_its_child_is_a_dependency() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir(src.join("a")).unwrap();
+    std::fs::write(src.join("lib.rs"), "pub mod a;\n").unwrap();
+    std::fs::write(
+        src.join("a/mod.rs"),
+        "macro_rules! tri { ($e:expr) => { $e } }\nmod b;\nuse b::f;\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("a/b.rs"), "pub fn f() -> u8 { tri!(1) }\n").unwrap();
+    let edges = Graph::new(src).edges();
+    let m = |p: &str| p.split("::").map(str::to_owned).collect::<Vec<_>>();
+    assert!(edges[&m("a")].contains(&m("a::b")), "{edges:?}");
+    assert!(edges[&m("a::b")].contains(&m("a")), "{edges:?}");
+    assert_eq!(cycles(&edges), [["a", "a::b"]]);
 }
 
 #[test]

@@ -182,8 +182,8 @@ fn report_of(d: &DesiredInstance, status: InstanceStatus) -> InstanceReport {
 }
 
 impl RuntimeState {
-    /// The desired set from the source when it knows one (cached to disk), else the
-    /// cache's; published as what runs.
+    /// The desired set from the source when it knows one (cached to disk, and
+    /// published as what runs), else the cache's.
     fn refresh_desired(&mut self) {
         let known = match self.args.source.clone() {
             DesiredSource::Assignments(ctx) => {
@@ -200,9 +200,9 @@ impl RuntimeState {
             {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the instance cache");
             }
+            publish(&self.args.view.running, Some(list.clone()));
             self.desired = list;
         }
-        publish(&self.args.view.running, Some(self.desired.clone()));
     }
 
     /// The instances `assignments` ask for; those that cannot run are kept as rejected.

@@ -10,7 +10,7 @@
 //! | `synced` ([`Synced`]: peers, assignments) | Heartbeat's sync-stream follower | Runtime (assignments); Heartbeat (revision) |
 //! | `control_plane` (API addresses) | Heartbeat, from its answers | Heartbeat after a restart (a detach must not forget them) |
 //! | `leader` (node name) | Heartbeat, from its answers | AgentApi (takes calls from the leader only) |
-//! | `running` (desired instances) | Runtime (what it makes run) | AgentApi (logs, exec, purge) |
+//! | `running` (desired instances) | Runtime (what the leader told it to run; `None` until then) | AgentApi (logs, exec, purge) |
 //! | `reports` (instance reports) | Runtime | Heartbeat (sends them; a change is sent at once) |
 //!
 //! The view lives as long as the node's tree: actors restarted by `agent@N` find it as

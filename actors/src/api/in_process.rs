@@ -2,7 +2,8 @@
 //! [`LeaderLink`] that finds the leader serving an address in the [`ApiDirectory`]
 //! (where a leader's `api@N` enters its context) and calls the leader's handlers
 //! directly — the same functions the gRPC service ([`super::node`]) calls. Errors
-//! cross as the link's typed errors, as they would over the network.
+//! cross as the link's typed errors, mapped as the TLS link maps the gRPC status the
+//! same error would become.
 //!
 //! A node can be cut off ([`SimNetwork::partition`]): its calls then fail as
 //! unreachable, and an open sync stream ends.
@@ -59,13 +60,13 @@ impl SimNetwork {
     }
 }
 
-/// What a refusal looks like to the node: the leader moved or the store is out of
-/// reach (try again, elsewhere), or a refusal.
+/// What a failure looks like to the node, as the TLS link maps the gRPC status it
+/// becomes: `Unavailable` (this member no longer leads, the store is out of reach) is
+/// an unreachable leader — try again, elsewhere — and anything else a refusal.
 fn link_error(e: StateError) -> LinkError {
-    if e.is_transient() {
-        LinkError::Unreachable(e.to_string())
-    } else {
-        LinkError::Refused(e.to_string())
+    match e {
+        StateError::NotLeader | StateError::Unavailable(_) => LinkError::Unreachable(e.to_string()),
+        other => LinkError::Refused(other.to_string()),
     }
 }
 
@@ -115,7 +116,7 @@ impl LeaderLink for InProcessLink {
 
     async fn sync(&self, target: &str, request: SyncRequest) -> Result<SyncReceiver, LinkError> {
         let ctx = self.reach(target)?;
-        let mut events = leader::sync::sync_events(&ctx, &self.node, request.from_revision)
+        let mut events = leader::sync::sync_events(&ctx, &self.node, request)
             .await
             .map_err(link_error)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);

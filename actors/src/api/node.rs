@@ -74,15 +74,8 @@ impl NodeApi for NodeApiService {
         request: Request<SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let caller = peer_node(&request)?;
-        let req = request.into_inner();
-        if req.node_name != caller {
-            return Err(Status::permission_denied(format!(
-                "this certificate belongs to node {caller:?}; it cannot sync for {:?}",
-                req.node_name
-            )));
-        }
         let ctx = self.served.leader().await?;
-        let events = leader::sync::sync_events(&ctx, &caller, req.from_revision).await?;
+        let events = leader::sync::sync_events(&ctx, &caller, request.into_inner()).await?;
         let stream = ReceiverStream::new(events).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -3,7 +3,7 @@
 //! instances, each with the Quadlet of its generation) first, then a new peer set
 //! whenever a registration changes and new assignments whenever its instances change.
 
-use kat_proto::v1alpha1::{Node, Peer, PeerSet, SyncEvent, sync_event};
+use kat_proto::v1alpha1::{Node, Peer, PeerSet, SyncEvent, SyncRequest, sync_event};
 
 use super::context::LeaderContext;
 use crate::state::{self, StateError, StateResult, keys};
@@ -39,14 +39,21 @@ async fn peers_now(store: &dyn StateStore, caller: &str) -> StateResult<(PeerSet
 /// The receiving end of a sync stream; it ends when the stream does.
 pub type SyncEvents = tokio::sync::mpsc::Receiver<StateResult<SyncEvent>>;
 
-/// Node `caller`'s sync stream, from `from_revision` (the peer set is sent first
-/// unless the node has seen this revision already; assignments always). Ends when the
-/// receiver is dropped or the store's watch breaks.
+/// Node `caller`'s sync stream, from `req.from_revision` (the peer set is sent first
+/// unless the node has seen this revision already; assignments always). A node may
+/// follow only its own. Ends when the receiver is dropped or the store's watch breaks.
 pub async fn sync_events(
     ctx: &LeaderContext,
     caller: &str,
-    from_revision: i64,
+    req: SyncRequest,
 ) -> StateResult<SyncEvents> {
+    if req.node_name != caller {
+        return Err(StateError::Denied(format!(
+            "this certificate belongs to node {caller:?}; it cannot sync for {:?}",
+            req.node_name
+        )));
+    }
+    let from_revision = req.from_revision;
     let store = ctx.leadership.store.clone();
     let (peers, revision) = peers_now(store.as_ref(), caller).await?;
     let (assignments, assigned_at) =

@@ -74,14 +74,6 @@ impl StateError {
     pub fn corrupt(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
         StateError::Internal(format!("{what}: stored record unreadable: {e}"))
     }
-
-    /// Whether asking again may succeed (the store or the leader moved).
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StateError::Unavailable(_) | StateError::NotLeader | StateError::Conflict(_)
-        )
-    }
 }
 
 /// The result of cluster-state operations.

@@ -1,6 +1,7 @@
 //! Every etcd key KAT writes (SPEC §5), in one place; `docs/architecture.md` ("Keys
-//! in etcd") tables them with their writers. Prefixes end with `/`, so a listing of
-//! one never matches another (`/kat/nodes/` vs `/kat/nodes-x/`).
+//! in etcd") tables them with their writers. The prefixes that are listed end with
+//! `/`, so a listing of one never matches another (`/kat/nodes/` vs `/kat/nodes-x/`);
+//! the election's is given without it, as the election adds it.
 
 use kat_proto::v1alpha1::TokenKind;
 

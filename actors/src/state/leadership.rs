@@ -85,3 +85,42 @@ impl Leadership {
             if kvs.first().is_some_and(|kv| kv.create_revision == self.key.create_revision))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is a failed test
+    use super::*;
+    use crate::store::{MemoryStore, election};
+
+    #[tokio::test]
+    async fn a_failed_condition_is_not_a_lost_leadership() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let lease = store
+            .grant_lease(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        let key = election::campaign(store.as_ref(), "/kat/election", b"n1".to_vec(), lease.id)
+            .await
+            .unwrap();
+        let leadership = Leadership::new("n1", key.clone(), store.clone());
+        store.put("/x", b"1".to_vec(), None).await.unwrap();
+        // The object changed: Ok(false), nothing written.
+        let changed = leadership
+            .commit([Compare::absent("/x")], [TxnOp::put("/y", "2")])
+            .await;
+        assert_eq!(changed, Ok(false));
+        assert!(store.get("/y").await.unwrap().is_none());
+        assert_eq!(
+            leadership.commit([], [TxnOp::put("/y", "2")]).await,
+            Ok(true)
+        );
+        // Another leader now: every write refused as NotLeader, with or without a
+        // condition that would hold.
+        election::resign(store.as_ref(), &key).await.unwrap();
+        for when in [vec![], vec![Compare::absent("/z")]] {
+            let refused = leadership.commit(when, [TxnOp::put("/z", "3")]).await;
+            assert_eq!(refused, Err(StateError::NotLeader));
+        }
+        assert!(store.get("/z").await.unwrap().is_none());
+    }
+}

@@ -1,6 +1,7 @@
-//! Cluster state (SPEC §5): the [`StateStore`] trait with its etcd and in-memory
+//! The store under cluster state (SPEC §5): the [`StateStore`] trait with its etcd and in-memory
 //! implementations, leader election on top of it, the etcd member process that
-//! control-plane nodes run, and the [`Store`] actor that owns both.
+//! control-plane nodes run, and the [`Store`] actor that owns both. What KAT keeps in
+//! it, and under which keys, is `crate::state`'s business.
 
 mod actor;
 pub mod election;

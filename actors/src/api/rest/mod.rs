@@ -23,18 +23,11 @@ use super::user::UserApiService;
 use handlers::*;
 use routes::{ROUTES, WORKLOAD, WORKLOADS};
 
-macro_rules! tri {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(response) => return response,
-        }
-    };
-}
-
+// `respond` first: its `tri!` macro is used by the handlers.
+#[macro_use]
+mod respond;
 mod handlers;
 pub mod openapi;
-mod respond;
 pub mod routes;
 
 pub use respond::{BUNDLE_BODY_LIMIT, JSON_BODY_LIMIT, error_response, http_status};

@@ -14,6 +14,16 @@ use tonic::metadata::MetadataMap;
 
 use crate::client::LEADER_API_METADATA;
 
+/// The value of an `Ok`, or returns the `Err`'s response from the handler.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(response) => return response,
+        }
+    };
+}
+
 /// Largest request body with a bundle. Bundles themselves are limited to 1 MiB
 /// compressed (`kat_proto::bundle::Limits`), which the service checks with its own
 /// message; this only stops a client from streaming without end.

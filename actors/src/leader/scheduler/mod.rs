@@ -76,17 +76,18 @@ impl Scheduler {
 /// makes one round).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// 8 random hex digits (the time's nanoseconds if no randomness can be had).
-fn random_instance_id() -> String {
-    crate::pki::tokens::random_hex(4).unwrap_or_else(|_| {
-        format!(
-            "{:08x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .subsec_nanos()
-        )
-    })
+/// A random number for an instance ID (the time's nanoseconds if no randomness can be
+/// had).
+fn random_instance_number() -> u32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    match ring::rand::SystemRandom::new().fill(&mut b) {
+        Ok(()) => u32::from_be_bytes(b),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos(),
+    }
 }
 
 impl SchedulerState {
@@ -95,8 +96,8 @@ impl SchedulerState {
         let started = std::time::Instant::now();
         let world = read_world(store.as_ref()).await?;
         let now = (self.args.now)();
-        let existing = world.instances.iter().map(|i| i.id.clone());
-        let mut unique = plan::UniqueIds::new(existing, random_instance_id);
+        let existing = world.instances.iter().map(|i| i.id.as_str());
+        let mut unique = plan::UniqueIds::new(existing, random_instance_number);
         let plans = plan_world(&world, now, &mut || unique.next_id());
         let mut paused = HashSet::new();
         for (ns, name, mut plan) in plans {

@@ -160,29 +160,32 @@ pub fn removal_order(candidates: &mut [Instance]) {
 /// Makes a new instance ID.
 pub type IdMaker<'a> = &'a mut dyn FnMut() -> String;
 
-/// Instance IDs that no instance has yet: drawn from `random` and drawn again on a
-/// collision with an existing instance or an ID made before. An ID names an instance
-/// across the cluster (`katcall logs ID`, a node's status keys), and 8 random hex
-/// digits collide among a million instances (about a hundred pairs), so uniqueness is
-/// checked, not hoped for.
+/// Instance IDs that no instance has yet: 8 hex digits of a number drawn from `random`,
+/// drawn again on a collision with an existing instance or an ID made before. An ID
+/// names an instance across the cluster (`katcall logs ID`, a node's status keys), and
+/// random 32-bit IDs collide among a million instances (about a hundred pairs), so
+/// uniqueness is checked, not hoped for. The numbers are kept, not the strings: a round
+/// may hold a million.
 pub struct UniqueIds<R> {
-    taken: HashSet<String>,
+    taken: HashSet<u32>,
     random: R,
 }
 
-impl<R: FnMut() -> String> UniqueIds<R> {
-    pub fn new(taken: impl IntoIterator<Item = String>, random: R) -> Self {
+impl<R: FnMut() -> u32> UniqueIds<R> {
+    pub fn new<'a>(existing: impl IntoIterator<Item = &'a str>, random: R) -> Self {
+        // An ID that is not 8 hex digits cannot equal one made here.
+        let number = |id: &str| (id.len() == 8).then(|| u32::from_str_radix(id, 16).ok());
         Self {
-            taken: taken.into_iter().collect(),
+            taken: existing.into_iter().filter_map(number).flatten().collect(),
             random,
         }
     }
 
     pub fn next_id(&mut self) -> String {
         loop {
-            let id = (self.random)();
-            if self.taken.insert(id.clone()) {
-                return id;
+            let n = (self.random)();
+            if self.taken.insert(n) {
+                return format!("{n:08x}");
             }
         }
     }
@@ -285,16 +288,15 @@ mod tests {
 
     #[test]
     fn instance_ids_never_repeat_an_existing_or_earlier_one() {
-        let mut draws = ["a", "b", "a", "b", "c", "c", "d"]
-            .into_iter()
-            .map(str::to_owned);
-        let mut ids = UniqueIds::new(["b".to_owned()], move || draws.next().unwrap_or_default());
-        assert_eq!(ids.next_id(), "a");
+        let mut draws = [0xa, 0xb, 0xa, 0xb, 0xc, 0xc, 0xd].into_iter();
+        let existing = ["0000000b", "web-1"];
+        let mut ids = UniqueIds::new(existing, move || draws.next().unwrap_or_default());
+        assert_eq!(ids.next_id(), "0000000a");
         assert_eq!(
             ids.next_id(),
-            "c",
-            "b exists and a was made: both drawn again"
+            "0000000c",
+            "0000000b exists and 0000000a was made: both drawn again"
         );
-        assert_eq!(ids.next_id(), "d");
+        assert_eq!(ids.next_id(), "0000000d");
     }
 }
