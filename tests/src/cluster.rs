@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kat_actors::control_plane::ControlPlaneOptions;
 use kat_actors::control_plane::election::{Election, ElectionMsg, ElectionSnapshot};
+use kat_actors::pki::local::ClusterPki;
 use kat_actors::store::StoreBackend;
 use kat_actors::store::etcd_process::EtcdMemberConfig;
 use kat_actors::supervision::SupervisorMsg;
@@ -87,6 +88,8 @@ impl EtcdTrio {
             .collect();
         let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let mut supervisors = Vec::new();
+        // One set of CAs, as the members of a real cluster share.
+        let pki = ClusterPki::generate(prefix).expect("CAs");
         for (node, (client, peer)) in nodes.iter().zip(&ports) {
             let mut member = EtcdMemberConfig::single(
                 etcd.to_path_buf(),
@@ -105,6 +108,7 @@ impl EtcdTrio {
                 node,
                 StoreBackend::Etcd(Box::new(member)),
                 cluster_config(prefix, 3),
+                pki.clone(),
             );
             opts.lease_ttl = lease_ttl;
             supervisors.push(

@@ -41,6 +41,7 @@ use kat_actors::api::in_process::{InProcessLink, SimNetwork};
 use kat_actors::control_plane::ControlPlaneOptions;
 use kat_actors::leader::{self, ApiEndpoint, LeaderContext};
 use kat_actors::pki::ca::node_key_and_csr;
+use kat_actors::pki::local::ClusterPki;
 use kat_actors::pki::tokens;
 use kat_actors::state::workloads::ApplyMode;
 use kat_actors::state::{self, StateError, keys};
@@ -122,6 +123,8 @@ pub struct SimCluster {
     /// Names of the control-plane nodes (`cp1..`).
     pub control_plane: Vec<String>,
     join_token: String,
+    /// The cluster's CAs, which every control-plane node holds.
+    pki: ClusterPki,
     /// Where nodes keep volumes; removed with the cluster.
     dir: tempfile::TempDir,
     /// Whether [`Self::stop`] ran (see the `Drop` guard).
@@ -163,6 +166,7 @@ impl SimCluster {
             nodes: BTreeMap::new(),
             control_plane: cps.clone(),
             join_token: token,
+            pki: ClusterPki::generate("sim").expect("the cluster's CAs"),
             dir: tempfile::tempdir().expect("a temporary directory"),
             stopped: AtomicBool::new(false),
         };
@@ -248,6 +252,7 @@ impl SimCluster {
                 name,
                 StoreBackend::Existing(shared),
                 self.cluster.clone(),
+                self.pki.clone(),
             );
             opts.api = Some(ApiEndpoint::InProcess {
                 addr: sim_addr(name),

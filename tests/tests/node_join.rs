@@ -60,9 +60,13 @@ async fn leader_starting_for(starting: Option<Duration>) -> Leader {
             Duration::from_secs(3600),
         )
         .unwrap();
+    let pki = kat_actors::pki::local::ClusterPki {
+        cluster: ca.clone(),
+        etcd: None,
+    };
     let ctx = LeaderContext::new(
         Leadership::new("leader", key, store.clone()),
-        ca.clone(),
+        pki,
         kat_proto::quadlet::ClusterSettings::from(&cluster_config("join-test", 1)),
     );
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));

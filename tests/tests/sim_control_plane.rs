@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kat_actors::control_plane::ControlPlaneOptions;
 use kat_actors::control_plane::election::{Election, ElectionMsg};
+use kat_actors::pki::local::ClusterPki;
 use kat_actors::state::keys::CLUSTER_UID as CLUSTER_UID_KEY;
 use kat_actors::state::keys::ELECTION_PREFIX;
 use kat_actors::store::election::{self, LeaderKey};
@@ -28,11 +29,13 @@ async fn three_members_elect_one_leader_and_fail_over_when_it_dies() {
     let shared: Arc<dyn StateStore> = store.clone();
     let nodes = ["n1", "n2", "n3"];
     let mut supervisors: Vec<ActorRef<SupervisorMsg>> = Vec::new();
+    let pki = ClusterPki::generate("sim").unwrap();
     for node in nodes {
         let opts = ControlPlaneOptions::new(
             node,
             StoreBackend::Existing(shared.clone()),
             cluster_config("sim", 1),
+            pki.clone(),
         );
         supervisors.push(start_control_plane_node(&opts).await.unwrap().0);
     }
@@ -168,11 +171,13 @@ async fn subscribers_hear_who_leads() {
     use kat_actors::control_plane::election::LeaderChanged;
     let shared: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let mut supervisors = Vec::new();
+    let pki = ClusterPki::generate("sim").unwrap();
     for node in ["s1", "s2"] {
         let opts = ControlPlaneOptions::new(
             node,
             StoreBackend::Existing(shared.clone()),
             cluster_config("sim", 1),
+            pki.clone(),
         );
         supervisors.push(start_control_plane_node(&opts).await.unwrap().0);
     }

@@ -11,7 +11,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::api::Served;
 use crate::leader::ApiSlot;
-use crate::leader::bootstrap::read_local_ca;
 use crate::listener::ServerTask;
 use crate::pki::ca::{CertAndKey, ClusterCa};
 
@@ -26,8 +25,8 @@ pub struct ApiServerArgs {
     pub store_actor: String,
     pub addr: SocketAddr,
     pub slot: ApiSlot,
-    /// init's node: `DIR`, whose `pki/ca.*` serve until the leader has stored the CA.
-    pub local_ca_dir: Option<std::path::PathBuf>,
+    /// The cluster CA (this member's `DIR/pki/ca.*`): it issues the server certificate.
+    pub ca: CertAndKey,
 }
 
 pub enum ApiServerMsg {
@@ -49,23 +48,6 @@ impl ApiServer {
     }
 }
 
-/// The cluster CA from the store, else init's files, waiting a little for either.
-async fn cluster_ca(
-    store: &dyn crate::store::StateStore,
-    local: Option<&std::path::Path>,
-) -> Result<CertAndKey, ActorProcessingErr> {
-    for _ in 0..100 {
-        if let Some(ca) = crate::state::cluster::read_ca(store).await? {
-            return Ok(ca);
-        }
-        if let Some(ca) = local.and_then(read_local_ca) {
-            return Ok(ca);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("no cluster CA in the store yet".into())
-}
-
 impl Actor for ApiServer {
     type Msg = ApiServerMsg;
     type State = ApiServerState;
@@ -84,7 +66,7 @@ impl Actor for ApiServer {
             StoreMsg::Handle,
             10_000
         )?;
-        let ca = cluster_ca(store.as_ref(), args.local_ca_dir.as_deref()).await?;
+        let ca = args.ca.clone();
         let signer = ClusterCa::from_pem(&ca)?;
         let names = [args.node.clone(), "localhost".to_owned()];
         let server_cert =

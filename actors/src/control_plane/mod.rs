@@ -20,6 +20,7 @@ use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::ClusterConfiguration;
 
 use crate::leader::{ApiEndpoint, LeaderSetup, LocalFiles};
+use crate::pki::local::ClusterPki;
 use crate::state::keys;
 use crate::store::{Store, StoreArgs, StoreBackend};
 use crate::supervision::{Backoff, ChildSpec, Intensity, Strategy, SupervisorArgs};
@@ -36,7 +37,9 @@ pub struct ControlPlaneOptions {
     pub lease_ttl: Duration,
     /// How long etcd may take to become healthy at each (re)start.
     pub etcd_health_timeout: Duration,
-    /// Where this node keeps its certificate and the first join token (init's node).
+    /// The CAs this member signs with when it leads (and its API server certificate).
+    pub pki: ClusterPki,
+    /// init's node: where its leader writes `katcall.yaml` and the first join token.
     pub local_files: Option<LocalFiles>,
     /// Where the leader's API is served when this node leads (TCP: advertise address
     /// and apiPort).
@@ -46,13 +49,19 @@ pub struct ControlPlaneOptions {
 }
 
 impl ControlPlaneOptions {
-    pub fn new(node: &str, backend: StoreBackend, cluster: ClusterConfiguration) -> Self {
+    pub fn new(
+        node: &str,
+        backend: StoreBackend,
+        cluster: ClusterConfiguration,
+        pki: ClusterPki,
+    ) -> Self {
         Self {
             node: node.to_owned(),
             backend,
             settings: ClusterSettings::from(&cluster),
             lease_ttl: Duration::from_secs(5),
             etcd_health_timeout: Duration::from_secs(30),
+            pki,
             local_files: None,
             api: None,
             clock: SystemTime::now,
@@ -77,6 +86,7 @@ pub fn spec(opts: &ControlPlaneOptions) -> ChildSpec {
         .shutdown_timeout(Duration::from_secs(10));
     let setup = LeaderSetup {
         settings: opts.settings.clone(),
+        pki: opts.pki.clone(),
         local: opts.local_files.clone(),
         api: opts.api.clone(),
         clock: opts.clock,
@@ -102,7 +112,7 @@ pub fn spec(opts: &ControlPlaneOptions) -> ChildSpec {
             store_actor: Store::name(&node),
             addr: *addr,
             slot: slot.clone(),
-            local_ca_dir: opts.local_files.as_ref().map(|l| l.state_dir.clone()),
+            ca: opts.pki.cluster.clone(),
         };
         children.push(
             ChildSpec::actor(ApiServer::name(&node), ApiServer, move || {

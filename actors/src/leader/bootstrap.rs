@@ -15,6 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::client::KatcallConfig;
 use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, node_key_and_csr};
+use crate::pki::local::ClusterPki;
 use crate::pki::{pin, tokens};
 use crate::state::{self, Leadership, keys};
 use crate::store::{Compare, TxnOp};
@@ -32,22 +33,13 @@ pub struct LocalFiles {
 pub struct BootstrapArgs {
     pub leadership: Leadership,
     pub settings: ClusterSettings,
+    pub pki: ClusterPki,
     pub local: Option<LocalFiles>,
 }
 
 /// Records the cluster once; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Bootstrap;
-
-/// The CA `kat-agent init` made in `DIR/pki` before etcd started (etcd serves with
-/// certificates it signed), if this is init's node.
-pub fn read_local_ca(state_dir: &Path) -> Option<CertAndKey> {
-    let pki = state_dir.join("pki");
-    Some(CertAndKey {
-        cert_pem: std::fs::read_to_string(pki.join("ca.crt")).ok()?,
-        key_pem: std::fs::read_to_string(pki.join("ca.key")).ok()?,
-    })
-}
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActorProcessingErr + '_ {
     move |e| format!("{}: {e}", path.display()).into()
@@ -197,13 +189,10 @@ impl Actor for Bootstrap {
         } else {
             tracing::info!(node = %args.leadership.node, %uid, "cluster exists; resuming");
         }
-        let local_ca = args
-            .local
-            .as_ref()
-            .and_then(|l| read_local_ca(&l.state_dir));
-        let ca = state::cluster::ensure_ca(&args.leadership, name, local_ca.as_ref()).await?;
+        let ca = &args.pki.cluster;
+        state::cluster::record_ca(&args.leadership, &ca.cert_pem).await?;
         if let Some(local) = &args.local {
-            write_node_files(&ca, &args.leadership, local).await?;
+            write_node_files(ca, &args.leadership, local).await?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use kat_proto::quadlet::ClusterSettings;
 
 use crate::pki::ca::{CertAndKey, ClusterCa, node_key_and_csr};
+use crate::pki::local::ClusterPki;
 use crate::state::{self, Leadership, StateError, StateResult};
 use crate::store::StateStore;
 
@@ -16,7 +17,11 @@ use crate::store::StateStore;
 #[derive(Clone)]
 pub struct LeaderContext {
     pub leadership: Leadership,
+    /// The cluster CA: node and API server certificates.
     pub ca: CertAndKey,
+    /// The etcd CA: control-plane members' etcd certificates (none where the store is
+    /// not etcd).
+    pub etcd_ca: Option<CertAndKey>,
     /// The cluster configuration and its typed settings.
     pub settings: ClusterSettings,
     /// Control-plane API addresses, re-read at most every few seconds (every
@@ -27,10 +32,11 @@ pub struct LeaderContext {
 }
 
 impl LeaderContext {
-    pub fn new(leadership: Leadership, ca: CertAndKey, settings: ClusterSettings) -> Self {
+    pub fn new(leadership: Leadership, pki: ClusterPki, settings: ClusterSettings) -> Self {
         Self {
             leadership,
-            ca,
+            ca: pki.cluster,
+            etcd_ca: pki.etcd,
             settings,
             control_plane: ControlPlaneCache::default(),
             agent_client: AgentClientCert::default(),

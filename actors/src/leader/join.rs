@@ -67,8 +67,15 @@ pub async fn join(
     let (members, _) = ctx.store().list(keys::CONTROL_PLANE_PREFIX).await?;
     let control_plane = members.len() < settings.quorum_size;
     let seat = if control_plane {
+        // Signed before the learner is added: a CSR that cannot be signed adds nothing.
+        let etcd_cert = member_credentials(ctx, &req, address)?;
         let peer = SocketAddr::new(address, settings.etcd_peer_port);
-        Some(etcd_seat(ctx, &req.node_name, &format!("https://{peer}")).await?)
+        let mut seat = etcd_seat(ctx, &req.node_name, &format!("https://{peer}")).await?;
+        seat.membership.certificate_pem = etcd_cert.certificate_pem;
+        seat.membership.etcd_ca_pem = etcd_cert.etcd_ca_pem;
+        seat.membership.etcd_ca_key_pem = etcd_cert.etcd_ca_key_pem;
+        seat.membership.cluster_ca_key_pem = etcd_cert.cluster_ca_key_pem;
+        Some(seat)
     } else {
         None
     };
@@ -105,6 +112,46 @@ pub async fn join(
         overlay_subnet: String::new(),
         node: Some(node),
         etcd: seat.map(|s| s.membership),
+    })
+}
+
+/// What a new control-plane member gets besides its seat: its etcd certificate from
+/// the etcd CA (the only CA etcd trusts), and the keys it needs to lead one day.
+fn member_credentials(
+    ctx: &LeaderContext,
+    req: &JoinRequest,
+    address: IpAddr,
+) -> StateResult<EtcdMembership> {
+    let etcd_ca = ctx.etcd_ca.as_ref().ok_or_else(|| {
+        StateError::Unsupported(
+            "this cluster has no etcd CA: it cannot take control-plane members".to_owned(),
+        )
+    })?;
+    if req.etcd_csr_pem.is_empty() {
+        return Err(StateError::invalid(
+            "etcd_csr_pem",
+            "this node becomes a control-plane member and needs an etcd certificate: \
+             send a CSR for it (kat-agent join does)",
+        ));
+    }
+    let signer = ClusterCa::from_pem(etcd_ca).map_err(|e| StateError::Internal(e.to_string()))?;
+    let certificate_pem = signer
+        .sign_node_csr(
+            &req.etcd_csr_pem,
+            &req.node_name,
+            address,
+            NODE_CERT_VALIDITY,
+        )
+        .map_err(|e| match e {
+            PkiError::WrongCommonName { .. } => StateError::Denied(format!("etcd_csr_pem: {e}")),
+            other => StateError::invalid("etcd_csr_pem", other.to_string()),
+        })?;
+    Ok(EtcdMembership {
+        certificate_pem,
+        etcd_ca_pem: etcd_ca.cert_pem.clone(),
+        etcd_ca_key_pem: etcd_ca.key_pem.clone(),
+        cluster_ca_key_pem: ctx.ca.key_pem.clone(),
+        ..Default::default()
     })
 }
 
@@ -160,6 +207,7 @@ async fn etcd_seat(ctx: &LeaderContext, node: &str, peer_url: &str) -> StateResu
         membership: EtcdMembership {
             member_name: node.to_owned(),
             initial_cluster: initial_cluster.join(","),
+            ..Default::default()
         },
         learner,
     })

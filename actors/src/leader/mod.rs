@@ -42,6 +42,7 @@ pub use bootstrap::LocalFiles;
 pub use context::{ControlPlaneCache, LeaderContext};
 pub use serving::{ApiDirectory, ApiEndpoint, ApiSlot, new_api_slot};
 
+use crate::pki::local::ClusterPki;
 use crate::state::Leadership;
 use crate::supervision::{
     Backoff, ChildSpec, Intensity, Restart, StartFn, Strategy, Supervisor, SupervisorArgs,
@@ -56,6 +57,8 @@ pub fn supervisor_name(node: &str) -> String {
 #[derive(Clone)]
 pub struct LeaderSetup {
     pub settings: ClusterSettings,
+    /// The CAs the leader signs with.
+    pub pki: ClusterPki,
     /// init's node: the files Bootstrap writes.
     pub local: Option<LocalFiles>,
     /// Where the API is served (none: the leader runs without an API, in tests).
@@ -105,6 +108,7 @@ fn children(leadership: &Leadership, setup: &LeaderSetup) -> Vec<ChildSpec> {
     let bootstrap_args = bootstrap::BootstrapArgs {
         leadership: leadership.clone(),
         settings: setup.settings.clone(),
+        pki: setup.pki.clone(),
         local: setup.local.clone(),
     };
     let monitor_args = node_monitor::NodeMonitorArgs {
@@ -143,6 +147,7 @@ fn children(leadership: &Leadership, setup: &LeaderSetup) -> Vec<ChildSpec> {
         let api_args = serving::ApiArgs {
             leadership: leadership.clone(),
             settings: setup.settings.clone(),
+            pki: setup.pki.clone(),
             endpoint,
         };
         children.push(ChildSpec::actor(

@@ -11,6 +11,7 @@ use kat_proto::quadlet::ClusterSettings;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::context::LeaderContext;
+use crate::pki::local::ClusterPki;
 use crate::state::{self, Leadership};
 
 /// The leader's context while this member leads, else `None`: what the member's API
@@ -53,6 +54,7 @@ impl std::fmt::Debug for ApiEndpoint {
 pub struct ApiArgs {
     pub leadership: Leadership,
     pub settings: ClusterSettings,
+    pub pki: ClusterPki,
     pub endpoint: ApiEndpoint,
 }
 
@@ -119,8 +121,14 @@ impl Actor for Api {
         _myself: ActorRef<ApiMsg>,
         args: ApiArgs,
     ) -> Result<ApiState, ActorProcessingErr> {
-        let ca = state::cluster::ensure_ca(&args.leadership, &args.settings.name, None).await?;
-        let ctx = LeaderContext::new(args.leadership.clone(), ca, args.settings.clone());
+        // Serve only with the CA the cluster trusts (Bootstrap records it on a new
+        // cluster; this waits for nothing, as both check the same record).
+        state::cluster::record_ca(&args.leadership, &args.pki.cluster.cert_pem).await?;
+        let ctx = LeaderContext::new(
+            args.leadership.clone(),
+            args.pki.clone(),
+            args.settings.clone(),
+        );
         let revision = args.leadership.key.create_revision;
         let node = &args.leadership.node;
         match &args.endpoint {

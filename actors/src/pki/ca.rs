@@ -54,12 +54,22 @@ fn validity(params: &mut CertificateParams, valid_for: Duration) {
     params.not_after = now + valid_for;
 }
 
-/// Creates a new cluster CA (self-signed; signs node, API server and etcd certificates).
+/// Creates a new cluster CA (self-signed; signs node and API server certificates).
 pub fn generate_ca(cluster_name: &str) -> Result<CertAndKey, PkiError> {
+    self_signed_ca(&format!("kat cluster CA {cluster_name}"))
+}
+
+/// Creates a new etcd CA (self-signed; signs control-plane members' etcd certificates
+/// only, so etcd trusts nothing else).
+pub fn generate_etcd_ca(cluster_name: &str) -> Result<CertAndKey, PkiError> {
+    self_signed_ca(&format!("kat etcd CA {cluster_name}"))
+}
+
+fn self_signed_ca(common_name: &str) -> Result<CertAndKey, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("kat cluster CA {cluster_name}"));
+    dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "kat");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

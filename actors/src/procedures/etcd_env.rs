@@ -20,17 +20,17 @@ pub fn etcd_env(state_dir: &Path) -> Result<String, AgentError> {
     }
     let settings = ClusterSettings::from(&read_cluster(state_dir)?);
     let endpoint = SocketAddr::new(identity.advertise_address, settings.etcd_client_port);
-    let pki = std::fs::canonicalize(state_dir)
-        .unwrap_or_else(|_| state_dir.to_path_buf())
-        .join("pki");
+    let pki = crate::pki::local::pki_dir(
+        &std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf()),
+    );
     Ok(format!(
         "export ETCDCTL_API=3\n\
          export ETCDCTL_ENDPOINTS=https://{endpoint}\n\
          export ETCDCTL_CACERT={}\n\
          export ETCDCTL_CERT={}\n\
          export ETCDCTL_KEY={}\n",
-        pki.join("ca.crt").display(),
-        pki.join("node.crt").display(),
-        pki.join("node.key").display(),
+        pki.etcd_ca_cert().display(),
+        pki.etcd_cert().display(),
+        pki.etcd_key().display(),
     ))
 }

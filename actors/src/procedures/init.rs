@@ -10,7 +10,8 @@ use super::state_dir::{
     AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
     default_node_name, io_err, read_cluster, read_identity, write_private,
 };
-use crate::pki::ca::{ClusterCa, NODE_CERT_VALIDITY, generate_ca, node_key_and_csr};
+use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, node_key_and_csr};
+use crate::pki::local::{ClusterPki, pki_dir};
 
 /// Flags of `kat-agent init`.
 #[derive(Debug, Clone)]
@@ -60,7 +61,7 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
             )));
         }
         tracing::info!(node = %identity.node_name, state_dir = %dir.display(), "state directory already initialised; resuming");
-        return Ok(prepared(identity, dir, cluster, &opts.etcd_bin));
+        return prepared(identity, dir, cluster, &opts.etcd_bin);
     }
 
     let node_name = match &opts.node_name {
@@ -91,38 +92,52 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
         serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;
     write_private(&dir.join(IDENTITY_FILE), &json)?;
     tracing::info!(node = %identity.node_name, address = %identity.advertise_address, state_dir = %dir.display(), "state directory initialised");
-    Ok(prepared(identity, dir, cluster, &opts.etcd_bin))
+    prepared(identity, dir, cluster, &opts.etcd_bin)
 }
 
 /// init's PKI, made before etcd starts so etcd can serve with mTLS from its first
-/// start: the cluster CA (`ca.key` 0600; the leader stores it in etcd for every
-/// control-plane member) and this node's key and certificate.
+/// start (`crate::pki::local` tables the files): the cluster CA and the etcd CA, with
+/// their keys (0600; they stay on control-plane members' disks, never in etcd), this
+/// node's key and certificate, and its etcd key and certificate.
 fn write_init_pki(
     dir: &Path,
     cluster_name: &str,
     identity: &AgentIdentity,
 ) -> Result<(), AgentError> {
-    let pki = dir.join("pki");
-    crate::files::private_dir(&pki).map_err(io_err(&pki))?;
+    let pki = pki_dir(dir);
+    crate::files::private_dir(&pki.0).map_err(io_err(&pki.0))?;
     let failed = |e: crate::pki::ca::PkiError| AgentError::Failed(e.to_string());
-    let ca = generate_ca(cluster_name).map_err(failed)?;
-    let (key_pem, csr_pem) = node_key_and_csr(&identity.node_name).map_err(failed)?;
-    let cert_pem = ClusterCa::from_pem(&ca)
-        .and_then(|signer| {
-            signer.sign_node_csr(
-                &csr_pem,
-                &identity.node_name,
-                identity.advertise_address,
-                NODE_CERT_VALIDITY,
-            )
-        })
-        .map_err(failed)?;
-    write_private(&pki.join("ca.key"), ca.key_pem.as_bytes())?;
-    write_private(&pki.join("node.key"), key_pem.as_bytes())?;
+    let cas = ClusterPki::generate(cluster_name).map_err(failed)?;
+    let etcd_ca = cas
+        .etcd
+        .as_ref()
+        .ok_or_else(|| AgentError::Failed("no etcd CA was made".to_owned()))?;
+    let signed = |ca: &CertAndKey| -> Result<CertAndKey, AgentError> {
+        let (key_pem, csr_pem) = node_key_and_csr(&identity.node_name).map_err(failed)?;
+        let cert_pem = ClusterCa::from_pem(ca)
+            .and_then(|signer| {
+                signer.sign_node_csr(
+                    &csr_pem,
+                    &identity.node_name,
+                    identity.advertise_address,
+                    NODE_CERT_VALIDITY,
+                )
+            })
+            .map_err(failed)?;
+        Ok(CertAndKey { cert_pem, key_pem })
+    };
+    let node = signed(&cas.cluster)?;
+    let etcd = signed(etcd_ca)?;
+    write_private(&pki.ca_key(), cas.cluster.key_pem.as_bytes())?;
+    write_private(&pki.etcd_ca_key(), etcd_ca.key_pem.as_bytes())?;
+    write_private(&pki.node_key(), node.key_pem.as_bytes())?;
+    write_private(&pki.etcd_key(), etcd.key_pem.as_bytes())?;
     let public = |path: &Path, data: &str| {
         crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
     };
-    public(&pki.join("ca.crt"), &ca.cert_pem)?;
-    public(&pki.join("node.crt"), &cert_pem)?;
+    public(&pki.ca_cert(), &cas.cluster.cert_pem)?;
+    public(&pki.etcd_ca_cert(), &etcd_ca.cert_pem)?;
+    public(&pki.node_cert(), &node.cert_pem)?;
+    public(&pki.etcd_cert(), &etcd.cert_pem)?;
     Ok(())
 }

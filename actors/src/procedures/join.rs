@@ -15,6 +15,7 @@ use super::state_dir::{
 };
 use crate::client::{LEADER_API_METADATA, api_channel_with_timeout, fetch_pinned_ca};
 use crate::pki::ca::node_key_and_csr;
+use crate::pki::local::pki_dir;
 use crate::pki::pin::JoinCredential;
 
 /// Flags of `kat-agent join`.
@@ -66,12 +67,16 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
             "{leader:?}: expected HOST:PORT"
         )));
     }
-    let (key_pem, csr_pem) =
-        node_key_and_csr(&node_name).map_err(|e| AgentError::Failed(e.to_string()))?;
+    let failed = |e: crate::pki::ca::PkiError| AgentError::Failed(e.to_string());
+    let (key_pem, csr_pem) = node_key_and_csr(&node_name).map_err(failed)?;
+    // In case the leader makes this node a control-plane member: a second key for its
+    // etcd certificate (only members get one signed).
+    let (etcd_key_pem, etcd_csr_pem) = node_key_and_csr(&node_name).map_err(failed)?;
     let request = JoinRequest {
         token: credential.token.clone(),
         node_name: node_name.clone(),
         csr_pem,
+        etcd_csr_pem,
         advertise_address: advertise_address.to_string(),
         capacity: Some(kat_runtime::probe::host_capacity()),
         agent_version: kat_proto::VERSION.to_owned(),
@@ -135,14 +140,39 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
         })?;
 
     crate::files::private_dir(dir).map_err(io_err(dir))?;
-    let pki = dir.join("pki");
-    crate::files::private_dir(&pki).map_err(io_err(&pki))?;
-    write_private(&pki.join("node.key"), key_pem.as_bytes())?;
+    let pki = pki_dir(dir);
+    crate::files::private_dir(&pki.0).map_err(io_err(&pki.0))?;
+    write_private(&pki.node_key(), key_pem.as_bytes())?;
     let public = |path: &Path, data: &str| {
         crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
     };
-    public(&pki.join("node.crt"), &response.certificate_pem)?;
-    public(&pki.join("ca.crt"), &response.ca_pem)?;
+    public(&pki.node_cert(), &response.certificate_pem)?;
+    public(&pki.ca_cert(), &response.ca_pem)?;
+    if let Some(etcd) = &response.etcd {
+        // A control-plane member: its etcd certificate and the CA keys it leads with.
+        let missing = [
+            ("certificate_pem", &etcd.certificate_pem),
+            ("etcd_ca_pem", &etcd.etcd_ca_pem),
+            ("etcd_ca_key_pem", &etcd.etcd_ca_key_pem),
+            ("cluster_ca_key_pem", &etcd.cluster_ca_key_pem),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.is_empty());
+        if let Some((field, _)) = missing {
+            return Err(AgentError::JoinRefused {
+                leader: leader.clone(),
+                message: format!(
+                    "the answer made this node a control-plane member without etcd.{field} \
+                     (a leader older than this agent?)"
+                ),
+            });
+        }
+        write_private(&pki.etcd_key(), etcd_key_pem.as_bytes())?;
+        write_private(&pki.etcd_ca_key(), etcd.etcd_ca_key_pem.as_bytes())?;
+        write_private(&pki.ca_key(), etcd.cluster_ca_key_pem.as_bytes())?;
+        public(&pki.etcd_cert(), &etcd.certificate_pem)?;
+        public(&pki.etcd_ca_cert(), &etcd.etcd_ca_pem)?;
+    }
     let yaml = quadlet::to_yaml(&cluster).map_err(|e| AgentError::Failed(e.to_string()))?;
     write_private(&dir.join(CLUSTER_FILE), yaml.as_bytes())?;
     let identity = AgentIdentity {
@@ -156,5 +186,5 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
         serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;
     write_private(&dir.join(IDENTITY_FILE), &json)?;
     tracing::info!(node = %identity.node_name, address = %identity.advertise_address, state_dir = %dir.display(), "joined the cluster");
-    Ok(prepared(identity, dir, cluster, &opts.etcd_bin))
+    prepared(identity, dir, cluster, &opts.etcd_bin)
 }

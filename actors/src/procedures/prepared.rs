@@ -8,12 +8,13 @@ use std::sync::Arc;
 use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::ClusterConfiguration;
 
-use super::state_dir::{AgentIdentity, IDENTITY_FILE};
+use super::state_dir::{AgentError, AgentIdentity, IDENTITY_FILE};
 use crate::agent::AgentOptions;
 use crate::agent::heartbeat::RememberTargets;
 use crate::agent::link::tls::TlsLeaderLink;
 use crate::control_plane::ControlPlaneOptions;
 use crate::leader::{ApiEndpoint, LocalFiles, new_api_slot};
+use crate::pki::local::{ClusterPki, pki_dir};
 use crate::store::EtcdTls;
 use crate::store::StoreBackend;
 use crate::store::etcd_process::{ClusterState, EtcdMemberConfig};
@@ -42,7 +43,7 @@ fn etcd_member(
         dir.join("etcd"),
         SocketAddr::new(identity.advertise_address, settings.etcd_client_port),
         SocketAddr::new(identity.advertise_address, settings.etcd_peer_port),
-        EtcdTls::in_pki_dir(&dir.join("pki")),
+        EtcdTls::of_member(&pki_dir(dir)),
     );
     member.log_file = Some(dir.join("logs").join("etcd.log"));
     if let Some(initial) = &identity.etcd_initial_cluster {
@@ -52,25 +53,51 @@ fn etcd_member(
     member
 }
 
+/// The CAs a control-plane member keeps in `DIR/pki`. A member set up by kat-agent
+/// 0.1 has none of the etcd files: its etcd trusted every node's certificate, and
+/// nothing short of a new cluster fixes that.
+fn member_pki(dir: &Path) -> Result<ClusterPki, AgentError> {
+    let pki = pki_dir(dir);
+    let etcd_cert = pki.etcd_cert();
+    if !etcd_cert.exists() {
+        return Err(AgentError::Corrupt {
+            path: etcd_cert.display().to_string(),
+            reason: "missing: this control-plane member was set up by kat-agent 0.1, whose \
+                     etcd accepted every node's certificate; create the cluster again \
+                     (docs/security.md, \"etcd\")"
+                .to_owned(),
+        });
+    }
+    pki.read_cluster_pki().map_err(|e| AgentError::Corrupt {
+        path: pki.0.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
 pub(super) fn prepared(
     identity: AgentIdentity,
     dir: &Path,
     cluster: ClusterConfiguration,
     etcd_bin: &Path,
-) -> PreparedNode {
+) -> Result<PreparedNode, AgentError> {
     let settings = ClusterSettings::from(&cluster);
     let api_port = settings.api_port;
     let own_api = SocketAddr::new(identity.advertise_address, api_port);
-    let control_plane = identity.control_plane.then(|| {
+    let pki = if identity.control_plane {
+        Some(member_pki(dir)?)
+    } else {
+        None
+    };
+    let control_plane = pki.map(|pki| {
         let member = etcd_member(&identity, dir, &settings, etcd_bin);
         let backend = StoreBackend::Etcd(Box::new(member));
-        let mut options = ControlPlaneOptions::new(&identity.node_name, backend, cluster.clone());
+        let mut options =
+            ControlPlaneOptions::new(&identity.node_name, backend, cluster.clone(), pki);
         options.api = Some(ApiEndpoint::Tcp {
             addr: own_api,
             slot: new_api_slot(),
         });
-        // init's node only: the files its leader writes (katcall.yaml, join-token)
-        // and the CA it made before etcd existed.
+        // init's node only: the files its leader writes (katcall.yaml, join-token).
         if identity.etcd_initial_cluster.is_none() {
             options.local_files = Some(LocalFiles {
                 state_dir: dir.to_path_buf(),
@@ -93,13 +120,13 @@ pub(super) fn prepared(
     ));
     agent.remember_targets = Some(remember_targets(dir, &identity));
     agent.capacity = Some(kat_runtime::probe::host_capacity);
-    PreparedNode {
+    Ok(PreparedNode {
         identity,
         state_dir: dir.to_path_buf(),
         control_plane,
         agent,
         settings,
-    }
+    })
 }
 
 /// Records learned control-plane API addresses in `agent.json` (its other fields as

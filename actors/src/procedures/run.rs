@@ -14,7 +14,7 @@ pub fn prepare_run(state_dir: &Path, etcd_bin: &Path) -> Result<PreparedNode, Ag
     let identity = read_identity(state_dir)?
         .ok_or_else(|| AgentError::NotInitialised(state_dir.display().to_string()))?;
     let cluster = read_cluster(state_dir)?;
-    Ok(prepared(identity, state_dir, cluster, etcd_bin))
+    prepared(identity, state_dir, cluster, etcd_bin)
 }
 
 /// How a node's run ended.

@@ -1,5 +1,6 @@
 //! The cluster's own records: its identity and configuration (written once), the
-//! cluster CA, and the control-plane members' API addresses.
+//! cluster CA's certificate (never its key), and the control-plane members' API
+//! addresses.
 
 use kat_proto::v1alpha1::{CertificateAuthority, ClusterConfiguration};
 use prost::Message;
@@ -7,7 +8,6 @@ use prost::Message;
 use super::error::{StateError, StateResult};
 use super::keys;
 use super::leadership::Leadership;
-use crate::pki::ca::{CertAndKey, generate_ca};
 use crate::store::{Compare, StateStore, Txn, TxnOp, TxnOpResult};
 
 /// A new random cluster UID (RFC 4122 version 4 layout).
@@ -70,56 +70,51 @@ pub async fn record(
     }
 }
 
-fn decode_ca(bytes: &[u8]) -> StateResult<CertAndKey> {
-    let ca = CertificateAuthority::decode(bytes)
-        .map_err(|e| StateError::corrupt("the cluster CA", e))?;
-    Ok(CertAndKey {
-        cert_pem: ca.cert_pem,
-        key_pem: ca.key_pem,
-    })
-}
-
-/// The cluster CA, if the leader has stored it.
-pub async fn read_ca(store: &dyn StateStore) -> StateResult<Option<CertAndKey>> {
-    match store.get(keys::CA).await? {
-        Some(kv) => decode_ca(&kv.value).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Reads the cluster CA; if there is none, stores `local` (init's) or a new one, once
-/// and fenced.
-pub async fn ensure_ca(
-    leadership: &Leadership,
-    cluster_name: &str,
-    local: Option<&CertAndKey>,
-) -> StateResult<CertAndKey> {
-    if let Some(ca) = read_ca(leadership.store()).await? {
-        return Ok(ca);
-    }
-    let ca = match local {
-        Some(ca) => ca.clone(),
-        None => generate_ca(cluster_name).map_err(|e| StateError::Internal(e.to_string()))?,
+/// Records the cluster CA's certificate at `/kat/pki/ca` once, fenced. Its key is never
+/// stored: a record with one (a cluster made by kat-agent 0.1) is rewritten without
+/// it. A record of another CA is refused: this member would sign certificates the
+/// cluster does not trust.
+pub async fn record_ca(leadership: &Leadership, ca_cert_pem: &str) -> StateResult<()> {
+    let certificate_only = CertificateAuthority {
+        cert_pem: ca_cert_pem.to_owned(),
+        key_pem: String::new(),
     };
-    let record = CertificateAuthority {
-        cert_pem: ca.cert_pem.clone(),
-        key_pem: ca.key_pem.clone(),
-    };
-    let txn = Txn::new()
-        .when([Compare::absent(keys::CA), leadership.fence()])
-        .and_then([TxnOp::put(keys::CA, record.encode_to_vec())])
-        .or_else([TxnOp::get(keys::CA), TxnOp::get(&leadership.key.key)]);
-    let result = leadership.store.txn(txn).await?;
-    if result.succeeded {
-        tracing::info!(node = %leadership.node, "cluster CA created");
-        return Ok(ca);
+    let store = leadership.store();
+    for _ in 0..3 {
+        let stored = store.get(keys::CA).await?;
+        let when = match &stored {
+            None => Compare::absent(keys::CA),
+            Some(kv) => {
+                let record = CertificateAuthority::decode(kv.value.as_slice())
+                    .map_err(|e| StateError::corrupt("the cluster CA", e))?;
+                if record.cert_pem.trim() != ca_cert_pem.trim() {
+                    return Err(StateError::Precondition(
+                        "this member's cluster CA (DIR/pki/ca.crt) is not the cluster's; \
+                         it cannot lead"
+                            .to_owned(),
+                    ));
+                }
+                if record.key_pem.is_empty() {
+                    return Ok(());
+                }
+                Compare::unchanged(keys::CA, kv.mod_revision)
+            }
+        };
+        let put = TxnOp::put(keys::CA, certificate_only.encode_to_vec());
+        if leadership.commit([when], [put]).await? {
+            match stored {
+                None => tracing::info!(node = %leadership.node, "cluster CA certificate recorded"),
+                Some(_) => tracing::warn!(
+                    node = %leadership.node,
+                    "the cluster CA's key was in etcd (a cluster made by kat-agent 0.1): removed"
+                ),
+            }
+            return Ok(());
+        }
     }
-    match first_read(leadership, &result.results)? {
-        Some(bytes) => decode_ca(&bytes),
-        None => Err(StateError::Internal(
-            "cluster CA missing although the write was refused".into(),
-        )),
-    }
+    Err(StateError::Conflict(
+        "the cluster CA record kept changing".to_owned(),
+    ))
 }
 
 /// Every control-plane member's API address (HOST:PORT).

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-/// mTLS for an etcd member and its clients: the node's certificate (client and server
-/// usage, SANs = node name and advertise address) serves clients and peers, and only
-/// certificates from the cluster CA are accepted on either port.
+/// mTLS for an etcd member and its clients: the member's etcd certificate (client and
+/// server usage, SANs = node name and advertise address) serves clients and peers, and
+/// only certificates from the etcd CA — which signs control-plane members' etcd
+/// certificates and nothing else — are accepted on either port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdTls {
     pub ca_file: PathBuf,
@@ -13,12 +14,12 @@ pub struct EtcdTls {
 }
 
 impl EtcdTls {
-    /// The files under a node's `DIR/pki`.
-    pub fn in_pki_dir(pki: &std::path::Path) -> Self {
+    /// A control-plane member's etcd files in its `DIR/pki`.
+    pub fn of_member(pki: &crate::pki::local::PkiDir) -> Self {
         Self {
-            ca_file: pki.join("ca.crt"),
-            cert_file: pki.join("node.crt"),
-            key_file: pki.join("node.key"),
+            ca_file: pki.etcd_ca_cert(),
+            cert_file: pki.etcd_cert(),
+            key_file: pki.etcd_key(),
         }
     }
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kat_actors::leader::scheduler::{Scheduler, SchedulerArgs};
 use kat_actors::leader::{self, LeaderContext};
-use kat_actors::pki::ca::{generate_ca, node_key_and_csr};
+use kat_actors::pki::ca::node_key_and_csr;
+use kat_actors::pki::local::ClusterPki;
 use kat_actors::pki::tokens;
 use kat_actors::state::Leadership;
 use kat_actors::state::keys::ELECTION_PREFIX;
@@ -93,7 +94,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
     let leadership = Leadership::new(LEADER, key, shared.clone());
     let ctx = LeaderContext::new(
         leadership.clone(),
-        generate_ca("c1m").unwrap(),
+        ClusterPki::generate("c1m").unwrap(),
         ClusterSettings::from(&cluster),
     );
     shared
