@@ -12,6 +12,7 @@ pub mod host;
 pub mod podman;
 pub mod probe;
 pub mod rootless;
+pub mod safe_fs;
 pub mod spec;
 pub mod systemd;
 pub mod types;

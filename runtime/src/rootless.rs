@@ -181,18 +181,27 @@ pub async fn ensure_user(name: &str) -> Result<WorkloadUser, RuntimeError> {
             user.home.display()
         )));
     }
-    let conf = user.home.join(".config/containers");
-    let storage = conf.join("storage.conf");
+    let storage = user.home.join(".config/containers/storage.conf");
     if !storage.exists() {
-        std::fs::create_dir_all(&conf).map_err(|e| spawn_err(&conf.display().to_string(), &e))?;
-        std::fs::write(&storage, "[storage]\ndriver = \"overlay\"\n")
-            .map_err(|e| spawn_err(&storage.display().to_string(), &e))?;
-        for dir in [user.home.join(".config"), conf.clone(), storage] {
-            std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))
-                .map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
-        }
+        write_storage_conf(&user).map_err(|e| spawn_err(&storage.display().to_string(), &e))?;
     }
     Ok(user)
+}
+
+/// Writes `~/.config/containers/storage.conf` (the overlay driver) into a workload
+/// user's home as root, the user's own: the user can write its home, so nothing
+/// there is followed if it is a link (`crate::safe_fs`).
+fn write_storage_conf(user: &WorkloadUser) -> std::io::Result<()> {
+    use std::io::Write;
+    let home = crate::safe_fs::Dir::open_base(&user.home)?;
+    let config = home.subdir(Path::new(".config"), Some(0o700))?;
+    config.chown(user.uid, user.gid)?;
+    let containers = config.subdir(Path::new("containers"), Some(0o700))?;
+    containers.chown(user.uid, user.gid)?;
+    containers
+        .create_file("storage.conf", 0o644)?
+        .write_all(b"[storage]\ndriver = \"overlay\"\n")?;
+    containers.chown_file("storage.conf", user.uid, user.gid)
 }
 
 /// Makes sure a workload user's systemd manager runs; gives its runtime directory
@@ -368,9 +377,20 @@ pub async fn spawn_manager(spawn: &ManagerSpawn<'_>) -> Result<u32, RuntimeError
     let dir = spawn.runtime_dir;
     std::fs::create_dir_all(dir).map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
     let pid_file = dir.join("manager.pid");
-    let _ = std::fs::remove_file(&pid_file);
     let _ = std::fs::remove_file(dir.join("bus"));
-    let mut script = String::from("echo $$ > \"$KAT_PID_FILE\" && ");
+    // A workload user owns its runtime directory and may have planted links there:
+    // the files root writes are made afresh, never opened through a link, and the
+    // shell writes the PID to its standard output (the file opened here), not by path.
+    let runtime = crate::safe_fs::Dir::open_base(dir)
+        .map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
+    let made = |name: &str| {
+        runtime
+            .create_file(name, 0o644)
+            .map_err(|e| spawn_err(&dir.join(name).display().to_string(), &e))
+    };
+    let pid_out = made("manager.pid")?;
+    let log = made("manager.log")?;
+    let mut script = String::from("echo $$ && exec >/dev/null && ");
     let cgroups = manager_cgroups(spawn.cgroup);
     for cgroup in &cgroups {
         if std::fs::create_dir(cgroup).is_ok() || cgroup.is_dir() {
@@ -401,8 +421,6 @@ pub async fn spawn_manager(spawn: &ManagerSpawn<'_>) -> Result<u32, RuntimeError
             ));
         }
     }
-    let log = std::fs::File::create(dir.join("manager.log"))
-        .map_err(|e| spawn_err(&dir.display().to_string(), &e))?;
     let mut command = Command::new("setsid");
     command.arg("--fork");
     if namespace {
@@ -411,9 +429,8 @@ pub async fn spawn_manager(spawn: &ManagerSpawn<'_>) -> Result<u32, RuntimeError
     let status = command
         .args(["sh", "-c", &script])
         .env("XDG_RUNTIME_DIR", dir)
-        .env("KAT_PID_FILE", &pid_file)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(pid_out))
         .stderr(Stdio::from(log))
         .status()
         .await
@@ -422,23 +439,48 @@ pub async fn spawn_manager(spawn: &ManagerSpawn<'_>) -> Result<u32, RuntimeError
         return Err(RuntimeError::Command {
             command: "setsid --fork ... systemd --user".to_owned(),
             status: status.to_string(),
-            stderr: std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default(),
+            stderr: manager_log(dir),
         });
     }
     if !wait_for_bus(&dir.join("bus"), Duration::from_secs(15)).await {
         return Err(RuntimeError::Command {
             command: format!("{systemd} --user"),
             status: "opened no bus within 15 s".to_owned(),
-            stderr: std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default(),
+            stderr: manager_log(dir),
         });
     }
-    std::fs::read_to_string(&pid_file)
-        .ok()
+    crate::safe_fs::read_small(&pid_file, 32)
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| RuntimeError::Parse {
             command: pid_file.display().to_string(),
             reason: "no PID written".to_owned(),
         })
+}
+
+/// The end of a manager's log, for an error (read without following a link).
+fn manager_log(dir: &Path) -> String {
+    crate::safe_fs::read_small(&dir.join("manager.log"), 64 * 1024).unwrap_or_default()
+}
+
+/// Whether process `pid` is the manager of workload user `name` (or one of its
+/// processes): it runs in that manager's cgroup and, when the user still exists, as
+/// its uid. The PID comes from a file the user can write; root signals nothing else.
+fn is_users_process(pid: i32, tag: &str, name: &str, uid: Option<u32>) -> bool {
+    let cgroup = format!("/{}", agent_started_cgroup(tag, name));
+    let in_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines().any(|l| {
+            let path = l.splitn(3, ':').nth(2).unwrap_or_default();
+            path == cgroup || path.starts_with(&format!("{cgroup}/"))
+        })
+    });
+    let as_uid = uid.is_none_or(|uid| {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
+            })
+        })
+    });
+    in_cgroup && as_uid
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) {
@@ -494,8 +536,7 @@ pub fn agent_started_cgroups_of(user: &str) -> Vec<PathBuf> {
 impl UserManagers for AgentStarted {
     fn running(&self, user: &WorkloadUser) -> Option<PathBuf> {
         let dir = self.base.join(&user.name);
-        let alive = std::fs::read_to_string(dir.join("manager.pid"))
-            .ok()
+        let alive = crate::safe_fs::read_small(&dir.join("manager.pid"), 32)
             .and_then(|p| p.trim().parse::<u32>().ok())
             .is_some_and(alive);
         (alive && dir.join("bus").exists()).then_some(dir)
@@ -516,11 +557,11 @@ impl UserManagers for AgentStarted {
         Ok(dir)
     }
 
-    async fn stop(&self, name: &str, _uid: Option<u32>) -> Result<(), RuntimeError> {
+    async fn stop(&self, name: &str, uid: Option<u32>) -> Result<(), RuntimeError> {
         let dir = self.base.join(name);
-        let pid = std::fs::read_to_string(dir.join("manager.pid"))
-            .ok()
+        let pid = crate::safe_fs::read_small(&dir.join("manager.pid"), 32)
             .and_then(|p| p.trim().parse::<i32>().ok());
+        let pid = pid.filter(|p| *p > 1 && is_users_process(*p, &self.tag, name, uid));
         if let Some(pid) = pid.filter(|p| alive(p.unsigned_abs())) {
             // The manager stops its units (their containers) before it exits.
             end_process(pid, Duration::from_secs(30)).await;
@@ -829,6 +870,17 @@ impl InstanceHost for RootlessHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_signals_only_the_workload_users_own_manager() {
+        // A PID written into the user's runtime directory names a process outside
+        // the manager's cgroup (init, the agent itself): not the user's.
+        let me = i32::try_from(std::process::id()).unwrap();
+        for pid in [1, me] {
+            assert!(!is_users_process(pid, "t", "kat_wl_x", None), "{pid}");
+            assert!(!is_users_process(pid, "t", "kat_wl_x", Some(0)), "{pid}");
+        }
+    }
 
     #[test]
     fn passwd_lines_are_read() {

@@ -38,13 +38,6 @@ pub fn storage_dir(base: &Path, namespace: &str, workload: &str, volume: &str) -
     base.join(namespace).join(workload).join(volume)
 }
 
-fn chown(path: &Path, owner: Option<Owner>) -> Result<(), RuntimeError> {
-    if let Some(o) = owner {
-        std::os::unix::fs::chown(path, Some(o.uid), Some(o.gid)).map_err(|e| io(path, &e))?;
-    }
-    Ok(())
-}
-
 fn ensure_host_path(path: &Path, kind: HostPathType, field: &str) -> Result<(), RuntimeError> {
     let meta = std::fs::metadata(path);
     match kind {
@@ -98,8 +91,11 @@ fn ensure_host_path(path: &Path, kind: HostPathType, field: &str) -> Result<(), 
 /// Something [`apply`] makes exist (or checks) before an instance starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ensure {
-    /// A simpleClusterStorage directory (and sub-directory), owned by the workload.
-    StorageDir(PathBuf),
+    /// A simpleClusterStorage directory: `rel` = `<ns>/<workload>/<volume>[/<subPath>]`
+    /// below the volume base, made without following links (a container can write
+    /// its volume, so it can plant one); the volume and what is below it belong to
+    /// the workload.
+    Storage { base: PathBuf, rel: PathBuf },
     /// A hostMount path, as its `ensureType` says (`field` names it in errors).
     HostPath {
         path: PathBuf,
@@ -142,13 +138,12 @@ pub fn plan(
         }
         let source = match &v.source {
             Some(volume::Source::SimpleClusterStorage(_)) => {
-                let dir = storage_dir(base, namespace, workload, &v.name);
-                out.ensure.push(Ensure::StorageDir(dir.clone()));
-                let source = dir.join(sub);
-                if !m.sub_path.is_empty() {
-                    out.ensure.push(Ensure::StorageDir(source.clone()));
-                }
-                source
+                let rel = Path::new(namespace).join(workload).join(&v.name).join(sub);
+                out.ensure.push(Ensure::Storage {
+                    base: base.to_path_buf(),
+                    rel: rel.clone(),
+                });
+                base.join(rel)
             }
             Some(volume::Source::HostMount(h)) => {
                 let path = PathBuf::from(&h.host_path);
@@ -179,15 +174,34 @@ pub fn plan(
     Ok(out)
 }
 
+/// Makes a storage directory: `<ns>/<workload>` (the agent's) and then the volume and
+/// its sub-path (the workload's, given to `owner`), one component at a time below
+/// `base`, never following a link (`crate::safe_fs`).
+fn make_storage(base: &Path, rel: &Path, owner: Option<Owner>) -> Result<(), RuntimeError> {
+    let failed = |e: std::io::Error| io(&base.join(rel), &e);
+    let mut components = rel.components();
+    let agents: PathBuf = components.by_ref().take(2).collect();
+    // The base is the operator's (volumeBasePath): made if missing, as configured.
+    std::fs::create_dir_all(base).map_err(|e| io(base, &e))?;
+    let root = crate::safe_fs::Dir::open_base(base).map_err(failed)?;
+    let mut dir = root.subdir(&agents, Some(0o755)).map_err(failed)?;
+    for component in components {
+        dir = dir
+            .subdir(Path::new(component.as_os_str()), Some(0o755))
+            .map_err(failed)?;
+        if let Some(o) = owner {
+            dir.chown(o.uid, o.gid).map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes what a [`plan`] needs exist: storage directories (owned by `owner`), host
 /// paths as their `ensureType` says.
 pub fn apply(ensure: &[Ensure], owner: Option<Owner>) -> Result<(), RuntimeError> {
     for e in ensure {
         match e {
-            Ensure::StorageDir(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
-                chown(dir, owner)?;
-            }
+            Ensure::Storage { base, rel } => make_storage(base, rel, owner)?,
             Ensure::HostPath {
                 path,
                 ensure_type,
@@ -234,6 +248,15 @@ mod tests {
     use kat_proto::v1alpha1::{HostMount, SimpleClusterStorage};
     use std::os::unix::fs::MetadataExt;
 
+    /// A path below a temporary directory, read like `tempfile::TempDir`.
+    struct TempPath(PathBuf);
+
+    impl TempPath {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
     fn storage(name: &str) -> Volume {
         Volume {
             name: name.into(),
@@ -264,7 +287,10 @@ mod tests {
 
     #[test]
     fn cluster_storage_is_made_owned_and_kept() {
-        let base = tempfile::tempdir().unwrap();
+        let parent = tempfile::tempdir().unwrap();
+        // volumeBasePath need not exist yet: it is made.
+        let base = parent.path().join("volumes");
+        let base = &TempPath(base);
         // Giving storage to another user needs root (as the agent runs).
         let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
         if !root {
@@ -307,6 +333,75 @@ mod tests {
         purge(base.path(), "default", "web").unwrap();
         assert!(!dir.exists());
         purge(base.path(), "default", "web").unwrap();
+    }
+
+    #[test]
+    fn a_sub_path_a_container_turned_into_a_link_is_refused_and_its_target_untouched() {
+        // The attack: a container that mounts its volume whole replaces the directory
+        // of a subPath with a link to a host directory; the next instance's prepare
+        // must not make, chown or mount anything there.
+        let base = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let owner = Owner {
+            uid: 12345,
+            gid: 54321,
+        };
+        let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        let owner_if_root = root.then_some(owner);
+        let mounts = [mount("data", "/data", ""), mount("data", "/logs", "logs")];
+        prepare(
+            base.path(),
+            "default",
+            "web",
+            &[storage("data")],
+            &mounts,
+            owner_if_root,
+        )
+        .unwrap();
+        let logs = base.path().join("default/web/data/logs");
+        std::fs::remove_dir(&logs).unwrap();
+        std::os::unix::fs::symlink(host.path(), &logs).unwrap();
+        let before = std::fs::metadata(host.path()).unwrap();
+        let refused = prepare(
+            base.path(),
+            "default",
+            "web",
+            &[storage("data")],
+            &mounts,
+            owner_if_root,
+        );
+        match refused {
+            Err(RuntimeError::Spawn { reason, .. }) => {
+                assert!(reason.contains("symbolic link"), "{reason}")
+            }
+            other => panic!("a linked subPath was accepted: {other:?}"),
+        }
+        let after = std::fs::metadata(host.path()).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode()),
+            "the link's target keeps its owner and mode"
+        );
+        // Deeper: a link in the middle of a longer subPath.
+        std::fs::remove_file(&logs).unwrap();
+        std::fs::create_dir(&logs).unwrap();
+        std::os::unix::fs::symlink(host.path(), logs.join("deep")).unwrap();
+        let deep = [mount("data", "/x", "logs/deep/er")];
+        assert!(
+            prepare(
+                base.path(),
+                "default",
+                "web",
+                &[storage("data")],
+                &deep,
+                None
+            )
+            .is_err()
+        );
+        assert!(
+            !host.path().join("er").exists(),
+            "nothing made through the link"
+        );
     }
 
     #[test]

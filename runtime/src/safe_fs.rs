@@ -1,0 +1,224 @@
+//! Directories and files the root agent makes inside trees that less trusted users can
+//! write: a workload's volumes (its containers write them), a workload user's home and
+//! runtime directory (the user writes them). Every path component below a trusted base
+//! is opened relative to the one before it without following symbolic links, missing
+//! directories are made with `mkdirat`, and ownership is changed on the opened
+//! directory (`fchown`), never by path. A link — or anything but a directory — where a
+//! directory should be is refused, so nothing outside the tree is made, opened or given
+//! away (docs/security.md).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
+
+/// An open directory and the path it was reached by (for messages).
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn refused(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "{}: a symbolic link, or not a directory, where a directory should be; refused",
+            path.display()
+        ),
+    )
+}
+
+fn os(path: &Path, e: Errno) -> io::Error {
+    let e = io::Error::from(e);
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_RDONLY);
+
+impl Dir {
+    /// Opens a base directory the operator named (symbolic links in it are followed:
+    /// it is trusted; what lies below it is not).
+    pub fn open_base(path: &Path) -> io::Result<Self> {
+        let flags = OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+        let fd = nix::fcntl::open(path, flags, Mode::empty()).map_err(|e| os(path, e))?;
+        Ok(Self {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory `rel` below this one, each missing component made with `mode`
+    /// (when given; else a missing one is an error). `rel` must be relative and
+    /// without `..`.
+    pub fn subdir(&self, rel: &Path, make: Option<u32>) -> io::Result<Dir> {
+        let mut fd = self.fd.try_clone()?;
+        let mut path = self.path.clone();
+        for component in rel.components() {
+            let name = match component {
+                Component::Normal(name) => name,
+                Component::CurDir => continue,
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{}: must be relative, without ..", rel.display()),
+                    ));
+                }
+            };
+            path.push(name);
+            let opened = match openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty()) {
+                Err(Errno::ENOENT) if make.is_some() => {
+                    let mode = Mode::from_bits_truncate(make.unwrap_or(0o755));
+                    match mkdirat(fd.as_fd(), name, mode) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(os(&path, e)),
+                    }
+                    openat(fd.as_fd(), name, DIR_FLAGS, Mode::empty())
+                }
+                other => other,
+            };
+            fd = match opened {
+                Ok(fd) => fd,
+                Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(refused(&path)),
+                Err(e) => return Err(os(&path, e)),
+            };
+        }
+        Ok(Dir { fd, path })
+    }
+
+    /// Gives this directory to `uid`/`gid` (the open directory, not a path).
+    pub fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        fchown(
+            self.fd.as_fd(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .map_err(|e| os(&self.path, e))
+    }
+
+    /// Makes `name` in this directory a new file with `mode`, opened for writing:
+    /// whatever was there (a file, or a link planted in its place) is removed first,
+    /// and the file is created only if nothing is there then.
+    pub fn create_file(&self, name: &str, mode: u32) -> io::Result<File> {
+        let path = self.path.join(name);
+        match unlinkat(self.fd.as_fd(), name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(os(&path, e)),
+        }
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(self.fd.as_fd(), name, flags, Mode::from_bits_truncate(mode))
+            .map_err(|e| os(&path, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// Gives file `name` in this directory to `uid`/`gid`, refusing a link.
+    pub fn chown_file(&self, name: &str, uid: u32, gid: u32) -> io::Result<()> {
+        let path = self.path.join(name);
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match openat(self.fd.as_fd(), name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP) => return Err(refused(&path)),
+            Err(e) => return Err(os(&path, e)),
+        };
+        fchown(
+            fd.as_fd(),
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+        )
+        .map_err(|e| os(&path, e))
+    }
+}
+
+/// The start of a small regular file (at most `max` bytes) a less trusted user can
+/// write, such as a PID file: not followed if it is a link, not waited on if it is a
+/// FIFO (`None` for either, or when it is missing).
+pub fn read_small(path: &Path, max: usize) -> Option<String> {
+    use std::io::Read;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(path, flags, Mode::empty()).ok()?;
+    let file = File::from(fd);
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(max as u64).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn directories_are_made_below_the_base_and_links_are_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dir = Dir::open_base(base.path()).unwrap();
+        let made = dir.subdir(Path::new("a/b/c"), Some(0o755)).unwrap();
+        assert!(base.path().join("a/b/c").is_dir());
+        assert_eq!(made.path(), base.path().join("a/b/c"));
+        // Opened again: there already, nothing made.
+        dir.subdir(Path::new("a/b/c"), None).unwrap();
+        // A link where a directory should be, at the end or in the middle: refused,
+        // and nothing made where it points.
+        std::os::unix::fs::symlink(outside.path(), base.path().join("a/link")).unwrap();
+        for rel in ["a/link", "a/link/inside"] {
+            let e = dir.subdir(Path::new(rel), Some(0o755)).unwrap_err();
+            assert!(e.to_string().contains("symbolic link"), "{rel}: {e}");
+        }
+        assert!(!outside.path().join("inside").exists());
+        // A file where a directory should be.
+        std::fs::write(base.path().join("a/file"), "x").unwrap();
+        assert!(dir.subdir(Path::new("a/file/x"), Some(0o755)).is_err());
+        assert!(dir.subdir(Path::new("../x"), Some(0o755)).is_err());
+        assert!(dir.subdir(Path::new("a/missing"), None).is_err());
+    }
+
+    #[test]
+    fn a_file_is_made_in_place_of_a_planted_link() {
+        let base = tempfile::tempdir().unwrap();
+        let target = base.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, base.path().join("log")).unwrap();
+        let dir = Dir::open_base(base.path()).unwrap();
+        let mut f = dir.create_file("log", 0o600).unwrap();
+        f.write_all(b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(base.path().join("log")).unwrap(),
+            "new"
+        );
+        std::os::unix::fs::symlink(&target, base.path().join("link")).unwrap();
+        assert!(dir.chown_file("link", 0, 0).is_err());
+        assert_eq!(
+            read_small(&base.path().join("log"), 2).as_deref(),
+            Some("ne")
+        );
+        assert_eq!(
+            read_small(&base.path().join("link"), 10),
+            None,
+            "a link is not read"
+        );
+        nix::unistd::mkfifo(&base.path().join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(
+            read_small(&base.path().join("fifo"), 10),
+            None,
+            "a FIFO is not waited on"
+        );
+    }
+}
