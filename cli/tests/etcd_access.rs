@@ -133,18 +133,23 @@ fn a_workers_certificate_opens_neither_etcd_port_and_the_ca_key_is_not_in_etcd()
         1,
         Duration::from_secs(20),
     );
-    let token = std::fs::read_to_string(s1.join("join-token")).unwrap();
-    let mut n2 = Agent::start(
-        &join_args(
-            &leader,
-            token.trim(),
-            s2.to_str().unwrap(),
-            "n2",
-            "127.0.0.2",
-        ),
-        &dir.path().join("n2.log"),
-    );
+    // The token from a file (issue 14, item 10): the daemon's command line, which
+    // every local user can read for as long as it runs, names only the file.
+    let token_file = s1.join("join-token");
+    let secret = std::fs::read_to_string(&token_file).unwrap();
+    let mut args = join_args(&leader, "", s2.to_str().unwrap(), "n2", "127.0.0.2");
+    let at = args.iter().position(|a| *a == "--token").unwrap();
+    args.splice(at..at + 2, ["--token-file", token_file.to_str().unwrap()]);
+    let mut n2 = Agent::start(&args, &dir.path().join("n2.log"));
     n2.wait_for("joined the cluster", 1, Duration::from_secs(20));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", n2.child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let secret_part = secret.trim().split('.').nth(1).unwrap();
+    assert!(
+        !cmdline.contains(secret_part),
+        "the secret is in the process list: {cmdline}"
+    );
+    assert!(cmdline.contains("--token-file"), "{cmdline}");
 
     // A worker holds nothing etcd accepts, and no CA key.
     let (p1, p2) = (s1.join("pki"), s2.join("pki"));

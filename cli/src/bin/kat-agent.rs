@@ -134,15 +134,22 @@ enum Command {
         node: NodeOptions,
     },
     /// Join an existing cluster with a join token.
+    #[command(group(clap::ArgGroup::new("join_token").required(true).args(["token", "token_file"])))]
     Join {
         /// The leader's API address.
         #[arg(long, value_name = "HOST:PORT")]
         leader_api: String,
         /// Join token: the content of the init node's DIR/join-token, or what
         /// `katcall token create join` prints (<id>.<secret>.<CA hash>). The CA hash
-        /// lets this node check the leader before it sends the secret.
+        /// lets this node check the leader before it sends the secret. On the command
+        /// line it stays visible in the process list for as long as the agent runs:
+        /// prefer --token-file or KAT_JOIN_TOKEN.
         #[arg(long, env = "KAT_JOIN_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
+        /// A file holding the join token (e.g. the init node's DIR/join-token), or -
+        /// to read it from standard input.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         #[command(flatten)]
         node: NodeOptions,
     },
@@ -167,6 +174,28 @@ enum Command {
     Version,
     /// Print this manual page (roff): kat-agent man > kat-agent.8; man -l kat-agent.8
     Man,
+}
+
+/// The join token: given, or read from `file` (`-`: standard input), trimmed.
+fn join_token(given: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let text = match (given, file) {
+        (Some(token), _) => token,
+        (None, Some(path)) if path == std::path::Path::new("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("--token-file -: cannot read standard input")?;
+            text
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}", path.display()))?,
+        (None, None) => anyhow::bail!("--token or --token-file: a join token is needed"),
+    };
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!("--token-file: the file holds no token");
+    }
+    Ok(token)
 }
 
 fn main() -> ExitCode {
@@ -238,8 +267,13 @@ fn main() -> ExitCode {
         Command::Join {
             leader_api,
             token,
+            token_file,
             node,
         } => {
+            let token = match join_token(token, token_file.as_deref()) {
+                Ok(token) => token,
+                Err(e) => return fail(&e),
+            };
             // Joined nodes are workers for now: etcd is needed only if one is given.
             let etcd_bin = match &node.etcd_bin {
                 Some(_) => match etcd_binary(node.etcd_bin.as_deref()) {

@@ -70,7 +70,7 @@ async fn create_token(mut client: Client, create: TokenCreate, format: OutputFor
             println!("{}", response.token);
             match create.kind {
                 TokenKind::Join => eprintln!(
-                    "join a node with: kat-agent join --leader-api HOST:PORT --token <the line above> --state-dir DIR"
+                    "join a node with: kat-agent join --leader-api HOST:PORT --token-file FILE --state-dir DIR (FILE holding the line above, mode 0600)"
                 ),
                 TokenKind::Api => {
                     eprintln!("shown once; use it as the token in a katcall config or KAT_TOKEN")
