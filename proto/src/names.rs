@@ -87,6 +87,19 @@ pub fn label_value_problem(value: &str) -> Option<String> {
     }
 }
 
+/// A control character other than tab and newline (NUL, carriage return, escape...),
+/// which has no business in a command, an argument or an environment value and could
+/// end a line of the unit file an instance runs from.
+pub fn control_character_problem(text: &str) -> Option<String> {
+    let bad = text
+        .chars()
+        .find(|c| (c.is_control() && !matches!(c, '\t' | '\n')) || *c == '\u{7f}')?;
+    Some(format!(
+        "contains the control character U+{:04X}; only tab and newline are allowed",
+        u32::from(bad)
+    ))
+}
+
 /// `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn env_name_problem(name: &str) -> Option<String> {
     let mut bytes = name.bytes();
@@ -146,21 +159,31 @@ pub fn image_problem(image: &str) -> Option<String> {
     let first_is_registry =
         repo.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     for (i, part) in repo.split('/').enumerate() {
-        let ok = if i == 0 && first_is_registry {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-        } else {
-            !part.is_empty()
-                && part.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-                })
-        };
+        // Every component starts and ends with a letter or digit: a reference that
+        // starts with '-' would reach Podman as an option.
+        let edges_ok = part
+            .bytes()
+            .next()
+            .zip(part.bytes().last())
+            .is_some_and(|(a, b)| a.is_ascii_alphanumeric() && b.is_ascii_alphanumeric());
+        let ok = edges_ok
+            && if i == 0 && first_is_registry {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+            } else {
+                !part.is_empty()
+                    && part.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'.' | b'_' | b'-')
+                    })
+            };
         if !ok {
             return Some(format!(
                 "{image:?} is not an image reference (repository path components are lowercase \
-                 letters, digits, '.', '_' and '-')"
+                 letters, digits, '.', '_' and '-', starting and ending with a letter or digit)"
             ));
         }
     }

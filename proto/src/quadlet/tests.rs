@@ -715,6 +715,46 @@ fn container_rules() {
     use Base::*;
     let w = WORKLOAD_FILE;
     run(vec![
+        // Control characters would end a line of the instance's unit file (issue 14).
+        case(
+            Service,
+            w,
+            vec![set(
+                "spec.container.args",
+                r#"["-c", "true\rExecStartPre=/bin/sh -c id"]"#,
+            )],
+            "spec.container.args[1]",
+            "control character U+000D",
+        ),
+        case(
+            Service,
+            w,
+            vec![set("spec.container.command", r#"["/bin/sh\0"]"#)],
+            "spec.container.command[0]",
+            "control character U+0000",
+        ),
+        case(
+            Service,
+            w,
+            vec![set("spec.container.env[0].value", r#""\e[31mred""#)],
+            "spec.container.env[0].value",
+            "control character U+001B",
+        ),
+        // An image reference that starts with '-' would reach Podman as an option.
+        case(
+            Service,
+            w,
+            vec![set("spec.source.image", "-v")],
+            "spec.source.image",
+            "starting and ending with a letter or digit",
+        ),
+        case(
+            Service,
+            w,
+            vec![set("spec.source.image", "docker.io/-privileged:1")],
+            "spec.source.image",
+            "starting and ending with a letter or digit",
+        ),
         case(
             Service,
             w,

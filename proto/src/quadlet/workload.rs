@@ -385,7 +385,7 @@ fn parse_container(node: &Node<'_>, r: &mut Report, volume_names: &HashSet<Strin
         c.name = name;
     }
     if let Some(n) = m.field("command") {
-        c.command = n.string_list(r);
+        c.command = text_list(&n, r);
         if c.command.is_empty() {
             r.error(
                 &n.path,
@@ -394,7 +394,7 @@ fn parse_container(node: &Node<'_>, r: &mut Report, volume_names: &HashSet<Strin
         }
     }
     if let Some(n) = m.field("args") {
-        c.args = n.string_list(r);
+        c.args = text_list(&n, r);
     }
     if let Some(n) = m.field("env") {
         let mut seen = HashSet::new();
@@ -411,7 +411,12 @@ fn parse_container(node: &Node<'_>, r: &mut Report, volume_names: &HashSet<Strin
                 }
                 var.name = name;
             }
-            if let Some(v) = e.field("value").and_then(|v| v.scalar_text(r)) {
+            if let Some(node) = e.field("value")
+                && let Some(v) = node.scalar_text(r)
+            {
+                if let Some(problem) = names::control_character_problem(&v) {
+                    r.error(&node.path, problem);
+                }
                 var.value = v;
             }
             e.finish(r);
@@ -600,6 +605,21 @@ fn parse_volumes(node: &Node<'_>, r: &mut Report) -> Vec<Volume> {
         }
         m.finish(r);
         out.push(v);
+    }
+    out
+}
+
+/// A list of strings (a command, its arguments), each without control characters but
+/// tab and newline (they end up in a unit file).
+fn text_list(n: &Node<'_>, r: &mut Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for item in n.seq(r).unwrap_or_default() {
+        if let Some(text) = item.string(r) {
+            if let Some(problem) = names::control_character_problem(&text) {
+                r.error(&item.path, problem);
+            }
+            out.push(text);
+        }
     }
     out
 }

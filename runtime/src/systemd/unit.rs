@@ -27,7 +27,9 @@ pub fn unit_name(namespace: &str, workload: &str, instance_id: &str) -> String {
 }
 
 /// One argument quoted for a systemd `Exec*=` line: in double quotes, with `\` and
-/// `"` escaped, `%` and `$` doubled so systemd expands nothing.
+/// `"` escaped, `%` and `$` doubled so systemd expands nothing, and every control
+/// character written as an escape, so no argument can end the line (validation refuses
+/// most of them before they get here).
 pub fn quote(arg: &str) -> String {
     let mut out = String::with_capacity(arg.len() + 2);
     out.push('"');
@@ -38,6 +40,13 @@ pub fn quote(arg: &str) -> String {
             '%' => out.push_str("%%"),
             '$' => out.push_str("$$"),
             '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
             c => out.push(c),
         }
     }
@@ -175,6 +184,12 @@ mod tests {
         );
         assert_eq!(quote("plain"), "\"plain\"");
         assert_eq!(quote("a \"b\" $c 5% \\"), r#""a \"b\" $$c 5%% \\""#);
+        // No control character reaches the unit text raw: a carriage return or NUL
+        // cannot end the line and start a directive of its own.
+        let evil = "x\r\nExecStartPre=/bin/sh -c 'chmod 777 /'\u{0}\u{1b}";
+        let quoted = quote(evil);
+        assert!(!quoted.chars().any(|c| c.is_control()), "{quoted:?}");
+        assert!(quoted.contains("\\x0d\\nExecStartPre") && quoted.contains("\\x00\\x1b"));
     }
 
     #[test]
