@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, api_port, cluster_file_with, join_args, katcall};
+use common::{Agent, api_port, cluster_file_with, init_args, join_args, katcall};
 use kat_tests::programs::find_program;
 use nix::sys::signal::Signal;
 
@@ -91,17 +91,7 @@ fn init_and_two_joins_form_a_cluster_and_a_killed_node_comes_back() {
     let (s1, s2, s3) = (path("n1"), path("n2"), path("n3"));
 
     let mut n1 = Agent::start(
-        &[
-            "init",
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            &s1,
-            "--node-name",
-            "n1",
-            "--advertise-address",
-            "127.0.0.1",
-        ],
+        &init_args(config.to_str().unwrap(), &s1, "n1", "127.0.0.1"),
         &dir.path().join("n1.log"),
     );
     n1.wait_for(

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Agent, api_port, cluster_file, join_args};
+use common::{Agent, api_port, cluster_file, init_args, join_args};
 use kat_actors::store::{EtcdStore, EtcdTls, StateStore};
 use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::CertificateAuthority;
@@ -115,17 +115,12 @@ fn a_workers_certificate_opens_neither_etcd_port_and_the_ca_key_is_not_in_etcd()
     let state = |name: &str| dir.path().join(name);
     let (s1, s2) = (state("n1"), state("n2"));
     let mut n1 = Agent::start(
-        &[
-            "init",
-            "--config",
+        &init_args(
             config.to_str().unwrap(),
-            "--state-dir",
             s1.to_str().unwrap(),
-            "--node-name",
             "n1",
-            "--advertise-address",
             "127.0.0.1",
-        ],
+        ),
         &dir.path().join("n1.log"),
     );
     n1.wait_for(

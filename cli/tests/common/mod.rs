@@ -178,6 +178,30 @@ pub fn fails_saying(out: &std::process::Output, what: &str) -> String {
     stderr
 }
 
+/// The flags that say which node an agent is: its state directory, name and address.
+fn node_flags<'a>(state: &'a str, name: &'a str, addr: &'a str) -> [&'a str; 6] {
+    [
+        "--state-dir",
+        state,
+        "--node-name",
+        name,
+        "--advertise-address",
+        addr,
+    ]
+}
+
+/// `kat-agent init` of node `name` on `addr` with `config`, its state in `state`.
+pub fn init_args<'a>(
+    config: &'a str,
+    state: &'a str,
+    name: &'a str,
+    addr: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec!["init", "--config", config];
+    args.extend(node_flags(state, name, addr));
+    args
+}
+
 /// `kat-agent join` arguments.
 pub fn join_args<'a>(
     leader: &'a str,
@@ -186,17 +210,7 @@ pub fn join_args<'a>(
     name: &'a str,
     addr: &'a str,
 ) -> Vec<&'a str> {
-    vec![
-        "join",
-        "--leader-api",
-        leader,
-        "--token",
-        token,
-        "--state-dir",
-        state,
-        "--node-name",
-        name,
-        "--advertise-address",
-        addr,
-    ]
+    let mut args = vec!["join", "--leader-api", leader, "--token", token];
+    args.extend(node_flags(state, name, addr));
+    args
 }
