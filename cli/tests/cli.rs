@@ -257,6 +257,50 @@ fn join_refuses_a_token_without_the_ca_hash_before_any_network_traffic() {
 }
 
 #[test]
+fn a_token_file_is_read_with_a_bound_and_named_when_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let join = |file: &str| {
+        kat_agent(&[
+            "join",
+            "--leader-api",
+            "127.0.0.1:9",
+            "--token-file",
+            file,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--node-name",
+            "n2",
+        ])
+    };
+    // An endless file (hostile or a mistake) is not read to its end.
+    let started = std::time::Instant::now();
+    let endless = join("/dev/zero");
+    assert_eq!(endless.status.code(), Some(1));
+    assert!(
+        text(&endless.stderr).contains("--token-file /dev/zero: longer than 4096 bytes"),
+        "{}",
+        text(&endless.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = join(empty.to_str().unwrap());
+    assert!(
+        text(&out.stderr).contains("holds no token"),
+        "{}",
+        text(&out.stderr)
+    );
+    let missing = join("/nonexistent/token");
+    assert!(
+        text(&missing.stderr).contains("--token-file /nonexistent/token"),
+        "{}",
+        text(&missing.stderr)
+    );
+    assert!(!state.exists(), "nothing written");
+}
+
+#[test]
 fn version_and_completion_work() {
     let out = katcall(&["version"]);
     assert_eq!(
