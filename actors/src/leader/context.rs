@@ -126,3 +126,15 @@ impl AgentClientCert {
         Ok(cert)
     }
 }
+
+/// A node certificate speaks only for its own node: `caller` (the name in the
+/// certificate) may `verb` ("report", "renew", "sync") only for `claimed` when they
+/// are the same.
+pub fn speaks_for(caller: &str, claimed: &str, verb: &str) -> StateResult<()> {
+    if claimed == caller {
+        return Ok(());
+    }
+    Err(StateError::Denied(format!(
+        "this certificate belongs to node {caller:?}; it cannot {verb} for {claimed:?}"
+    )))
+}

@@ -11,7 +11,7 @@ use kat_proto::v1alpha1::{
 };
 use prost::Message;
 
-use super::context::LeaderContext;
+use super::context::{LeaderContext, speaks_for};
 use crate::state::events::node_event;
 use crate::state::{self, StateError, StateResult, keys};
 use crate::store::{Compare, KeyValue, TxnOp};
@@ -23,12 +23,7 @@ pub async fn heartbeat(
     req: HeartbeatRequest,
     now: SystemTime,
 ) -> StateResult<HeartbeatResponse> {
-    if req.node_name != caller {
-        return Err(StateError::Denied(format!(
-            "this certificate belongs to node {caller:?}; it cannot report for {:?}",
-            req.node_name
-        )));
-    }
+    speaks_for(caller, &req.node_name, "report")?;
     let Some(registered) = ctx.store().get(&keys::node(caller)).await? else {
         return Err(StateError::NotFound(format!(
             "node {caller:?} is not registered (join first)"

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use kat_proto::v1alpha1::{RenewCertificateRequest, RenewCertificateResponse};
 
-use super::context::LeaderContext;
+use super::context::{LeaderContext, speaks_for};
 use super::join::sign_node_certificate;
 use crate::state::{self, StateError, StateResult};
 
@@ -15,12 +15,7 @@ pub async fn renew_certificate(
     caller: &str,
     req: RenewCertificateRequest,
 ) -> StateResult<RenewCertificateResponse> {
-    if req.node_name != caller {
-        return Err(StateError::Denied(format!(
-            "this certificate belongs to node {caller:?}; it cannot renew for {:?}",
-            req.node_name
-        )));
-    }
+    speaks_for(caller, &req.node_name, "renew")?;
     let (node, _) = state::nodes::read(ctx.store(), caller)
         .await
         .map_err(|e| match e {

@@ -5,7 +5,7 @@
 
 use kat_proto::v1alpha1::{Node, Peer, PeerSet, SyncEvent, SyncRequest, sync_event};
 
-use super::context::LeaderContext;
+use super::context::{LeaderContext, speaks_for};
 use crate::state::{self, StateError, StateResult, keys};
 use crate::store::StateStore;
 
@@ -47,12 +47,7 @@ pub async fn sync_events(
     caller: &str,
     req: SyncRequest,
 ) -> StateResult<SyncEvents> {
-    if req.node_name != caller {
-        return Err(StateError::Denied(format!(
-            "this certificate belongs to node {caller:?}; it cannot sync for {:?}",
-            req.node_name
-        )));
-    }
+    speaks_for(caller, &req.node_name, "sync")?;
     let from_revision = req.from_revision;
     let store = ctx.leadership.store.clone();
     let (peers, revision) = peers_now(store.as_ref(), caller).await?;
