@@ -1,7 +1,7 @@
 //! `Bootstrap` (leader subtree): records the cluster's identity, configuration and CA
 //! the first time a leader exists (a later leader, or a re-run `kat-agent init`, finds
 //! them and resumes). On init's node it also registers that node as a control-plane
-//! member and writes its certificate, `DIR/katcall.yaml` (admin API token) and the
+//! member and writes `DIR/katcall.yaml` (admin API token) and the
 //! first join token, each once.
 
 use std::net::IpAddr;
@@ -14,7 +14,7 @@ use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::client::KatcallConfig;
-use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, node_key_and_csr};
+use crate::pki::ca::CertAndKey;
 use crate::pki::local::ClusterPki;
 use crate::pki::{pin, tokens};
 use crate::state::{self, Leadership, keys};
@@ -45,34 +45,14 @@ fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ActorProcessingErr + 
     move |e| format!("{}: {e}", path.display()).into()
 }
 
-/// On init's node: the CA certificate, the node's own key and certificate, and the
-/// first join token, each written once (a resumed init keeps what is there).
+/// On init's node: its node record, `katcall.yaml` and the first join token, each
+/// written once (a resumed init keeps what is there). Its PKI files were written by
+/// `kat-agent init` before etcd started (`crate::procedures::init`).
 async fn write_node_files(
     ca: &CertAndKey,
     leadership: &Leadership,
     local: &LocalFiles,
 ) -> Result<(), ActorProcessingErr> {
-    let pki = local.state_dir.join("pki");
-    crate::files::private_dir(&pki).map_err(file_err(&pki))?;
-    let ca_path = pki.join("ca.crt");
-    crate::files::write_atomic(&ca_path, ca.cert_pem.as_bytes(), 0o644)
-        .map_err(file_err(&ca_path))?;
-    let (key_path, cert_path) = (pki.join("node.key"), pki.join("node.crt"));
-    if !(key_path.exists() && cert_path.exists()) {
-        let (key_pem, csr_pem) = node_key_and_csr(&leadership.node)?;
-        let signer = ClusterCa::from_pem(ca)?;
-        let cert = signer.sign_node_csr(
-            &csr_pem,
-            &leadership.node,
-            local.advertise_address,
-            NODE_CERT_VALIDITY,
-        )?;
-        crate::files::write_atomic(&key_path, key_pem.as_bytes(), 0o600)
-            .map_err(file_err(&key_path))?;
-        crate::files::write_atomic(&cert_path, cert.as_bytes(), 0o644)
-            .map_err(file_err(&cert_path))?;
-        tracing::info!(node = %leadership.node, path = %cert_path.display(), "node certificate written");
-    }
     register_local_node(leadership, local).await?;
     write_katcall_config(ca, leadership, local).await?;
     let token_path = local.state_dir.join("join-token");

@@ -165,23 +165,29 @@ pub type IdMaker<'a> = &'a mut dyn FnMut() -> String;
 /// names an instance across the cluster (`katcall logs ID`, a node's status keys), and
 /// random 32-bit IDs collide among a million instances (about a hundred pairs), so
 /// uniqueness is checked, not hoped for. The numbers are kept, not the strings: a round
-/// may hold a million.
-pub struct UniqueIds<R> {
+/// may hold a million. The set is built on the first draw, so a round that makes no
+/// instance (the steady state) does not build it.
+pub struct UniqueIds<I, R> {
+    existing: Option<I>,
     taken: HashSet<u32>,
     random: R,
 }
 
-impl<R: FnMut() -> u32> UniqueIds<R> {
-    pub fn new<'a>(existing: impl IntoIterator<Item = &'a str>, random: R) -> Self {
-        // An ID that is not 8 hex digits cannot equal one made here.
-        let number = |id: &str| (id.len() == 8).then(|| u32::from_str_radix(id, 16).ok());
+impl<'a, I: Iterator<Item = &'a str>, R: FnMut() -> u32> UniqueIds<I, R> {
+    pub fn new(existing: impl IntoIterator<IntoIter = I>, random: R) -> Self {
         Self {
-            taken: existing.into_iter().filter_map(number).flatten().collect(),
+            existing: Some(existing.into_iter()),
+            taken: HashSet::new(),
             random,
         }
     }
 
     pub fn next_id(&mut self) -> String {
+        if let Some(existing) = self.existing.take() {
+            // An ID that is not 8 hex digits cannot equal one made here.
+            let number = |id: &str| (id.len() == 8).then(|| u32::from_str_radix(id, 16).ok());
+            self.taken = existing.filter_map(number).flatten().collect();
+        }
         loop {
             let n = (self.random)();
             if self.taken.insert(n) {
