@@ -11,7 +11,8 @@
 //! | | [`agent`] | `agent@N`: heartbeat, the leader link, runtime, certificates, the agent API |
 //! | state | [`state`] | every etcd key, events, typed reads and fenced writes, [`state::StateError`] |
 //! | store and services | [`store`], [`supervision`], [`client`], [`listener`] | the `StateStore` trait over etcd and memory, leader election, the etcd process; the supervisor; TLS clients and listeners |
-//! | foundations | [`pki`], [`metrics`], [`files`] | certificates and tokens, metrics, atomic files |
+//! | pki | [`pki`] | the CAs, certificates and their files, tokens |
+//! | foundations | [`metrics`], [`files`] | metrics, atomic files |
 //!
 //! Within the subtrees the order is control_plane → api → leader → agent (the leader's
 //! relay respects the agent API's limits).

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -50,24 +51,77 @@ fn pem_err(what: &'static str) -> impl Fn(rustls::pki_types::pem::Error) -> TlsS
     }
 }
 
-/// The rustls server configuration: `cert` (its chain followed by `chain_extra`,
-/// e.g. the CA, which joining nodes check against their pin), client certificates
-/// verified against `ca_pem`, ALPN `h2` then `http/1.1`.
-pub fn server_config(
-    cert: &CertAndKey,
-    chain_extra: &str,
-    ca_pem: &str,
-    client_auth: ClientAuth,
-) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+/// The certificate a server presents, replaceable while it serves: every handshake
+/// takes the one current then, so a renewed certificate is served from the next
+/// connection on without a restart (connections already open keep theirs).
+#[derive(Debug)]
+pub struct ServingCert {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServingCert {
+    /// `cert` with its chain followed by `chain_extra` (e.g. the CA, which joining
+    /// nodes check against their pin).
+    pub fn new(cert: &CertAndKey, chain_extra: &str) -> Result<Arc<Self>, TlsSetupError> {
+        Ok(Arc::new(Self {
+            current: std::sync::RwLock::new(Arc::new(certified_key(cert, chain_extra)?)),
+        }))
+    }
+
+    /// Serves `cert` from the next handshake on. A pair that does not load (or whose
+    /// key does not match the certificate) is refused and the current one kept.
+    pub fn replace(&self, cert: &CertAndKey, chain_extra: &str) -> Result<(), TlsSetupError> {
+        let key = Arc::new(certified_key(cert, chain_extra)?);
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = key;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn certified_key(cert: &CertAndKey, chain_extra: &str) -> Result<CertifiedKey, TlsSetupError> {
     let mut chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(pem_err("the server certificate"))?;
+    if chain.is_empty() {
+        return Err(TlsSetupError::Pem {
+            what: "the server certificate",
+            reason: "no certificate in it".to_owned(),
+        });
+    }
     for extra in CertificateDer::pem_slice_iter(chain_extra.as_bytes()) {
         chain.push(extra.map_err(pem_err("the certificate chain"))?);
     }
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
         .map_err(pem_err("the server key"))?;
+    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| TlsSetupError::Config(format!("server certificate and key: {e}")))
+}
+
+/// The rustls server configuration: the certificate from `cert` (read at every
+/// handshake), client certificates verified against `ca_pem`, ALPN `h2` then
+/// `http/1.1`.
+pub fn server_config(
+    cert: Arc<ServingCert>,
+    ca_pem: &str,
+    client_auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
@@ -86,8 +140,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsSetupError::Config(e.to_string()))?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use kat_actors::api::{Served, serve};
 use kat_actors::leader::LeaderContext;
+use kat_actors::listener::ServingCert;
 use kat_actors::pki::ca::{ClusterCa, generate_ca, node_key_and_csr};
 use kat_actors::pki::tokens;
 use kat_actors::state::{Leadership, keys};
@@ -89,8 +90,9 @@ async fn leader_starting_for(starting: Option<Duration>) -> Leader {
             }
         }
     };
+    let serving = ServingCert::new(&server_cert, &ca.cert_pem).unwrap();
     tokio::spawn(async move {
-        serve(listener, &server_cert, served, async {
+        serve(listener, serving, served, async {
             let _ = stopped.await;
         })
         .await
@@ -469,8 +471,8 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
         .await
         .unwrap();
 
-    // w1's files, with a certificate issued for 60 s: due for renewal at once (it
-    // counts from 5 minutes before issue, for clock skew).
+    // w1's files, with a certificate issued for 60 s; NodeCerts's clock runs 45 s
+    // ahead, past two thirds of its life.
     let signer = ClusterCa::from_pem(&leader.ca).unwrap();
     let (key, csr) = node_key_and_csr("w1").unwrap();
     let short = signer
@@ -526,13 +528,15 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
+    let renewed = std::sync::Arc::new(tokio::sync::watch::channel(0).0);
     let args = NodeCertsArgs {
         node: "w1".to_owned(),
         pki_dir: dir.path().to_path_buf(),
         targets: vec![target],
         link: link.clone(),
         check_every: Duration::from_secs(3600),
-        now: SystemTime::now,
+        now: || SystemTime::now() + Duration::from_secs(45),
+        renewed: renewed.clone(),
     };
     let (certs, handle) = ractor::Actor::spawn(None, NodeCerts, args).await.unwrap();
     let mut renewals = 0;
@@ -544,6 +548,7 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(renewals, 1);
+    assert_eq!(*renewed.borrow(), 1, "the agent API is told to serve it");
     let renewed = std::fs::read_to_string(dir.path().join("node.crt")).unwrap();
     assert_ne!(renewed, short);
     let (from, to) = validity_of(&renewed).unwrap();
@@ -799,8 +804,9 @@ async fn a_member_that_does_not_lead_points_to_the_leader() {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = ServingCert::new(&server_cert, &ca.cert_pem).unwrap();
     tokio::spawn(async move {
-        let _ = serve(listener, &server_cert, served, async {
+        let _ = serve(listener, serving, served, async {
             let _ = stopped.await;
         })
         .await;

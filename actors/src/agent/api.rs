@@ -28,9 +28,11 @@ use tonic::codegen::tokio_stream::Stream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
+use super::certs::RenewedSignal;
 use super::view::NodeView;
-use crate::listener::{ClientAuth, ServerTask, incoming, peer_node, server_config};
+use crate::listener::{ClientAuth, ServerTask, ServingCert, incoming, peer_node, server_config};
 use crate::pki::ca::CertAndKey;
+use crate::pki::local::PkiDir;
 
 /// The longest an `exec` may run (a request may ask for less).
 pub const MAX_EXEC: Duration = Duration::from_secs(300);
@@ -256,15 +258,30 @@ pub struct AgentApiArgs {
     pub addr: SocketAddr,
     /// `DIR/pki`: `node.crt`, `node.key` (the server's identity) and `ca.crt`.
     pub pki_dir: PathBuf,
+    /// Bumped when NodeCerts has written a renewed pair: served from the next
+    /// handshake on.
+    pub renewed: RenewedSignal,
 }
 
 pub enum AgentApiMsg {
     /// Internal: the server stopped on its own.
     ServerExited(String),
+    /// Internal: the node certificate was renewed; serve the new pair.
+    Reload,
 }
 
 pub struct AgentApiState {
     server: ServerTask,
+    serving: Arc<ServingCert>,
+    pki_dir: PathBuf,
+    /// Turns renewals into `Reload` messages; stopped with the actor.
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentApiState {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 /// Serves [`AgentApiService`]; see the module docs.
@@ -278,17 +295,11 @@ impl AgentApiServer {
 }
 
 fn read_pki(dir: &std::path::Path) -> Result<(CertAndKey, String), ActorProcessingErr> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    Ok((
-        CertAndKey {
-            cert_pem: read("node.crt")?,
-            key_pem: read("node.key")?,
-        },
-        read("ca.crt")?,
-    ))
+    let pki = PkiDir(dir.to_path_buf());
+    let ca_path = pki.ca_cert();
+    let ca =
+        std::fs::read_to_string(&ca_path).map_err(|e| format!("{}: {e}", ca_path.display()))?;
+    Ok((pki.read_node_pair()?, ca))
 }
 
 impl Actor for AgentApiServer {
@@ -301,9 +312,19 @@ impl Actor for AgentApiServer {
         myself: ActorRef<AgentApiMsg>,
         args: AgentApiArgs,
     ) -> Result<AgentApiState, ActorProcessingErr> {
-        // Read at every start: a renewed certificate is picked up by a restart.
         let (identity, ca) = read_pki(&args.pki_dir)?;
-        let tls = server_config(&identity, "", &ca, ClientAuth::Required)?;
+        let serving = ServingCert::new(&identity, "")?;
+        let tls = server_config(serving.clone(), &ca, ClientAuth::Required)?;
+        let mut renewed = args.renewed.subscribe();
+        renewed.mark_unchanged();
+        let reload = myself.clone();
+        let watcher = tokio::spawn(async move {
+            while renewed.changed().await.is_ok() {
+                if reload.send_message(AgentApiMsg::Reload).is_err() {
+                    return;
+                }
+            }
+        });
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .map_err(|e| format!("agent API: cannot listen on {}: {e}", args.addr))?;
@@ -325,7 +346,12 @@ impl Actor for AgentApiServer {
             },
         );
         tracing::info!(node = %args.service.node, addr = %args.addr, "agent API listening");
-        Ok(AgentApiState { server })
+        Ok(AgentApiState {
+            server,
+            serving,
+            pki_dir: args.pki_dir,
+            watcher,
+        })
     }
 
     async fn handle(
@@ -337,6 +363,19 @@ impl Actor for AgentApiServer {
         match msg {
             AgentApiMsg::ServerExited(why) if !state.server.stopping() => Err(why.into()),
             AgentApiMsg::ServerExited(_) => Ok(()),
+            AgentApiMsg::Reload => {
+                // A pair that cannot be read leaves the current one served (the next
+                // renewal tries again).
+                match read_pki(&state.pki_dir)
+                    .and_then(|(pair, _)| Ok(state.serving.replace(&pair, "")?))
+                {
+                    Ok(()) => tracing::info!("agent API serves the renewed node certificate"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agent API cannot load the renewed node certificate")
+                    }
+                }
+                Ok(())
+            }
         }
     }
 

@@ -57,6 +57,9 @@ pub struct AgentOptions {
     pub capacity: Option<CapacityProbe>,
     /// The wall clock the node's actors stamp times with (simulations pass their own).
     pub clock: fn() -> std::time::SystemTime,
+    /// Bumped by NodeCerts at each renewal of the node certificate; the agent API
+    /// serves the new one from then on.
+    pub node_cert_renewed: certs::RenewedSignal,
 }
 
 /// What the Runtime actor of a node works with.
@@ -91,6 +94,7 @@ impl AgentOptions {
             agent_api: None,
             capacity: None,
             clock: std::time::SystemTime::now,
+            node_cert_renewed: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -133,6 +137,7 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
             link: opts.link.clone(),
             check_every: Duration::from_secs(3600),
             now: opts.clock,
+            renewed: opts.node_cert_renewed.clone(),
         };
         children.push(ChildSpec::actor(
             NodeCerts::name(&opts.node),
@@ -167,6 +172,7 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
             },
             addr,
             pki_dir: pki_dir.clone(),
+            renewed: opts.node_cert_renewed.clone(),
         };
         children.push(
             ChildSpec::actor(

@@ -10,24 +10,23 @@ use tonic::transport::Server;
 use super::node::NodeApiService;
 use super::served::Served;
 use super::user::UserApiService;
-use crate::pki::ca::CertAndKey;
+use crate::listener::ServingCert;
 
 /// Serves the node API and the user API (gRPC, and REST under `/v1alpha1/` with
-/// `/healthz`, `/readyz` — [`super::rest`]) with TLS on `listener` until `shutdown`
+/// `/healthz`, `/readyz` — [`super::rest`]) with TLS on `listener`, presenting the
+/// certificate current in `server_cert` at each handshake, until `shutdown`
 /// resolves. Client certificates from the cluster CA are requested but optional:
 /// `Join` comes before the node has one, users authenticate with tokens, and the node
 /// calls after `Join` require one.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    server_cert: &CertAndKey,
+    server_cert: std::sync::Arc<ServingCert>,
     served: Served,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use tonic::server::NamedService;
-    // The chain carries the CA too: a joining node checks it against its pin.
     let tls = crate::listener::server_config(
         server_cert,
-        &served.ca_pem,
         &served.ca_pem,
         crate::listener::ClientAuth::Optional,
     )?;

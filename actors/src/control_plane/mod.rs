@@ -6,6 +6,7 @@
 //! | `store@N` (`crate::store::Store`) | the etcd member (or the shared in-memory store) |
 //! | `election@N` ([`election`]) | campaigns; adds `leader@N` (`crate::leader`) while this node leads |
 //! | `api-server@N` ([`api_server`]) | listens on `apiPort`; serves as leader or points to it |
+//! | `member-certs@N` ([`member_certs`]) | etcd members: renews the member's etcd certificate |
 //!
 //! Restart: 5 in 60 s, backoff 100 ms → 5 s. If the Store (etcd) restarts, Election
 //! restarts after it with a fresh lease, and the leader subtree is dropped until
@@ -13,6 +14,7 @@
 
 pub mod api_server;
 pub mod election;
+pub mod member_certs;
 
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +28,7 @@ use crate::store::{Store, StoreArgs, StoreBackend};
 use crate::supervision::{Backoff, ChildSpec, Intensity, Strategy, SupervisorArgs};
 use api_server::{ApiServer, ApiServerArgs};
 use election::{Election, ElectionArgs};
+use member_certs::{MemberCerts, MemberCertsArgs};
 
 /// What a control-plane node runs.
 #[derive(Clone)]
@@ -113,6 +116,8 @@ pub fn spec(opts: &ControlPlaneOptions) -> ChildSpec {
             addr: *addr,
             slot: slot.clone(),
             ca: opts.pki.cluster.clone(),
+            cert_lifetime: opts.settings.certificate_lifetime,
+            now: SystemTime::now,
         };
         children.push(
             ChildSpec::actor(ApiServer::name(&node), ApiServer, move || {
@@ -120,6 +125,24 @@ pub fn spec(opts: &ControlPlaneOptions) -> ChildSpec {
             })
             .shutdown_timeout(Duration::from_secs(10)),
         );
+    }
+    if let (StoreBackend::Etcd(config), Some(etcd_ca)) = (&opts.backend, &opts.pki.etcd)
+        && let Some(files) = &config.tls
+    {
+        let certs_args = MemberCertsArgs {
+            node: node.clone(),
+            address: config.peer_addr.ip(),
+            etcd_ca: etcd_ca.clone(),
+            files: files.clone(),
+            lifetime: opts.settings.certificate_lifetime,
+            store_actor: Store::name(&node),
+            now: opts.clock,
+        };
+        children.push(ChildSpec::actor(
+            MemberCerts::name(&node),
+            MemberCerts,
+            move || certs_args.clone(),
+        ));
     }
     let args = SupervisorArgs {
         strategy: Strategy::RestForOne,

@@ -90,7 +90,8 @@ impl ControlPlaneCache {
     }
 }
 
-/// Lifetime of the leader's agent-client certificate; a new one is made after half.
+/// Longest lifetime of the leader's agent-client certificate (shorter when the
+/// cluster's certificate lifetime is); a new one is made after half of it.
 const CLIENT_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 /// The leader's client certificate for agent calls, made once per half lifetime.
@@ -103,12 +104,14 @@ impl AgentClientCert {
         ca: &CertAndKey,
         node: &str,
         address: IpAddr,
+        lifetime: Duration,
     ) -> StateResult<CertAndKey> {
+        let lifetime = lifetime.min(CLIENT_CERT_VALIDITY);
         let mut cached = self.0.lock().map_err(|_| {
             StateError::Internal("agent client certificate cache poisoned".to_owned())
         })?;
         if let Some((made, cert)) = cached.as_ref()
-            && made.elapsed() < CLIENT_CERT_VALIDITY / 2
+            && made.elapsed() < lifetime / 2
         {
             return Ok(cert.clone());
         }
@@ -119,7 +122,7 @@ impl AgentClientCert {
         };
         let (key_pem, csr_pem) = node_key_and_csr(node).map_err(failed)?;
         let cert_pem = ClusterCa::from_pem(ca)
-            .and_then(|ca| ca.sign_node_csr(&csr_pem, node, address, CLIENT_CERT_VALIDITY))
+            .and_then(|ca| ca.sign_node_csr(&csr_pem, node, address, lifetime))
             .map_err(failed)?;
         let cert = CertAndKey { cert_pem, key_pem };
         *cached = Some((Instant::now(), cert.clone()));

@@ -15,7 +15,7 @@ use kat_proto::v1alpha1::{
 use prost::Message;
 
 use super::context::LeaderContext;
-use crate::pki::ca::{ClusterCa, NODE_CERT_VALIDITY, PkiError};
+use crate::pki::ca::{ClusterCa, PkiError};
 use crate::state::events::node_event;
 use crate::state::tokens::ValidJoinToken;
 use crate::state::{self, StateError, StateResult, keys};
@@ -24,7 +24,8 @@ use crate::store::{Compare, TxnOp};
 /// How long a control-plane join waits for etcd to take another learner.
 const LEARNER_WAIT: Duration = Duration::from_secs(45);
 
-/// The node's certificate for `csr_pem`, signed by the cluster CA (CN = `node`).
+/// The node's certificate for `csr_pem`, signed by the cluster CA (CN = `node`), valid
+/// for the cluster's `certificateLifetimeSeconds`.
 pub fn sign_node_certificate(
     ctx: &LeaderContext,
     csr_pem: &str,
@@ -33,7 +34,7 @@ pub fn sign_node_certificate(
 ) -> StateResult<String> {
     let signer = ClusterCa::from_pem(&ctx.ca).map_err(|e| StateError::Internal(e.to_string()))?;
     signer
-        .sign_node_csr(csr_pem, node, address, NODE_CERT_VALIDITY)
+        .sign_node_csr(csr_pem, node, address, ctx.settings.certificate_lifetime)
         .map_err(|e| match e {
             PkiError::WrongCommonName { .. } => StateError::Denied(e.to_string()),
             other => StateError::BadRequest(other.to_string()),
@@ -140,7 +141,7 @@ fn member_credentials(
             &req.etcd_csr_pem,
             &req.node_name,
             address,
-            NODE_CERT_VALIDITY,
+            ctx.settings.certificate_lifetime,
         )
         .map_err(|e| match e {
             PkiError::WrongCommonName { .. } => StateError::Denied(format!("etcd_csr_pem: {e}")),

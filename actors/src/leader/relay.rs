@@ -57,7 +57,12 @@ async fn node_client(
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         Err(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
-    let identity = ctx.agent_client.get(&ctx.ca, ctx.node(), own_address)?;
+    let identity = ctx.agent_client.get(
+        &ctx.ca,
+        ctx.node(),
+        own_address,
+        ctx.settings.certificate_lifetime,
+    )?;
     let channel = crate::client::api_channel_with_timeout(
         &addr,
         &ctx.ca.cert_pem,

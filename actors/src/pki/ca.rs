@@ -15,7 +15,9 @@ use time::OffsetDateTime;
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Validity of node certificates; renewed at two thirds of it (SPEC §6).
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Certificates are valid from a little before issue, for clocks slightly apart.
+/// Certificates are valid from a little before issue, for clocks slightly apart: five
+/// minutes, or a tenth of the lifetime when that is shorter (so a certificate of
+/// seconds, in tests, is not due for renewal as soon as it is made).
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,7 @@ impl std::fmt::Debug for CertAndKey {
 
 fn validity(params: &mut CertificateParams, valid_for: Duration) {
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - CLOCK_SKEW;
+    params.not_before = now - CLOCK_SKEW.min(valid_for / 10);
     params.not_after = now + valid_for;
 }
 
@@ -213,6 +215,25 @@ impl ClusterCa {
     }
 }
 
+/// Whether `pair.key_pem` is the private key of `pair.cert_pem`'s first certificate.
+pub fn pair_matches(pair: &CertAndKey) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Ok(cert), Ok(key)) = (
+        CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()),
+        PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()),
+    ) else {
+        return false;
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    let Ok(key) = provider.key_provider.load_private_key(key) else {
+        return false;
+    };
+    rustls::sign::CertifiedKey::new(vec![cert], key)
+        .keys_match()
+        .is_ok()
+}
+
 /// The validity period of the first certificate in `cert_pem`.
 pub fn validity_of(cert_pem: &str) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
@@ -233,6 +254,14 @@ pub fn needs_renewal(
 ) -> bool {
     let life = not_after - not_before;
     now >= not_before + life * 2 / 3
+}
+
+/// How often a holder looks whether its certificate is due: a tenth of its life, at
+/// least a second and at most an hour (so a clock step forward is noticed within the
+/// hour).
+pub fn renewal_check_interval(not_before: OffsetDateTime, not_after: OffsetDateTime) -> Duration {
+    let life = Duration::try_from(not_after - not_before).unwrap_or_default();
+    (life / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600))
 }
 
 #[cfg(test)]
@@ -427,5 +456,37 @@ mod tests {
             end,
             start + ::time::Duration::days(200)
         ));
+    }
+
+    #[test]
+    fn a_short_lived_certificate_is_not_due_when_issued_and_is_checked_often() {
+        let ca = ClusterCa::from_pem(&generate_ca("t").unwrap()).unwrap();
+        let (_, csr) = node_key_and_csr("n1").unwrap();
+        let addr = "127.0.0.1".parse().unwrap();
+        let cert = ca
+            .sign_node_csr(&csr, "n1", addr, Duration::from_secs(20))
+            .unwrap();
+        let (not_before, not_after) = validity_of(&cert).unwrap();
+        let now = OffsetDateTime::now_utc();
+        assert!(
+            !needs_renewal(not_before, not_after, now),
+            "backdated by a tenth of its life at most, not five minutes"
+        );
+        assert!(needs_renewal(
+            not_before,
+            not_after,
+            now + ::time::Duration::seconds(16)
+        ));
+        let every = renewal_check_interval(not_before, not_after);
+        assert!(every >= Duration::from_secs(2) && every <= Duration::from_secs(3));
+        let (start, year) = (OffsetDateTime::UNIX_EPOCH, ::time::Duration::days(365));
+        assert_eq!(
+            renewal_check_interval(start, start + year),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            renewal_check_interval(start, start + ::time::Duration::seconds(3)),
+            Duration::from_secs(1)
+        );
     }
 }

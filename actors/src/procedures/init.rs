@@ -10,7 +10,7 @@ use super::state_dir::{
     AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
     default_node_name, io_err, read_cluster, read_identity, write_private,
 };
-use crate::pki::ca::{CertAndKey, ClusterCa, NODE_CERT_VALIDITY, node_key_and_csr};
+use crate::pki::ca::{CertAndKey, ClusterCa, node_key_and_csr};
 use crate::pki::local::{ClusterPki, pki_dir};
 
 /// Flags of `kat-agent init`.
@@ -87,7 +87,8 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
         .as_ref()
         .map(|m| m.name.clone())
         .unwrap_or_default();
-    write_init_pki(dir, &name, &identity)?;
+    let lifetime = kat_proto::quadlet::ClusterSettings::from(&cluster).certificate_lifetime;
+    write_init_pki(dir, &name, &identity, lifetime)?;
     let json =
         serde_json::to_vec_pretty(&identity).map_err(|e| AgentError::Failed(e.to_string()))?;
     write_private(&dir.join(IDENTITY_FILE), &json)?;
@@ -103,6 +104,7 @@ fn write_init_pki(
     dir: &Path,
     cluster_name: &str,
     identity: &AgentIdentity,
+    lifetime: std::time::Duration,
 ) -> Result<(), AgentError> {
     let pki = pki_dir(dir);
     crate::files::private_dir(&pki.0).map_err(io_err(&pki.0))?;
@@ -120,7 +122,7 @@ fn write_init_pki(
                     &csr_pem,
                     &identity.node_name,
                     identity.advertise_address,
-                    NODE_CERT_VALIDITY,
+                    lifetime,
                 )
             })
             .map_err(failed)?;
@@ -130,14 +132,12 @@ fn write_init_pki(
     let etcd = signed(etcd_ca)?;
     write_private(&pki.ca_key(), cas.cluster.key_pem.as_bytes())?;
     write_private(&pki.etcd_ca_key(), etcd_ca.key_pem.as_bytes())?;
-    write_private(&pki.node_key(), node.key_pem.as_bytes())?;
-    write_private(&pki.etcd_key(), etcd.key_pem.as_bytes())?;
+    pki.write_node_pair(&node).map_err(io_err(&pki.0))?;
+    pki.write_etcd_pair(&etcd).map_err(io_err(&pki.0))?;
     let public = |path: &Path, data: &str| {
         crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
     };
     public(&pki.ca_cert(), &cas.cluster.cert_pem)?;
     public(&pki.etcd_ca_cert(), &etcd_ca.cert_pem)?;
-    public(&pki.node_cert(), &node.cert_pem)?;
-    public(&pki.etcd_cert(), &etcd.cert_pem)?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use super::state_dir::{
     default_node_name, io_err, read_identity, write_private,
 };
 use crate::client::{LEADER_API_METADATA, api_channel_with_timeout, fetch_pinned_ca};
-use crate::pki::ca::node_key_and_csr;
+use crate::pki::ca::{CertAndKey, node_key_and_csr};
 use crate::pki::local::pki_dir;
 use crate::pki::pin::JoinCredential;
 
@@ -142,11 +142,14 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
     crate::files::private_dir(dir).map_err(io_err(dir))?;
     let pki = pki_dir(dir);
     crate::files::private_dir(&pki.0).map_err(io_err(&pki.0))?;
-    write_private(&pki.node_key(), key_pem.as_bytes())?;
+    let node = CertAndKey {
+        cert_pem: response.certificate_pem.clone(),
+        key_pem: key_pem.clone(),
+    };
+    pki.write_node_pair(&node).map_err(io_err(&pki.0))?;
     let public = |path: &Path, data: &str| {
         crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
     };
-    public(&pki.node_cert(), &response.certificate_pem)?;
     public(&pki.ca_cert(), &response.ca_pem)?;
     if let Some(etcd) = &response.etcd {
         // A control-plane member: its etcd certificate and the CA keys it leads with.
@@ -167,10 +170,13 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
                 ),
             });
         }
-        write_private(&pki.etcd_key(), etcd_key_pem.as_bytes())?;
+        let etcd_pair = CertAndKey {
+            cert_pem: etcd.certificate_pem.clone(),
+            key_pem: etcd_key_pem.clone(),
+        };
+        pki.write_etcd_pair(&etcd_pair).map_err(io_err(&pki.0))?;
         write_private(&pki.etcd_ca_key(), etcd.etcd_ca_key_pem.as_bytes())?;
         write_private(&pki.ca_key(), etcd.cluster_ca_key_pem.as_bytes())?;
-        public(&pki.etcd_cert(), &etcd.certificate_pem)?;
         public(&pki.etcd_ca_cert(), &etcd.etcd_ca_pem)?;
     }
     let yaml = quadlet::to_yaml(&cluster).map_err(|e| AgentError::Failed(e.to_string()))?;

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::StateStore;
+use super::etcd::EtcdStore;
 use super::etcd_process::{EtcdMemberConfig, EtcdProcess};
 
 /// Where the node's state lives.
@@ -39,6 +40,9 @@ pub enum StoreMsg {
     Snapshot(RpcReplyPort<StoreSnapshot>),
     /// Internal: the etcd process exited on its own.
     EtcdExited(String),
+    /// The member's etcd certificate was renewed: connect again presenting it (a
+    /// no-op for stores that are not etcd).
+    Reconnect(RpcReplyPort<Result<(), String>>),
 }
 
 /// The Store actor's state, for tests and `katcall describe node`.
@@ -66,6 +70,8 @@ impl Drop for EtcdMonitor {
 pub struct StoreState {
     store: Arc<dyn StateStore>,
     etcd: Option<EtcdMonitor>,
+    /// The same store as `store` when it is this node's etcd member.
+    etcd_store: Option<EtcdStore>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -111,7 +117,11 @@ impl Actor for Store {
         args: StoreArgs,
     ) -> Result<StoreState, ActorProcessingErr> {
         match args.backend {
-            StoreBackend::Existing(store) => Ok(StoreState { store, etcd: None }),
+            StoreBackend::Existing(store) => Ok(StoreState {
+                store,
+                etcd: None,
+                etcd_store: None,
+            }),
             StoreBackend::Etcd(config) => {
                 std::fs::create_dir_all(&config.data_dir).map_err(|e| {
                     format!(
@@ -139,8 +149,9 @@ impl Actor for Store {
                     task,
                 };
                 Ok(StoreState {
-                    store: Arc::new(store),
+                    store: Arc::new(store.clone()),
                     etcd: Some(etcd),
+                    etcd_store: Some(store),
                 })
             }
         }
@@ -161,6 +172,13 @@ impl Actor for Store {
                     etcd_pid: state.etcd.as_ref().map(|e| e.pid),
                     endpoint: state.etcd.as_ref().map(|e| e.endpoint.clone()),
                 });
+            }
+            StoreMsg::Reconnect(reply) => {
+                let result = match &state.etcd_store {
+                    Some(store) => store.reconnect().await.map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                let _ = reply.send(result);
             }
             StoreMsg::EtcdExited(status) => {
                 // The process is gone; fail so the supervisor starts a new one.

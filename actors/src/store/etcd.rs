@@ -1,5 +1,6 @@
 //! The production `StateStore`: an etcd member reached with `etcd-client`.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,9 +15,18 @@ use super::state_store::{
 /// How long a member may take to answer a health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// `StateStore` over an etcd cluster. Cloning shares the connection.
+/// `StateStore` over an etcd cluster. Cloning shares the connection, and
+/// [`EtcdStore::reconnect`] replaces it for every clone.
 #[derive(Clone)]
 pub struct EtcdStore {
+    connection: Arc<RwLock<Connection>>,
+    endpoints: Vec<String>,
+    timeout: Duration,
+    /// The files this node presents to etcd (read again at each reconnect).
+    files: Option<super::etcd_tls::EtcdTls>,
+}
+
+struct Connection {
     client: ec::Client,
     /// How to reach other members (probes), when etcd speaks mTLS.
     tls: Option<ec::TlsOptions>,
@@ -41,6 +51,20 @@ impl EtcdStore {
         timeout: Duration,
         tls: Option<&super::etcd_tls::EtcdTls>,
     ) -> StoreResult<Self> {
+        let connection = Self::open(endpoints, timeout, tls).await?;
+        Ok(Self {
+            connection: Arc::new(RwLock::new(connection)),
+            endpoints: endpoints.to_vec(),
+            timeout,
+            files: tls.cloned(),
+        })
+    }
+
+    async fn open(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<&super::etcd_tls::EtcdTls>,
+    ) -> StoreResult<Connection> {
         let tls = tls
             .map(super::etcd_tls::EtcdTls::client_options)
             .transpose()
@@ -55,12 +79,36 @@ impl EtcdStore {
         let client = ec::Client::connect(endpoints, Some(options))
             .await
             .map_err(unavailable)?;
-        Ok(Self { client, tls })
+        Ok(Connection { client, tls })
+    }
+
+    /// Connects again with the certificate files as they are now (after a renewal),
+    /// for this store and every clone of it. Calls under way finish on the old
+    /// connection; a failure keeps the old one.
+    pub async fn reconnect(&self) -> StoreResult<()> {
+        let connection = Self::open(&self.endpoints, self.timeout, self.files.as_ref()).await?;
+        *self
+            .connection
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = connection;
+        Ok(())
     }
 
     /// The underlying client, for operations outside `StateStore` (status, members).
     pub fn client(&self) -> ec::Client {
-        self.client.clone()
+        self.connection
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .client
+            .clone()
+    }
+
+    fn tls(&self) -> Option<ec::TlsOptions> {
+        self.connection
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tls
+            .clone()
     }
 }
 
@@ -158,20 +206,14 @@ fn revision_of(header: Option<&ec::ResponseHeader>) -> Revision {
 #[async_trait]
 impl StateStore for EtcdStore {
     async fn get(&self, key: &str) -> StoreResult<Option<KeyValue>> {
-        let resp = self
-            .client
-            .clone()
-            .get(key, None)
-            .await
-            .map_err(unavailable)?;
+        let resp = self.client().get(key, None).await.map_err(unavailable)?;
         Ok(resp.kvs().first().map(kv_from))
     }
 
     async fn list(&self, prefix: &str) -> StoreResult<(Vec<KeyValue>, Revision)> {
         let options = ec::GetOptions::new().with_prefix();
         let resp = self
-            .client
-            .clone()
+            .client()
             .get(prefix, Some(options))
             .await
             .map_err(unavailable)?;
@@ -191,8 +233,7 @@ impl StateStore for EtcdStore {
             .filter(|l| *l != 0)
             .map(|l| ec::PutOptions::new().with_lease(l));
         let resp = self
-            .client
-            .clone()
+            .client()
             .put(key, value, options)
             .await
             .map_err(|e| lease_error(lease.unwrap_or(0), e))?;
@@ -200,12 +241,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<bool> {
-        let resp = self
-            .client
-            .clone()
-            .delete(key, None)
-            .await
-            .map_err(unavailable)?;
+        let resp = self.client().delete(key, None).await.map_err(unavailable)?;
         Ok(resp.deleted() > 0)
     }
 
@@ -224,8 +260,7 @@ impl StateStore for EtcdStore {
             .and_then(txn.then.iter().map(txn_op_of).collect::<Vec<_>>())
             .or_else(txn.otherwise.iter().map(txn_op_of).collect::<Vec<_>>());
         let resp = self
-            .client
-            .clone()
+            .client()
             .txn(request)
             .await
             .map_err(|e| lease_error(lease, e))?;
@@ -254,8 +289,7 @@ impl StateStore for EtcdStore {
             options = options.with_start_revision(from_revision);
         }
         let mut stream = self
-            .client
-            .clone()
+            .client()
             .watch(prefix, Some(options))
             .await
             .map_err(unavailable)?;
@@ -337,8 +371,7 @@ impl StateStore for EtcdStore {
         let secs = i64::try_from(secs)
             .map_err(|_| StoreError::Invalid("lease TTL too large".to_owned()))?;
         let resp = self
-            .client
-            .clone()
+            .client()
             .lease_grant(secs, None)
             .await
             .map_err(unavailable)?;
@@ -350,8 +383,7 @@ impl StateStore for EtcdStore {
 
     async fn keep_alive(&self, lease: LeaseId) -> StoreResult<Duration> {
         let (mut keeper, mut responses) = self
-            .client
-            .clone()
+            .client()
             .lease_keep_alive(lease)
             .await
             .map_err(|e| lease_error(lease, e))?;
@@ -372,12 +404,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn member_reachable(&self, member: &str) -> StoreResult<Option<bool>> {
-        let members = self
-            .client
-            .clone()
-            .member_list()
-            .await
-            .map_err(unavailable)?;
+        let members = self.client().member_list().await.map_err(unavailable)?;
         let url = members
             .members()
             .iter()
@@ -387,8 +414,8 @@ impl StateStore for EtcdStore {
         let mut options = ec::ConnectOptions::new()
             .with_connect_timeout(PROBE_TIMEOUT)
             .with_timeout(PROBE_TIMEOUT);
-        if let Some(tls) = &self.tls {
-            options = options.with_tls(tls.clone());
+        if let Some(tls) = self.tls() {
+            options = options.with_tls(tls);
         }
         let probe = async move {
             let mut client = ec::Client::connect([url], Some(options)).await?;
@@ -405,7 +432,7 @@ impl StateStore for EtcdStore {
     async fn snapshot(&self, to: &std::path::Path) -> StoreResult<Revision> {
         use tokio::io::AsyncWriteExt;
         let file_err = |e: std::io::Error| StoreError::Other(format!("{}: {e}", to.display()));
-        let mut stream = self.client.clone().snapshot().await.map_err(unavailable)?;
+        let mut stream = self.client().snapshot().await.map_err(unavailable)?;
         let mut file = tokio::fs::File::create(to).await.map_err(file_err)?;
         let mut revision = 0;
         while let Some(part) = stream.message().await.map_err(unavailable)? {
@@ -419,19 +446,13 @@ impl StateStore for EtcdStore {
     }
 
     async fn members(&self) -> StoreResult<Vec<StoreMember>> {
-        let list = self
-            .client
-            .clone()
-            .member_list()
-            .await
-            .map_err(unavailable)?;
+        let list = self.client().member_list().await.map_err(unavailable)?;
         Ok(list.members().iter().map(member).collect())
     }
 
     async fn add_learner(&self, peer_url: &str) -> StoreResult<Vec<StoreMember>> {
         let added = self
-            .client
-            .clone()
+            .client()
             .member_add(
                 [peer_url],
                 Some(ec::MemberAddOptions::new().with_is_learner()),
@@ -442,17 +463,12 @@ impl StateStore for EtcdStore {
     }
 
     async fn remove_member(&self, id: u64) -> StoreResult<()> {
-        self.client
-            .clone()
-            .member_remove(id)
-            .await
-            .map_err(unavailable)?;
+        self.client().member_remove(id).await.map_err(unavailable)?;
         Ok(())
     }
 
     async fn promote(&self, id: u64) -> StoreResult<()> {
-        self.client
-            .clone()
+        self.client()
             .member_promote(id)
             .await
             .map_err(unavailable)?;
@@ -460,8 +476,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
-        self.client
-            .clone()
+        self.client()
             .lease_revoke(lease)
             .await
             .map_err(|e| lease_error(lease, e))?;

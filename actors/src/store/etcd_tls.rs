@@ -29,12 +29,10 @@ impl EtcdTls {
             std::fs::read(p)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
         };
+        let pair = crate::pki::local::read_pair(&self.cert_file, &self.key_file)?;
         Ok(etcd_client::TlsOptions::new()
             .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca_file)?))
-            .identity(etcd_client::Identity::from_pem(
-                read(&self.cert_file)?,
-                read(&self.key_file)?,
-            )))
+            .identity(etcd_client::Identity::from_pem(pair.cert_pem, pair.key_pem)))
     }
 
     /// etcd's flags that make it serve with these files.

@@ -52,6 +52,7 @@ pub fn defaults() -> ClusterConfigurationSpec {
         backup_interval_minutes: Some(d::BACKUP_INTERVAL_MINUTES),
         agent_tick_seconds: d::AGENT_TICK_SECONDS,
         node_loss_timeout_seconds: d::NODE_LOSS_TIMEOUT_SECONDS,
+        certificate_lifetime_seconds: d::CERTIFICATE_LIFETIME_SECONDS,
     }
 }
 
@@ -158,6 +159,15 @@ fn parse_spec(m: &mut MapReader<'_>, r: &mut Report) -> ClusterConfigurationSpec
     {
         s.agent_tick_seconds = tick;
     }
+    if let Some(lifetime) = m.field("certificateLifetimeSeconds").and_then(|n| {
+        n.u32_in(
+            r,
+            d::MIN_CERTIFICATE_LIFETIME_SECONDS,
+            d::MAX_CERTIFICATE_LIFETIME_SECONDS,
+        )
+    }) {
+        s.certificate_lifetime_seconds = lifetime;
+    }
     let loss = m.field("nodeLossTimeoutSeconds");
     if let Some(timeout) = loss.as_ref().and_then(|n| n.u32_in(r, 1, 86_400)) {
         s.node_loss_timeout_seconds = timeout;
@@ -224,6 +234,9 @@ pub struct ClusterSettings {
     pub agent_tick: std::time::Duration,
     /// `nodeLossTimeoutSeconds`: silence after which a node is NotReady (at least 1 s).
     pub node_loss_timeout: std::time::Duration,
+    /// `certificateLifetimeSeconds`: how long node, etcd and API server certificates
+    /// are valid; each is renewed at two thirds of it.
+    pub certificate_lifetime: std::time::Duration,
     pub api_port: u16,
     pub agent_port: u16,
     pub etcd_client_port: u16,
@@ -260,6 +273,12 @@ impl From<&ClusterConfiguration> for ClusterSettings {
                 .unwrap_or_default(),
             agent_tick: seconds(spec.agent_tick_seconds),
             node_loss_timeout: seconds(spec.node_loss_timeout_seconds),
+            certificate_lifetime: Duration::from_secs(u64::from(
+                match spec.certificate_lifetime_seconds {
+                    0 => d::CERTIFICATE_LIFETIME_SECONDS,
+                    s => s.max(d::MIN_CERTIFICATE_LIFETIME_SECONDS),
+                },
+            )),
             api_port: port(spec.api_port),
             agent_port: port(spec.agent_port),
             etcd_client_port: port(spec.etcd_client_port),

@@ -19,6 +19,12 @@ pub const BACKUP_PATH: &str = "/var/lib/kat/backups";
 pub const BACKUP_INTERVAL_MINUTES: u32 = 30;
 pub const AGENT_TICK_SECONDS: u32 = 15;
 pub const NODE_LOSS_TIMEOUT_SECONDS: u32 = 60;
+/// Node, etcd and API server certificates: a year, renewed at two thirds of it.
+pub const CERTIFICATE_LIFETIME_SECONDS: u32 = 365 * 24 * 3600;
+/// The shortest lifetime accepted (short lifetimes are for tests of rotation).
+pub const MIN_CERTIFICATE_LIFETIME_SECONDS: u32 = 10;
+/// The longest: five years (the cluster CA is valid for ten).
+pub const MAX_CERTIFICATE_LIFETIME_SECONDS: u32 = 5 * 365 * 24 * 3600;
 /// Longest node subnet prefix: a /30 leaves one usable instance address.
 pub const MAX_NODE_SUBNET_PREFIX: u8 = 30;
 

@@ -120,6 +120,7 @@ spec:
   backupIntervalMinutes: 0
   agentTickSeconds: 15
   nodeLossTimeoutSeconds: 60
+  certificateLifetimeSeconds: 3600
 ";
 
 const NAMESPACE: &str = "apiVersion: kat.dws.rip/v1alpha1
@@ -1472,6 +1473,13 @@ fn cluster_rules() {
             vec![set("spec.agentTickSeconds", "0")],
             "spec.agentTickSeconds",
             "at least 1",
+        ),
+        case(
+            Cluster,
+            c,
+            vec![set("spec.certificateLifetimeSeconds", "5")],
+            "spec.certificateLifetimeSeconds",
+            "at least 10",
         ),
         case(
             Cluster,

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use super::{LeaderLink, LinkError, SyncReceiver};
 use crate::client::{LEADER_API_METADATA, api_channel};
 use crate::pki::ca::CertAndKey;
+use crate::pki::local::PkiDir;
 
 fn status_error(status: &tonic::Status) -> LinkError {
     if let Some(leader) = status
@@ -56,18 +57,14 @@ impl TlsLeaderLink {
         if let Some(c) = loaded.as_ref() {
             return Ok(c.clone());
         }
-        let read = |name: &str| {
-            let path = self.pki_dir.join(name);
-            std::fs::read_to_string(&path)
-                .map_err(|e| LinkError::Unreachable(format!("{}: {e}", path.display())))
-        };
-        let creds = (
-            read("ca.crt")?,
-            CertAndKey {
-                cert_pem: read("node.crt")?,
-                key_pem: read("node.key")?,
-            },
-        );
+        let pki = PkiDir(self.pki_dir.clone());
+        let ca_path = pki.ca_cert();
+        let ca = std::fs::read_to_string(&ca_path)
+            .map_err(|e| LinkError::Unreachable(format!("{}: {e}", ca_path.display())))?;
+        let pair = pki
+            .read_node_pair()
+            .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+        let creds = (ca, pair);
         *loaded = Some(creds.clone());
         Ok(creds)
     }
