@@ -5,6 +5,7 @@
 //! behaviours (`crate::leader`); a [`crate::state::StateError`] becomes a gRPC status
 //! in one place ([`status`]).
 
+mod gate;
 pub mod in_process;
 pub mod node;
 pub mod rest;

@@ -32,6 +32,7 @@ pub async fn serve(
     )?;
     let node_api = NodeApiServer::new(NodeApiService::new(served.clone()));
     let user_api = UserApiServer::new(UserApiService::new(served.clone()));
+    let gate = axum::middleware::from_fn_with_state(served.clone(), super::gate::require_token);
     let router = super::rest::router(served)
         .route_service(
             &format!("/{}/{{*rest}}", NodeApiServer::<NodeApiService>::NAME),
@@ -40,7 +41,8 @@ pub async fn serve(
         .route_service(
             &format!("/{}/{{*rest}}", UserApiServer::<UserApiService>::NAME),
             user_api,
-        );
+        )
+        .layer(gate);
     Server::builder()
         .accept_http1(true)
         .timeout(Duration::from_secs(60))

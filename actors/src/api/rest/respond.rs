@@ -144,8 +144,17 @@ where
         .into_response()
 }
 
-/// Reads a body of at most `limit` bytes; a larger one is refused with the limit.
+/// Reads a body of at most `limit` bytes; a larger one is refused with the limit —
+/// before a byte of it is read when its `Content-Length` says so.
 pub(super) async fn read_body(body: Body, limit: usize, what: &str) -> Result<Bytes, Response> {
+    use axum::body::HttpBody;
+    let announced = body.size_hint().lower();
+    if usize::try_from(announced).map_or(true, |n| n > limit) {
+        return Err(bad_request(format!(
+            "request body: {what} larger than {} KiB",
+            limit / 1024
+        )));
+    }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.to_string().contains("length limit"))
