@@ -8,7 +8,10 @@
 //! client's certificate chain travels with the stream (tonic's `Connected` for
 //! rustls streams), so `Request::peer_certs` works as before.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -145,18 +148,207 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts connections on `listener` and yields those whose handshake succeeded.
-/// Handshakes run concurrently (one slow client delays nobody); failed ones are
-/// logged at debug level and dropped. Accepting stops when the stream is dropped.
+/// How many connections one server holds at once, and from one source address.
+/// More are closed as soon as they are accepted (before their handshake), so a flood
+/// from one address costs that address its own slots, not everyone's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub total: usize,
+    pub per_source: usize,
+    /// A connection with no byte read from it this long after its handshake is closed
+    /// (a client that connects and says nothing).
+    pub first_request: Duration,
+    /// A connection on which nothing was read or written this long is closed. HTTP/2
+    /// connections are never this idle while their client lives: the server pings
+    /// them ([`HTTP2_KEEPALIVE`]).
+    pub idle: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            total: 1024,
+            per_source: 128,
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Streams one HTTP/2 connection may have open at once.
+pub const MAX_STREAMS: u32 = 100;
+
+/// How often the servers ping an HTTP/2 client, and how long they wait for the answer.
+pub const HTTP2_KEEPALIVE: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(10));
+
+/// The connections a server holds now, by source address.
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    by_source: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One held connection; released when the connection is dropped.
+struct Slot {
+    held: Arc<std::sync::Mutex<Held>>,
+    source: std::net::IpAddr,
+}
+
+impl Slot {
+    fn take(
+        held: &Arc<std::sync::Mutex<Held>>,
+        source: std::net::IpAddr,
+        limits: &ConnectionLimits,
+    ) -> Option<Self> {
+        let mut h = held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let from_source = h.by_source.get(&source).copied().unwrap_or(0);
+        if h.total >= limits.total || from_source >= limits.per_source {
+            return None;
+        }
+        h.total += 1;
+        h.by_source.insert(source, from_source + 1);
+        Some(Self {
+            held: held.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut h = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        h.total = h.total.saturating_sub(1);
+        if let Some(n) = h.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                h.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A server-side TLS connection holding its [`Slot`], closed when it idles past its
+/// limit (see [`ConnectionLimits`]).
+pub struct LimitedStream {
+    inner: TlsStream<TcpStream>,
+    _slot: Slot,
+    limits: ConnectionLimits,
+    read_any: bool,
+    last_activity: tokio::time::Instant,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl LimitedStream {
+    fn new(inner: TlsStream<TcpStream>, slot: Slot, limits: ConnectionLimits) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            inner,
+            _slot: slot,
+            limits,
+            read_any: false,
+            last_activity: now,
+            deadline: Box::pin(tokio::time::sleep_until(now + limits.first_request)),
+        }
+    }
+
+    fn limit(&self) -> Duration {
+        if self.read_any {
+            self.limits.idle
+        } else {
+            self.limits.first_request
+        }
+    }
+
+    /// Whether the connection has idled past its limit (registering the wake-up for
+    /// when it would).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let due = self.last_activity + self.limit();
+        if self.deadline.deadline() != due {
+            self.deadline.as_mut().reset(due);
+        }
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+
+    fn active(&mut self) {
+        self.last_activity = tokio::time::Instant::now();
+    }
+}
+
+fn idled_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle; closed")
+}
+
+impl tokio::io::AsyncRead for LimitedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.read_any = true;
+                    self.active();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idled_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for LimitedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for LimitedStream {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Accepts connections on `listener` within `limits` and yields those whose handshake
+/// succeeded. Handshakes run concurrently (one slow client delays nobody); failed ones
+/// are logged at debug level and dropped. Accepting stops when the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-) -> tonic::codegen::tokio_stream::wrappers::ReceiverStream<
-    Result<TlsStream<TcpStream>, std::io::Error>,
-> {
+    limits: ConnectionLimits,
+) -> tonic::codegen::tokio_stream::wrappers::ReceiverStream<Result<LimitedStream, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let held = Arc::new(std::sync::Mutex::new(Held::default()));
     tokio::spawn(async move {
+        let mut refused_logged = tokio::time::Instant::now() - Duration::from_secs(60);
         loop {
             let accepted = tokio::select! {
                 () = tx.closed() => break,
@@ -171,13 +363,22 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Some(slot) = Slot::take(&held, peer.ip(), &limits) else {
+                // At most one line a minute, however hard the flood.
+                if refused_logged.elapsed() >= Duration::from_secs(60) {
+                    refused_logged = tokio::time::Instant::now();
+                    tracing::warn!(%peer, total = limits.total, per_source = limits.per_source, "connection limit reached; refusing connections");
+                }
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(LimitedStream::new(tls, slot, limits))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -253,4 +454,84 @@ pub fn peer_node<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_owned)
         .ok_or_else(|| Status::unauthenticated("client certificate without a common name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ca::{ClusterCa, generate_ca};
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_connection_that_says_nothing_is_closed_and_its_slot_freed() {
+        let ca = generate_ca("t").unwrap();
+        let cert = ClusterCa::from_pem(&ca)
+            .unwrap()
+            .issue_server_cert(
+                &["kat-api".to_owned()],
+                &["127.0.0.1".parse().unwrap()],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let config = server_config(
+            ServingCert::new(&cert, "").unwrap(),
+            &ca.cert_pem,
+            ClientAuth::Optional,
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            total: 10,
+            per_source: 1,
+            first_request: Duration::from_millis(300),
+            idle: Duration::from_secs(60),
+        };
+        let mut accepted = incoming(listener, config, limits);
+
+        let client = |ca: String| async move {
+            use rustls::pki_types::ServerName;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+        };
+        let _quiet = client(ca.cert_pem.clone()).await.unwrap();
+        let mut server_side = tonic::codegen::tokio_stream::StreamExt::next(&mut accepted)
+            .await
+            .unwrap()
+            .unwrap();
+        // A second connection from the same address is over the limit: closed.
+        let second = client(ca.cert_pem.clone()).await;
+        let closed = match second {
+            Err(_) => true,
+            Ok(mut tls) => matches!(tls.read(&mut [0u8; 1]).await, Ok(0) | Err(_)),
+        };
+        assert!(closed, "over the per-source limit");
+
+        // The quiet one is closed after first_request, and its slot is free again.
+        let started = tokio::time::Instant::now();
+        let read = server_side.read(&mut [0u8; 16]).await;
+        assert_eq!(read.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(server_side);
+        let _third = client(ca.cert_pem.clone()).await.unwrap();
+        let again = tokio::time::timeout(
+            Duration::from_secs(2),
+            tonic::codegen::tokio_stream::StreamExt::next(&mut accepted),
+        )
+        .await;
+        assert!(matches!(again, Ok(Some(Ok(_)))), "the slot was freed");
+    }
 }

@@ -201,3 +201,70 @@ async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
     }
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(to).await
+}
+
+/// Whether the server closed `tcp` (EOF or reset) within `within`.
+async fn closed_by_server(tcp: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(within, tcp.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_from_one_address_leaves_the_api_answering() {
+    // Client and server sides of the flood share this process's descriptors.
+    kat_actors::procedures::run::raise_open_file_limit();
+    let api = api().await;
+    // Wait until it listens.
+    drop(api.tls(b"http/1.1").await);
+    let per_source = kat_actors::listener::ConnectionLimits::default().per_source;
+
+    // 1,000 connections from 127.0.0.9 that never send a byte.
+    let mut flood = Vec::new();
+    for _ in 0..1000 {
+        flood.push(connect_from([127, 0, 0, 9], api.addr).await.unwrap());
+    }
+    let mut refused = 0;
+    for tcp in &mut flood {
+        if closed_by_server(tcp, Duration::from_millis(20)).await {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 1000 - per_source,
+        "only {refused} of 1000 closed; {per_source} may stay"
+    );
+
+    // 100 bodies of 4 MiB announced and left trickling, without a token (each
+    // answered 401 without being read).
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut tls = api.tls(b"http/1.1").await;
+        tls.write_all(
+            b"POST /v1alpha1/n/default/workloads HTTP/1.1\r\nHost: kat\r\nContent-Length: 4194304\r\n\r\nx",
+        )
+        .await
+        .unwrap();
+        slow.push(tls);
+    }
+
+    // Meanwhile an admin from another address is answered at once.
+    let head = format!(
+        "GET /v1alpha1/nodes HTTP/1.1\r\nHost: kat\r\nAuthorization: Bearer {}\r\n\r\n",
+        api.token
+    );
+    let started = Instant::now();
+    let status = api.http1_status(&head, b"", Duration::from_secs(1)).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    eprintln!("answered in {:?} under the flood", started.elapsed());
+    drop(slow);
+    drop(flood);
+}

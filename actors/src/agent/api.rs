@@ -30,7 +30,9 @@ use tonic::{Request, Response, Status};
 
 use super::certs::RenewedSignal;
 use super::view::NodeView;
-use crate::listener::{ClientAuth, ServerTask, ServingCert, incoming, peer_node, server_config};
+use crate::listener::{
+    ClientAuth, ConnectionLimits, ServerTask, ServingCert, incoming, peer_node, server_config,
+};
 use crate::pki::ca::CertAndKey;
 use crate::pki::local::PkiDir;
 
@@ -331,11 +333,18 @@ impl Actor for AgentApiServer {
         let service = AgentApiGrpc::new(args.service.clone());
         let server = ServerTask::spawn(
             move |stopped| {
+                let (ping, ping_timeout) = crate::listener::HTTP2_KEEPALIVE;
                 Server::builder()
+                    .http2_keepalive_interval(Some(ping))
+                    .http2_keepalive_timeout(Some(ping_timeout))
+                    .max_concurrent_streams(crate::listener::MAX_STREAMS)
                     .add_service(service)
-                    .serve_with_incoming_shutdown(incoming(listener, tls), async {
-                        let _ = stopped.await;
-                    })
+                    .serve_with_incoming_shutdown(
+                        incoming(listener, tls, ConnectionLimits::default()),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    )
             },
             move |result| {
                 let why = match result {

@@ -12,6 +12,11 @@ use super::served::Served;
 use super::user::UserApiService;
 use crate::listener::ServingCert;
 
+/// A connection is asked to close after this long (clients reconnect; the node's sync
+/// stream resumes from its revision), and closed after the grace on top.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(600);
+
 /// Serves the node API and the user API (gRPC, and REST under `/v1alpha1/` with
 /// `/healthz`, `/readyz` — [`super::rest`]) with TLS on `listener`, presenting the
 /// certificate current in `server_cert` at each handshake, until `shutdown`
@@ -43,11 +48,18 @@ pub async fn serve(
             user_api,
         )
         .layer(gate);
+    let (ping, ping_timeout) = crate::listener::HTTP2_KEEPALIVE;
+    let limits = crate::listener::ConnectionLimits::default();
     Server::builder()
         .accept_http1(true)
         .timeout(Duration::from_secs(60))
+        .http2_keepalive_interval(Some(ping))
+        .http2_keepalive_timeout(Some(ping_timeout))
+        .max_concurrent_streams(crate::listener::MAX_STREAMS)
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming_shutdown(crate::listener::incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(crate::listener::incoming(listener, tls, limits), shutdown)
         .await?;
     Ok(())
 }

@@ -32,6 +32,7 @@ pub async fn run_until(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, AgentError> {
     std::fs::create_dir_all(node.state_dir.join("logs")).map_err(io_err(&node.state_dir))?;
+    raise_open_file_limit();
     let (supervisor, join) = start_node(
         &node.identity.node_name,
         node.control_plane.as_ref(),
@@ -49,5 +50,36 @@ pub async fn run_until(
             Ok(Outcome::Stopped)
         }
         _ = &mut join => Err(AgentError::Failed("restart intensity exhausted; see the log above".to_owned())),
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit: every connection the API
+/// holds is a descriptor, and the default soft limit (often 1024) is below what the
+/// servers' connection limits allow (`crate::listener::ConnectionLimits`). Returns the
+/// soft limit in force afterwards.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "open-file limit raised");
+                return Some(hard);
+            }
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    Some(soft)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit};
+        let now = super::raise_open_file_limit().unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(soft, hard);
+        assert_eq!(now, hard);
     }
 }
