@@ -268,3 +268,58 @@ async fn a_flood_of_idle_connections_from_one_address_leaves_the_api_answering()
     drop(slow);
     drop(flood);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_api_calls_need_a_certificate_and_joins_are_small() {
+    use kat_proto::v1alpha1::node_api_client::NodeApiClient;
+    use kat_proto::v1alpha1::{HeartbeatRequest, JoinRequest};
+    let api = api().await;
+    drop(api.tls(b"h2").await);
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", api.addr))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&api.ca_pem))
+                .domain_name("127.0.0.1"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut node = NodeApiClient::new(channel);
+    // No certificate: refused before the (large) body is decoded.
+    let big = HeartbeatRequest {
+        node_name: "x".repeat(3 << 20),
+        ..Default::default()
+    };
+    let refused = node.heartbeat(big).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    // A join of 1 MiB is not read to its end; a small one reaches the handler (and
+    // is refused there for its token).
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("big".to_owned(), "x".repeat(1 << 20));
+    let refused = node
+        .join(JoinRequest {
+            node_name: "w1".to_owned(),
+            token: "nope".to_owned(),
+            labels,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("length limit"),
+        "{:?}: {}",
+        refused.code(),
+        refused.message()
+    );
+    let refused = node
+        .join(JoinRequest {
+            node_name: "w1".to_owned(),
+            token: "nope".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+}

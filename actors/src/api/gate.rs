@@ -3,12 +3,18 @@
 //! before its body or query is read, so a client without a token costs the server a
 //! header's worth of work and nothing more.
 //!
-//! Open without a token: the node API (its calls authenticate with the node's client
-//! certificate, `Join` with the join token in its small body) and the REST routes the
-//! route table marks public (`/healthz`, `/readyz`, the OpenAPI document). Everything
-//! else — the user API over gRPC and REST, `/metrics`, unknown paths — needs a valid
-//! token. The handlers check it again (they also run in process, without the gate).
+//! Open without a token: the node API and the REST routes the route table marks
+//! public (`/healthz`, `/readyz`, the OpenAPI document). Everything else — the user
+//! API over gRPC and REST, `/metrics`, unknown paths — needs a valid token. The
+//! handlers check it again (they also run in process, without the gate).
+//!
+//! The node API has its own gate: every call but `Join` needs a client certificate
+//! (verified against the cluster CA in the handshake) before its body is read; `Join`,
+//! which comes before a node has one, may carry at most [`JOIN_BODY_LIMIT`] and at
+//! most [`JOINS_AT_ONCE`] are decoded at a time, so anonymous joins cannot hold more
+//! than a few hundred KiB of the leader's memory.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -22,14 +28,56 @@ use super::node::NodeApiService;
 use super::rest::routes::ROUTES;
 use super::served::Served;
 
-/// Whether `path` is served without an API token.
-fn is_open(path: &str) -> bool {
+/// The largest `Join` request (a token, two CSRs, a name, labels).
+pub const JOIN_BODY_LIMIT: usize = 64 << 10;
+/// How many `Join` calls are read and handled at once; more are refused at once.
+pub const JOINS_AT_ONCE: usize = 8;
+
+/// The node API method `path` names (`Join`, `Heartbeat`…), if it names one.
+fn node_api_method(path: &str) -> Option<&str> {
     use tonic::server::NamedService;
     let node_api = NodeApiServer::<NodeApiService>::NAME;
-    path.strip_prefix('/')
-        .and_then(|p| p.strip_prefix(node_api))
-        .is_some_and(|rest| rest.starts_with('/'))
-        || ROUTES.iter().any(|r| !r.auth && r.path == path)
+    path.strip_prefix('/')?
+        .strip_prefix(node_api)?
+        .strip_prefix('/')
+}
+
+/// Whether `path` is served without an API token.
+fn is_open(path: &str) -> bool {
+    node_api_method(path).is_some() || ROUTES.iter().any(|r| !r.auth && r.path == path)
+}
+
+/// Whether the connection presented a client certificate (the handshake verified it
+/// against the cluster CA).
+fn has_client_certificate(request: &Request) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .is_some_and(|certs| !certs.is_empty())
+}
+
+/// The node API's gate; see the module docs.
+async fn node_api(method: &str, request: Request, next: Next) -> Response {
+    static JOINS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    if method != "Join" {
+        if !has_client_certificate(&request) {
+            return Status::unauthenticated("this call needs the node's client certificate")
+                .into_http::<Body>()
+                .into_response();
+        }
+        return next.run(request).await;
+    }
+    let joins = JOINS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(JOINS_AT_ONCE)));
+    let Ok(_permit) = joins.clone().try_acquire_owned() else {
+        return Status::resource_exhausted("too many joins at once; try again in a moment")
+            .into_http::<Body>()
+            .into_response();
+    };
+    let request =
+        request.map(|body| Body::new(http_body_util::Limited::new(body, JOIN_BODY_LIMIT)));
+    next.run(request).await
 }
 
 fn is_grpc(request: &Request) -> bool {
@@ -42,7 +90,11 @@ fn is_grpc(request: &Request) -> bool {
 
 /// The gate, as axum middleware over the whole router.
 pub async fn require_token(State(served): State<Served>, request: Request, next: Next) -> Response {
-    if is_open(request.uri().path()) {
+    let path = request.uri().path().to_owned();
+    if let Some(method) = node_api_method(&path) {
+        return node_api(method, request, next).await;
+    }
+    if is_open(&path) {
         return next.run(request).await;
     }
     let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());

@@ -25,6 +25,10 @@
 //!         [--runs 10] [--tick-seconds 1]
 //!     one rootful Podman node: `katcall apply` of a one-replica busybox workload until
 //!     its instance is RUNNING, next to `podman run -d` of the same (see apply_latency.rs)
+//! kat-bench hostile --agent target/release/kat-agent [--rounds 50]
+//!     `kat-agent init` as leader, idle and then under 1,000 idle unauthenticated
+//!     connections and 100 slow token-less 4 MiB bodies: its RSS and descriptors, and
+//!     `ListNodes` latency on fresh connections (see hostile.rs)
 //! ```
 //!
 //! The simulated nodes are tasks in this process (no containers, no agent of their
@@ -35,6 +39,7 @@
 
 mod apply_latency;
 mod c1m;
+mod hostile;
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -108,6 +113,12 @@ fn main() {
             let replicas: usize = arg(&args, "--replicas").map_or(1000, |s| s.parse().unwrap());
             runtime().block_on(c1m::c1m(count, nodes, replicas));
         }
+        Some("hostile") => {
+            let agent = agent_arg(&args);
+            let rounds: usize = arg(&args, "--rounds").map_or(50, |s| s.parse().unwrap());
+            raise_open_file_limit(1200);
+            runtime().block_on(hostile::hostile(&agent, rounds));
+        }
         Some("apply-latency") => {
             let agent = agent_arg(&args);
             let katcall = PathBuf::from(
@@ -130,6 +141,7 @@ fn main() {
             eprintln!(
                 "     | apply-latency --agent PATH --katcall PATH [--runs N] [--tick-seconds N]"
             );
+            eprintln!("     | hostile --agent PATH [--rounds N]");
             std::process::exit(2);
         }
     }
