@@ -261,3 +261,51 @@ async fn images_are_pulled_only_when_missing_and_a_failed_pull_says_which() {
         other => panic!("expected ImagePull, got {other:?}"),
     }
 }
+
+/// The peak resident size of this process so far, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_command_that_prints_without_end_costs_the_agent_a_megabyte() {
+    let Some(binary) = podman_with_busybox() else {
+        return;
+    };
+    let podman = Podman::new(&binary);
+    let name = unique_name("kat-test-flood");
+    let _guard = RemovedContainer(binary.clone(), name.clone());
+    let mut opts = options(&name);
+    opts.args = serving("true");
+    let id = podman.create(&opts).await.unwrap();
+    podman.start(&id).await.unwrap();
+
+    let before = peak_rss_kib();
+    // 300 MB on stdout and a line of 1 MB on stderr.
+    let out = podman
+        .exec(
+            &id,
+            &[
+                "sh".into(),
+                "-c".into(),
+                "head -c 300000000 /dev/zero; head -c 1000000 /dev/zero | tr '\\0' x >&2; exit 7"
+                    .into(),
+            ],
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert_eq!(out.exit_code, 7, "the command ran to its end");
+    let max = kat_runtime::podman::MAX_EXEC_OUTPUT;
+    assert_eq!(out.stdout.len(), max + kat_runtime::podman::TRUNCATED.len());
+    assert!(out.stdout.ends_with(kat_runtime::podman::TRUNCATED));
+    assert_eq!(out.stderr.len(), 1_000_000, "under the limit: whole");
+    assert!(grown_mib < 64, "the agent's peak grew by {grown_mib} MiB");
+}

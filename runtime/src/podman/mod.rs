@@ -85,7 +85,9 @@ impl Podman {
     /// Whether the image is in local storage.
     pub async fn image_exists(&self, image: &str) -> Result<bool, RuntimeError> {
         let a: Vec<String> = vec!["image".into(), "exists".into(), image.into()];
-        let out = self.output(&a, COMMAND_TIMEOUT).await?;
+        let out = self
+            .output_within(&a, COMMAND_TIMEOUT, MAX_COMMAND_OUTPUT)
+            .await?;
         match out.status.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
@@ -200,7 +202,9 @@ impl Podman {
 
     /// Runs one command to completion; its stdout on success.
     async fn run(&self, args: &[String], timeout: Duration) -> Result<Vec<u8>, RuntimeError> {
-        let out = self.output(args, timeout).await?;
+        let out = self
+            .output_within(args, timeout, MAX_COMMAND_OUTPUT)
+            .await?;
         if out.status.success() {
             return Ok(out.stdout);
         }
@@ -219,13 +223,29 @@ impl Podman {
             })
     }
 
-    async fn output(
+    /// Runs a command to completion within `timeout`, keeping at most `limit` bytes
+    /// of each of its streams (see [`read_bounded`]).
+    async fn output_within(
         &self,
         args: &[String],
         timeout: Duration,
+        limit: usize,
     ) -> Result<std::process::Output, RuntimeError> {
-        let child = self.spawn_piped(args)?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        let mut child = self.spawn_piped(args)?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let run = async move {
+            let (stdout, stderr, status) = tokio::join!(
+                read_bounded(stdout, limit),
+                read_bounded(stderr, limit),
+                child.wait()
+            );
+            Ok::<_, std::io::Error>(std::process::Output {
+                status: status?,
+                stdout: stdout?,
+                stderr: stderr?,
+            })
+        };
+        match tokio::time::timeout(timeout, run).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(e)) => Err(RuntimeError::Spawn {
                 program: self.binary.display().to_string(),
@@ -238,6 +258,48 @@ impl Podman {
             }),
         }
     }
+}
+
+/// Podman's own answers (inspect, list) are kept up to this size.
+const MAX_COMMAND_OUTPUT: usize = 16 << 20;
+/// What a command run in a container (`exec`: health checks, `katcall exec`) may
+/// print on each stream; more is read and dropped, and the kept part ends with
+/// [`TRUNCATED`]. The container decides how much it prints: the agent does not
+/// hold it.
+pub const MAX_EXEC_OUTPUT: usize = 1 << 20;
+/// The mark after output cut at its limit.
+pub const TRUNCATED: &[u8] = b"\n[kat: output truncated]\n";
+/// The longest log line passed on whole; a longer one is passed on in pieces of this
+/// size.
+pub const MAX_LOG_LINE: usize = 64 << 10;
+
+/// Reads `stream` to its end, keeping the first `limit` bytes (and [`TRUNCATED`] if
+/// there was more). Reading on rather than stopping lets the writer finish, so its
+/// exit code still means what it says.
+async fn read_bounded<R: tokio::io::AsyncRead + Unpin>(
+    stream: Option<R>,
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut stream) = stream else {
+        return Ok(Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let mut cut = false;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        cut |= n > room;
+    }
+    if cut {
+        kept.extend_from_slice(TRUNCATED);
+    }
+    Ok(kept)
 }
 
 /// A failed command as an error; "no such ..." becomes NotFound.
@@ -361,8 +423,8 @@ impl ContainerRuntime for Podman {
         let a = args::logs_args(id, opts);
         let mut child = self.spawn_piped(&a)?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let mut out = child.stdout.take().map(|s| BufReader::new(s).split(b'\n'));
-        let mut err = child.stderr.take().map(|s| BufReader::new(s).split(b'\n'));
+        let mut out = child.stdout.take().map(BufReader::new);
+        let mut err = child.stderr.take().map(BufReader::new);
         tokio::spawn(async move {
             // The child is killed when this task ends (kill_on_drop).
             let _child = child;
@@ -401,7 +463,7 @@ impl ContainerRuntime for Podman {
             });
         }
         let a = args::exec_args(id, cmd);
-        let out = self.output(&a, timeout).await?;
+        let out = self.output_within(&a, timeout, MAX_EXEC_OUTPUT).await?;
         // 125: podman itself failed (no such container, not running); 126/127: the
         // command could not run — an answer about the container, still an exit code.
         if out.status.code() == Some(125) {
@@ -424,15 +486,73 @@ impl ContainerRuntime for Podman {
     }
 }
 
-type Lines<R> = tokio::io::Split<BufReader<R>>;
-
 /// The next line of an open stream; `None` at its end (or when it is closed already,
-/// in which case it waits forever, so `select!` picks the other stream).
+/// in which case it waits forever, so `select!` picks the other stream). A line
+/// longer than [`MAX_LOG_LINE`] comes in pieces of that size.
 async fn next_line<R: tokio::io::AsyncRead + Unpin>(
-    lines: &mut Option<Lines<R>>,
+    lines: &mut Option<BufReader<R>>,
 ) -> Option<Vec<u8>> {
     match lines {
-        Some(l) => l.next_segment().await.ok().flatten(),
+        Some(reader) => capped_line(reader, MAX_LOG_LINE).await.ok().flatten(),
         None => std::future::pending().await,
+    }
+}
+
+/// Reads up to the next newline (dropped) or `cap` bytes, whichever comes first;
+/// `None` at the end of the stream.
+async fn capped_line<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    cap: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok((!line.is_empty()).then_some(line));
+        }
+        let window = &buf[..buf.len().min(cap - line.len())];
+        if let Some(end) = window.iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(&window[..end]);
+            reader.consume(end + 1);
+            return Ok(Some(line));
+        }
+        let taken = window.len();
+        line.extend_from_slice(window);
+        reader.consume(taken);
+        if line.len() >= cap {
+            return Ok(Some(line));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_is_kept_up_to_its_limit_and_marked_when_cut() {
+        let short = read_bounded(Some(&b"hello"[..]), 8).await.unwrap();
+        assert_eq!(short, b"hello");
+        let long = vec![b'x'; 100_000];
+        let kept = read_bounded(Some(&long[..]), 1000).await.unwrap();
+        assert_eq!(&kept[..1000], &long[..1000]);
+        assert_eq!(&kept[1000..], TRUNCATED);
+        assert!(read_bounded::<&[u8]>(None, 8).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_log_line_longer_than_the_cap_comes_in_pieces() {
+        let mut text = b"short\n".to_vec();
+        text.extend(std::iter::repeat_n(b'y', 25));
+        text.extend_from_slice(b"\nlast");
+        let mut reader = BufReader::with_capacity(7, &text[..]);
+        let mut lines = Vec::new();
+        while let Some(line) = capped_line(&mut reader, 10).await.unwrap() {
+            lines.push(String::from_utf8(line).unwrap());
+        }
+        assert_eq!(
+            lines,
+            ["short", "yyyyyyyyyy", "yyyyyyyyyy", "yyyyy", "last"]
+        );
     }
 }
