@@ -438,6 +438,19 @@ impl Drop for ServerTask {
     }
 }
 
+/// The SHA-256 of the public key of the request's client certificate (see
+/// `crate::pki::ca::key_sha256_of_der`).
+pub fn peer_key_sha256<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {
+    let certs = request
+        .peer_certs()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated("this call needs the node's client certificate")
+        })?;
+    crate::pki::ca::key_sha256_of_der(certs[0].as_ref())
+        .map_err(|_| tonic::Status::unauthenticated("unreadable client certificate"))
+}
+
 /// The node a request comes from: the CN of its client certificate, which the TLS
 /// layer has already checked against the cluster CA.
 pub fn peer_node<T>(request: &tonic::Request<T>) -> Result<String, tonic::Status> {

@@ -462,26 +462,20 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
     let leader = leader().await;
     let token = leader.token(None, true).await;
     let mut anonymous = leader.client(None).await.unwrap();
-    anonymous
-        .join(join_request(&token, "w1", "w1"))
+    // w1's files: the certificate its join got (a year; NodeCerts's clock runs 300
+    // days ahead at first, past two thirds of its life).
+    let (key, csr) = node_key_and_csr("w1").unwrap();
+    let mut request = join_request(&token, "w1", "w1");
+    request.csr_pem = csr.clone();
+    let short = anonymous
+        .join(request)
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .certificate_pem;
     anonymous
         .join(join_request(&token, "w2", "w2"))
         .await
-        .unwrap();
-
-    // w1's files, with a certificate issued for 60 s; NodeCerts's clock runs 45 s
-    // ahead, past two thirds of its life.
-    let signer = ClusterCa::from_pem(&leader.ca).unwrap();
-    let (key, csr) = node_key_and_csr("w1").unwrap();
-    let short = signer
-        .sign_node_csr(
-            &csr,
-            "w1",
-            "127.0.0.1".parse().unwrap(),
-            Duration::from_secs(60),
-        )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     write_pki(dir.path(), &leader.ca_pem, &short, &key);
@@ -529,13 +523,18 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
     assert_eq!(err.code(), Code::Unauthenticated);
 
     let renewed = std::sync::Arc::new(tokio::sync::watch::channel(0).0);
+    // NodeCerts's clock, seconds ahead of the real one.
+    static AHEAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(300 * 24 * 3600);
     let args = NodeCertsArgs {
         node: "w1".to_owned(),
         pki_dir: dir.path().to_path_buf(),
         targets: vec![target],
         link: link.clone(),
         check_every: Duration::from_secs(3600),
-        now: || SystemTime::now() + Duration::from_secs(45),
+        now: || {
+            SystemTime::now()
+                + Duration::from_secs(AHEAD.load(std::sync::atomic::Ordering::Relaxed))
+        },
         renewed: renewed.clone(),
     };
     let (certs, handle) = ractor::Actor::spawn(None, NodeCerts, args).await.unwrap();
@@ -576,7 +575,8 @@ async fn node_certs_renews_a_certificate_past_two_thirds_of_its_life() {
     link.heartbeat(leader.url.trim_start_matches("https://"), beat)
         .await
         .unwrap();
-    // Not due again: a second check changes nothing.
+    // Not due again (the clock back to now): a second check changes nothing.
+    AHEAD.store(0, std::sync::atomic::Ordering::Relaxed);
     certs.cast(NodeCertsMsg::Check).unwrap();
     assert_eq!(
         ractor::call_t!(certs, NodeCertsMsg::Renewals, 1000).unwrap(),
@@ -877,4 +877,74 @@ async fn join_keeping_key(
     let mut request = join_request(token, name, name);
     request.csr_pem = csr;
     (key, client.join(request).await.unwrap().into_inner())
+}
+
+/// Heartbeat, Sync and Renew of `node` over `link`: the error text of each, or "ok".
+async fn node_calls(
+    link: &kat_actors::agent::link::tls::TlsLeaderLink,
+    target: &str,
+    node: &str,
+) -> [String; 3] {
+    use kat_actors::agent::link::LeaderLink;
+    use kat_proto::v1alpha1::{HeartbeatRequest, RenewCertificateRequest, SyncRequest};
+    let text = |r: Result<(), kat_actors::agent::link::LinkError>| {
+        r.map_or_else(|e| e.to_string(), |()| "ok".to_owned())
+    };
+    let beat = HeartbeatRequest {
+        node_name: node.to_owned(),
+        ..Default::default()
+    };
+    let sync = SyncRequest {
+        node_name: node.to_owned(),
+        ..Default::default()
+    };
+    let (_, csr) = node_key_and_csr(node).unwrap();
+    let renew = RenewCertificateRequest {
+        node_name: node.to_owned(),
+        csr_pem: csr,
+    };
+    [
+        text(link.heartbeat(target, beat).await.map(|_| ())),
+        text(link.sync(target, sync).await.map(|_| ())),
+        text(link.renew(target, renew).await.map(|_| ())),
+    ]
+}
+
+#[tokio::test]
+async fn a_deleted_or_joined_again_nodes_old_certificate_is_refused() {
+    use kat_actors::agent::link::tls::TlsLeaderLink;
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let target = leader.url.trim_start_matches("https://").to_owned();
+    let mut anonymous = leader.client(None).await.unwrap();
+    let (key, joined) = join_keeping_key(&mut anonymous, &token, "w1").await;
+    let first = tempfile::tempdir().unwrap();
+    write_pki(first.path(), &leader.ca_pem, &joined.certificate_pem, &key);
+    let old = TlsLeaderLink::new(first.path().to_path_buf());
+    assert_eq!(node_calls(&old, &target, "w1").await, ["ok", "ok", "ok"]);
+
+    // Deleted: every call with its certificate fails.
+    leader.store.delete(&keys::node("w1")).await.unwrap();
+    for refused in node_calls(&old, &target, "w1").await {
+        assert!(refused.contains("NotFound"), "{refused}");
+    }
+
+    // Joined again (a new key): the old holder is refused, the new one served.
+    let (key, joined) = join_keeping_key(&mut anonymous, &token, "w1").await;
+    let second = tempfile::tempdir().unwrap();
+    write_pki(second.path(), &leader.ca_pem, &joined.certificate_pem, &key);
+    let new = TlsLeaderLink::new(second.path().to_path_buf());
+    for refused in node_calls(&old, &target, "w1").await {
+        assert!(
+            refused.contains("Unauthenticated") && refused.contains("replaced or revoked"),
+            "{refused}"
+        );
+    }
+    // (Its renewal above was refused, so the new certificate is still current.)
+    assert_eq!(node_calls(&new, &target, "w1").await, ["ok", "ok", "ok"]);
+    // That renewal listed the key it renewed from: the second certificate is still
+    // accepted (the node may not have written the new pair yet); the first is not.
+    let [beat, _, _] = node_calls(&new, &target, "w1").await;
+    assert_eq!(beat, "ok");
+    assert!(node_calls(&old, &target, "w1").await[0].contains("Unauthenticated"));
 }

@@ -109,7 +109,7 @@ impl LeaderLink for InProcessLink {
         request: RenewCertificateRequest,
     ) -> Result<RenewCertificateResponse, LinkError> {
         let ctx = self.reach(target)?;
-        leader::renewal::renew_certificate(&ctx, &self.node, request)
+        leader::renewal::renew_certificate(&ctx, &self.node, None, request, (self.clock)())
             .await
             .map_err(link_error)
     }

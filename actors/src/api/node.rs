@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::served::Served;
 use crate::leader;
-use crate::listener::peer_node;
+use crate::leader::certificate_is_current;
+use crate::listener::{peer_key_sha256, peer_node};
 
 /// The tonic service.
 #[derive(Clone)]
@@ -45,7 +46,9 @@ impl NodeApi for NodeApiService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let caller = peer_node(&request)?;
+        let key = peer_key_sha256(&request)?;
         let ctx = self.served.leader().await?;
+        certificate_is_current(&ctx, &caller, &key).await?;
         let started = std::time::Instant::now();
         let answer =
             leader::heartbeats::heartbeat(&ctx, &caller, request.into_inner(), SystemTime::now())
@@ -74,7 +77,9 @@ impl NodeApi for NodeApiService {
         request: Request<SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let caller = peer_node(&request)?;
+        let key = peer_key_sha256(&request)?;
         let ctx = self.served.leader().await?;
+        certificate_is_current(&ctx, &caller, &key).await?;
         let events = leader::sync::sync_events(&ctx, &caller, request.into_inner()).await?;
         let stream = ReceiverStream::new(events).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
@@ -85,9 +90,17 @@ impl NodeApi for NodeApiService {
         request: Request<RenewCertificateRequest>,
     ) -> Result<Response<RenewCertificateResponse>, Status> {
         let caller = peer_node(&request)?;
+        let key = peer_key_sha256(&request)?;
         let ctx = self.served.leader().await?;
-        let answer =
-            leader::renewal::renew_certificate(&ctx, &caller, request.into_inner()).await?;
+        certificate_is_current(&ctx, &caller, &key).await?;
+        let answer = leader::renewal::renew_certificate(
+            &ctx,
+            &caller,
+            Some(&key),
+            request.into_inner(),
+            SystemTime::now(),
+        )
+        .await?;
         Ok(Response::new(answer))
     }
 }

@@ -88,6 +88,10 @@ async fn register_local_node(
     if leadership.store.get(&key).await?.is_some() {
         return Ok(());
     }
+    // The certificate init wrote before etcd started: the record binds it.
+    let pki = crate::pki::local::pki_dir(&local.state_dir);
+    let certificate = pki.read_node_pair()?.cert_pem;
+    let certificate_key = crate::pki::ca::key_sha256_of_pem(&certificate)?;
     let node = Node {
         api_version: kat_proto::quadlet::API_VERSION.to_owned(),
         kind: "Node".to_owned(),
@@ -102,6 +106,7 @@ async fn register_local_node(
             // Bootstrap runs on init's node: this host.
             capacity: Some(kat_runtime::probe::host_capacity()),
             allocatable: Some(kat_runtime::probe::host_capacity()),
+            certificate_key_sha256: vec![certificate_key],
             ..Default::default()
         }),
         status: None,

@@ -141,3 +141,30 @@ pub fn speaks_for(caller: &str, claimed: &str, verb: &str) -> StateResult<()> {
         "this certificate belongs to node {caller:?}; it cannot {verb} for {claimed:?}"
     )))
 }
+
+/// Whether the certificate whose public key hashes to `key` is one node `node` may
+/// present now: one its record lists (the current one, or the one it renewed from).
+/// A deleted node has no record, so its certificates are refused; a node that joined
+/// again under the same name has a new key, so the old holder's certificate is
+/// refused. A record from before keys were recorded lists none and accepts any (its
+/// next renewal records one).
+pub async fn certificate_is_current(ctx: &LeaderContext, node: &str, key: &str) -> StateResult<()> {
+    let (registered, _) = state::nodes::read(ctx.store(), node)
+        .await
+        .map_err(|e| match e {
+            StateError::NotFound(_) => StateError::NotFound(format!(
+                "node {node:?} is not registered (deleted?); its certificate is no longer accepted"
+            )),
+            other => other,
+        })?;
+    let keys = registered
+        .spec
+        .map(|s| s.certificate_key_sha256)
+        .unwrap_or_default();
+    if keys.is_empty() || keys.iter().any(|k| k == key) {
+        return Ok(());
+    }
+    Err(StateError::Unauthenticated(format!(
+        "this certificate of node {node:?} was replaced or revoked; the node has to join again"
+    )))
+}

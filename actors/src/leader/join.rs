@@ -15,7 +15,7 @@ use kat_proto::v1alpha1::{
 use prost::Message;
 
 use super::context::LeaderContext;
-use crate::pki::ca::{ClusterCa, PkiError};
+use crate::pki::ca::{ClusterCa, PkiError, key_sha256_of_pem};
 use crate::state::events::node_event;
 use crate::state::tokens::ValidJoinToken;
 use crate::state::{self, StateError, StateResult, keys};
@@ -80,7 +80,12 @@ pub async fn join(
     } else {
         None
     };
-    let node = registration(&req, address, control_plane, settings);
+    let mut node = registration(&req, address, control_plane, settings);
+    let key =
+        key_sha256_of_pem(&certificate_pem).map_err(|e| StateError::Internal(e.to_string()))?;
+    node.spec
+        .get_or_insert_with(Default::default)
+        .certificate_key_sha256 = vec![key];
     let result = record(
         ctx,
         &req.node_name,

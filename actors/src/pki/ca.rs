@@ -234,6 +234,22 @@ pub fn pair_matches(pair: &CertAndKey) -> bool {
         .is_ok()
 }
 
+/// SHA-256 (hex) of the public key (SubjectPublicKeyInfo) of the certificate `der`:
+/// what a node record binds its certificate by.
+pub fn key_sha256_of_der(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCa(format!("unreadable certificate: {e}")))?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.public_key().raw);
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// [`key_sha256_of_der`] of the first certificate in `cert_pem`.
+pub fn key_sha256_of_pem(cert_pem: &str) -> Result<String, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::BadCa(format!("unreadable certificate: {e}")))?;
+    key_sha256_of_der(&pem.contents)
+}
+
 /// The validity period of the first certificate in `cert_pem`.
 pub fn validity_of(cert_pem: &str) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
