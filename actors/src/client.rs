@@ -145,7 +145,25 @@ pub fn api_channel_with_timeout(
     identity: Option<&CertAndKey>,
     call_timeout: Duration,
 ) -> Result<Channel, ClientError> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    api_channel_from(addr, ca_pem, identity, call_timeout, None)
+}
+
+/// [`api_channel_with_timeout`] whose connections leave from `source` (a join: the
+/// leader accepts an advertise address only from that address).
+///
+/// Whatever the address, the server must prove it is an API server: its certificate
+/// must carry [`crate::pki::ca::API_SERVER_NAME`], which only the API servers'
+/// certificates have (node certificates name a node, and node names have no dots).
+pub fn api_channel_from(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<&CertAndKey>,
+    call_timeout: Duration,
+    source: Option<std::net::IpAddr>,
+) -> Result<Channel, ClientError> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(crate::pki::ca::API_SERVER_NAME);
     if let Some(id) = identity {
         tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
     }
@@ -154,7 +172,8 @@ pub fn api_channel_with_timeout(
         .tls_config(tls)
         .map_err(|e| connect_err(addr, e))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(call_timeout);
+        .timeout(call_timeout)
+        .local_address(source);
     Ok(endpoint.connect_lazy())
 }
 

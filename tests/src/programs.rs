@@ -235,3 +235,14 @@ pub fn busybox_instance(
         ..Default::default()
     }
 }
+
+/// The `i`-th of distinct loopback addresses (127.1.0.0 on), for simulated nodes: each
+/// node's advertise address must be its own.
+pub fn loopback_address(i: usize) -> String {
+    format!(
+        "127.{}.{}.{}",
+        1 + (i >> 16) % 254,
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
+}

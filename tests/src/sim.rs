@@ -129,6 +129,8 @@ pub struct SimCluster {
     dir: tempfile::TempDir,
     /// Whether [`Self::stop`] ran (see the `Drop` guard).
     stopped: AtomicBool,
+    /// Gives each node its own advertise address.
+    addresses: std::sync::atomic::AtomicUsize,
 }
 
 /// The address a simulated control-plane node serves its API at.
@@ -169,6 +171,7 @@ impl SimCluster {
             pki: ClusterPki::generate("sim").expect("the cluster's CAs"),
             dir: tempfile::tempdir().expect("a temporary directory"),
             stopped: AtomicBool::new(false),
+            addresses: std::sync::atomic::AtomicUsize::new(0),
         };
         for name in &cps {
             sim.register_control_plane(name).await;
@@ -188,6 +191,13 @@ impl SimCluster {
         self.start_node(name, false).await;
     }
 
+    fn next_address(&self) -> String {
+        let i = self
+            .addresses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::programs::loopback_address(i)
+    }
+
     /// What init's Bootstrap does for its own node: a control-plane registration.
     async fn register_control_plane(&self, name: &str) {
         let node = Node {
@@ -198,7 +208,7 @@ impl SimCluster {
                 ..Default::default()
             }),
             spec: Some(NodeSpec {
-                advertise_address: "127.0.0.1".to_owned(),
+                advertise_address: self.next_address(),
                 role: NodeRole::ControlPlane.into(),
                 capacity: Some(node_capacity()),
                 allocatable: Some(node_capacity()),
@@ -230,11 +240,11 @@ impl SimCluster {
             token: self.join_token.clone(),
             node_name: name.to_owned(),
             csr_pem: csr,
-            advertise_address: "127.0.0.1".to_owned(),
+            advertise_address: self.next_address(),
             capacity: Some(node_capacity()),
             ..Default::default()
         };
-        leader::join::join(&ctx, request, sim_now())
+        leader::join::join(&ctx, request, None, sim_now())
             .await
             .map(|_| ())
     }

@@ -154,13 +154,16 @@ impl Leader {
     }
 }
 
+/// A join of `node` (its own loopback address, from its name) with a CSR for
+/// `csr_for`.
 fn join_request(token: &str, node: &str, csr_for: &str) -> JoinRequest {
     let (_key, csr) = node_key_and_csr(csr_for).unwrap();
+    let n = node.bytes().fold(0usize, |h, b| h * 31 + usize::from(b));
     JoinRequest {
         token: token.to_owned(),
         node_name: node.to_owned(),
         csr_pem: csr,
-        advertise_address: "127.0.0.2".to_owned(),
+        advertise_address: kat_tests::programs::loopback_address(n % 60_000),
         agent_version: "test".to_owned(),
         ..Default::default()
     }
@@ -947,4 +950,79 @@ async fn a_deleted_or_joined_again_nodes_old_certificate_is_refused() {
     let [beat, _, _] = node_calls(&new, &target, "w1").await;
     assert_eq!(beat, "ok");
     assert!(node_calls(&old, &target, "w1").await[0].contains("Unauthenticated"));
+}
+
+#[tokio::test]
+async fn a_join_claims_only_its_own_unused_address() {
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let mut anonymous = leader.client(None).await.unwrap();
+    let first = join_request(&token, "w1", "w1");
+    let taken = first.advertise_address.clone();
+    anonymous.join(first).await.unwrap();
+
+    // An address another node has: refused, and nothing registered.
+    let mut second = join_request(&token, "w2", "w2");
+    second.advertise_address = taken.clone();
+    let refused = anonymous.join(second).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused}");
+    assert!(
+        refused.message().contains(&taken) && refused.message().contains("\"w1\""),
+        "{refused}"
+    );
+    // An address that is not where the join comes from (the leader's own, say):
+    // refused, so no join token buys a certificate for another host's address.
+    let mut third = join_request(&token, "w3", "w3");
+    third.advertise_address = "192.0.2.7".to_owned();
+    let refused = anonymous.join(third).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused}");
+    assert!(
+        refused
+            .message()
+            .contains("not the address this join came from"),
+        "{refused}"
+    );
+    assert!(!leader.registered("w2").await && !leader.registered("w3").await);
+}
+
+#[tokio::test]
+async fn clients_take_only_an_api_server_certificate_for_the_api() {
+    use kat_actors::listener::{ClientAuth, ConnectionLimits, incoming, server_config};
+    use kat_actors::pki::ca::CertAndKey;
+    // A server at 127.0.0.1 presenting a node certificate for 127.0.0.1 (what any
+    // node with that address holds), signed by the cluster CA.
+    let ca = generate_ca("impostor").unwrap();
+    let (key_pem, csr) = node_key_and_csr("w1").unwrap();
+    let cert_pem = ClusterCa::from_pem(&ca)
+        .unwrap()
+        .sign_node_csr(
+            &csr,
+            "w1",
+            "127.0.0.1".parse().unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let node_cert = CertAndKey { cert_pem, key_pem };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = server_config(
+        ServingCert::new(&node_cert, "").unwrap(),
+        &ca.cert_pem,
+        ClientAuth::Optional,
+    )
+    .unwrap();
+    let mut accepted = incoming(listener, config, ConnectionLimits::default());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(conn) = tonic::codegen::tokio_stream::StreamExt::next(&mut accepted).await {
+            held.push(conn);
+        }
+    });
+    let channel = kat_actors::client::api_channel(&addr.to_string(), &ca.cert_pem, None).unwrap();
+    let refused = NodeApiClient::new(channel)
+        .join(join_request("x", "w2", "w2"))
+        .await
+        .unwrap_err();
+    let why = format!("{refused:?}");
+    assert!(why.contains("NotValidForName"), "{why}");
 }

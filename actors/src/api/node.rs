@@ -36,8 +36,10 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncEvent, Status>> + Send>>;
 #[tonic::async_trait]
 impl NodeApi for NodeApiService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let source = request.remote_addr().map(|a| a.ip());
         let ctx = self.served.leader().await?;
-        let answer = leader::join::join(&ctx, request.into_inner(), SystemTime::now()).await?;
+        let answer =
+            leader::join::join(&ctx, request.into_inner(), source, SystemTime::now()).await?;
         Ok(Response::new(answer))
     }
 

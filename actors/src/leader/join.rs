@@ -41,10 +41,20 @@ pub fn sign_node_certificate(
         })
 }
 
-/// Handles one join; see the module docs.
+/// Whether a connection from `source` may claim `address`: its own address, or any
+/// loopback address from a loopback source (the leader's own host, which all of them
+/// name).
+fn may_claim(source: IpAddr, address: IpAddr) -> bool {
+    let source = source.to_canonical();
+    source == address.to_canonical() || (source.is_loopback() && address.is_loopback())
+}
+
+/// Handles one join; see the module docs. `source` is the address the call came
+/// from (`None` in process): the advertise address must be it.
 pub async fn join(
     ctx: &LeaderContext,
     req: JoinRequest,
+    source: Option<IpAddr>,
     now: SystemTime,
 ) -> StateResult<JoinResponse> {
     let token = state::tokens::check_join(ctx.store(), &req.token, now).await?;
@@ -57,10 +67,30 @@ pub async fn join(
             format!("{:?} is not an IP address", req.advertise_address),
         )
     })?;
+    if let Some(source) = source
+        && !may_claim(source, address)
+    {
+        return Err(StateError::Denied(format!(
+            "advertise_address {address} is not the address this join came from ({source}): \
+             a node can claim only its own address"
+        )));
+    }
     if state::nodes::exists(ctx.store(), &req.node_name).await? {
         return Err(StateError::AlreadyExists(format!(
             "a node named {:?} is already registered",
             req.node_name
+        )));
+    }
+    let (registered, _) = state::nodes::registrations(ctx.store()).await?;
+    if let Some(other) = registered.iter().find(|n| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.advertise_address.parse::<IpAddr>().ok())
+            .is_some_and(|a| a.to_canonical() == address.to_canonical())
+    }) {
+        let other = other.metadata.as_ref().map_or("", |m| m.name.as_str());
+        return Err(StateError::AlreadyExists(format!(
+            "advertise_address {address} is already node {other:?}'s; each node needs its own"
         )));
     }
     let certificate_pem = sign_node_certificate(ctx, &req.csr_pem, &req.node_name, address)?;

@@ -15,6 +15,11 @@ use time::OffsetDateTime;
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Validity of node certificates; renewed at two thirds of it (SPEC §6).
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The DNS name every API server certificate carries and every API client requires:
+/// a node certificate cannot pass for the API (node names are DNS labels, without
+/// dots), whatever address it names.
+pub const API_SERVER_NAME: &str = "api.kat.internal";
+
 /// Certificates are valid from a little before issue, for clocks slightly apart: five
 /// minutes, or a tenth of the lifetime when that is shorter (so a certificate of
 /// seconds, in tests, is not due for renewal as soon as it is made).
@@ -184,7 +189,7 @@ impl ClusterCa {
     }
 
     /// A server certificate and key for the leader's API on the given names and
-    /// addresses. The key is made here, on the node that serves with it.
+    /// addresses, and [`API_SERVER_NAME`]. The key is made here, on the node that serves with it.
     pub fn issue_server_cert(
         &self,
         dns_names: &[String],
@@ -192,7 +197,9 @@ impl ClusterCa {
         valid_for: Duration,
     ) -> Result<CertAndKey, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(dns_names.to_vec())?;
+        let mut names = dns_names.to_vec();
+        names.push(API_SERVER_NAME.to_owned());
+        let mut params = CertificateParams::new(names)?;
         params
             .subject_alt_names
             .extend(addresses.iter().map(|a| SanType::IpAddress(*a)));
@@ -446,14 +453,18 @@ mod tests {
             .unwrap();
         let (der, _) = parse(&api.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
-        assert_eq!(
-            cert.subject_alternative_name()
-                .unwrap()
-                .unwrap()
-                .value
-                .general_names
-                .len(),
-            2
+        let names = &cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| matches!(n, GeneralName::DNSName(d) if *d == API_SERVER_NAME)),
+            "the API server's own name: {names:?}"
         );
         assert!(api.key_pem.contains("PRIVATE KEY"));
     }

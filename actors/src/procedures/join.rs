@@ -13,7 +13,7 @@ use super::state_dir::{
     AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
     default_node_name, io_err, read_identity, write_private,
 };
-use crate::client::{LEADER_API_METADATA, api_channel_with_timeout, fetch_pinned_ca};
+use crate::client::{LEADER_API_METADATA, api_channel_from, fetch_pinned_ca};
 use crate::pki::ca::{CertAndKey, node_key_and_csr};
 use crate::pki::local::pki_dir;
 use crate::pki::pin::JoinCredential;
@@ -109,8 +109,14 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
             },
         };
         // A control-plane join waits while an earlier member catches up in etcd.
-        let channel = api_channel_with_timeout(&leader, &ca_pem, None, Duration::from_secs(60))
-            .map_err(|e| AgentError::Leader(e.to_string()))?;
+        let channel = api_channel_from(
+            &leader,
+            &ca_pem,
+            None,
+            Duration::from_secs(60),
+            join_source(advertise_address),
+        )
+        .map_err(|e| AgentError::Leader(e.to_string()))?;
         match NodeApiClient::new(channel).join(request.clone()).await {
             Ok(response) => break response.into_inner(),
             Err(status)
@@ -193,4 +199,17 @@ pub async fn join(opts: &JoinOptions) -> Result<PreparedNode, AgentError> {
     write_private(&dir.join(IDENTITY_FILE), &json)?;
     tracing::info!(node = %identity.node_name, address = %identity.advertise_address, state_dir = %dir.display(), "joined the cluster");
     prepared(identity, dir, cluster, &opts.etcd_bin)
+}
+
+/// Where a join's connection leaves from: the advertise address when it is this
+/// host's (the leader accepts the address only from itself), else wherever the system
+/// routes it (a loopback address, which the leader takes from any loopback source; or
+/// an address this host does not have, which the leader will refuse with the reason).
+fn join_source(advertise: IpAddr) -> Option<IpAddr> {
+    if advertise.is_loopback() || advertise.is_unspecified() {
+        return None;
+    }
+    std::net::UdpSocket::bind(SocketAddr::new(advertise, 0))
+        .is_ok()
+        .then_some(advertise)
 }

@@ -120,7 +120,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
             token: token.clone(),
             node_name: name.clone(),
             csr_pem: csr,
-            advertise_address: "127.0.0.1".to_owned(),
+            advertise_address: kat_tests::programs::loopback_address(i),
             capacity: Some(NodeResources {
                 cpu_millis: 8000,
                 memory_bytes: 32 * GI,
@@ -129,7 +129,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
             labels: [("zone".to_owned(), format!("z{}", i % 3))].into(),
             ..Default::default()
         };
-        leader::join::join(&ctx, request, SystemTime::now())
+        leader::join::join(&ctx, request, None, SystemTime::now())
             .await
             .unwrap();
         let beat = HeartbeatRequest {

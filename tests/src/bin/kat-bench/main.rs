@@ -631,7 +631,7 @@ async fn join_nodes(leader: &Leader, n: usize) -> Vec<SimNode> {
                 token,
                 node_name: name.clone(),
                 csr_pem,
-                advertise_address: "127.0.0.1".to_owned(),
+                advertise_address: kat_tests::programs::loopback_address(i),
                 ..Default::default()
             };
             let response = client
