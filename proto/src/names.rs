@@ -204,6 +204,76 @@ pub fn absolute_path_problem(path: &str) -> Option<String> {
     None
 }
 
+/// Host paths no `hostMount` may name, nor a directory above or below one: the
+/// system, the host's credentials and devices, KAT's own state and container-engine
+/// sockets. (A mount of `/var` would show `/var/lib/kat`; one of `/run` the engines'
+/// sockets.)
+pub const DENIED_HOST_PATHS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/proc",
+    "/root",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/kat",
+    "/var/lib/containers",
+    "/var/lib/docker",
+    "/var/run",
+    "/run/kat",
+    "/run/containerd",
+    "/run/containers",
+    "/run/docker.sock",
+    "/run/podman",
+    "/run/systemd",
+    "/run/user",
+    "/run/dbus",
+];
+
+/// `path` without empty and `.` components (`/srv//a/./b/` → `/srv/a/b`).
+pub fn normal_host_path(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// Whether `a` is `b` or below it (both normal).
+fn is_within(a: &str, b: &str) -> bool {
+    a == b || b == "/" || a.strip_prefix(b).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Why `path` may not be a `hostMount`: not absolute, `..`, or `denied` (or one of
+/// [`DENIED_HOST_PATHS`]) is the path, above it or below it.
+pub fn host_path_problem(path: &str, denied: &[&str]) -> Option<String> {
+    if let Some(problem) = absolute_path_problem(path) {
+        return Some(problem);
+    }
+    let normal = normal_host_path(path);
+    DENIED_HOST_PATHS
+        .iter()
+        .chain(denied)
+        .find(|d| {
+            let d = normal_host_path(d);
+            // Everything is below `/`: it denies only itself.
+            (d != "/" && is_within(&normal, &d)) || is_within(&d, &normal)
+        })
+        .map(|d| {
+            format!(
+                "{path:?} is or holds {d}, which no workload may mount (system files, devices, \
+                 credentials, KAT's state or a container engine); mount a directory of its own \
+                 such as /srv/<name>"
+            )
+        })
+}
+
 /// A relative path that stays inside its base (no leading '/', no `..`).
 pub fn relative_path_problem(path: &str) -> Option<String> {
     if path.starts_with('/') {

@@ -148,8 +148,10 @@ pub fn plan(
             Some(volume::Source::HostMount(h)) => {
                 let path = PathBuf::from(&h.host_path);
                 let host_field = format!("volumes.{}.hostMount.hostPath", v.name);
-                if !path.is_absolute() {
-                    return Err(invalid(host_field, "must be an absolute path"));
+                // Checked at apply too; again here for what was stored before that
+                // check existed, or written to etcd some other way.
+                if let Some(problem) = kat_proto::names::host_path_problem(&h.host_path, &[]) {
+                    return Err(invalid(host_field, problem));
                 }
                 out.ensure.push(Ensure::HostPath {
                     path: path.clone(),
@@ -437,6 +439,33 @@ mod tests {
             }
         }
         assert!(!p("missing").exists(), "checking creates nothing");
+    }
+
+    #[test]
+    fn a_host_mount_of_the_system_or_kats_state_is_refused_on_the_node_too() {
+        let root = tempfile::tempdir().unwrap();
+        let nologin = Path::new("/etc/nologin").exists();
+        for path in [
+            "/etc",
+            "/",
+            "/var/lib/kat/pki",
+            "/run/podman/podman.sock",
+            "/etc/nologin",
+        ] {
+            let v = host("v", Path::new(path), HostPathType::FileOrCreate);
+            match prepare(root.path(), "n", "w", &[v], &[mount("v", "/x", "")], None) {
+                Err(RuntimeError::InvalidOptions { field, reason }) => {
+                    assert_eq!(field, "volumes.v.hostMount.hostPath");
+                    assert!(reason.contains("which no workload may mount"), "{reason}");
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            Path::new("/etc/nologin").exists(),
+            nologin,
+            "nothing created"
+        );
     }
 
     #[test]

@@ -589,7 +589,7 @@ fn parse_volumes(node: &Node<'_>, r: &mut Report) -> Vec<Volume> {
                     if let Some(p) = h.required(r, "hostPath")
                         && let Some(path) = p.string(r)
                     {
-                        if let Some(problem) = names::absolute_path_problem(&path) {
+                        if let Some(problem) = names::host_path_problem(&path, &[]) {
                             r.error(&p.path, problem);
                         }
                         mount.host_path = path;
