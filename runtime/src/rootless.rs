@@ -707,6 +707,8 @@ impl RootlessHost {
             units: Units {
                 systemd,
                 unit_dir: runtime_dir.join("systemd").join("user"),
+                trusted_base: Some(runtime_dir.clone()),
+                owner: Some((user.uid, user.gid)),
                 podman: self.podman.clone(),
                 cgroups: self.cgroups,
                 stop_timeout: self.stop_timeout,

@@ -124,6 +124,13 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Renames `from` to `to`, both in this directory (a link at `to` is replaced, not
+    /// followed).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        nix::fcntl::renameat(self.fd.as_fd(), from, self.fd.as_fd(), to)
+            .map_err(|e| os(&self.path.join(to), e))
+    }
+
     /// Gives file `name` in this directory to `uid`/`gid`, refusing a link.
     pub fn chown_file(&self, name: &str, uid: u32, gid: u32) -> io::Result<()> {
         let path = self.path.join(name);

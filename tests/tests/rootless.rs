@@ -133,6 +133,8 @@ async fn a_unit_runs_in_its_workload_users_manager() {
     let units = Units {
         systemd,
         unit_dir: manager.unit_dir(),
+        trusted_base: Some(manager.runtime_dir().to_path_buf()),
+        owner: Some((user.uid, user.gid)),
         podman: podman_bin.clone(),
         cgroups: CgroupsMode::NoConmon,
         stop_timeout: Duration::from_secs(5),

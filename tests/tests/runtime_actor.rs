@@ -297,6 +297,8 @@ async fn real_units_are_adopted_after_a_restart_checked_and_keep_their_volume() 
         units: Units {
             systemd,
             unit_dir: manager.unit_dir(),
+            trusted_base: None,
+            owner: None,
             podman: podman_bin.clone(),
             cgroups: CgroupsMode::NoConmon,
             stop_timeout: Duration::from_secs(5),

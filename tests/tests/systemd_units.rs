@@ -35,6 +35,8 @@ async fn setup() -> Option<Setup> {
         units: Units {
             systemd,
             unit_dir: manager.unit_dir(),
+            trusted_base: None,
+            owner: None,
             podman: podman_bin.clone(),
             cgroups: CgroupsMode::NoConmon,
             stop_timeout: Duration::from_secs(5),
@@ -76,16 +78,40 @@ fn active_running(s: &UnitState) -> bool {
 async fn a_unit_runs_the_instance_and_always_restarts_it() {
     let Some(t) = setup().await else { return };
     let id = unique_name("always").replace('-', "");
-    let opts = instance(&id, RestartPolicy::Always);
+    let mut opts = instance(&id, RestartPolicy::Always);
+    // Values systemd or a shell would expand, quotes, a newline: the container gets
+    // them as written, and none is on a command line or in a world-readable file.
+    let secret = "s3cret $HOME %n \"q\" a\\b\nline2";
+    opts.env.insert("SECRET".into(), secret.into());
     let _guard = RemovedContainer(t.podman_bin.clone(), opts.name.clone());
     let unit = t.units.run(&opts).await.unwrap();
     assert_eq!(unit, format!("kat-default-web-{id}.service"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = t.units.unit_dir.join(&unit);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let exec = text.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+        assert!(!exec.contains("s3cret"), "{exec}");
+        assert!(exec.contains("\"--env\" \"SECRET\""), "{exec}");
+    }
     t.units
         .systemd
         .wait_for(&unit, Duration::from_secs(30), active_running)
         .await
         .unwrap();
     let status = running(&t.podman, &opts.name).await;
+    let seen = t
+        .podman
+        .exec(
+            &status.id,
+            &["sh".into(), "-c".into(), "printf %s \"$SECRET\"".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen.stdout), secret);
     assert_eq!(status.labels[LABEL_INSTANCE], id);
     assert_eq!(status.labels["kat.dws.rip/namespace"], "default");
     assert_eq!(status.labels["kat.dws.rip/workload-name"], "web");

@@ -136,6 +136,8 @@ async fn rootful_host(
         units: kat_runtime::systemd::Units {
             systemd,
             unit_dir: unit_dir.to_path_buf(),
+            trusted_base: None,
+            owner: None,
             podman: podman.binary().to_path_buf(),
             cgroups: kat_runtime::systemd::unit::CgroupsMode::default(),
             stop_timeout: Duration::from_secs(10),

@@ -266,6 +266,12 @@ pub struct Units {
     /// A directory the manager loads units from (`$XDG_RUNTIME_DIR/systemd/user` for
     /// a user manager, `/run/systemd/system` for the system one).
     pub unit_dir: std::path::PathBuf,
+    /// Where `unit_dir` lies below when a less trusted user can write the way to it (a
+    /// workload user's runtime directory): every component from here on is opened
+    /// without following links. `None`: `unit_dir` is root's own.
+    pub trusted_base: Option<std::path::PathBuf>,
+    /// Who the unit files belong to (a user manager's user); `None`: root.
+    pub owner: Option<(u32, u32)>,
     pub podman: std::path::PathBuf,
     pub cgroups: unit::CgroupsMode,
     /// How long a container may take to stop before it is killed.
@@ -281,15 +287,22 @@ impl Units {
         crate::podman::args::validate(opts)?;
         let name = unit::unit_name(&opts.namespace, &opts.workload, &opts.instance_id);
         let text = unit::render_unit(opts, &self.podman, self.cgroups, self.stop_timeout);
-        std::fs::create_dir_all(&self.unit_dir).map_err(|e| io_err(&self.unit_dir, &e))?;
-        let path = self.unit_dir.join(&name);
-        let tmp = self.unit_dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, &e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, &e))?;
+        self.write_unit_file(&name, &text)?;
         self.systemd.reload().await?;
         self.systemd.reset_failed(&name).await?;
         self.systemd.start(&name).await?;
         Ok(name)
+    }
+
+    /// Writes unit file `name` (see [`write_unit_file`]).
+    pub fn write_unit_file(&self, name: &str, text: &str) -> Result<(), RuntimeError> {
+        write_unit_file(
+            &self.unit_dir,
+            self.trusted_base.as_deref(),
+            self.owner,
+            name,
+            text,
+        )
     }
 
     /// Stops the unit (its ExecStop/ExecStopPost remove the container), waits until
@@ -339,5 +352,92 @@ fn io_err(path: &std::path::Path, e: &std::io::Error) -> RuntimeError {
     RuntimeError::Spawn {
         program: path.display().to_string(),
         reason: e.to_string(),
+    }
+}
+
+/// Writes unit file `name` in `unit_dir`: 0600 (it holds the instance's environment),
+/// given to `owner`, replaced by a rename; below `trusted_base` (a directory a less
+/// trusted user can write), never through a link that user planted.
+pub fn write_unit_file(
+    unit_dir: &std::path::Path,
+    trusted_base: Option<&std::path::Path>,
+    owner: Option<(u32, u32)>,
+    name: &str,
+    text: &str,
+) -> Result<(), RuntimeError> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| io_err(&unit_dir.join(name), &e);
+    let dir = match trusted_base {
+        Some(base) => {
+            let rel = unit_dir.strip_prefix(base).map_err(|_| {
+                failed(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("not below {}", base.display()),
+                ))
+            })?;
+            crate::safe_fs::Dir::open_base(base)
+                .and_then(|b| b.subdir(rel, Some(0o755)))
+                .map_err(failed)?
+        }
+        None => {
+            std::fs::create_dir_all(unit_dir).map_err(failed)?;
+            crate::safe_fs::Dir::open_base(unit_dir).map_err(failed)?
+        }
+    };
+    let tmp = format!(".{name}.tmp");
+    let mut file = dir.create_file(&tmp, 0o600).map_err(failed)?;
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    drop(file);
+    if let Some((uid, gid)) = owner {
+        dir.chown_file(&tmp, uid, gid).map_err(failed)?;
+    }
+    dir.rename(&tmp, name).map_err(failed)
+}
+
+#[cfg(test)]
+mod unit_file_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn unit_files_are_private_and_never_written_through_a_planted_link() {
+        let base = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let units = base.path().join("systemd/user");
+        write_unit_file(&units, Some(base.path()), None, "kat-a.service", "[Unit]\n").unwrap();
+        let written = units.join("kat-a.service");
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), "[Unit]\n");
+        let mode = std::fs::metadata(&written).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the environment is in it");
+
+        // The user links its unit directory elsewhere (e.g. the system manager's):
+        // refused, nothing written there.
+        std::fs::remove_dir_all(base.path().join("systemd")).unwrap();
+        std::fs::create_dir(base.path().join("systemd")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &units).unwrap();
+        let refused = write_unit_file(&units, Some(base.path()), None, "kat-b.service", "x");
+        assert!(refused.is_err());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        // A link planted at the temporary name or the unit's own name is replaced,
+        // not followed.
+        std::fs::remove_file(&units).unwrap();
+        std::fs::create_dir(&units).unwrap();
+        let target = outside.path().join("victim");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, units.join(".kat-c.service.tmp")).unwrap();
+        std::os::unix::fs::symlink(&target, units.join("kat-c.service")).unwrap();
+        write_unit_file(&units, Some(base.path()), None, "kat-c.service", "unit").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(units.join("kat-c.service")).unwrap(),
+            "unit"
+        );
+        assert!(
+            !std::fs::symlink_metadata(units.join("kat-c.service"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

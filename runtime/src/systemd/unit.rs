@@ -31,6 +31,16 @@ pub fn unit_name(namespace: &str, workload: &str, instance_id: &str) -> String {
 /// character written as an escape, so no argument can end the line (validation refuses
 /// most of them before they get here).
 pub fn quote(arg: &str) -> String {
+    quoted(arg, true)
+}
+
+/// `quote` for an `Environment=` assignment, where `$` means nothing (only `%`
+/// specifiers are expanded there).
+fn quote_assignment(assignment: &str) -> String {
+    quoted(assignment, false)
+}
+
+fn quoted(arg: &str, exec: bool) -> String {
     let mut out = String::with_capacity(arg.len() + 2);
     out.push('"');
     for c in arg.chars() {
@@ -38,7 +48,7 @@ pub fn quote(arg: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '%' => out.push_str("%%"),
-            '$' => out.push_str("$$"),
+            '$' if exec => out.push_str("$$"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             c if c.is_control() => {
@@ -91,7 +101,19 @@ pub fn render_unit(
         },
         "--detach".into(),
     ]);
+    // The environment's values go in `Environment=` lines of this unit (a 0600 file:
+    // `super::write_unit_file`), and Podman takes them from its own environment by
+    // name: no value is on a command line, where every local user could read it.
+    let env = std::mem::take(&mut opts.env);
+    for key in env.keys() {
+        run.push("--env".into());
+        run.push(key.clone());
+    }
     run.extend(container_args(&opts));
+    let environment: String = env
+        .iter()
+        .map(|(k, v)| format!("Environment={}\n", quote_assignment(&format!("{k}={v}"))))
+        .collect();
     let name = opts.name.clone();
     let secs = stop_timeout.as_secs();
     let stop: Vec<String> = vec![
@@ -135,6 +157,7 @@ pub fn render_unit(
          Type=notify\n\
          NotifyAccess=all\n\
          Environment=PODMAN_SYSTEMD_UNIT=%n\n\
+         {environment}\
          ExecStart={start}\n\
          ExecStop={stop}\n\
          {cleanup}\
