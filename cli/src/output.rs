@@ -63,7 +63,43 @@ fn role_name(role: NodeRole) -> &'static str {
     }
 }
 
+/// `text` safe to print on a terminal: every control character but newline and tab
+/// (`keep_lines`; otherwise those too) shown as an escape (`\u{1b}`), so a name, label
+/// or message a node or a container chose cannot move the cursor, recolour the screen
+/// or retitle the window.
+pub fn terminal_safe(text: &str, keep_lines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(keep_lines && matches!(c, '\n' | '\t')) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `katcall describe node`.
+pub fn describe_node(node: &Node, events: &[Event], now: SystemTime) -> String {
+    terminal_safe(&describe_node_text(node, events, now), true)
+}
+
+/// `katcall describe workload`.
+pub fn describe_workload(s: &WorkloadStatusResponse, now: SystemTime) -> String {
+    terminal_safe(&describe_workload_text(s, now), true)
+}
+
+/// One event as `katcall get events --watch` prints it.
+pub fn event_line(e: &Event) -> String {
+    terminal_safe(&event_line_text(e), false)
+}
+
 fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| terminal_safe(cell, false)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths = Vec::new();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -144,7 +180,7 @@ fn bytes(n: i64) -> String {
 }
 
 /// `katcall describe node N`: spec, status and the node's recent events.
-pub fn describe_node(node: &Node, events: &[Event], now: SystemTime) -> String {
+fn describe_node_text(node: &Node, events: &[Event], now: SystemTime) -> String {
     let meta = node.metadata.clone().unwrap_or_default();
     let spec = node.spec.clone().unwrap_or_default();
     let status = node.status.clone().unwrap_or_default();
@@ -263,7 +299,7 @@ pub fn event_line_header() -> String {
 
 /// One event as a line of a stream (`get events --watch`): its time rather than an
 /// age, which would go stale.
-pub fn event_line(e: &Event) -> String {
+fn event_line_text(e: &Event) -> String {
     let object = event_object(e);
     let time = e.time.as_ref().map(rfc3339).unwrap_or_default();
     // Whole seconds are enough here.
@@ -428,7 +464,7 @@ pub fn instances_table(items: &[Instance]) -> String {
 
 /// `katcall describe workload N`: spec, status, instances (with pending reasons) and
 /// recent events.
-pub fn describe_workload(s: &WorkloadStatusResponse, now: SystemTime) -> String {
+fn describe_workload_text(s: &WorkloadStatusResponse, now: SystemTime) -> String {
     let w = s.workload.clone().unwrap_or_default();
     let meta = w.metadata.clone().unwrap_or_default();
     let spec = w.spec.clone().unwrap_or_default();
@@ -573,5 +609,33 @@ mod tests {
         assert!(lines[1].starts_with("n1 "));
         assert!(lines[1].contains("Unknown"));
         assert!(lines[1].contains("never"));
+    }
+
+    #[test]
+    fn what_nodes_and_containers_chose_cannot_drive_the_terminal() {
+        let node = Node {
+            metadata: Some(kat_proto::v1alpha1::ObjectMeta {
+                name: "n1\u{1b}]0;pwned\u{7}".to_owned(),
+                labels: [("zone".to_owned(), "\u{1b}[2Jred".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let event = Event {
+            message: "line one\nline two \u{1b}[31m".to_owned(),
+            ..Default::default()
+        };
+        for text in [
+            nodes_table(std::slice::from_ref(&node), UNIX_EPOCH),
+            describe_node(&node, std::slice::from_ref(&event), UNIX_EPOCH),
+            event_line(&event),
+        ] {
+            assert!(
+                !text.contains('\u{1b}') && !text.contains('\u{7}'),
+                "{text:?}"
+            );
+            assert!(text.contains("\\u{1b}"), "shown, escaped: {text:?}");
+        }
+        assert!(!event_line(&event).contains('\n'), "one event, one line");
     }
 }

@@ -388,9 +388,25 @@ async fn a_joined_node_heartbeats_as_itself_only() {
     );
 
     // Instance reports: a start, a restart and a failed health check become events of
-    // the instance's workload.
+    // the instance's workload (an instance the leader placed on w1).
     use kat_proto::v1alpha1::instance_status::Health;
-    use kat_proto::v1alpha1::{InstancePhase, InstanceReport, InstanceStatus};
+    use kat_proto::v1alpha1::{Instance, InstancePhase, InstanceReport, InstanceStatus};
+    let placed = Instance {
+        id: "a1b2c3d4".to_owned(),
+        namespace: "default".to_owned(),
+        workload: "web".to_owned(),
+        node: "w1".to_owned(),
+        ..Default::default()
+    };
+    leader
+        .store
+        .put(
+            &keys::instance("default", "web", "a1b2c3d4"),
+            placed.encode_to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
     let report = |phase: InstancePhase, restarts: u32, health: Health| {
         let mut b = beat("w1");
         b.instances = vec![InstanceReport {
@@ -1025,4 +1041,29 @@ async fn clients_take_only_an_api_server_certificate_for_the_api() {
         .unwrap_err();
     let why = format!("{refused:?}");
     assert!(why.contains("NotValidForName"), "{why}");
+}
+
+#[tokio::test]
+async fn what_a_node_says_about_itself_at_join_is_checked() {
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let mut anonymous = leader.client(None).await.unwrap();
+    let mut bad_label = join_request(&token, "w1", "w1");
+    bad_label
+        .labels
+        .insert("zone".to_owned(), "\u{1b}[31mred".to_owned());
+    let refused = anonymous.join(bad_label).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("labels"), "{refused}");
+
+    let mut huge = join_request(&token, "w1", "w1");
+    huge.capacity = Some(kat_proto::v1alpha1::NodeResources {
+        cpu_millis: 1 << 50,
+        memory_bytes: 1 << 30,
+        gpus: Vec::new(),
+    });
+    let refused = anonymous.join(huge).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("capacity"), "{refused}");
+    assert!(!leader.registered("w1").await);
 }

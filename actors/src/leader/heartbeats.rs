@@ -111,6 +111,11 @@ async fn update_capacity(
     if same {
         return;
     }
+    if let Some(problem) = super::join::capacity_problem(reported) {
+        // Not written, not an event (it would be one per heartbeat): the log says it.
+        tracing::warn!(node = %caller, %problem, "capacity from a heartbeat ignored");
+        return;
+    }
     let gpus: Vec<String> = reported
         .gpus
         .iter()

@@ -41,6 +41,34 @@ pub fn sign_node_certificate(
         })
 }
 
+/// The most labels a node may bring to its join.
+const MAX_JOIN_LABELS: usize = 64;
+
+/// Why a capacity a node reports about itself is not believable: more than any one
+/// machine has (a node claiming a huge capacity would attract every instance, and
+/// their environments). The limits are far above real hardware, not a tuning knob.
+pub fn capacity_problem(c: &kat_proto::v1alpha1::NodeResources) -> Option<String> {
+    const MAX_CPU_MILLIS: i64 = 4096 * 1000;
+    const MAX_MEMORY: i64 = 64 << 40;
+    const MAX_GPUS: usize = 64;
+    if !(0..=MAX_CPU_MILLIS).contains(&c.cpu_millis) {
+        return Some(format!(
+            "{} millicores is not a machine's CPU",
+            c.cpu_millis
+        ));
+    }
+    if !(0..=MAX_MEMORY).contains(&c.memory_bytes) {
+        return Some(format!(
+            "{} bytes is not a machine's memory",
+            c.memory_bytes
+        ));
+    }
+    if c.gpus.len() > MAX_GPUS {
+        return Some(format!("{} GPUs; at most {MAX_GPUS}", c.gpus.len()));
+    }
+    None
+}
+
 /// Whether a connection from `source` may claim `address`: its own address, or any
 /// loopback address from a loopback source (the leader's own host, which all of them
 /// name).
@@ -67,6 +95,22 @@ pub async fn join(
             format!("{:?} is not an IP address", req.advertise_address),
         )
     })?;
+    if req.labels.len() > MAX_JOIN_LABELS {
+        return Err(StateError::invalid(
+            "labels",
+            format!("{} labels; at most {MAX_JOIN_LABELS}", req.labels.len()),
+        ));
+    }
+    if let Some(problem) = req
+        .labels
+        .iter()
+        .find_map(|(k, v)| state::nodes::label_problem(k, v))
+    {
+        return Err(StateError::invalid("labels", problem));
+    }
+    if let Some(problem) = req.capacity.as_ref().and_then(capacity_problem) {
+        return Err(StateError::invalid("capacity", problem));
+    }
     if let Some(source) = source
         && !may_claim(source, address)
     {

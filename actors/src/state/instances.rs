@@ -186,9 +186,33 @@ fn status_events(
     events
 }
 
+/// Whether the instance `report` names was placed on `node` (a node reports, and makes
+/// events, only for its own instances).
+async fn placed_on(
+    store: &dyn StateStore,
+    node: &str,
+    report: &InstanceReport,
+) -> StateResult<bool> {
+    let names = [&report.namespace, &report.workload];
+    if names
+        .iter()
+        .any(|n| kat_proto::names::dns_label_problem(n).is_some())
+    {
+        return Ok(false);
+    }
+    let key = keys::instance(&report.namespace, &report.workload, &report.id);
+    Ok(store
+        .get(&key)
+        .await?
+        .and_then(|kv| Instance::decode(kv.value.as_slice()).ok())
+        .is_some_and(|i| i.node == node))
+}
+
 /// The writes that make `/kat/status/instances/<node>/` what the node reports:
 /// changed statuses put, statuses of instances it no longer has deleted; and the
-/// events the changes make.
+/// events the changes make. A changed report is taken only for an instance placed
+/// on `node`: a node cannot fill the store with statuses, or other workloads with
+/// events, for instances that are not its own.
 pub async fn report_ops(
     store: &dyn StateStore,
     node: &str,
@@ -209,7 +233,10 @@ pub async fn report_ops(
         let key = keys::instance_status(node, &r.id);
         let value = r.status.clone().unwrap_or_default().encode_to_vec();
         if stored.get(&key) != Some(&value) {
-            if !r.namespace.is_empty() && !r.workload.is_empty() {
+            if !placed_on(store, node, r).await? {
+                continue;
+            }
+            {
                 let old = stored
                     .get(&key)
                     .and_then(|v| InstanceStatus::decode(v.as_slice()).ok());
@@ -244,4 +271,60 @@ pub fn ready(i: &Instance) -> bool {
         s.phase() == InstancePhase::Running
             && !matches!(s.health(), Health::Starting | Health::Unhealthy)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_node_reports_only_for_instances_placed_on_it() {
+        let store = MemoryStore::new();
+        let instance = Instance {
+            id: "a1".to_owned(),
+            namespace: "default".to_owned(),
+            workload: "web".to_owned(),
+            node: "n1".to_owned(),
+            ..Default::default()
+        };
+        store
+            .put(
+                &keys::instance("default", "web", "a1"),
+                instance.encode_to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
+        let report = |id: &str, ns: &str| InstanceReport {
+            id: id.to_owned(),
+            namespace: ns.to_owned(),
+            workload: "web".to_owned(),
+            status: Some(InstanceStatus {
+                phase: InstancePhase::Running.into(),
+                ..Default::default()
+            }),
+        };
+        let now = SystemTime::now();
+        // n2 reports n1's instance, one that does not exist, and a bad namespace.
+        let (ops, events) = report_ops(
+            &store,
+            "n2",
+            &[
+                report("a1", "default"),
+                report("zz", "default"),
+                report("a1", "a/b"),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+        assert!(ops.is_empty() && events.is_empty(), "{} ops", ops.len());
+        // n1 reports its own: a status and a started event.
+        let (ops, events) = report_ops(&store, "n1", &[report("a1", "default")], now)
+            .await
+            .unwrap();
+        assert_eq!(ops.len(), 1);
+        assert!(!events.is_empty());
+    }
 }
