@@ -32,11 +32,43 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     Ok(())
 }
 
-/// Creates a directory (and parents) readable only by its owner.
+/// Makes `path` a directory only its owner can enter: created 0700 (parents as the
+/// umask says) when missing. An existing one is left as it is if only its owner can
+/// read it, and refused otherwise: it may be a directory others use (`--state-dir
+/// /var/lib`), whose mode is not KAT's to change.
 pub fn private_dir(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !path.exists() {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        // The umask may have taken bits away, never added any; make it exact.
+        return std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+    }
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} exists and is not a directory", path.display()),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} exists with mode {mode:03o}: others can reach what KAT keeps there; \
+                 use a new directory, or one only its owner can enter (chmod 700)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -66,5 +98,20 @@ mod tests {
         let sub = dir.path().join("a/b");
         private_dir(&sub).unwrap();
         assert_eq!(mode(&sub), 0o700);
+        private_dir(&sub).unwrap();
+    }
+
+    #[test]
+    fn an_existing_directory_others_can_enter_is_refused_not_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = private_dir(&shared).unwrap_err().to_string();
+        assert!(err.contains("mode 755"), "{err}");
+        assert_eq!(mode(&shared), 0o755, "left as it was");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(private_dir(&file).is_err());
     }
 }

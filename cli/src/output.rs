@@ -165,7 +165,7 @@ pub fn nodes_table(nodes: &[Node], now: SystemTime) -> String {
     table(&rows)
 }
 
-fn rfc3339(ts: &pbjson_types::Timestamp) -> String {
+pub fn rfc3339(ts: &pbjson_types::Timestamp) -> String {
     serde_json::to_value(ts)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

@@ -37,7 +37,35 @@ pub struct WorkloadUser {
     pub uid: u32,
     pub gid: u32,
     pub home: PathBuf,
+    /// The GECOS field: [`crate::users::owner_comment`] of the workload it belongs to.
+    pub comment: String,
 }
+
+/// Whether `user` may serve workload `namespace/workload`: its comment names that
+/// workload (or is the one users made before owners were recorded). A different
+/// owner means two workloads map to one user name: refused, so neither runs as, nor
+/// removes, the other's user.
+pub fn check_owner(
+    user: &WorkloadUser,
+    namespace: &str,
+    workload: &str,
+) -> Result<(), RuntimeError> {
+    let expected = crate::users::owner_comment(namespace, workload);
+    if user.comment == expected || user.comment == LEGACY_COMMENT {
+        return Ok(());
+    }
+    Err(RuntimeError::InvalidOptions {
+        field: "metadata.name".to_owned(),
+        reason: format!(
+            "workload user {} belongs to {:?}, not {namespace}/{workload} (two workloads map to \
+             one user name): rename one of them",
+            user.name, user.comment
+        ),
+    })
+}
+
+/// The comment of workload users made before owners were recorded.
+const LEGACY_COMMENT: &str = "KAT workload user";
 
 fn failed(command: &str, out: &std::process::Output) -> RuntimeError {
     RuntimeError::Command {
@@ -65,6 +93,7 @@ fn parse_passwd_line(line: &str) -> Option<WorkloadUser> {
         uid: f[2].parse().ok()?,
         gid: f[3].parse().ok()?,
         home: PathBuf::from(f[5]),
+        comment: f[4].to_owned(),
     })
 }
 
@@ -135,8 +164,9 @@ async fn users_lock() -> Result<nix::fcntl::Flock<std::fs::File>, RuntimeError> 
 }
 
 /// The workload user `name`, made if missing: a login-less user with a home (its
-/// Podman storage) and subordinate uid/gid ranges, with rootless storage on overlay.
-pub async fn ensure_user(name: &str) -> Result<WorkloadUser, RuntimeError> {
+/// Podman storage) and subordinate uid/gid ranges, with rootless storage on overlay;
+/// `comment` says whose it is ([`crate::users::owner_comment`]).
+pub async fn ensure_user(name: &str, comment: &str) -> Result<WorkloadUser, RuntimeError> {
     let _lock = users_lock().await?;
     let user = match lookup_user(name).await? {
         Some(u) => u,
@@ -147,7 +177,7 @@ pub async fn ensure_user(name: &str) -> Result<WorkloadUser, RuntimeError> {
                     "--shell",
                     NOLOGIN,
                     "--comment",
-                    "KAT workload user",
+                    comment,
                     name,
                 ])
                 .output()
@@ -689,17 +719,27 @@ impl RootlessHost {
     /// running, its bus reached with its credentials. Only making an instance exist
     /// (`prepare`, `ensure`) makes the user: looking at instances must not bring back
     /// a user `--purge-volumes` just removed.
-    async fn host(&self, name: &str, make: bool) -> Result<SystemdHost, RuntimeError> {
+    async fn host(
+        &self,
+        name: &str,
+        owner: Option<(&str, &str)>,
+        make: bool,
+    ) -> Result<SystemdHost, RuntimeError> {
         if let Some(h) = self.hosts.lock().await.get(name) {
             return Ok(h.clone());
         }
         let user = if make {
-            ensure_user(name).await?
+            let comment =
+                owner.map_or_else(String::new, |(ns, wl)| crate::users::owner_comment(ns, wl));
+            ensure_user(name, &comment).await?
         } else {
             lookup_user(name)
                 .await?
                 .ok_or_else(|| RuntimeError::NotFound(format!("workload user {name}")))?
         };
+        if let Some((ns, wl)) = owner {
+            check_owner(&user, ns, wl)?;
+        }
         let runtime_dir = self.managers.ensure(&user).await?;
         let bus = format!("unix:path={}", runtime_dir.join("bus").display());
         let systemd = Systemd::connect_as(&bus, user.uid, user.gid).await?;
@@ -730,11 +770,9 @@ impl RootlessHost {
 
     /// The host of an instance's workload user, which exists already.
     async fn host_for(&self, desired: &DesiredInstance) -> Result<SystemdHost, RuntimeError> {
-        self.host(
-            &workload_user(&desired.opts.namespace, &desired.opts.workload),
-            false,
-        )
-        .await
+        let (ns, wl) = (&desired.opts.namespace, &desired.opts.workload);
+        self.host(&workload_user(ns, wl), Some((ns, wl)), false)
+            .await
     }
 
     /// Forgets a user's host after a failure, so the next use reaches it afresh (its
@@ -770,7 +808,7 @@ impl RootlessHost {
         if self.managers.running(user).is_none() {
             return Ok(None);
         }
-        match self.host(&user.name, false).await {
+        match self.host(&user.name, None, false).await {
             Ok(h) => Ok(Some(h)),
             Err(RuntimeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -801,8 +839,9 @@ impl InstanceHost for RootlessHost {
     }
 
     async fn prepare(&self, desired: &DesiredInstance) -> Result<(), RuntimeError> {
-        let user = workload_user(&desired.opts.namespace, &desired.opts.workload);
-        let r = match self.host(&user, true).await {
+        let (ns, wl) = (&desired.opts.namespace, &desired.opts.workload);
+        let user = workload_user(ns, wl);
+        let r = match self.host(&user, Some((ns, wl)), true).await {
             Ok(h) => h.prepare(desired).await,
             Err(e) => Err(e),
         };
@@ -810,8 +849,9 @@ impl InstanceHost for RootlessHost {
     }
 
     async fn ensure(&self, desired: &DesiredInstance) -> Result<Ensured, RuntimeError> {
-        let user = workload_user(&desired.opts.namespace, &desired.opts.workload);
-        let r = match self.host(&user, true).await {
+        let (ns, wl) = (&desired.opts.namespace, &desired.opts.workload);
+        let user = workload_user(ns, wl);
+        let r = match self.host(&user, Some((ns, wl)), true).await {
             Ok(h) => h.ensure(desired).await,
             Err(e) => Err(e),
         };
@@ -863,6 +903,7 @@ impl InstanceHost for RootlessHost {
             self.managers.stop(&name, None).await?;
             return Ok(None);
         };
+        check_owner(&user, namespace, workload)?;
         remove_user(self.managers.as_ref(), &user).await?;
         tracing::info!(user = %name, "removed the workload user, its storage and its manager");
         Ok(Some(format!("workload user {name}")))
@@ -898,6 +939,23 @@ mod tests {
     }
 
     #[test]
+    fn a_user_serves_only_the_workload_its_comment_names() {
+        let mut user = parse_passwd_line(
+            "kat_wl_a_b_0123456789abcdef:x:1001:1001:KAT workload ns1/web:/h:/usr/sbin/nologin",
+        )
+        .unwrap();
+        assert!(check_owner(&user, "ns1", "web").is_ok());
+        let err = check_owner(&user, "ns2", "web").unwrap_err().to_string();
+        assert!(
+            err.contains("belongs to") && err.contains("ns1/web"),
+            "{err}"
+        );
+        // Made before owners were recorded: taken as it is.
+        user.comment = LEGACY_COMMENT.to_owned();
+        assert!(check_owner(&user, "ns2", "web").is_ok());
+    }
+
+    #[test]
     fn subordinate_ranges_are_found_by_name_or_uid() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("subuid");
@@ -907,6 +965,7 @@ mod tests {
             uid,
             gid: uid,
             home: PathBuf::from("/h"),
+            comment: String::new(),
         };
         assert!(has_subordinate_range(&file, &user("alice", 1001)));
         assert!(has_subordinate_range(&file, &user("bob", 1002)));

@@ -12,6 +12,12 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// The comment (`passwd` GECOS field) of the user of workload `namespace/workload`:
+/// whose it is, checked before the user is used or removed.
+pub fn owner_comment(namespace: &str, workload: &str) -> String {
+    format!("KAT workload {namespace}/{workload}")
+}
+
 /// The user a workload's instances run as. Distinct workloads get distinct names:
 /// a shortened name ends in a hash of the full one.
 pub fn workload_user(namespace: &str, workload: &str) -> String {
@@ -19,7 +25,10 @@ pub fn workload_user(namespace: &str, workload: &str) -> String {
     if full.len() <= MAX_USER_NAME {
         return full;
     }
-    let hash = format!("{:08x}", fnv1a(&full) & 0xffff_ffff);
+    // 64 bits: two workloads sharing a name (and so a uid, and `--purge-volumes`
+    // removing the other's user) should not happen by chance; the user's comment
+    // ([`owner_comment`]) says whose it is, and is checked before it is used.
+    let hash = format!("{:016x}", fnv1a(&full));
     // Names are DNS labels (ASCII), so byte positions are character positions.
     let keep = MAX_USER_NAME - hash.len() - 1;
     format!("{}_{hash}", &full[..keep])
@@ -35,12 +44,16 @@ mod tests {
     }
 
     #[test]
-    fn long_names_are_shortened_to_32_with_a_hash_and_stay_distinct() {
+    fn long_names_are_shortened_to_32_with_a_64_bit_hash_and_stay_distinct() {
         let a = workload_user("production", "very-long-workload-name-one");
         let b = workload_user("production", "very-long-workload-name-two");
         assert_eq!(a.len(), MAX_USER_NAME);
         assert_eq!(b.len(), MAX_USER_NAME);
-        assert!(a.starts_with("kat_wl_production_very-"));
+        assert!(a.starts_with("kat_wl_produ"), "{a}");
+        // A 64-bit hash: 16 hex digits after the kept prefix.
+        let hash = a.rsplit('_').next().unwrap();
+        assert_eq!(hash.len(), 16, "{a}");
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
         assert_eq!(
             a,

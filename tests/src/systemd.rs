@@ -161,6 +161,7 @@ impl UserManager {
             uid: u.uid,
             gid: u.gid,
             home: u.home.clone(),
+            comment: String::new(),
         });
         let spawned = std::thread::scope(|scope| {
             scope

@@ -323,3 +323,56 @@ async fn node_api_calls_need_a_certificate_and_joins_are_small() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_reusable_until_they_expire() {
+    use kat_proto::v1alpha1::user_api_client::UserApiClient;
+    use kat_proto::v1alpha1::{CreateTokenRequest, ListNodesRequest};
+    let api = api().await;
+    drop(api.tls(b"h2").await);
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", api.addr))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&api.ca_pem))
+                .domain_name("127.0.0.1"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut users = UserApiClient::new(channel);
+    fn with<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+    // Asked for single use and 2 s: recorded reusable, valid for 2 s.
+    let made = users
+        .create_api_token(with(
+            &api.token,
+            CreateTokenRequest {
+                ttl_seconds: 2,
+                reusable: false,
+                description: "test".to_owned(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(made.expires_at.is_some());
+    for _ in 0..3 {
+        users
+            .list_nodes(with(&made.token, ListNodesRequest {}))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused = users
+        .list_nodes(with(&made.token, ListNodesRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}

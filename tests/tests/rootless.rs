@@ -291,7 +291,9 @@ async fn a_workload_user_made_by_many_at_once_is_whole() {
     let makers: Vec<_> = (0..6)
         .map(|_| {
             let name = name.clone();
-            tokio::spawn(async move { kat_runtime::rootless::ensure_user(&name).await })
+            tokio::spawn(async move {
+                kat_runtime::rootless::ensure_user(&name, "KAT workload test/mk").await
+            })
         })
         .collect();
     let mut users = Vec::new();

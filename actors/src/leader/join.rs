@@ -48,16 +48,15 @@ const MAX_JOIN_LABELS: usize = 64;
 /// machine has (a node claiming a huge capacity would attract every instance, and
 /// their environments). The limits are far above real hardware, not a tuning knob.
 pub fn capacity_problem(c: &kat_proto::v1alpha1::NodeResources) -> Option<String> {
-    const MAX_CPU_MILLIS: i64 = 4096 * 1000;
-    const MAX_MEMORY: i64 = 64 << 40;
-    const MAX_GPUS: usize = 64;
-    if !(0..=MAX_CPU_MILLIS).contains(&c.cpu_millis) {
+    use kat_proto::quadlet::defaults::{MAX_CPU_MILLIS, MAX_GPUS, MAX_MEMORY_BYTES};
+    let within = |v: i64, max: u64| u64::try_from(v).is_ok_and(|v| v <= max);
+    if !within(c.cpu_millis, MAX_CPU_MILLIS) {
         return Some(format!(
             "{} millicores is not a machine's CPU",
             c.cpu_millis
         ));
     }
-    if !(0..=MAX_MEMORY).contains(&c.memory_bytes) {
+    if !within(c.memory_bytes, MAX_MEMORY_BYTES) {
         return Some(format!(
             "{} bytes is not a machine's memory",
             c.memory_bytes

@@ -110,7 +110,10 @@ pub async fn create(
     } else {
         req.description.as_str()
     };
-    let (token, record) = issue(leadership, kind, ttl, req.reusable, description, now).await?;
+    // An API token is a client's credential, used on every call: it has no single-use
+    // mode (the flag used to be stored and then ignored), only its TTL and deletion.
+    let reusable = req.reusable || kind == TokenKind::Api;
+    let (token, record) = issue(leadership, kind, ttl, reusable, description, now).await?;
     let token = if kind == TokenKind::Join {
         pin::join_credential(&token, ca_pem).map_err(|e| StateError::Internal(e.to_string()))?
     } else {

@@ -21,10 +21,11 @@ pub enum TokenCommand {
 pub struct TokenCreate {
     #[arg(value_enum)]
     kind: TokenKind,
-    /// Lifetime, e.g. 24h (join tokens default to 24h).
+    /// Lifetime, e.g. 24h (join tokens default to 24h; API tokens to no expiry).
     #[arg(long)]
     ttl: Option<String>,
-    /// Allow the token to be used more than once.
+    /// Join tokens: allow more than one join (API tokens always are reusable, until
+    /// they expire or are deleted).
     #[arg(long)]
     reusable: bool,
 }
@@ -72,9 +73,13 @@ async fn create_token(mut client: Client, create: TokenCreate, format: OutputFor
                 TokenKind::Join => eprintln!(
                     "join a node with: kat-agent join --leader-api HOST:PORT --token-file FILE --state-dir DIR (FILE holding the line above, mode 0600)"
                 ),
-                TokenKind::Api => {
-                    eprintln!("shown once; use it as the token in a katcall config or KAT_TOKEN")
-                }
+                TokenKind::Api => eprintln!(
+                    "shown once; use it as the token in a katcall config or KAT_TOKEN; valid {}",
+                    response.expires_at.as_ref().map_or_else(
+                        || "until deleted (DELETE /v1alpha1/tokens/ID)".to_owned(),
+                        |t| format!("until {}", output::rfc3339(t))
+                    )
+                ),
             }
             Ok(())
         }

@@ -28,6 +28,13 @@ pub const MAX_CERTIFICATE_LIFETIME_SECONDS: u32 = 5 * 365 * 24 * 3600;
 /// Longest node subnet prefix: a /30 leaves one usable instance address.
 pub const MAX_NODE_SUBNET_PREFIX: u8 = 30;
 
+/// More than any one machine has: the most a request, a limit or a node's capacity
+/// may say (a typo or a hostile number is refused rather than overflowing the
+/// scheduler's sums, or attracting every instance to one node).
+pub const MAX_CPU_MILLIS: u64 = 4096 * 1000;
+pub const MAX_MEMORY_BYTES: u64 = 64 << 40;
+pub const MAX_GPUS: usize = 64;
+
 // workload.kat
 pub const REPLICAS: i32 = 1;
 /// Upper bound on replicas of one SERVICE; a typo like 10000 is refused rather than scheduled.

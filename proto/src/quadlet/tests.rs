@@ -874,6 +874,20 @@ fn container_rules() {
         case(
             Service,
             w,
+            vec![set("spec.container.resources.requests.cpu", "5000")],
+            "spec.container.resources.requests.cpu",
+            "more CPU than any machine has",
+        ),
+        case(
+            Service,
+            w,
+            vec![set("spec.container.resources.limits.memory", "100Ti")],
+            "spec.container.resources.limits.memory",
+            "more memory than any machine has",
+        ),
+        case(
+            Service,
+            w,
             vec![set("spec.container.resources.requests.cpu", "64Mi")],
             "spec.container.resources.requests.cpu",
             "is not a CPU quantity",

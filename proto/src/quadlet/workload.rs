@@ -530,6 +530,10 @@ fn parse_resource_list(
         && let Some(text) = n.scalar_text(r)
     {
         match parse_cpu_millis(&text) {
+            Ok(v) if v > d::MAX_CPU_MILLIS => r.error(
+                &n.path,
+                format!("{text:?} is more CPU than any machine has (at most 4096 cores)"),
+            ),
             Ok(v) => parsed.0 = Some(v),
             Err(e) => r.error(&n.path, e.to_string()),
         }
@@ -539,6 +543,10 @@ fn parse_resource_list(
         && let Some(text) = n.scalar_text(r)
     {
         match parse_memory_bytes(&text) {
+            Ok(v) if v > d::MAX_MEMORY_BYTES => r.error(
+                &n.path,
+                format!("{text:?} is more memory than any machine has (at most 64Ti)"),
+            ),
             Ok(v) => parsed.1 = Some(v),
             Err(e) => r.error(&n.path, e.to_string()),
         }

@@ -162,10 +162,20 @@ impl NodeInfo {
 
     /// The filters on what is left: cpu, memory, a matching free GPU (which it gives).
     fn check_room(&self, d: &Demand) -> Result<Option<u32>, Cow<'static, str>> {
-        if self.used_cpu_millis + d.cpu_millis > self.cpu_millis && d.cpu_millis > 0 {
+        if d.cpu_millis > 0
+            && self
+                .used_cpu_millis
+                .checked_add(d.cpu_millis)
+                .is_none_or(|sum| sum > self.cpu_millis)
+        {
             return Err(Cow::Borrowed("insufficient cpu"));
         }
-        if self.used_memory_bytes + d.memory_bytes > self.memory_bytes && d.memory_bytes > 0 {
+        if d.memory_bytes > 0
+            && self
+                .used_memory_bytes
+                .checked_add(d.memory_bytes)
+                .is_none_or(|sum| sum > self.memory_bytes)
+        {
             return Err(Cow::Borrowed("insufficient memory"));
         }
         match d.gpu {
@@ -200,7 +210,11 @@ impl NodeInfo {
             if total <= 0 {
                 0
             } else {
-                (total - used - more).max(0) * 1_000_000 / total
+                i64::try_from(
+                    i128::from(total.saturating_sub(used).saturating_sub(more).max(0)) * 1_000_000
+                        / i128::from(total),
+                )
+                .unwrap_or(i64::MAX)
             }
         };
         (left(self.cpu_millis, self.used_cpu_millis, d.cpu_millis)
@@ -221,8 +235,8 @@ impl NodeInfo {
     /// (an instance placed in an earlier round: which card it got is not kept) takes
     /// the card placing it now would take, so GPUs in use stay counted.
     pub fn add(&mut self, d: &Demand, gpu: Option<u32>) {
-        self.used_cpu_millis += d.cpu_millis;
-        self.used_memory_bytes += d.memory_bytes;
+        self.used_cpu_millis = self.used_cpu_millis.saturating_add(d.cpu_millis);
+        self.used_memory_bytes = self.used_memory_bytes.saturating_add(d.memory_bytes);
         if let Some(g) = gpu.or_else(|| d.gpu.and_then(|need| self.free_gpu(need))) {
             self.used_gpus.insert(g);
         }
@@ -237,8 +251,8 @@ impl NodeInfo {
 
     /// Records an instance removed from here.
     pub fn remove(&mut self, d: &Demand, gpu: Option<u32>) {
-        self.used_cpu_millis -= d.cpu_millis;
-        self.used_memory_bytes -= d.memory_bytes;
+        self.used_cpu_millis = self.used_cpu_millis.saturating_sub(d.cpu_millis);
+        self.used_memory_bytes = self.used_memory_bytes.saturating_sub(d.memory_bytes);
         // Without its card's index ([`NodeInfo::add`]): one card in use that fits.
         let gpu = gpu.or_else(|| {
             let need = d.gpu?;
@@ -757,6 +771,32 @@ mod tests {
         assert_eq!(placed, ["a", "b", "c"]);
         // The fourth goes to the emptiest; all equal: the first by name.
         assert_eq!(place(&mut s, &d), "a");
+    }
+
+    #[test]
+    fn extreme_numbers_are_refused_not_overflowed() {
+        // A record that slipped past validation (or a node claiming the maximum):
+        // no overflow, no panic, no placement where it does not fit.
+        let mut full = node("a");
+        full.cpu_millis = i64::MAX;
+        full.memory_bytes = i64::MAX;
+        full.used_cpu_millis = i64::MAX - 1;
+        let mut huge = demand("ns/w");
+        huge.cpu_millis = i64::MAX;
+        huge.memory_bytes = i64::MAX;
+        let mut s = Snapshot::new(vec![full, node("b")]);
+        assert!(s.place(&huge).is_err());
+        let mut s = Snapshot::new(vec![node("b")]);
+        assert!(s.place(&huge).is_err());
+        let mut roomy = node("c");
+        roomy.cpu_millis = i64::MAX;
+        roomy.memory_bytes = i64::MAX;
+        let mut s = Snapshot::new(vec![roomy]);
+        assert_eq!(place(&mut s, &huge), "c");
+        assert!(
+            s.place(&huge).is_err(),
+            "full now, and the sum did not wrap"
+        );
     }
 
     #[test]
