@@ -161,9 +161,33 @@ pub fn api_channel_from(
     call_timeout: Duration,
     source: Option<std::net::IpAddr>,
 ) -> Result<Channel, ClientError> {
+    let server = crate::pki::ca::API_SERVER_NAME;
+    verified_channel(addr, ca_pem, identity, call_timeout, source, server)
+}
+
+/// A channel to node `node`'s agent API at `addr`: the server must present `node`'s
+/// own certificate (its name is a SAN of it), not just any certificate of the CA.
+pub fn agent_channel(
+    addr: &str,
+    ca_pem: &str,
+    identity: &CertAndKey,
+    call_timeout: Duration,
+    node: &str,
+) -> Result<Channel, ClientError> {
+    verified_channel(addr, ca_pem, Some(identity), call_timeout, None, node)
+}
+
+fn verified_channel(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<&CertAndKey>,
+    call_timeout: Duration,
+    source: Option<std::net::IpAddr>,
+    server_name: &str,
+) -> Result<Channel, ClientError> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(crate::pki::ca::API_SERVER_NAME);
+        .domain_name(server_name);
     if let Some(id) = identity {
         tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
     }

@@ -1041,6 +1041,23 @@ async fn clients_take_only_an_api_server_certificate_for_the_api() {
         .unwrap_err();
     let why = format!("{refused:?}");
     assert!(why.contains("NotValidForName"), "{why}");
+
+    // The leader reaching node w2's agent API takes only w2's certificate: w1's, at
+    // the address on record, does not pass.
+    let channel = kat_actors::client::agent_channel(
+        &addr.to_string(),
+        &ca.cert_pem,
+        &node_cert,
+        Duration::from_secs(5),
+        "w2",
+    )
+    .unwrap();
+    let refused = kat_proto::v1alpha1::agent_api_client::AgentApiClient::new(channel)
+        .exec(kat_proto::v1alpha1::ExecRequest::default())
+        .await
+        .unwrap_err();
+    let why = format!("{refused:?}");
+    assert!(why.contains("NotValidForName"), "{why}");
 }
 
 #[tokio::test]

@@ -63,13 +63,9 @@ async fn node_client(
         own_address,
         ctx.settings.certificate_lifetime,
     )?;
-    let channel = crate::client::api_channel_with_timeout(
-        &addr,
-        &ctx.ca.cert_pem,
-        Some(&identity),
-        call_timeout,
-    )
-    .map_err(|e| StateError::Unavailable(e.to_string()))?;
+    let channel =
+        crate::client::agent_channel(&addr, &ctx.ca.cert_pem, &identity, call_timeout, node_name)
+            .map_err(|e| StateError::Unavailable(e.to_string()))?;
     Ok((AgentApiClient::new(channel), addr))
 }
 
