@@ -20,6 +20,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// The most a token file is read for: a token is about 120 characters, and a file like
+/// `/dev/zero` must not hold the program.
+pub const MAX_TOKEN_FILE: u64 = 4096;
+
+/// The token in `path` (`-`: standard input), read at most [`MAX_TOKEN_FILE`] bytes
+/// and trimmed; `flag` names the option in errors. A token kept in a file stays out of
+/// the process list, which every local user can read.
+pub fn read_token_file(flag: &str, path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let what = format!("{flag} {}", path.display());
+    let source: Box<dyn std::io::Read> = if path == std::path::Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(|e| format!("{what}: {e}"))?)
+    };
+    let mut bytes = Vec::new();
+    source
+        .take(MAX_TOKEN_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{what}: {e}"))?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE {
+        return Err(format!(
+            "{what}: longer than {MAX_TOKEN_FILE} bytes; not a token"
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{what}: not text; not a token"))?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(format!("{what}: holds no token"));
+    }
+    Ok(token)
+}
+
 /// Exit status of a command that exists in the interface but not yet in this build.
 pub const EXIT_NOT_IMPLEMENTED: u8 = 3;
 

@@ -20,6 +20,8 @@ pub struct ConfigSource {
     pub context: Option<String>,
     pub server: Option<String>,
     pub token: Option<String>,
+    /// `--token-file`: read when the configuration is loaded.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `~/.config/kat/config`.
@@ -29,6 +31,12 @@ pub fn default_config_path() -> Option<PathBuf> {
 
 /// Reads the configuration file and applies `--server` / `--token`.
 pub fn load_config(source: &ConfigSource) -> Result<KatcallConfig, String> {
+    // The flags' own errors first.
+    let token_from_file = source
+        .token_file
+        .as_ref()
+        .map(|file| crate::read_token_file("--token-file", file))
+        .transpose()?;
     let (path, explicit) = match &source.file {
         Some(path) => (path.clone(), true),
         None => match default_config_path() {
@@ -66,6 +74,9 @@ pub fn load_config(source: &ConfigSource) -> Result<KatcallConfig, String> {
     }
     if let Some(token) = &source.token {
         config.token = token.trim().to_owned();
+    }
+    if let Some(token) = token_from_file {
+        config.token = token;
     }
     Ok(config)
 }

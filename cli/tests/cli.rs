@@ -298,6 +298,32 @@ fn a_token_file_is_read_with_a_bound_and_named_when_wrong() {
         text(&missing.stderr)
     );
     assert!(!state.exists(), "nothing written");
+
+    // katcall --token-file: the same reader, named the same way.
+    let config = dir.path().join("katcall.yaml");
+    std::fs::write(
+        &config,
+        "server: https://127.0.0.1:9\ncertificateAuthority: x\ntoken: y\n",
+    )
+    .unwrap();
+    let kc = |file: &str| {
+        katcall(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--token-file",
+            file,
+            "get",
+            "nodes",
+        ])
+    };
+    let endless = kc("/dev/zero");
+    assert_eq!(endless.status.code(), Some(1));
+    assert!(
+        text(&endless.stderr).contains("--token-file /dev/zero: longer than 4096 bytes"),
+        "{}",
+        text(&endless.stderr)
+    );
+    assert!(text(&kc(empty.to_str().unwrap()).stderr).contains("holds no token"));
 }
 
 #[test]

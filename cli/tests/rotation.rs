@@ -167,6 +167,19 @@ fn every_certificate_rotates_and_the_cluster_keeps_working() {
     wait_until("two Ready nodes", Duration::from_secs(10), || {
         ready_nodes(&kc) == 2
     });
+    // The admin token from a file (kept out of the process list) works the same.
+    let token = std::fs::read_to_string(&kc)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .map(|t| t.trim().trim_matches('"').to_owned())
+        .expect("a token in katcall.yaml");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    ok(&katcall(
+        &kc,
+        &["--token-file", token_file.to_str().unwrap(), "get", "nodes"],
+    ));
     let id = instance_on(&kc, "n2").expect("the daemon runs on n2");
     let logs = ok(&katcall(&kc, &["logs", &id, "--tail", "5"]));
     assert!(logs.contains("fake container started"), "{logs}");

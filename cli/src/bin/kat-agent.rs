@@ -176,44 +176,20 @@ enum Command {
     Man,
 }
 
-/// The join token: given, or read from `file` (`-`: standard input), trimmed. At most
-/// [`MAX_TOKEN_FILE`] bytes are read: a join token is about 120 characters, and a file
-/// like `/dev/zero` must not hold the agent.
+/// The join token: given, or read from `file` (`-`: standard input, at most
+/// [`kat_cli::MAX_TOKEN_FILE`] bytes), trimmed.
 fn join_token(given: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    use std::io::Read as _;
-    let (text, what) = match (given, file) {
-        (Some(token), _) => (token, "--token".to_owned()),
-        (None, Some(path)) => {
-            let what = format!("--token-file {}", path.display());
-            let source: Box<dyn std::io::Read> = if path == std::path::Path::new("-") {
-                Box::new(std::io::stdin())
-            } else {
-                Box::new(std::fs::File::open(path).with_context(|| what.clone())?)
-            };
-            let mut bytes = Vec::new();
-            source
-                .take(MAX_TOKEN_FILE + 1)
-                .read_to_end(&mut bytes)
-                .with_context(|| what.clone())?;
-            if bytes.len() as u64 > MAX_TOKEN_FILE {
-                anyhow::bail!("{what}: longer than {MAX_TOKEN_FILE} bytes; not a join token");
-            }
-            let text = String::from_utf8(bytes)
-                .map_err(|_| anyhow::anyhow!("{what}: not text; not a join token"))?;
-            (text, what)
-        }
+    let token = match (given, file) {
+        (Some(token), _) => token.trim().to_owned(),
+        (None, Some(path)) => kat_cli::read_token_file("--token-file", path)
+            .map_err(|e| anyhow::anyhow!(e.replace("not a token", "not a join token")))?,
         (None, None) => anyhow::bail!("--token or --token-file: a join token is needed"),
     };
-    let token = text.trim().to_owned();
     if token.is_empty() {
-        anyhow::bail!("{what}: holds no token");
+        anyhow::bail!("--token: holds no token");
     }
     Ok(token)
 }
-
-/// The most `--token-file` reads.
-const MAX_TOKEN_FILE: u64 = 4096;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

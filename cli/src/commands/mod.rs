@@ -43,9 +43,14 @@ pub struct GlobalArgs {
     /// API server URL, overriding the config file.
     #[arg(long, global = true, env = "KAT_SERVER", value_name = "URL")]
     pub server: Option<String>,
-    /// Bearer token, overriding the config file.
+    /// Bearer token, overriding the config file (visible in the process list: prefer
+    /// --token-file, KAT_TOKEN or the config file).
     #[arg(long, global = true, env = "KAT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the bearer token (`-`: standard input), overriding --token and the
+    /// config file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -62,6 +67,7 @@ impl GlobalArgs {
             context: self.context.clone(),
             server: self.server.clone(),
             token: self.token.clone(),
+            token_file: self.token_file.clone(),
         }
     }
 
