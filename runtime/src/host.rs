@@ -217,6 +217,7 @@ impl InstanceHost for SystemdHost {
             &self.units.podman,
             self.units.cgroups,
             self.units.stop_timeout,
+            self.units.env_file(o).as_deref(),
         );
         match std::fs::read_to_string(&path) {
             // Same unit: systemd has it (and applies its restart policy); adopt it,
@@ -529,6 +530,7 @@ mod tests {
             std::path::Path::new("/usr/bin/podman"),
             crate::systemd::unit::CgroupsMode::NoConmon,
             Duration::from_secs(5),
+            None,
         );
         assert_eq!(
             instance_of_unit(&unit),

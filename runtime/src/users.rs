@@ -6,7 +6,7 @@
 pub const MAX_USER_NAME: usize = 32;
 
 /// FNV-1a, 64 bits: a hash that is the same on every build and platform.
-fn fnv1a(text: &str) -> u64 {
+pub(crate) fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -79,10 +79,12 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
     let Some(t) = setup().await else { return };
     let id = unique_name("always").replace('-', "");
     let mut opts = instance(&id, RestartPolicy::Always);
-    // Values systemd or a shell would expand, quotes, a newline: the container gets
-    // them as written, and none is on a command line or in a world-readable file.
-    let secret = "s3cret $HOME %n \"q\" a\\b\nline2";
+    // Values systemd or a shell would expand, quotes, `=`: the container gets them as
+    // written; none is in the unit (which systemd shows any local user), on a command
+    // line, or in Podman's own environment (LD_PRELOAD would reach Podman there).
+    let secret = "s3cret $HOME %n \"q\" a\\b x=y";
     opts.env.insert("SECRET".into(), secret.into());
+    opts.env.insert("LD_PRELOAD".into(), "/nonexistent/evil.so".into());
     let _guard = RemovedContainer(t.podman_bin.clone(), opts.name.clone());
     let unit = t.units.run(&opts).await.unwrap();
     assert_eq!(unit, format!("kat-default-web-{id}.service"));
@@ -92,9 +94,12 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
-        let exec = text.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
-        assert!(!exec.contains("s3cret"), "{exec}");
-        assert!(exec.contains("\"--env\" \"SECRET\""), "{exec}");
+        assert!(!text.contains("s3cret") && !text.contains("evil"), "{text}");
+        assert!(!text.contains("Environment=SECRET"), "{text}");
+        let env_file = t.units.env_file(&opts).unwrap();
+        assert!(text.contains(&format!("--env-file={}", env_file.display())), "{text}");
+        let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
     t.units
         .systemd
@@ -112,6 +117,18 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
         .await
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&seen.stdout), secret);
+    // Podman ran (a preloaded library that does not exist would have stopped it, with
+    // an error, had it reached Podman); the container has the variable, as asked.
+    let preload = t
+        .podman
+        .exec(
+            &status.id,
+            &["sh".into(), "-c".into(), "printf %s \"$LD_PRELOAD\"".into()],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&preload.stdout), "/nonexistent/evil.so");
     assert_eq!(status.labels[LABEL_INSTANCE], id);
     assert_eq!(status.labels["kat.dws.rip/namespace"], "default");
     assert_eq!(status.labels["kat.dws.rip/workload-name"], "web");
@@ -137,6 +154,7 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
         Err(RuntimeError::NotFound(_))
     ));
     assert!(!t.units.unit_dir.join(&unit).exists());
+    assert!(!t.units.env_file(&opts).unwrap().exists(), "the env file goes too");
 }
 
 #[tokio::test]
@@ -225,7 +243,13 @@ async fn a_unit_file_the_manager_never_started_is_started_not_adopted() {
     std::fs::create_dir_all(&t.units.unit_dir).unwrap();
     std::fs::write(
         t.units.unit_dir.join(&name),
-        render_unit(&opts, &t.podman_bin, t.units.cgroups, t.units.stop_timeout),
+        render_unit(
+            &opts,
+            &t.podman_bin,
+            t.units.cgroups,
+            t.units.stop_timeout,
+            t.units.env_file(&opts).as_deref(),
+        ),
     )
     .unwrap();
     t.units.systemd.reload().await.unwrap();

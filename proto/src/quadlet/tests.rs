@@ -737,6 +737,13 @@ fn container_rules() {
         case(
             Service,
             w,
+            vec![set("spec.container.env[0].value", r#""line one\nline two""#)],
+            "spec.container.env[0].value",
+            "an environment value is one line",
+        ),
+        case(
+            Service,
+            w,
             vec![set("spec.container.env[0].value", r#""\e[31mred""#)],
             "spec.container.env[0].value",
             "control character U+001B",

@@ -416,6 +416,21 @@ fn parse_container(node: &Node<'_>, r: &mut Report, volume_names: &HashSet<Strin
             {
                 if let Some(problem) = names::control_character_problem(&v) {
                     r.error(&node.path, problem);
+                } else if v.contains('\n') {
+                    r.error(
+                        &node.path,
+                        "an environment value is one line (instances read it from an env \
+                         file, a line a variable); put multi-line data in a volume",
+                    );
+                } else if v.len() > MAX_ENV_VALUE {
+                    r.error(
+                        &node.path,
+                        format!(
+                            "{} bytes; an environment value is at most {} KiB (put more in a volume)",
+                            v.len(),
+                            MAX_ENV_VALUE / 1024
+                        ),
+                    );
                 }
                 var.value = v;
             }
@@ -555,6 +570,10 @@ fn parse_resource_list(
     m.finish(r);
     (list, parsed)
 }
+
+/// The longest environment value (Podman reads env files a line at a time, in lines
+/// of at most 64 KiB).
+const MAX_ENV_VALUE: usize = 32 << 10;
 
 fn parse_volumes(node: &Node<'_>, r: &mut Report) -> Vec<Volume> {
     let mut seen = HashSet::new();

@@ -286,12 +286,33 @@ impl Units {
     ) -> Result<String, RuntimeError> {
         crate::podman::args::validate(opts)?;
         let name = unit::unit_name(&opts.namespace, &opts.workload, &opts.instance_id);
-        let text = unit::render_unit(opts, &self.podman, self.cgroups, self.stop_timeout);
+        let env_file = self.env_file(opts);
+        if let Some(file) = &env_file {
+            let file_name = unit::env_file_name(&name);
+            self.write_unit_file(&file_name, &unit::env_file_text(&opts.env))?;
+            debug_assert_eq!(file.file_name(), Some(std::ffi::OsStr::new(&file_name)));
+        }
+        let text = unit::render_unit(
+            opts,
+            &self.podman,
+            self.cgroups,
+            self.stop_timeout,
+            env_file.as_deref(),
+        );
         self.write_unit_file(&name, &text)?;
         self.systemd.reload().await?;
         self.systemd.reset_failed(&name).await?;
         self.systemd.start(&name).await?;
         Ok(name)
+    }
+
+    /// Where the environment of `opts`'s unit is kept (`None` without one).
+    pub fn env_file(
+        &self,
+        opts: &crate::types::ContainerCreateOptions,
+    ) -> Option<std::path::PathBuf> {
+        let name = unit::unit_name(&opts.namespace, &opts.workload, &opts.instance_id);
+        (!opts.env.is_empty()).then(|| self.unit_dir.join(unit::env_file_name(&name)))
     }
 
     /// Writes unit file `name` (see [`write_unit_file`]).
@@ -314,11 +335,13 @@ impl Units {
                 s.active == "inactive" || s.active == "failed"
             })
             .await?;
-        let path = self.unit_dir.join(unit);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&path, &e)),
+        for file in [unit.to_owned(), unit::env_file_name(unit)] {
+            let path = self.unit_dir.join(file);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path, &e)),
+            }
         }
         self.systemd.reload().await?;
         self.systemd.reset_failed(unit).await
@@ -355,7 +378,7 @@ fn io_err(path: &std::path::Path, e: &std::io::Error) -> RuntimeError {
     }
 }
 
-/// Writes unit file `name` in `unit_dir`: 0600 (it holds the instance's environment),
+/// Writes unit file `name` (or an instance's env file) in `unit_dir`: 0600,
 /// given to `owner`, replaced by a rename; below `trusted_base` (a directory a less
 /// trusted user can write), never through a link that user planted.
 pub fn write_unit_file(

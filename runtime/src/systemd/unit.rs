@@ -31,16 +31,6 @@ pub fn unit_name(namespace: &str, workload: &str, instance_id: &str) -> String {
 /// character written as an escape, so no argument can end the line (validation refuses
 /// most of them before they get here).
 pub fn quote(arg: &str) -> String {
-    quoted(arg, true)
-}
-
-/// `quote` for an `Environment=` assignment, where `$` means nothing (only `%`
-/// specifiers are expanded there).
-fn quote_assignment(assignment: &str) -> String {
-    quoted(assignment, false)
-}
-
-fn quoted(arg: &str, exec: bool) -> String {
     let mut out = String::with_capacity(arg.len() + 2);
     out.push('"');
     for c in arg.chars() {
@@ -48,7 +38,7 @@ fn quoted(arg: &str, exec: bool) -> String {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '%' => out.push_str("%%"),
-            '$' if exec => out.push_str("$$"),
+            '$' => out.push_str("$$"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             c if c.is_control() => {
@@ -73,12 +63,25 @@ fn exec_line(program: &Path, args: &[String]) -> String {
     line
 }
 
-/// The unit file for one instance.
+/// The env file of unit `unit_name`: beside it, `<unit>.env`.
+pub fn env_file_name(unit_name: &str) -> String {
+    format!("{}.env", unit_name.trim_end_matches(".service"))
+}
+
+/// The text of an instance's env file, as `podman run --env-file` reads it: one
+/// `NAME=value` a line (validation keeps newlines out of values).
+pub fn env_file_text(env: &std::collections::BTreeMap<String, String>) -> String {
+    env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+/// The unit file for one instance; `env_file` is where its environment is (when it
+/// has one).
 pub fn render_unit(
     opts: &ContainerCreateOptions,
     podman: &Path,
     cgroups: CgroupsMode,
     stop_timeout: Duration,
+    env_file: Option<&Path>,
 ) -> String {
     let mut opts = opts.clone();
     opts.systemd_mode = true;
@@ -101,19 +104,23 @@ pub fn render_unit(
         },
         "--detach".into(),
     ]);
-    // The environment's values go in `Environment=` lines of this unit (a 0600 file:
-    // `super::write_unit_file`), and Podman takes them from its own environment by
-    // name: no value is on a command line, where every local user could read it.
+    // The environment's values stay out of the unit (whose text systemd shows any
+    // local user over D-Bus) and out of Podman's own environment (names like
+    // LD_PRELOAD would reach root's Podman): Podman reads them from a 0600 file
+    // ([`env_file_text`], written beside the unit) and gives them to the container.
     let env = std::mem::take(&mut opts.env);
-    for key in env.keys() {
-        run.push("--env".into());
-        run.push(key.clone());
+    if let Some(file) = env_file.filter(|_| !env.is_empty()) {
+        run.push(format!("--env-file={}", file.display()));
     }
     run.extend(container_args(&opts));
-    let environment: String = env
-        .iter()
-        .map(|(k, v)| format!("Environment={}\n", quote_assignment(&format!("{k}={v}"))))
-        .collect();
+    // A changed environment must change the unit (the runtime compares unit texts):
+    // a digest of the file, not the values.
+    let environment = if env.is_empty() {
+        String::new()
+    } else {
+        let digest = crate::users::fnv1a(&env_file_text(&env));
+        format!("# environment file digest {digest:016x}\n")
+    };
     let name = opts.name.clone();
     let secs = stop_timeout.as_secs();
     let stop: Vec<String> = vec![
@@ -222,6 +229,7 @@ mod tests {
             Path::new("/usr/bin/podman"),
             CgroupsMode::NoConmon,
             Duration::from_secs(10),
+            None,
         );
         let line = |key: &str| {
             unit.lines()
@@ -258,6 +266,7 @@ mod tests {
             Path::new("/p"),
             CgroupsMode::Split,
             Duration::from_secs(5),
+            None,
         );
         assert!(unit.contains("\nRestart=no\n"));
         assert!(unit.contains("--cgroups=split"));
@@ -274,6 +283,7 @@ mod tests {
             Path::new("/p"),
             CgroupsMode::Split,
             Duration::from_secs(5),
+            None,
         );
         assert!(unit.contains("\nRestart=on-failure\n"));
         assert!(unit.contains("\nStartLimitIntervalSec=600\nStartLimitBurst=4\n"));
