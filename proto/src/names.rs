@@ -226,6 +226,7 @@ pub const DENIED_HOST_PATHS: &[&str] = &[
     "/var/lib/containers",
     "/var/lib/docker",
     "/var/run",
+    "/var/spool",
     "/run/kat",
     "/run/containerd",
     "/run/containers",

@@ -131,6 +131,18 @@ impl Dir {
             .map_err(|e| os(&self.path.join(to), e))
     }
 
+    /// Makes sure `name` in this directory is a file, creating it (empty, `mode`) if
+    /// missing and leaving an existing one as it is; a link there is refused.
+    pub fn ensure_file(&self, name: &str, mode: u32) -> io::Result<()> {
+        let path = self.path.join(name);
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(self.fd.as_fd(), name, flags, Mode::from_bits_truncate(mode)) {
+            Ok(_) => Ok(()),
+            Err(Errno::ELOOP) => Err(refused(&path)),
+            Err(e) => Err(os(&path, e)),
+        }
+    }
+
     /// Gives file `name` in this directory to `uid`/`gid`, refusing a link.
     pub fn chown_file(&self, name: &str, uid: u32, gid: u32) -> io::Result<()> {
         let path = self.path.join(name);

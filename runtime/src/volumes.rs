@@ -38,12 +38,45 @@ pub fn storage_dir(base: &Path, namespace: &str, workload: &str, volume: &str) -
     base.join(namespace).join(workload).join(volume)
 }
 
+/// Refuses a host path with a symbolic link on the way: a container that can write
+/// a host directory could plant one (`/srv/a/l -> /etc`) and have the next instance
+/// mount, or create, what it points to.
+fn no_links_on_the_way(path: &Path, field: &str) -> Result<(), RuntimeError> {
+    let mut at = PathBuf::from("/");
+    for component in path.components().skip(1) {
+        at.push(component);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(invalid(
+                    field.to_owned(),
+                    format!(
+                        "{} passes through the symbolic link {}; name the real path",
+                        path.display(),
+                        at.display()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&at, &e)),
+        }
+    }
+    Ok(())
+}
+
+/// `path`'s directory, opened from `/` one component at a time without following a
+/// link (made, 0755, where missing when `make`).
+fn open_host_dir(path: &Path, make: bool) -> std::io::Result<crate::safe_fs::Dir> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    crate::safe_fs::Dir::open_base(Path::new("/"))?.subdir(rel, make.then_some(0o755))
+}
+
 fn ensure_host_path(path: &Path, kind: HostPathType, field: &str) -> Result<(), RuntimeError> {
     let meta = std::fs::metadata(path);
     match kind {
-        HostPathType::Unspecified | HostPathType::DirectoryOrCreate => {
-            std::fs::create_dir_all(path).map_err(|e| io(path, &e))
-        }
+        HostPathType::Unspecified | HostPathType::DirectoryOrCreate => open_host_dir(path, true)
+            .map(|_| ())
+            .map_err(|e| io(path, &e)),
         HostPathType::Directory => match meta {
             Ok(m) if m.is_dir() => Ok(()),
             _ => Err(invalid(
@@ -55,14 +88,11 @@ fn ensure_host_path(path: &Path, kind: HostPathType, field: &str) -> Result<(), 
             )),
         },
         HostPathType::FileOrCreate => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io(parent, &e))?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map(|_| ())
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(invalid(field.to_owned(), "names no file"));
+            };
+            open_host_dir(parent, true)
+                .and_then(|dir| dir.ensure_file(&name.to_string_lossy(), 0o644))
                 .map_err(|e| io(path, &e))
         }
         HostPathType::File => match meta {
@@ -149,10 +179,15 @@ pub fn plan(
                 let path = PathBuf::from(&h.host_path);
                 let host_field = format!("volumes.{}.hostMount.hostPath", v.name);
                 // Checked at apply too; again here for what was stored before that
-                // check existed, or written to etcd some other way.
-                if let Some(problem) = kat_proto::names::host_path_problem(&h.host_path, &[]) {
+                // check existed, or written to etcd some other way; and here the
+                // volume base (other workloads' storage) is known.
+                let base_text = base.display().to_string();
+                if let Some(problem) =
+                    kat_proto::names::host_path_problem(&h.host_path, &[base_text.as_str()])
+                {
                     return Err(invalid(host_field, problem));
                 }
+                no_links_on_the_way(&path.join(sub), &host_field)?;
                 out.ensure.push(Ensure::HostPath {
                     path: path.clone(),
                     ensure_type: h.ensure_type,
@@ -410,8 +445,10 @@ mod tests {
     fn host_mounts_follow_their_ensure_type() {
         let root = tempfile::tempdir().unwrap();
         let p = |s: &str| root.path().join(s);
+        // Host paths outside the volume base (which no hostMount may name).
+        let base = root.path().join("volumes");
         let ok = |v: Volume| {
-            prepare(root.path(), "n", "w", &[v], &[mount("v", "/x", "")], None)
+            prepare(&base, "n", "w", &[v], &[mount("v", "/x", "")], None)
                 .map(|m| m[0].source.clone())
         };
         assert_eq!(
@@ -439,6 +476,30 @@ mod tests {
             }
         }
         assert!(!p("missing").exists(), "checking creates nothing");
+    }
+
+    #[test]
+    fn a_host_path_through_a_planted_link_is_refused_and_nothing_is_made_there() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let shared = root.path().join("srv/a");
+        std::fs::create_dir_all(&shared).unwrap();
+        // A container with srv/a mounted read-write plants a link to elsewhere.
+        std::os::unix::fs::symlink(outside.path(), shared.join("l")).unwrap();
+        let base = root.path().join("volumes");
+        for (host_path, sub) in [(shared.join("l/made"), ""), (shared.clone(), "l/made")] {
+            let v = host("v", &host_path, HostPathType::DirectoryOrCreate);
+            match prepare(&base, "n", "w", &[v], &[mount("v", "/x", sub)], None) {
+                Err(RuntimeError::InvalidOptions { reason, .. }) => {
+                    assert!(reason.contains("symbolic link"), "{reason}");
+                }
+                other => panic!("{host_path:?} {sub}: {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // Other workloads' storage is not a host path either.
+        let v = host("v", &base.join("ns/other"), HostPathType::DirectoryOrCreate);
+        assert!(prepare(&base, "n", "w", &[v], &[mount("v", "/x", "")], None).is_err());
     }
 
     #[test]

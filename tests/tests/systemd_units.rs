@@ -84,7 +84,8 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
     // line, or in Podman's own environment (LD_PRELOAD would reach Podman there).
     let secret = "s3cret $HOME %n \"q\" a\\b x=y";
     opts.env.insert("SECRET".into(), secret.into());
-    opts.env.insert("LD_PRELOAD".into(), "/nonexistent/evil.so".into());
+    opts.env
+        .insert("LD_PRELOAD".into(), "/nonexistent/evil.so".into());
     let _guard = RemovedContainer(t.podman_bin.clone(), opts.name.clone());
     let unit = t.units.run(&opts).await.unwrap();
     assert_eq!(unit, format!("kat-default-web-{id}.service"));
@@ -97,7 +98,10 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
         assert!(!text.contains("s3cret") && !text.contains("evil"), "{text}");
         assert!(!text.contains("Environment=SECRET"), "{text}");
         let env_file = t.units.env_file(&opts).unwrap();
-        assert!(text.contains(&format!("--env-file={}", env_file.display())), "{text}");
+        assert!(
+            text.contains(&format!("--env-file={}", env_file.display())),
+            "{text}"
+        );
         let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -128,7 +132,10 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
         )
         .await
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&preload.stdout), "/nonexistent/evil.so");
+    assert_eq!(
+        String::from_utf8_lossy(&preload.stdout),
+        "/nonexistent/evil.so"
+    );
     assert_eq!(status.labels[LABEL_INSTANCE], id);
     assert_eq!(status.labels["kat.dws.rip/namespace"], "default");
     assert_eq!(status.labels["kat.dws.rip/workload-name"], "web");
@@ -154,7 +161,10 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
         Err(RuntimeError::NotFound(_))
     ));
     assert!(!t.units.unit_dir.join(&unit).exists());
-    assert!(!t.units.env_file(&opts).unwrap().exists(), "the env file goes too");
+    assert!(
+        !t.units.env_file(&opts).unwrap().exists(),
+        "the env file goes too"
+    );
 }
 
 #[tokio::test]

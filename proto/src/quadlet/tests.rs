@@ -737,7 +737,10 @@ fn container_rules() {
         case(
             Service,
             w,
-            vec![set("spec.container.env[0].value", r#""line one\nline two""#)],
+            vec![set(
+                "spec.container.env[0].value",
+                r#""line one\nline two""#,
+            )],
             "spec.container.env[0].value",
             "an environment value is one line",
         ),
