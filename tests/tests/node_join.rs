@@ -942,8 +942,27 @@ async fn a_deleted_or_joined_again_nodes_old_certificate_is_refused() {
     let old = TlsLeaderLink::new(first.path().to_path_buf());
     assert_eq!(node_calls(&old, &target, "w1").await, ["ok", "ok", "ok"]);
 
-    // Deleted: every call with its certificate fails.
+    // Deleted: a sync stream it has open ends, and every call with its certificate
+    // fails.
+    let mut open = {
+        use kat_actors::agent::link::LeaderLink;
+        let request = kat_proto::v1alpha1::SyncRequest {
+            node_name: "w1".to_owned(),
+            ..Default::default()
+        };
+        old.sync(&target, request).await.unwrap()
+    };
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(300), open.recv()).await
+    {
+    }
     leader.store.delete(&keys::node("w1")).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), open.recv())
+        .await
+        .expect("the stream ends within 5 s");
+    assert!(
+        matches!(&ended, Some(Err(e)) if e.to_string().contains("NotFound")),
+        "{ended:?}"
+    );
     for refused in node_calls(&old, &target, "w1").await {
         assert!(refused.contains("NotFound"), "{refused}");
     }
@@ -1083,4 +1102,69 @@ async fn what_a_node_says_about_itself_at_join_is_checked() {
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
     assert!(refused.message().contains("capacity"), "{refused}");
     assert!(!leader.registered("w1").await);
+}
+
+#[tokio::test]
+async fn once_a_node_uses_its_renewed_certificate_the_old_one_stops_working() {
+    use kat_actors::agent::link::LeaderLink;
+    use kat_actors::agent::link::tls::TlsLeaderLink;
+    use kat_proto::v1alpha1::RenewCertificateRequest;
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let target = leader.url.trim_start_matches("https://").to_owned();
+    let mut anonymous = leader.client(None).await.unwrap();
+    let (key, joined) = join_keeping_key(&mut anonymous, &token, "w1").await;
+    let first = tempfile::tempdir().unwrap();
+    write_pki(first.path(), &leader.ca_pem, &joined.certificate_pem, &key);
+    let old = TlsLeaderLink::new(first.path().to_path_buf());
+    let (new_key, csr) = node_key_and_csr("w1").unwrap();
+    let renewed = old
+        .renew(
+            &target,
+            RenewCertificateRequest {
+                node_name: "w1".to_owned(),
+                csr_pem: csr,
+            },
+        )
+        .await
+        .unwrap();
+    let second = tempfile::tempdir().unwrap();
+    write_pki(
+        second.path(),
+        &leader.ca_pem,
+        &renewed.certificate_pem,
+        &new_key,
+    );
+    let new = TlsLeaderLink::new(second.path().to_path_buf());
+    // Until the node shows a new one, the old one still works (it may have crashed
+    // before writing the new pair), and may even renew again: as after such a crash.
+    assert_eq!(node_calls(&old, &target, "w1").await[0], "ok");
+    let (newest_key, csr) = node_key_and_csr("w1").unwrap();
+    let newest = old
+        .renew(
+            &target,
+            RenewCertificateRequest {
+                node_name: "w1".to_owned(),
+                csr_pem: csr,
+            },
+        )
+        .await
+        .unwrap();
+    let third = tempfile::tempdir().unwrap();
+    write_pki(
+        third.path(),
+        &leader.ca_pem,
+        &newest.certificate_pem,
+        &newest_key,
+    );
+    let current = TlsLeaderLink::new(third.path().to_path_buf());
+    // The node heartbeats with its newest certificate: from then on the one it
+    // renewed from (the first) is refused, as is the one no one used.
+    let [beat, _, _] = node_calls(&current, &target, "w1").await;
+    assert_eq!(beat, "ok");
+    for link in [&old, &new] {
+        let refused = node_calls(link, &target, "w1").await[0].clone();
+        assert!(refused.contains("replaced or revoked"), "{refused}");
+    }
+    assert_eq!(node_calls(&current, &target, "w1").await[0], "ok");
 }

@@ -116,7 +116,7 @@ impl LeaderLink for InProcessLink {
 
     async fn sync(&self, target: &str, request: SyncRequest) -> Result<SyncReceiver, LinkError> {
         let ctx = self.reach(target)?;
-        let mut events = leader::sync::sync_events(&ctx, &self.node, request)
+        let mut events = leader::sync::sync_events(&ctx, &self.node, None, request)
             .await
             .map_err(link_error)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::served::Served;
 use crate::leader;
-use crate::leader::certificate_is_current;
+use crate::leader::{certificate_is_current, confirm_certificate};
 use crate::listener::{peer_key_sha256, peer_node};
 
 /// The tonic service.
@@ -50,7 +50,9 @@ impl NodeApi for NodeApiService {
         let caller = peer_node(&request)?;
         let key = peer_key_sha256(&request)?;
         let ctx = self.served.leader().await?;
-        certificate_is_current(&ctx, &caller, &key).await?;
+        if certificate_is_current(&ctx, &caller, &key).await? {
+            confirm_certificate(&ctx, &caller, &key, SystemTime::now()).await?;
+        }
         let started = std::time::Instant::now();
         let answer =
             leader::heartbeats::heartbeat(&ctx, &caller, request.into_inner(), SystemTime::now())
@@ -82,7 +84,8 @@ impl NodeApi for NodeApiService {
         let key = peer_key_sha256(&request)?;
         let ctx = self.served.leader().await?;
         certificate_is_current(&ctx, &caller, &key).await?;
-        let events = leader::sync::sync_events(&ctx, &caller, request.into_inner()).await?;
+        let events =
+            leader::sync::sync_events(&ctx, &caller, Some(&key), request.into_inner()).await?;
         let stream = ReceiverStream::new(events).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }

@@ -147,24 +147,59 @@ pub fn speaks_for(caller: &str, claimed: &str, verb: &str) -> StateResult<()> {
 /// A deleted node has no record, so its certificates are refused; a node that joined
 /// again under the same name has a new key, so the old holder's certificate is
 /// refused. A record from before keys were recorded lists none and accepts any (its
-/// next renewal records one).
-pub async fn certificate_is_current(ctx: &LeaderContext, node: &str, key: &str) -> StateResult<()> {
-    let (registered, _) = state::nodes::read(ctx.store(), node)
-        .await
-        .map_err(|e| match e {
-            StateError::NotFound(_) => StateError::NotFound(format!(
-                "node {node:?} is not registered (deleted?); its certificate is no longer accepted"
-            )),
-            other => other,
-        })?;
+/// next renewal records one). Ok(true): the key is the newest of two, and the older
+/// one can go ([`confirm_certificate`]).
+pub async fn certificate_is_current(
+    ctx: &LeaderContext,
+    node: &str,
+    key: &str,
+) -> StateResult<bool> {
+    key_is_current(ctx.store(), node, key).await
+}
+
+/// [`certificate_is_current`] against `store`.
+pub(super) async fn key_is_current(
+    store: &dyn StateStore,
+    node: &str,
+    key: &str,
+) -> StateResult<bool> {
+    let (registered, _) = state::nodes::read(store, node).await.map_err(|e| match e {
+        StateError::NotFound(_) => StateError::NotFound(format!(
+            "node {node:?} is not registered (deleted?); its certificate is no longer accepted"
+        )),
+        other => other,
+    })?;
     let keys = registered
         .spec
         .map(|s| s.certificate_key_sha256)
         .unwrap_or_default();
     if keys.is_empty() || keys.iter().any(|k| k == key) {
-        return Ok(());
+        return Ok(keys.len() > 1 && keys[0] == key);
     }
     Err(StateError::Unauthenticated(format!(
         "this certificate of node {node:?} was replaced or revoked; the node has to join again"
     )))
+}
+
+/// The node has shown the certificate its last renewal made: the one it renewed from
+/// is no longer accepted (whoever might hold that old key cannot renew with it and
+/// push the node's current key out).
+pub async fn confirm_certificate(
+    ctx: &LeaderContext,
+    node: &str,
+    key: &str,
+    now: std::time::SystemTime,
+) -> StateResult<()> {
+    let confirm = |n: &mut kat_proto::v1alpha1::Node| {
+        let spec = n.spec.get_or_insert_with(Default::default);
+        if spec.certificate_key_sha256.first().map(String::as_str) == Some(key) {
+            spec.certificate_key_sha256.truncate(1);
+        }
+        Ok(
+            "the node uses its renewed certificate; the one before it is no longer accepted"
+                .to_owned(),
+        )
+    };
+    state::nodes::update(&ctx.leadership, node, "CertificateConfirmed", confirm, now).await?;
+    Ok(())
 }

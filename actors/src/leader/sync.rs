@@ -5,7 +5,7 @@
 
 use kat_proto::v1alpha1::{Node, Peer, PeerSet, SyncEvent, SyncRequest, sync_event};
 
-use super::context::{LeaderContext, speaks_for};
+use super::context::{LeaderContext, key_is_current, speaks_for};
 use crate::state::{self, StateError, StateResult, keys};
 use crate::store::StateStore;
 
@@ -41,10 +41,13 @@ pub type SyncEvents = tokio::sync::mpsc::Receiver<StateResult<SyncEvent>>;
 
 /// Node `caller`'s sync stream, from `req.from_revision` (the peer set is sent first
 /// unless the node has seen this revision already; assignments always). A node may
-/// follow only its own. Ends when the receiver is dropped or the store's watch breaks.
+/// follow only its own. Ends when the receiver is dropped or the store's watch breaks,
+/// and with an error when the node is deleted or the certificate it opened the stream
+/// with (`caller_key`; `None` in process) is no longer its own.
 pub async fn sync_events(
     ctx: &LeaderContext,
     caller: &str,
+    caller_key: Option<&str>,
     req: SyncRequest,
 ) -> StateResult<SyncEvents> {
     speaks_for(caller, &req.node_name, "sync")?;
@@ -57,6 +60,7 @@ pub async fn sync_events(
     let mut instance_watch = store.watch(keys::INSTANCES_PREFIX, assigned_at + 1).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let caller = caller.to_owned();
+    let caller_key = caller_key.map(str::to_owned);
     let ended = || StateError::Unavailable("the leader's watch ended; resync".to_owned());
     tokio::spawn(async move {
         if from_revision < revision {
@@ -89,6 +93,13 @@ pub async fn sync_events(
                     // A burst of changes becomes one update.
                     while let Ok(Ok(next)) = node_watch.try_recv() {
                         last = next;
+                    }
+                    // Deleted, or its certificate replaced: the stream ends here.
+                    if let Some(key) = &caller_key
+                        && let Err(e) = key_is_current(store.as_ref(), &caller, key).await
+                    {
+                        let _ = tx.send(Err(e)).await;
+                        return;
                     }
                     peers_now(store.as_ref(), &caller).await.map(|(peers, revision)| {
                         Some(SyncEvent {
