@@ -166,7 +166,9 @@ pub fn api_channel_from(
 }
 
 /// A channel to node `node`'s agent API at `addr`: the server must present `node`'s
-/// own certificate (its name is a SAN of it), not just any certificate of the CA.
+/// own certificate (its name is a SAN of it), not just any certificate of the CA. A
+/// node name TLS cannot check as a DNS name (all digits, like `42`) is checked by the
+/// address on record instead.
 pub fn agent_channel(
     addr: &str,
     ca_pem: &str,
@@ -174,7 +176,13 @@ pub fn agent_channel(
     call_timeout: Duration,
     node: &str,
 ) -> Result<Channel, ClientError> {
-    verified_channel(addr, ca_pem, Some(identity), call_timeout, None, node)
+    let by_name = rustls::pki_types::DnsName::try_from(node).is_ok()
+        && ServerName::try_from(node).is_ok_and(|n| matches!(n, ServerName::DnsName(_)));
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| {
+        h.trim_start_matches('[').trim_end_matches(']')
+    });
+    let server = if by_name { node } else { host };
+    verified_channel(addr, ca_pem, Some(identity), call_timeout, None, server)
 }
 
 fn verified_channel(

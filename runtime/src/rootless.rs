@@ -50,16 +50,24 @@ pub fn check_owner(
     namespace: &str,
     workload: &str,
 ) -> Result<(), RuntimeError> {
+    comment_allows(&user.name, &user.comment, namespace, workload)
+}
+
+fn comment_allows(
+    name: &str,
+    comment: &str,
+    namespace: &str,
+    workload: &str,
+) -> Result<(), RuntimeError> {
     let expected = crate::users::owner_comment(namespace, workload);
-    if user.comment == expected || user.comment == LEGACY_COMMENT {
+    if comment == expected || comment == LEGACY_COMMENT {
         return Ok(());
     }
     Err(RuntimeError::InvalidOptions {
         field: "metadata.name".to_owned(),
         reason: format!(
-            "workload user {} belongs to {:?}, not {namespace}/{workload} (two workloads map to \
-             one user name): rename one of them",
-            user.name, user.comment
+            "workload user {name} belongs to {comment:?}, not {namespace}/{workload} (two \
+             workloads map to one user name): rename one of them"
         ),
     })
 }
@@ -702,6 +710,8 @@ pub struct RootlessHost {
     pub stop_timeout: Duration,
     /// One host per workload user reached so far.
     hosts: Mutex<HashMap<String, SystemdHost>>,
+    /// The comment of each user in `hosts`: whose it is ([`check_owner`]).
+    owners: Mutex<HashMap<String, String>>,
 }
 
 impl RootlessHost {
@@ -712,6 +722,7 @@ impl RootlessHost {
             cgroups: CgroupsMode::default(),
             stop_timeout: Duration::from_secs(10),
             hosts: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
         }
     }
 
@@ -726,6 +737,11 @@ impl RootlessHost {
         make: bool,
     ) -> Result<SystemdHost, RuntimeError> {
         if let Some(h) = self.hosts.lock().await.get(name) {
+            // A cached host is checked like a new one: whose the user is.
+            if let Some((ns, wl)) = owner {
+                let comment = self.owners.lock().await.get(name).cloned();
+                comment_allows(name, comment.as_deref().unwrap_or(LEGACY_COMMENT), ns, wl)?;
+            }
             return Ok(h.clone());
         }
         let user = if make {
@@ -740,6 +756,10 @@ impl RootlessHost {
         if let Some((ns, wl)) = owner {
             check_owner(&user, ns, wl)?;
         }
+        self.owners
+            .lock()
+            .await
+            .insert(name.to_owned(), user.comment.clone());
         let runtime_dir = self.managers.ensure(&user).await?;
         let bus = format!("unix:path={}", runtime_dir.join("bus").display());
         let systemd = Systemd::connect_as(&bus, user.uid, user.gid).await?;

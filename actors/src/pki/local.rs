@@ -135,7 +135,19 @@ pub fn write_pair(cert: &Path, key: &Path, pair: &CertAndKey) -> std::io::Result
     let next = next_key(key);
     crate::files::write_atomic(&next, pair.key_pem.as_bytes(), 0o600).map_err(named(&next))?;
     crate::files::write_atomic(cert, pair.cert_pem.as_bytes(), 0o644).map_err(named(cert))?;
-    std::fs::rename(&next, key).map_err(named(key))
+    match std::fs::rename(&next, key) {
+        Ok(()) => Ok(()),
+        // A reader finished the replacement first (`read_pair`): done, if it is ours.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let now = read_pair(cert, key)?;
+            if now == *pair {
+                Ok(())
+            } else {
+                Err(named(key)(e))
+            }
+        }
+        Err(e) => Err(named(key)(e)),
+    }
 }
 
 /// Reads the pair at `cert` and `key`, finishing a replacement a crash interrupted:

@@ -211,8 +211,9 @@ async fn placed_on(
 /// The writes that make `/kat/status/instances/<node>/` what the node reports:
 /// changed statuses put, statuses of instances it no longer has deleted; and the
 /// events the changes make. A changed report is taken only for an instance placed
-/// on `node`: a node cannot fill the store with statuses, or other workloads with
-/// events, for instances that are not its own.
+/// on `node` (or, without namespace and workload, one whose status is already kept):
+/// a node cannot fill the store with statuses, or other workloads with events, for
+/// instances that are not its own.
 pub async fn report_ops(
     store: &dyn StateStore,
     node: &str,
@@ -233,10 +234,16 @@ pub async fn report_ops(
         let key = keys::instance_status(node, &r.id);
         let value = r.status.clone().unwrap_or_default().encode_to_vec();
         if stored.get(&key) != Some(&value) {
-            if !placed_on(store, node, r).await? {
+            // A report without namespace and workload (an instance the node is
+            // retiring) may update a status already taken, never start one.
+            let unnamed = r.namespace.is_empty() && r.workload.is_empty();
+            if unnamed && !stored.contains_key(&key) {
                 continue;
             }
-            {
+            if !unnamed && !placed_on(store, node, r).await? {
+                continue;
+            }
+            if !unnamed {
                 let old = stored
                     .get(&key)
                     .and_then(|v| InstanceStatus::decode(v.as_slice()).ok());
@@ -326,5 +333,18 @@ mod tests {
             .unwrap();
         assert_eq!(ops.len(), 1);
         assert!(!events.is_empty());
+        // Retiring it, n1 reports it without names: the kept status is updated (no
+        // events); an unnamed report of an unknown ID starts nothing.
+        let key = keys::instance_status("n1", "a1");
+        store.put(&key, b"old".to_vec(), None).await.unwrap();
+        let mut unnamed = report("a1", "");
+        unnamed.workload.clear();
+        let mut stranger = report("b2", "");
+        stranger.workload.clear();
+        let (ops, events) = report_ops(&store, "n1", &[unnamed, stranger], now)
+            .await
+            .unwrap();
+        assert_eq!(ops.len(), 1, "the kept status only");
+        assert!(events.is_empty());
     }
 }

@@ -129,6 +129,11 @@ impl Actor for Store {
                         config.data_dir.display()
                     )
                 })?;
+                // etcd reads its certificate files itself: finish a key replacement a
+                // crash interrupted first (`crate::pki::local::read_pair`).
+                if let Some(tls) = &config.tls {
+                    crate::pki::local::read_pair(&tls.cert_file, &tls.key_file)?;
+                }
                 let mut process = EtcdProcess::spawn(&config)?;
                 let pid = process.pid();
                 tracing::info!(node = %args.node, pid, endpoint = %config.client_url(), "etcd member starting");

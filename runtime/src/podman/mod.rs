@@ -520,6 +520,11 @@ async fn capped_line<R: tokio::io::AsyncRead + Unpin>(
         line.extend_from_slice(window);
         reader.consume(taken);
         if line.len() >= cap {
+            // A line of exactly `cap` bytes: its newline belongs to it, not to an
+            // empty line after it.
+            if reader.fill_buf().await?.first() == Some(&b'\n') {
+                reader.consume(1);
+            }
             return Ok(Some(line));
         }
     }
@@ -554,5 +559,13 @@ mod tests {
             lines,
             ["short", "yyyyyyyyyy", "yyyyyyyyyy", "yyyyy", "last"]
         );
+        // Exactly the cap: one line, no empty one after it.
+        let text = b"0123456789\nnext".to_vec();
+        let mut reader = BufReader::with_capacity(4, &text[..]);
+        let mut lines = Vec::new();
+        while let Some(line) = capped_line(&mut reader, 10).await.unwrap() {
+            lines.push(String::from_utf8(line).unwrap());
+        }
+        assert_eq!(lines, ["0123456789", "next"]);
     }
 }
