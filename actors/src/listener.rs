@@ -158,9 +158,12 @@ pub struct ConnectionLimits {
     /// A connection with no byte read from it this long after its handshake is closed
     /// (a client that connects and says nothing).
     pub first_request: Duration,
-    /// A connection on which nothing was read or written this long is closed. HTTP/2
-    /// connections are never this idle while their client lives: the server pings
-    /// them ([`HTTP2_KEEPALIVE`]).
+    /// A connection on which nothing was read or written this long is closed: one
+    /// whose client went away without a word. HTTP/2 connections are never this idle
+    /// while their client lives (the server pings them, [`HTTP2_KEEPALIVE`]), so a
+    /// client that answers pings keeps its slot: the per-source limit, not this,
+    /// bounds what one address holds. A quiet HTTP/1.1 stream (REST `watch`,
+    /// `follow`) is closed after this long without output; clients reconnect.
     pub idle: Duration,
 }
 
@@ -170,7 +173,7 @@ impl Default for ConnectionLimits {
             total: 1024,
             per_source: 128,
             first_request: Duration::from_secs(10),
-            idle: Duration::from_secs(120),
+            idle: Duration::from_secs(600),
         }
     }
 }
@@ -182,11 +185,23 @@ pub const MAX_STREAMS: u32 = 100;
 pub const HTTP2_KEEPALIVE: (Duration, Duration) =
     (Duration::from_secs(30), Duration::from_secs(10));
 
-/// The connections a server holds now, by source address.
+/// The connections a server holds now, by source (an IPv4 address, or an IPv6 /64:
+/// one host has a whole /64 to connect from).
 #[derive(Debug, Default)]
 struct Held {
     total: usize,
     by_source: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// The source a connection counts against.
+fn source_of(addr: std::net::IpAddr) -> std::net::IpAddr {
+    match addr.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
 }
 
 /// One held connection; released when the connection is dropped.
@@ -363,7 +378,7 @@ pub fn incoming(
                     continue;
                 }
             };
-            let Some(slot) = Slot::take(&held, peer.ip(), &limits) else {
+            let Some(slot) = Slot::take(&held, source_of(peer.ip()), &limits) else {
                 // At most one line a minute, however hard the flood.
                 if refused_logged.elapsed() >= Duration::from_secs(60) {
                     refused_logged = tokio::time::Instant::now();
@@ -474,6 +489,19 @@ mod tests {
     use super::*;
     use crate::pki::ca::{ClusterCa, generate_ca};
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn ipv6_sources_count_by_their_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of(a), source_of(c));
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source_of(v4), v4);
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_of(mapped), v4);
+    }
 
     #[tokio::test]
     async fn a_connection_that_says_nothing_is_closed_and_its_slot_freed() {

@@ -308,7 +308,7 @@ async fn node_api_calls_need_a_certificate_and_joins_are_small() {
         .await
         .unwrap_err();
     assert!(
-        refused.message().contains("length limit"),
+        refused.message().contains("at most 64 KiB"),
         "{:?}: {}",
         refused.code(),
         refused.message()

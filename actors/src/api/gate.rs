@@ -10,9 +10,10 @@
 //!
 //! The node API has its own gate: every call but `Join` needs a client certificate
 //! (verified against the cluster CA in the handshake) before its body is read; `Join`,
-//! which comes before a node has one, may carry at most [`JOIN_BODY_LIMIT`] and at
-//! most [`JOINS_AT_ONCE`] are decoded at a time, so anonymous joins cannot hold more
-//! than a few hundred KiB of the leader's memory.
+//! which comes before a node has one, may carry at most [`JOIN_BODY_LIMIT`], arriving
+//! within [`JOIN_READ_LIMIT`], and at most [`JOINS_AT_ONCE`] are read at a time, so
+//! anonymous joins cannot hold more than a few hundred KiB of the leader's memory, nor
+//! the read slots for long.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -30,8 +31,11 @@ use super::served::Served;
 
 /// The largest `Join` request (a token, two CSRs, a name, labels).
 pub const JOIN_BODY_LIMIT: usize = 64 << 10;
-/// How many `Join` calls are read and handled at once; more are refused at once.
+/// How many `Join` bodies are read at once; more are refused at once.
 pub const JOINS_AT_ONCE: usize = 8;
+/// How long a `Join` body may take to arrive (it is small), so slow senders cannot
+/// hold the read slots.
+pub const JOIN_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The node API method `path` names (`Join`, `Heartbeat`…), if it names one.
 fn node_api_method(path: &str) -> Option<&str> {
@@ -70,14 +74,36 @@ async fn node_api(method: &str, request: Request, next: Next) -> Response {
         return next.run(request).await;
     }
     let joins = JOINS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(JOINS_AT_ONCE)));
-    let Ok(_permit) = joins.clone().try_acquire_owned() else {
+    let Ok(permit) = joins.clone().try_acquire_owned() else {
         return Status::resource_exhausted("too many joins at once; try again in a moment")
             .into_http::<Body>()
             .into_response();
     };
-    let request =
-        request.map(|body| Body::new(http_body_util::Limited::new(body, JOIN_BODY_LIMIT)));
-    next.run(request).await
+    let (parts, body) = request.into_parts();
+    let read =
+        tokio::time::timeout(JOIN_READ_LIMIT, axum::body::to_bytes(body, JOIN_BODY_LIMIT)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return Status::invalid_argument(format!(
+                "a join request is at most {} KiB",
+                JOIN_BODY_LIMIT / 1024
+            ))
+            .into_http::<Body>()
+            .into_response();
+        }
+        Err(_) => {
+            return Status::deadline_exceeded(format!(
+                "the join request did not arrive within {JOIN_READ_LIMIT:?}"
+            ))
+            .into_http::<Body>()
+            .into_response();
+        }
+    };
+    // Read: the slot is free for the next join while this one is handled.
+    drop(permit);
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 fn is_grpc(request: &Request) -> bool {
