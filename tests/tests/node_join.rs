@@ -1168,3 +1168,56 @@ async fn once_a_node_uses_its_renewed_certificate_the_old_one_stops_working() {
     }
     assert_eq!(node_calls(&current, &target, "w1").await[0], "ok");
 }
+
+#[tokio::test]
+async fn a_node_named_with_digits_only_is_reached_by_its_address() {
+    use kat_actors::listener::{ClientAuth, ConnectionLimits, incoming, server_config};
+    use kat_actors::pki::ca::CertAndKey;
+    // TLS cannot check "42" as a DNS name: the leader checks the node's address.
+    let ca = generate_ca("digits").unwrap();
+    let (key_pem, csr) = node_key_and_csr("42").unwrap();
+    let cert_pem = ClusterCa::from_pem(&ca)
+        .unwrap()
+        .sign_node_csr(
+            &csr,
+            "42",
+            "127.0.0.1".parse().unwrap(),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let cert = CertAndKey { cert_pem, key_pem };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = server_config(
+        ServingCert::new(&cert, "").unwrap(),
+        &ca.cert_pem,
+        ClientAuth::Optional,
+    )
+    .unwrap();
+    let mut accepted = incoming(listener, config, ConnectionLimits::default());
+    let handshakes = tokio::spawn(async move {
+        tonic::codegen::tokio_stream::StreamExt::next(&mut accepted)
+            .await
+            .is_some_and(|c| c.is_ok())
+    });
+    let channel = kat_actors::client::agent_channel(
+        &addr.to_string(),
+        &ca.cert_pem,
+        &cert,
+        Duration::from_secs(2),
+        "42",
+    )
+    .unwrap();
+    // Nothing serves the agent API there: the call fails, but after a handshake the
+    // client accepted.
+    let _ = kat_proto::v1alpha1::agent_api_client::AgentApiClient::new(channel)
+        .exec(kat_proto::v1alpha1::ExecRequest::default())
+        .await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), handshakes)
+            .await
+            .unwrap()
+            .unwrap(),
+        "the TLS handshake completed"
+    );
+}
