@@ -265,6 +265,32 @@ async fn a_flood_of_idle_connections_from_one_address_leaves_the_api_answering()
     let status = api.http1_status(&head, b"", Duration::from_secs(1)).await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     eprintln!("answered in {:?} under the flood", started.elapsed());
+    // And the node API: a join (with a wrong token) is answered within 1 s too.
+    let started = Instant::now();
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", api.addr))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&api.ca_pem))
+                .domain_name("127.0.0.1"),
+        )
+        .unwrap()
+        .connect_lazy();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(1),
+        kat_proto::v1alpha1::node_api_client::NodeApiClient::new(channel).join(
+            kat_proto::v1alpha1::JoinRequest {
+                token: "nope".to_owned(),
+                node_name: "w1".to_owned(),
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("the node API answers within 1 s under the flood")
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    eprintln!("node API answered in {:?}", started.elapsed());
     drop(slow);
     drop(flood);
 }
