@@ -98,7 +98,7 @@ impl LeaderLink for InProcessLink {
         request: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, LinkError> {
         let ctx = self.reach(target)?;
-        leader::heartbeats::heartbeat(&ctx, &self.node, request, (self.clock)())
+        leader::heartbeats::heartbeat(&ctx, &self.node, None, request, (self.clock)())
             .await
             .map_err(link_error)
     }

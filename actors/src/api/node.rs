@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::served::Served;
 use crate::leader;
-use crate::leader::{certificate_is_current, confirm_certificate};
+use crate::leader::certificate_is_current;
 use crate::listener::{peer_key_sha256, peer_node};
 
 /// The tonic service.
@@ -50,13 +50,9 @@ impl NodeApi for NodeApiService {
         let caller = peer_node(&request)?;
         let key = peer_key_sha256(&request)?;
         let ctx = self.served.leader().await?;
-        if certificate_is_current(&ctx, &caller, &key).await? {
-            confirm_certificate(&ctx, &caller, &key, SystemTime::now()).await?;
-        }
         let started = std::time::Instant::now();
-        let answer =
-            leader::heartbeats::heartbeat(&ctx, &caller, request.into_inner(), SystemTime::now())
-                .await;
+        let (request, now) = (request.into_inner(), SystemTime::now());
+        let answer = leader::heartbeats::heartbeat(&ctx, &caller, Some(&key), request, now).await;
         let m = crate::metrics::global();
         let result = if answer.is_ok() { "ok" } else { "refused" };
         m.inc(

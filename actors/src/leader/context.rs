@@ -169,13 +169,22 @@ pub(super) async fn key_is_current(
         )),
         other => other,
     })?;
-    let keys = registered
+    key_is_listed(&registered, key)
+}
+
+/// [`certificate_is_current`] against node `registered`'s record, read already.
+pub(super) fn key_is_listed(
+    registered: &kat_proto::v1alpha1::Node,
+    key: &str,
+) -> StateResult<bool> {
+    let keys: &[String] = registered
         .spec
-        .map(|s| s.certificate_key_sha256)
-        .unwrap_or_default();
+        .as_ref()
+        .map_or(&[], |s| s.certificate_key_sha256.as_slice());
     if keys.is_empty() || keys.iter().any(|k| k == key) {
         return Ok(keys.len() > 1 && keys[0] == key);
     }
+    let node = registered.metadata.as_ref().map_or("", |m| m.name.as_str());
     Err(StateError::Unauthenticated(format!(
         "this certificate of node {node:?} was replaced or revoked; the node has to join again"
     )))

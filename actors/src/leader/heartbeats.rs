@@ -11,15 +11,19 @@ use kat_proto::v1alpha1::{
 };
 use prost::Message;
 
-use super::context::{LeaderContext, speaks_for};
+use super::context::{LeaderContext, confirm_certificate, key_is_listed, speaks_for};
 use crate::state::events::node_event;
 use crate::state::{self, StateError, StateResult, keys};
 use crate::store::{Compare, KeyValue, TxnOp};
 
 /// Records node `caller`'s heartbeat; see the module docs.
+/// `caller_key`: the public-key hash of the certificate the call came with (`None` in
+/// process): checked against the record read here anyway
+/// (`super::context::certificate_is_current`), not in a read of its own.
 pub async fn heartbeat(
     ctx: &LeaderContext,
     caller: &str,
+    caller_key: Option<&str>,
     req: HeartbeatRequest,
     now: SystemTime,
 ) -> StateResult<HeartbeatResponse> {
@@ -29,6 +33,13 @@ pub async fn heartbeat(
             "node {caller:?} is not registered (join first)"
         )));
     };
+    if let Some(key) = caller_key {
+        let node = Node::decode(registered.value.as_slice())
+            .map_err(|e| StateError::Internal(format!("node {caller:?}'s record: {e}")))?;
+        if key_is_listed(&node, key)? {
+            confirm_certificate(ctx, caller, key, now).await?;
+        }
+    }
     if let Some(reported) = &req.allocatable {
         update_capacity(ctx, caller, &registered, reported, now).await;
     }

@@ -39,7 +39,7 @@ use kat_proto::quadlet::ClusterSettings;
 use ractor::Actor;
 
 pub use bootstrap::LocalFiles;
-pub use context::{ControlPlaneCache, LeaderContext, certificate_is_current, confirm_certificate};
+pub use context::{ControlPlaneCache, LeaderContext, certificate_is_current};
 pub use serving::{ApiDirectory, ApiEndpoint, ApiSlot, new_api_slot};
 
 use crate::pki::local::ClusterPki;

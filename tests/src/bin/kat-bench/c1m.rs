@@ -137,7 +137,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
             node_status: Some(NodeStatus::default()),
             ..Default::default()
         };
-        leader::heartbeats::heartbeat(&ctx, &name, beat, SystemTime::now())
+        leader::heartbeats::heartbeat(&ctx, &name, None, beat, SystemTime::now())
             .await
             .unwrap();
     }
