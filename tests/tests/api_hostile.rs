@@ -82,6 +82,19 @@ async fn api() -> Api {
 }
 
 impl Api {
+    /// A gRPC channel to the API, trusting the cluster CA (connected at first use).
+    fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+                    .domain_name("127.0.0.1"),
+            )
+            .unwrap()
+            .connect_lazy()
+    }
+
     /// A TLS connection trusting the cluster CA, offering `alpn`.
     async fn tls(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         use rustls::pki_types::pem::PemObject;
@@ -168,17 +181,7 @@ async fn a_request_without_a_token_is_refused_before_its_body_is_read() {
 
     // gRPC: a call whose request stream never ends, without a token: Unauthenticated
     // at once.
-    let channel = tonic::transport::Channel::from_shared(format!("https://{}", api.addr))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&api.ca_pem))
-                .domain_name("127.0.0.1"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = api.channel();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     use tokio_stream::StreamExt;
@@ -267,15 +270,7 @@ async fn a_flood_of_idle_connections_from_one_address_leaves_the_api_answering()
     eprintln!("answered in {:?} under the flood", started.elapsed());
     // And the node API: a join (with a wrong token) is answered within 1 s too.
     let started = Instant::now();
-    let channel = tonic::transport::Channel::from_shared(format!("https://{}", api.addr))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&api.ca_pem))
-                .domain_name("127.0.0.1"),
-        )
-        .unwrap()
-        .connect_lazy();
+    let channel = api.channel();
     let refused = tokio::time::timeout(
         Duration::from_secs(1),
         kat_proto::v1alpha1::node_api_client::NodeApiClient::new(channel).join(
@@ -301,17 +296,7 @@ async fn node_api_calls_need_a_certificate_and_joins_are_small() {
     use kat_proto::v1alpha1::{HeartbeatRequest, JoinRequest};
     let api = api().await;
     drop(api.tls(b"h2").await);
-    let channel = tonic::transport::Channel::from_shared(format!("https://{}", api.addr))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&api.ca_pem))
-                .domain_name("127.0.0.1"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = api.channel();
     let mut node = NodeApiClient::new(channel);
     // No certificate: refused before the (large) body is decoded.
     let big = HeartbeatRequest {
@@ -356,17 +341,7 @@ async fn api_tokens_are_reusable_until_they_expire() {
     use kat_proto::v1alpha1::{CreateTokenRequest, ListNodesRequest};
     let api = api().await;
     drop(api.tls(b"h2").await);
-    let channel = tonic::transport::Channel::from_shared(format!("https://{}", api.addr))
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&api.ca_pem))
-                .domain_name("127.0.0.1"),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = api.channel();
     let mut users = UserApiClient::new(channel);
     fn with<T>(token: &str, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
