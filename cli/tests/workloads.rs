@@ -215,7 +215,7 @@ impl Flow {
 
     /// examples/web with image `image`. The fake runtime runs the example as it is
     /// (image tags changed); Podman runs it in this run's namespace as a busybox
-    /// httpd, its host mount in the test's directory.
+    /// httpd.
     fn web_bundle(&self, image: &str) -> PathBuf {
         let web = examples().join("web");
         if !self.podman() && image == self.images[0] {
@@ -229,12 +229,6 @@ impl Flow {
             w["metadata"]["namespace"] = self.ns.as_str().into();
             w["spec"]["container"]["command"] = strings(&["/bin/sh", "-c"]);
             w["spec"]["container"]["args"] = strings(&[WEB_SCRIPT]);
-            let logs = self.path("web-logs");
-            for volume in w["spec"]["volumes"].as_sequence_mut().unwrap() {
-                if let Some(mount) = volume.get_mut("hostMount") {
-                    mount["hostPath"] = logs.to_str().unwrap().into();
-                }
-            }
         }
         write_yaml(&out.join("workload.kat"), &w);
         let mut vlb = read_yaml(&web.join("VirtualLoadBalancer.kat"));

@@ -275,6 +275,50 @@ pub fn host_path_problem(path: &str, denied: &[&str]) -> Option<String> {
         })
 }
 
+/// Why `path` (absolute, checked by [`host_path_problem`]) may not be a `hostMount`
+/// under the cluster's `hostMounts.allowedPaths`: it is none of `allowed` nor below one.
+pub fn host_path_allowed_problem<S: AsRef<str>>(path: &str, allowed: &[S]) -> Option<String> {
+    let normal = normal_host_path(path);
+    if allowed
+        .iter()
+        .any(|a| is_within(&normal, &normal_host_path(a.as_ref())))
+    {
+        return None;
+    }
+    let list: Vec<&str> = allowed.iter().map(AsRef::as_ref).collect();
+    Some(if list.is_empty() {
+        "this cluster allows no hostMount (hostMounts.allowedPaths is empty in cluster.kat); \
+         use simpleClusterStorage"
+            .to_owned()
+    } else {
+        format!(
+            "{path:?} is outside this cluster's hostMounts.allowedPaths ({}); mount a \
+             directory below one of them (the list is set in cluster.kat at init)",
+            list.join(", ")
+        )
+    })
+}
+
+/// Why `prefix` cannot be in `hostMounts.allowedPaths`: not absolute, or it is or lies
+/// below a denied path, so it would allow nothing. (A prefix that holds a denied path,
+/// `/var` or even `/`, is accepted: the deny list still applies below it.)
+pub fn allowed_prefix_problem(prefix: &str) -> Option<String> {
+    if let Some(problem) = absolute_path_problem(prefix) {
+        return Some(problem);
+    }
+    let normal = normal_host_path(prefix);
+    DENIED_HOST_PATHS
+        .iter()
+        .map(|d| normal_host_path(d))
+        .find(|d| d != "/" && is_within(&normal, d))
+        .map(|d| {
+            format!(
+                "{prefix:?} lies in {d}, which no workload may mount, so it would allow \
+                 nothing; allow a directory of its own such as /srv"
+            )
+        })
+}
+
 /// A relative path that stays inside its base (no leading '/', no `..`).
 pub fn relative_path_problem(path: &str) -> Option<String> {
     if path.starts_with('/') {
@@ -363,5 +407,33 @@ mod tests {
         assert_eq!(relative_path_problem("sub/dir"), None);
         assert!(relative_path_problem("/abs").is_some());
         assert!(relative_path_problem("../up").is_some());
+    }
+
+    #[test]
+    fn host_mounts_stay_below_an_allowed_prefix() {
+        let allowed = ["/srv", "/mnt/data/"];
+        for ok in ["/srv", "/srv/web/logs", "//srv/./web", "/mnt/data/x"] {
+            assert_eq!(host_path_allowed_problem(ok, &allowed), None, "{ok}");
+        }
+        for bad in ["/srvx", "/mnt", "/mnt/database", "/opt/app", "/tmp"] {
+            let problem = host_path_allowed_problem(bad, &allowed).expect(bad);
+            assert!(problem.contains("/srv, /mnt/data/"), "{problem}");
+        }
+        let none: [&str; 0] = [];
+        assert!(
+            host_path_allowed_problem("/srv", &none)
+                .is_some_and(|p| p.contains("allows no hostMount"))
+        );
+        assert_eq!(host_path_allowed_problem("/anything", &["/"]), None);
+        assert_eq!(allowed_prefix_problem("/srv"), None);
+        assert_eq!(
+            allowed_prefix_problem("/var"),
+            None,
+            "the deny list applies below"
+        );
+        assert_eq!(allowed_prefix_problem("/"), None);
+        assert!(allowed_prefix_problem("/etc").is_some());
+        assert!(allowed_prefix_problem("/var/lib/kat/volumes").is_some());
+        assert!(allowed_prefix_problem("srv").is_some());
     }
 }

@@ -436,6 +436,7 @@ impl SimCluster {
             .map_err(|e| StateError::BadRequest(e.to_string()))?;
         state::workloads::apply_bundle(
             &ctx.leadership,
+            &ctx.settings,
             "",
             None,
             &bundle,

@@ -392,3 +392,86 @@ async fn a_job_is_retried_after_backoff_and_completes() {
     assert_eq!(completed.message, "execution 1: 1 of 1 runs succeeded");
     sim.stop().await;
 }
+
+/// A workload mounting `path` from the host.
+fn host_mount_workload(name: &str, path: &str) -> String {
+    format!(
+        "apiVersion: kat.dws.rip/v1alpha1
+kind: Workload
+metadata: {{name: {name}, namespace: default}}
+spec:
+  type: SERVICE
+  source: {{image: localhost/busybox:latest}}
+  container:
+    volumeMounts: [{{name: files, mountPath: /files}}]
+  volumes:
+    - name: files
+      hostMount: {{hostPath: {path}}}
+"
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_mount_outside_the_clusters_allowed_paths_is_refused_at_apply() {
+    let yaml = "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\n\
+                metadata: {name: sim}\nspec:\n  volumeBasePath: /tank/volumes\n  \
+                hostMounts: {allowedPaths: [/tank]}\n";
+    let cluster = kat_proto::quadlet::parse_cluster_config("sim.kat", yaml.as_bytes()).unwrap();
+    let sim = SimCluster::start(cluster, 1, 0).await;
+    for (path, says) in [
+        // The default list (/srv, ...) is not this cluster's.
+        (
+            "/srv/media",
+            "outside this cluster's hostMounts.allowedPaths (/tank)",
+        ),
+        (
+            "/tankard",
+            "outside this cluster's hostMounts.allowedPaths (/tank)",
+        ),
+        // Allowed, but other workloads' storage.
+        (
+            "/tank/volumes/default/other",
+            "/tank/volumes, which no workload may mount",
+        ),
+        ("/tank", "/tank/volumes, which no workload may mount"),
+    ] {
+        let file = host_mount_workload("files", path);
+        match sim.apply(&[("workload.kat", &file)]).await {
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("bundle/workload.kat: spec.volumes[0].hostMount.hostPath:"),
+                    "{path}: {e}"
+                );
+                assert!(e.contains(says), "{path}: {e}");
+            }
+            Ok(q) => panic!("{path} was stored: {q:?}"),
+        }
+    }
+    // Nothing of the refused applies was stored: the allowed one is generation 1.
+    let file = host_mount_workload("files", "/tank/media");
+    let stored = sim.apply(&[("workload.kat", &file)]).await.unwrap();
+    let generation = stored.workload.unwrap().metadata.unwrap().generation;
+    assert_eq!(generation, 1);
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_allowed_paths_take_a_home_labs_data_directories_only() {
+    let sim = SimCluster::start(cluster(), 1, 0).await;
+    for (i, path) in ["/srv/web", "/mnt/disk1", "/home/media/library"]
+        .iter()
+        .enumerate()
+    {
+        let file = host_mount_workload(&format!("ok{i}"), path);
+        sim.apply(&[("workload.kat", &file)]).await.unwrap();
+    }
+    for (i, path) in ["/tmp/x", "/var/log/web", "/opt/../etc"].iter().enumerate() {
+        let file = host_mount_workload(&format!("bad{i}"), path);
+        assert!(
+            sim.apply(&[("workload.kat", &file)]).await.is_err(),
+            "{path} was accepted"
+        );
+    }
+    sim.stop().await;
+}

@@ -109,6 +109,7 @@ impl UserApi for UserApiService {
         let now = SystemTime::now();
         ok(state::workloads::apply_bundle(
             &ctx.leadership,
+            &ctx.settings,
             &req.namespace,
             None,
             &req.bundle,
@@ -130,6 +131,7 @@ impl UserApi for UserApiService {
         );
         ok(state::workloads::apply_bundle(
             &ctx.leadership,
+            &ctx.settings,
             &req.namespace,
             name,
             &req.bundle,

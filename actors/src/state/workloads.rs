@@ -10,9 +10,11 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use kat_proto::bundle::Limits;
+use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::{
     DesiredState, EventSeverity, Instance, InstancePhase, JobState, ListEventsRequest, Quadlet,
     RolloutStatus, UpdateStrategyType, WorkloadStatus, WorkloadStatusResponse, WorkloadType,
+    volume,
 };
 use prost::Message;
 
@@ -73,11 +75,34 @@ pub enum ApplyMode {
     Apply,
 }
 
+/// Every `hostMount` of `q` this cluster does not allow, as `bundle/workload.kat:
+/// <field>: <reason>` lines ([`ClusterSettings::host_mount_problem`]).
+fn host_mount_problems(q: &Quadlet, settings: &ClusterSettings) -> Vec<String> {
+    let volumes = q
+        .workload
+        .as_ref()
+        .and_then(|w| w.spec.as_ref())
+        .map(|s| s.volumes.as_slice())
+        .unwrap_or_default();
+    volumes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| match &v.source {
+            Some(volume::Source::HostMount(h)) => settings
+                .host_mount_problem(&h.host_path)
+                .map(|p| format!("bundle/workload.kat: spec.volumes[{i}].hostMount.hostPath: {p}")),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Parses a bundle and stores it as the workload's next generation (or leaves an
-/// unchanged one alone), in one fenced transaction with an event. Bad bundles are
-/// refused with every problem and change nothing.
+/// unchanged one alone), in one fenced transaction with an event. Bad bundles, and
+/// host mounts `settings` does not allow, are refused with every problem and change
+/// nothing.
 pub async fn apply_bundle(
     leadership: &Leadership,
+    settings: &ClusterSettings,
     namespace: &str,
     name: Option<&str>,
     bundle: &[u8],
@@ -86,6 +111,10 @@ pub async fn apply_bundle(
 ) -> StateResult<Quadlet> {
     let quadlet = kat_proto::quadlet::parse_bundle("bundle", bundle, &Limits::default())
         .map_err(|e| StateError::BadRequest(e.to_string()))?;
+    let problems = host_mount_problems(&quadlet, settings);
+    if !problems.is_empty() {
+        return Err(StateError::BadRequest(problems.join("\n")));
+    }
     let (ns, wl) = quadlet_name(&quadlet);
     if !namespace.is_empty() && namespace != ns {
         return Err(StateError::invalid(

@@ -7,7 +7,7 @@ use super::defaults as d;
 use super::meta::{header, metadata};
 use super::reader::{MapReader, Node, Report};
 use crate::names;
-use crate::v1alpha1::{ClusterConfiguration, ClusterConfigurationSpec};
+use crate::v1alpha1::{ClusterConfiguration, ClusterConfigurationSpec, HostMountPolicy};
 
 pub(crate) fn parse(root: &Node<'_>, r: &mut Report) -> ClusterConfiguration {
     let Some(mut top) = header(root, r, "ClusterConfiguration") else {
@@ -53,6 +53,12 @@ pub fn defaults() -> ClusterConfigurationSpec {
         agent_tick_seconds: d::AGENT_TICK_SECONDS,
         node_loss_timeout_seconds: d::NODE_LOSS_TIMEOUT_SECONDS,
         certificate_lifetime_seconds: d::CERTIFICATE_LIFETIME_SECONDS,
+        host_mounts: Some(HostMountPolicy {
+            allowed_paths: d::HOST_MOUNT_ALLOWED_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
+        }),
     }
 }
 
@@ -148,6 +154,24 @@ fn parse_spec(m: &mut MapReader<'_>, r: &mut Report) -> ClusterConfigurationSpec
             }
             *slot = path;
         }
+    }
+
+    if let Some(n) = m.field("hostMounts")
+        && let Some(mut policy) = n.map(r)
+    {
+        let mut allowed_paths = Vec::new();
+        if let Some(list) = policy.field("allowedPaths") {
+            for item in list.seq(r).unwrap_or_default() {
+                if let Some(path) = item.string(r) {
+                    if let Some(problem) = names::allowed_prefix_problem(&path) {
+                        r.error(&item.path, problem);
+                    }
+                    allowed_paths.push(path);
+                }
+            }
+        }
+        policy.finish(r);
+        s.host_mounts = Some(HostMountPolicy { allowed_paths });
     }
 
     if let Some(minutes) = m.field("backupIntervalMinutes").and_then(|n| n.u32(r)) {
@@ -248,6 +272,10 @@ pub struct ClusterSettings {
     pub volume_base: std::path::PathBuf,
     /// `backupPath`: where the leader keeps etcd snapshots.
     pub backup_dir: std::path::PathBuf,
+    /// `hostMounts.allowedPaths`: the host-path prefixes a `hostMount` may name (the
+    /// default list when the configuration has no `hostMounts`, as one stored before
+    /// it existed).
+    pub host_mount_allowed: Vec<String>,
     /// `backupIntervalMinutes`; `None` when 0 (no periodic backups).
     pub backup_interval: Option<std::time::Duration>,
     pub config: ClusterConfiguration,
@@ -287,9 +315,28 @@ impl From<&ClusterConfiguration> for ClusterSettings {
             quorum_size: usize::try_from(spec.quorum_size.max(1)).unwrap_or(1),
             volume_base: path(&spec.volume_base_path, d::VOLUME_BASE_PATH),
             backup_dir: path(&spec.backup_path, d::BACKUP_PATH),
+            host_mount_allowed: match &spec.host_mounts {
+                Some(policy) => policy.allowed_paths.clone(),
+                None => d::HOST_MOUNT_ALLOWED_PATHS
+                    .iter()
+                    .map(|p| (*p).to_owned())
+                    .collect(),
+            },
             backup_interval: (minutes > 0).then(|| Duration::from_secs(u64::from(minutes) * 60)),
             config: config.clone(),
         }
+    }
+}
+
+impl ClusterSettings {
+    /// Why a workload of this cluster may not mount `path` from the host: the
+    /// built-in deny list, KAT's volume and backup directories, or outside
+    /// `hostMounts.allowedPaths`.
+    pub fn host_mount_problem(&self, path: &str) -> Option<String> {
+        let volume_base = self.volume_base.display().to_string();
+        let backups = self.backup_dir.display().to_string();
+        names::host_path_problem(path, &[volume_base.as_str(), backups.as_str()])
+            .or_else(|| names::host_path_allowed_problem(path, &self.host_mount_allowed))
     }
 }
 
@@ -317,5 +364,47 @@ mod settings_tests {
         let s = ClusterSettings::from(&config);
         assert_eq!(s.backup_interval, None);
         assert_eq!(s.agent_tick, Duration::from_secs(1), "never a zero tick");
+    }
+
+    #[test]
+    fn host_mount_allowlist_defaults_when_absent_and_empty_means_none() {
+        let text = |extra: &str| {
+            format!(
+                "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\n\
+                 metadata: {{name: t}}\nspec:\n{extra}"
+            )
+        };
+        let settings = |extra: &str| {
+            let config =
+                crate::quadlet::parse_cluster_config("cluster.kat", text(extra).as_bytes())
+                    .expect("a valid cluster.kat");
+            ClusterSettings::from(&config)
+        };
+        let default_list: Vec<String> = d::HOST_MOUNT_ALLOWED_PATHS
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect();
+        assert_eq!(
+            settings("  quorumSize: 1\n").host_mount_allowed,
+            default_list
+        );
+        assert_eq!(
+            settings("  hostMounts: {allowedPaths: [/tank, /]}\n").host_mount_allowed,
+            vec!["/tank".to_owned(), "/".to_owned()]
+        );
+        assert!(
+            settings("  hostMounts: {allowedPaths: []}\n")
+                .host_mount_allowed
+                .is_empty()
+        );
+        // A configuration stored before the setting existed gets the defaults.
+        let mut old = ClusterConfiguration {
+            spec: Some(defaults()),
+            ..Default::default()
+        };
+        if let Some(spec) = old.spec.as_mut() {
+            spec.host_mounts = None;
+        }
+        assert_eq!(ClusterSettings::from(&old).host_mount_allowed, default_list);
     }
 }

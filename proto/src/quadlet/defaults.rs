@@ -25,6 +25,10 @@ pub const CERTIFICATE_LIFETIME_SECONDS: u32 = 365 * 24 * 3600;
 pub const MIN_CERTIFICATE_LIFETIME_SECONDS: u32 = 10;
 /// The longest: five years (the cluster CA is valid for ten).
 pub const MAX_CERTIFICATE_LIFETIME_SECONDS: u32 = 5 * 365 * 24 * 3600;
+/// Where a `hostMount` may point unless `hostMounts.allowedPaths` says otherwise: the
+/// places a home lab keeps data of its own. The deny list
+/// ([`crate::names::DENIED_HOST_PATHS`]) applies below these too.
+pub const HOST_MOUNT_ALLOWED_PATHS: &[&str] = &["/srv", "/mnt", "/media", "/data", "/opt", "/home"];
 /// Longest node subnet prefix: a /30 leaves one usable instance address.
 pub const MAX_NODE_SUBNET_PREFIX: u8 = 30;
 

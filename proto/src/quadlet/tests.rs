@@ -121,6 +121,7 @@ spec:
   agentTickSeconds: 15
   nodeLossTimeoutSeconds: 60
   certificateLifetimeSeconds: 3600
+  hostMounts: {allowedPaths: [/srv, /tank/media]}
 ";
 
 const NAMESPACE: &str = "apiVersion: kat.dws.rip/v1alpha1
@@ -1559,6 +1560,27 @@ fn cluster_rules() {
             vec![set("spec.certificateLifetimeSeconds", "5")],
             "spec.certificateLifetimeSeconds",
             "at least 10",
+        ),
+        case(
+            Cluster,
+            c,
+            vec![set("spec.hostMounts", "{allowedPaths: [/srv, srv/x]}")],
+            "spec.hostMounts.allowedPaths[1]",
+            "must be an absolute path",
+        ),
+        case(
+            Cluster,
+            c,
+            vec![set("spec.hostMounts", "{allowedPaths: [/etc/app]}")],
+            "spec.hostMounts.allowedPaths[0]",
+            "lies in /etc, which no workload may mount",
+        ),
+        case(
+            Cluster,
+            c,
+            vec![set("spec.hostMounts", "{allowedPaths: /srv}")],
+            "spec.hostMounts.allowedPaths",
+            "a list",
         ),
         case(
             Cluster,

@@ -164,9 +164,10 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
         shared.watch(INSTANCES_PREFIX, 0).await.unwrap(),
         placed.clone(),
     ));
+    let settings = ClusterSettings::from(&cluster);
     let args = SchedulerArgs {
         leadership: leadership.clone(),
-        settings: ClusterSettings::from(&cluster),
+        settings: settings.clone(),
         now: SystemTime::now,
     };
     let (scheduler, scheduler_task) =
@@ -181,6 +182,7 @@ pub async fn c1m(instances: usize, nodes: usize, replicas: usize) {
     for bundle in &bundles {
         workloads::apply_bundle(
             &leadership,
+            &settings,
             "",
             None,
             bundle,
