@@ -131,14 +131,38 @@ impl Dir {
             .map_err(|e| os(&self.path.join(to), e))
     }
 
-    /// Makes sure `name` in this directory is a file, creating it (empty, `mode`) if
-    /// missing and leaving an existing one as it is; a link there is refused.
+    /// Makes sure `name` in this directory is a regular file, creating it (empty,
+    /// `mode`) if missing and leaving an existing one as it is, unopened for writing.
+    /// A link, FIFO, device or directory there is refused.
     pub fn ensure_file(&self, name: &str, mode: u32) -> io::Result<()> {
         let path = self.path.join(name);
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        match openat(self.fd.as_fd(), name, flags, Mode::from_bits_truncate(mode)) {
-            Ok(_) => Ok(()),
-            Err(Errno::ELOOP) => Err(refused(&path)),
+        let look = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(self.fd.as_fd(), name, look, Mode::empty()) {
+            Ok(fd) => {
+                let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| os(&path, e))?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                    Ok(())
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{}: a symbolic link, or not a regular file, where a file should be; refused",
+                            path.display()
+                        ),
+                    ))
+                }
+            }
+            Err(Errno::ENOENT) => {
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                match openat(self.fd.as_fd(), name, flags, Mode::from_bits_truncate(mode)) {
+                    Ok(_) | Err(Errno::EEXIST) => Ok(()),
+                    Err(e) => Err(os(&path, e)),
+                }
+            }
             Err(e) => Err(os(&path, e)),
         }
     }
@@ -159,6 +183,76 @@ impl Dir {
         )
         .map_err(|e| os(&path, e))
     }
+}
+
+/// Runs `f` on a thread of its own whose credentials are `uid`/`gid` with no
+/// supplementary groups, so what it makes the kernel checks as that user's: the root
+/// agent never makes, for a workload, what the workload's own user could not (a
+/// `hostMount` of `/etc/nologin`). The thread ends with `f`; the agent's other threads
+/// keep root's credentials.
+pub fn as_user<T: Send + 'static>(
+    uid: u32,
+    gid: u32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let thread = std::thread::Builder::new()
+        .name(format!("as-uid-{uid}"))
+        .spawn(move || {
+            drop_thread_credentials(uid, gid)?;
+            Ok(f())
+        })?;
+    thread
+        .join()
+        .map_err(|_| io::Error::other(format!("the thread running as uid {uid} panicked")))?
+}
+
+/// Sets this thread's groups, gid and uid by raw system calls. (The libc wrappers, and
+/// nix's, change every thread of the process; the kernel keeps credentials per thread.)
+fn drop_thread_credentials(uid: u32, gid: u32) -> io::Result<()> {
+    let check = |r: libc::c_long, what: &str| {
+        if r == 0 {
+            Ok(())
+        } else {
+            let e = io::Error::last_os_error();
+            Err(io::Error::new(
+                e.kind(),
+                format!("{what} for uid {uid}: {e}"),
+            ))
+        }
+    };
+    // SAFETY: three system calls that take integers (and, for setgroups, a null list
+    // of length 0); no memory is read or written but the kernel's. Order matters:
+    // groups and gid first, while the thread may still change them.
+    #[allow(unsafe_code)]
+    unsafe {
+        check(
+            libc::syscall(
+                libc::SYS_setgroups,
+                0 as libc::c_long,
+                std::ptr::null::<libc::gid_t>(),
+            ),
+            "setgroups",
+        )?;
+        check(
+            libc::syscall(
+                libc::SYS_setresgid,
+                gid as libc::c_long,
+                gid as libc::c_long,
+                gid as libc::c_long,
+            ),
+            "setresgid",
+        )?;
+        check(
+            libc::syscall(
+                libc::SYS_setresuid,
+                uid as libc::c_long,
+                uid as libc::c_long,
+                uid as libc::c_long,
+            ),
+            "setresuid",
+        )?;
+    }
+    Ok(())
 }
 
 /// The start of a small regular file (at most `max` bytes) a less trusted user can

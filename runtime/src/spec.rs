@@ -19,6 +19,9 @@ use prost::Message;
 pub struct SpecContext {
     /// `volumeBasePath` of the cluster configuration.
     pub volume_base: PathBuf,
+    /// KAT's own directories on this node (its state directory, the backups), which
+    /// no `hostMount` may name, hold or lie in, wherever the operator put them.
+    pub protected_paths: Vec<PathBuf>,
     /// Podman network instances join (`None`: Podman's default).
     pub network: Option<String>,
 }
@@ -114,6 +117,7 @@ pub fn desired_instance(a: &Assignment, ctx: &SpecContext) -> Result<DesiredInst
     };
     let plan = crate::volumes::plan(
         &ctx.volume_base,
+        &ctx.protected_paths,
         ns,
         name,
         &spec.volumes,
@@ -231,6 +235,7 @@ mod tests {
     fn ctx() -> SpecContext {
         SpecContext {
             volume_base: PathBuf::from("/var/lib/kat/volumes"),
+            protected_paths: vec![PathBuf::from("/srv/kat-state")],
             network: None,
         }
     }

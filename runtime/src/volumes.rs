@@ -142,9 +142,11 @@ pub struct Plan {
 }
 
 /// The bind mounts for a container's `volumeMounts` and what must exist for them,
-/// checked but without touching the file system.
+/// checked but without touching the file system. No host path may be, hold or lie in
+/// the volume base or one of `protected` (KAT's directories on this node).
 pub fn plan(
     base: &Path,
+    protected: &[PathBuf],
     namespace: &str,
     workload: &str,
     volumes: &[Volume],
@@ -180,11 +182,14 @@ pub fn plan(
                 let host_field = format!("volumes.{}.hostMount.hostPath", v.name);
                 // Checked at apply too; again here for what was stored before that
                 // check existed, or written to etcd some other way; and here the
-                // volume base (other workloads' storage) is known.
-                let base_text = base.display().to_string();
-                if let Some(problem) =
-                    kat_proto::names::host_path_problem(&h.host_path, &[base_text.as_str()])
-                {
+                // volume base (other workloads' storage) and this node's own
+                // directories are known.
+                let denied: Vec<String> = std::iter::once(base)
+                    .chain(protected.iter().map(PathBuf::as_path))
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let denied: Vec<&str> = denied.iter().map(String::as_str).collect();
+                if let Some(problem) = kat_proto::names::host_path_problem(&h.host_path, &denied) {
                     return Err(invalid(host_field, problem));
                 }
                 no_links_on_the_way(&path.join(sub), &host_field)?;
@@ -234,7 +239,9 @@ fn make_storage(base: &Path, rel: &Path, owner: Option<Owner>) -> Result<(), Run
 }
 
 /// Makes what a [`plan`] needs exist: storage directories (owned by `owner`), host
-/// paths as their `ensureType` says.
+/// paths as their `ensureType` says. With an `owner` (rootless), host paths are
+/// checked and made as that user ([`crate::safe_fs::as_user`]): a missing directory
+/// the workload's user could not make itself is an error, not made by root.
 pub fn apply(ensure: &[Ensure], owner: Option<Owner>) -> Result<(), RuntimeError> {
     for e in ensure {
         match e {
@@ -243,14 +250,42 @@ pub fn apply(ensure: &[Ensure], owner: Option<Owner>) -> Result<(), RuntimeError
                 path,
                 ensure_type,
                 field,
-            } => ensure_host_path(
-                path,
-                HostPathType::try_from(*ensure_type).unwrap_or(HostPathType::Unspecified),
-                field,
-            )?,
+            } => {
+                let kind =
+                    HostPathType::try_from(*ensure_type).unwrap_or(HostPathType::Unspecified);
+                match owner {
+                    None => ensure_host_path(path, kind, field)?,
+                    Some(o) => {
+                        let (p, f) = (path.clone(), field.clone());
+                        crate::safe_fs::as_user(o.uid, o.gid, move || {
+                            ensure_host_path(&p, kind, &f)
+                        })
+                        .map_err(|e| io(path, &e))?
+                        .map_err(|e| as_user_failed(e, path, field, o))?;
+                    }
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A host path the workload's user could not check or make, said so.
+fn as_user_failed(e: RuntimeError, path: &Path, field: &str, o: Owner) -> RuntimeError {
+    match e {
+        RuntimeError::Spawn { reason, .. } => invalid(
+            field.to_owned(),
+            format!(
+                "{reason} (as the workload's user, uid {}); create {} and give it to that \
+                 user (chown {}:{}), or mount a path that user can write",
+                o.uid,
+                path.display(),
+                o.uid,
+                o.gid
+            ),
+        ),
+        other => other,
+    }
 }
 
 /// The bind mounts for a container's `volumeMounts`, after making the storage and
@@ -263,7 +298,7 @@ pub fn prepare(
     mounts: &[SpecMount],
     owner: Option<Owner>,
 ) -> Result<Vec<VolumeMount>, RuntimeError> {
-    let p = plan(base, namespace, workload, volumes, mounts)?;
+    let p = plan(base, &[], namespace, workload, volumes, mounts)?;
     apply(&p.ensure, owner)?;
     Ok(p.mounts)
 }
@@ -283,7 +318,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use kat_proto::v1alpha1::{HostMount, SimpleClusterStorage};
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     /// A path below a temporary directory, read like `tempfile::TempDir`.
     struct TempPath(PathBuf);
@@ -527,6 +562,124 @@ mod tests {
             nologin,
             "nothing created"
         );
+        // A node's state directory wherever it is (here not /var/lib/kat), and what
+        // holds it.
+        let state = root.path().join("state");
+        for path in [state.join("pki"), state.clone(), root.path().to_path_buf()] {
+            let v = host("v", &path, HostPathType::DirectoryOrCreate);
+            let refused = plan(
+                &root.path().join("volumes"),
+                std::slice::from_ref(&state),
+                "n",
+                "w",
+                &[v],
+                &[mount("v", "/x", "")],
+            );
+            match refused {
+                Err(RuntimeError::InvalidOptions { reason, .. }) => {
+                    assert!(reason.contains("which no workload may mount"), "{reason}");
+                }
+                other => panic!("{path:?}: {other:?}"),
+            }
+        }
+        assert!(!state.exists(), "nothing created");
+    }
+
+    #[test]
+    fn rootless_host_paths_are_made_as_the_workload_user_never_by_root() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing to a workload user's credentials needs root");
+            return;
+        }
+        // A uid and gid no one on this machine has: what they may do is what any
+        // unprivileged user may.
+        let user = Owner {
+            uid: 64_917,
+            gid: 64_917,
+        };
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = |s: &str| root.path().join(s);
+        // Root's directory, like /etc; and one given to the workload's user.
+        std::fs::create_dir(p("system")).unwrap();
+        std::fs::create_dir(p("theirs")).unwrap();
+        std::os::unix::fs::chown(p("theirs"), Some(user.uid), Some(user.gid)).unwrap();
+        let base = p("volumes");
+        let run = |path: &str, kind: HostPathType, owner: Option<Owner>| {
+            prepare(
+                &base,
+                "n",
+                "w",
+                &[host("v", &p(path), kind)],
+                &[mount("v", "/x", "")],
+                owner,
+            )
+        };
+        for (path, kind) in [
+            ("system/made", HostPathType::DirectoryOrCreate),
+            ("system/nologin", HostPathType::FileOrCreate),
+            ("system/deeper/dir", HostPathType::DirectoryOrCreate),
+        ] {
+            match run(path, kind, Some(user)) {
+                Err(RuntimeError::InvalidOptions { field, reason }) => {
+                    assert_eq!(field, "volumes.v.hostMount.hostPath");
+                    assert!(reason.contains("Permission denied"), "{reason}");
+                    assert!(reason.contains("uid 64917"), "{reason}");
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            std::fs::read_dir(p("system")).unwrap().count(),
+            0,
+            "nothing made in root's directory"
+        );
+        // Where the user may write, it gets what it asked for, owned by it.
+        run(
+            "theirs/logs/web",
+            HostPathType::DirectoryOrCreate,
+            Some(user),
+        )
+        .unwrap();
+        run("theirs/state.db", HostPathType::FileOrCreate, Some(user)).unwrap();
+        for made in ["theirs/logs", "theirs/logs/web", "theirs/state.db"] {
+            let meta = std::fs::metadata(p(made)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{made}");
+        }
+        // An existing directory of root's that it may read is mounted as it is.
+        run("system", HostPathType::Directory, Some(user)).unwrap();
+        // Rootful instances (no owner) are made by the agent, as before.
+        run("system/made", HostPathType::DirectoryOrCreate, None).unwrap();
+        assert_eq!(std::fs::metadata(p("system/made")).unwrap().uid(), 0);
+        // The agent's own thread kept root's credentials.
+        assert!(nix::unistd::geteuid().is_root());
+        assert!(nix::unistd::getuid().is_root());
+    }
+
+    #[test]
+    fn file_or_create_leaves_a_file_alone_and_refuses_a_fifo_without_waiting() {
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("volumes");
+        let file = root.path().join("kept");
+        std::fs::write(&file, "data").unwrap();
+        let fifo = root.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let run = |path: &Path| {
+            prepare(
+                &base,
+                "n",
+                "w",
+                &[host("v", path, HostPathType::FileOrCreate)],
+                &[mount("v", "/x", "")],
+                None,
+            )
+        };
+        run(&file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+        match run(&fifo) {
+            Err(e) => assert!(e.to_string().contains("not a regular file"), "{e}"),
+            Ok(m) => panic!("a FIFO mounted as a file: {m:?}"),
+        }
     }
 
     #[test]

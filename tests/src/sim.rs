@@ -294,6 +294,7 @@ impl SimCluster {
             tick: settings.agent_tick,
             spec: SpecContext {
                 volume_base: self.dir.path().join(name).join("volumes"),
+                protected_paths: vec![self.dir.path().join(name)],
                 network: None,
             },
         });

@@ -109,6 +109,7 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
         tick: Duration::from_secs(5),
         spec: kat_runtime::spec::SpecContext {
             volume_base: node.settings.volume_base.clone(),
+            protected_paths: vec![node.state_dir.clone(), node.settings.backup_dir.clone()],
             network: match choice {
                 RuntimeChoice::Podman { network, .. } => network.clone(),
                 RuntimeChoice::Fake => None,
