@@ -78,7 +78,19 @@ pub fn sim_now() -> SystemTime {
             Some(elapsed.max(last + 1))
         })
         .expect("the update always succeeds");
-    UNIX_EPOCH + Duration::from_secs(1_800_000_000) + Duration::from_nanos(elapsed.max(prev + 1))
+    UNIX_EPOCH
+        + Duration::from_secs(1_800_000_000)
+        + Duration::from_nanos(elapsed.max(prev + 1))
+        + Duration::from_secs(WALL_STEP.load(Ordering::SeqCst))
+}
+
+/// Seconds the simulated wall clock has been stepped forward ([`step_wall_clock`]).
+static WALL_STEP: AtomicU64 = AtomicU64::new(0);
+
+/// Steps the simulated wall clock forward by `by` at once, as NTP or a resumed VM
+/// would; tokio's (monotonic) clock does not move.
+pub fn step_wall_clock(by: Duration) {
+    WALL_STEP.fetch_add(by.as_secs(), Ordering::SeqCst);
 }
 
 /// What every simulated node offers the scheduler: 4 CPUs, 8 GiB.

@@ -229,3 +229,31 @@ async fn a_test_that_leaves_its_cluster_running_fails() {
     .await;
     // No sim.stop(): dropping the cluster fails the test, naming what still runs.
 }
+
+/// The store's revision now.
+async fn revision(sim: &SimCluster) -> i64 {
+    use kat_actors::store::StateStore;
+    sim.store.list("/kat/nodes/").await.unwrap().1
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_cluster_writes_nothing_for_its_heartbeats() {
+    let sim = SimCluster::start(cluster(), 1, 2).await;
+    sim.wait_states(Duration::from_secs(30), all(NodeState::Ready))
+        .await;
+    // Let joins, capacities and first statuses settle.
+    tokio::time::sleep(Duration::from_secs(4 * TICK)).await;
+    let before = revision(&sim).await;
+    // 60 ticks: 180 heartbeats of three nodes.
+    tokio::time::sleep(Duration::from_secs(60 * TICK)).await;
+    let made = revision(&sim).await - before;
+    eprintln!("{made} revisions in {} s of idling", 60 * TICK);
+    assert!(made <= 3, "{made} revisions while idle");
+    // Still Ready, and `get nodes` still shows when each was heard.
+    let states = sim.states().await;
+    assert!(
+        states.values().all(|s| *s == NodeState::Ready),
+        "{states:?}"
+    );
+    sim.stop().await;
+}

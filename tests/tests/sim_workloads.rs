@@ -475,3 +475,72 @@ async fn the_default_allowed_paths_take_a_home_labs_data_directories_only() {
     }
     sim.stop().await;
 }
+
+/// Instance IDs by node.
+fn placement(instances: &Instances) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in instances.iter() {
+        out.entry(i.node.clone()).or_default().push(i.id.clone());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_of_the_leaders_wall_clock_reschedules_nothing() {
+    let sim = ready_cluster(2).await;
+    let before = placement(&web_ready(&sim, WEB_IMAGE, 1).await);
+    // Three loss timeouts at once, as an NTP step or a resumed VM.
+    kat_tests::sim::step_wall_clock(Duration::from_secs(3 * LOSS + 1));
+    tokio::time::sleep(Duration::from_secs(3 * LOSS)).await;
+    let after = sim.instances("default", "web").await;
+    assert_eq!(placement(&after), before, "nothing moved");
+    assert!(after.all_ready(3, 1), "{after:?}");
+    let states = sim.states().await;
+    assert!(
+        states.values().all(|s| *s == NodeState::Ready),
+        "{states:?}"
+    );
+    for node in ["cp1", "w1", "w2"] {
+        assert!(!sim.events_of(node).await.contains(&"NodeLost".to_owned()));
+    }
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn most_nodes_cut_off_at_once_keep_their_instances_and_come_back_to_them() {
+    let sim = ready_cluster(4).await;
+    let before = placement(&web_ready(&sim, WEB_IMAGE, 1).await);
+    // Three of five nodes go silent together (the leader's own link, a switch).
+    let cut = ["w1", "w2", "w3"];
+    for n in cut {
+        sim.partition(n);
+    }
+    sim.wait_states(Duration::from_secs(LOSS + 4 * TICK), |s| {
+        cut.iter().all(|n| s[*n] == NodeState::NotReady)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4 * TICK)).await;
+    let during = sim.instances("default", "web").await;
+    assert_eq!(placement(&during), before, "kept where they were");
+    let events = sim.workload_events("default", "web").await;
+    assert!(
+        !events.iter().any(|e| e.reason == "InstancesRescheduled"),
+        "{events:?}"
+    );
+    assert!(
+        sim.events_of("cp1")
+            .await
+            .contains(&"ClusterDisrupted".to_owned())
+    );
+    // They come back to the same instances, which run on.
+    for n in cut {
+        sim.heal(n);
+    }
+    let back = sim
+        .wait_instances("default", "web", Duration::from_secs(6 * TICK), |i| {
+            i.all_ready(3, 1)
+        })
+        .await;
+    assert_eq!(placement(&back), before);
+    sim.stop().await;
+}

@@ -269,12 +269,18 @@ impl UserApi for UserApiService {
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
         let ctx = self.auth(&request).await?;
-        let items = state::nodes::list(ctx.store()).await?;
+        let mut items = state::nodes::list(ctx.store()).await?;
+        // When each was last heard lives in the leader's memory, not in the store.
+        for node in &mut items {
+            ctx.leadership.liveness.show(node);
+        }
         Ok(Response::new(ListNodesResponse { items }))
     }
     async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
         let ctx = self.auth(&request).await?;
-        ok(state::nodes::get(ctx.store(), &request.get_ref().name).await)
+        let mut node = state::nodes::get(ctx.store(), &request.get_ref().name).await?;
+        ctx.leadership.liveness.show(&mut node);
+        Ok(Response::new(node))
     }
     async fn delete_node(
         &self,

@@ -1,8 +1,10 @@
-//! Heartbeat intake (SPEC §6), as the leader handles a node's heartbeat: the node's
-//! status becomes Ready with the time it was heard (NodeReady / NodeRejoined on a
-//! transition), what it reports of its instances is stored with the events their
-//! changes make, a changed capacity updates its registration, and the answer names
-//! every control-plane member's API. A node may report only for itself.
+//! Heartbeat intake (SPEC §6), as the leader handles a node's heartbeat: the node is
+//! heard (in the leader's memory, [`crate::state::Liveness`]); its status becomes Ready
+//! (NodeReady / NodeRejoined on a transition), what it reports of its instances is
+//! stored with the events their changes make, a changed capacity updates its
+//! registration, and the answer names every control-plane member's API. Only a change
+//! is written: a heartbeat that changes nothing makes no etcd revision. A node may
+//! report only for itself.
 
 use std::time::SystemTime;
 
@@ -40,6 +42,7 @@ pub async fn heartbeat(
             confirm_certificate(ctx, caller, key, now).await?;
         }
     }
+    ctx.leadership.liveness.heard(caller, now);
     if let Some(reported) = &req.allocatable {
         update_capacity(ctx, caller, &registered, reported, now).await;
     }
@@ -57,10 +60,22 @@ pub async fn heartbeat(
     // status it read, and is tried again on a race.
     for _ in 0..3 {
         let previous = ctx.store().get(&key).await?;
-        let was = previous
+        let stored = previous
             .as_ref()
-            .and_then(|kv| NodeStatus::decode(kv.value.as_slice()).ok())
-            .map(|s| s.state());
+            .and_then(|kv| NodeStatus::decode(kv.value.as_slice()).ok());
+        let was = stored.as_ref().map(NodeStatus::state);
+        if !req.rejoining
+            && instance_ops.is_empty()
+            && stored.as_ref().is_some_and(|s| same_but_time(s, &status))
+        {
+            // Nothing changed: the heartbeat is in the leader's memory only.
+            return Ok(HeartbeatResponse {
+                revision: previous.as_ref().map_or(0, |kv| kv.mod_revision),
+                leader_address: String::new(),
+                control_plane_apis: ctx.control_plane.get(ctx.store()).await,
+                leader_node: ctx.node().to_owned(),
+            });
+        }
         let mut ops = vec![TxnOp::put(&key, status.encode_to_vec())];
         ops.extend(instance_ops.iter().cloned());
         let event = if req.rejoining {
@@ -103,6 +118,15 @@ pub async fn heartbeat(
     Err(StateError::Unavailable(
         "the status write kept conflicting; ask again".to_owned(),
     ))
+}
+
+/// Whether two statuses differ in no more than the time they were written.
+fn same_but_time(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| NodeStatus {
+        last_heartbeat: None,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
 }
 
 /// Records what a node reports it has (CPU, memory, GPUs: SPEC §7) when that differs

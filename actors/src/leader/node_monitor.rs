@@ -1,46 +1,92 @@
 //! `NodeMonitor` (leader; SPEC §6 failure detection): every `agentTickSeconds` it
-//! reads the nodes' last heartbeats and marks a Ready node NotReady once it has been
-//! silent for `nodeLossTimeoutSeconds`, recording a `NodeLost` event. A heartbeat
-//! makes the node Ready again (the node API does that).
+//! asks the leader's memory ([`crate::state::Liveness`], monotonic clock) how long each
+//! node has been silent, and marks a Ready node NotReady once that reaches
+//! `nodeLossTimeoutSeconds`, recording a `NodeLost` event. A heartbeat makes the node
+//! Ready again (the node API does that).
 //!
-//! The decision is the pure [`lost_nodes`]; the actor feeds it and writes the result
-//! in one fenced transaction per node.
+//! **Disruption guard** (issue 15): when more than half of the nodes, and more than
+//! one, are silent at the same time (for half the timeout or more), the cause is far more likely on this side (the
+//! leader's network, a stalled store, a resumed VM) than in the nodes. They are still
+//! marked NotReady, but with the [`DISRUPTED`] condition, which tells the scheduler to
+//! keep their instances where they are rather than replace them; one
+//! `ClusterDisrupted` event says why. Once no more than half are silent, nodes still
+//! silent lose the condition (one `DisruptionOver` event) and are replaced as usual.
+//!
+//! The decision is the pure [`assess`]; the actor feeds it and writes the result in one
+//! fenced transaction per node.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use kat_proto::quadlet::ClusterSettings;
-use kat_proto::v1alpha1::{EventSeverity, NodeState, NodeStatus};
+use kat_proto::v1alpha1::{EventSeverity, NodeCondition, NodeState, NodeStatus};
 use prost::Message;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::state::events::node_event;
+use crate::state::events::{EventRecord, node_event};
 use crate::state::{Leadership, keys};
 use crate::store::{Compare, KeyValue, TxnOp};
 
-fn seconds(t: SystemTime) -> i64 {
-    i64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()).unwrap_or(i64::MAX)
+/// The condition of a node marked NotReady during a disruption: its instances stay.
+pub const DISRUPTED: &str = "Disrupted";
+
+/// Whether a status carries the [`DISRUPTED`] condition.
+pub fn disrupted(status: &NodeStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.r#type == DISRUPTED && c.status)
 }
 
-/// The Ready nodes whose last heartbeat is `timeout` or more before `now`.
-pub fn lost_nodes(
+/// What one round decides.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Assessment {
+    /// Ready nodes to mark NotReady, and whether as [`DISRUPTED`].
+    pub lost: Vec<String>,
+    /// More than half (and more than one) of the nodes are silent.
+    pub disruption: bool,
+    /// NotReady nodes whose [`DISRUPTED`] condition goes (the disruption is over).
+    pub released: Vec<String>,
+}
+
+/// Decides a round: `statuses` are every node's stored status; `silent_for` how long
+/// a node has been silent; see the module docs. A node counts towards a disruption
+/// once silent for half the timeout (it has missed a heartbeat): nodes cut off
+/// together heartbeat at different moments of a tick, so they cross the timeout in
+/// different rounds, and the first must not be replaced before the others are seen.
+pub fn assess(
     statuses: &[(String, NodeStatus)],
-    now: SystemTime,
+    silent_for: impl Fn(&str) -> Duration,
     timeout: Duration,
-) -> Vec<&str> {
-    let limit = seconds(now) - i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
-    statuses
+) -> Assessment {
+    let suspect = statuses
         .iter()
-        .filter(|(_, s)| s.state() == NodeState::Ready)
-        .filter(|(_, s)| s.last_heartbeat.as_ref().is_none_or(|t| t.seconds <= limit))
-        .map(|(name, _)| name.as_str())
-        .collect()
+        .filter(|(name, _)| silent_for(name) >= timeout / 2)
+        .count();
+    let disruption = suspect > 1 && suspect * 2 > statuses.len();
+    Assessment {
+        lost: statuses
+            .iter()
+            .filter(|(name, s)| s.state() == NodeState::Ready && silent_for(name) >= timeout)
+            .map(|(name, _)| name.clone())
+            .collect(),
+        disruption,
+        released: if disruption {
+            Vec::new()
+        } else {
+            statuses
+                .iter()
+                .filter(|(_, s)| s.state() != NodeState::Ready && disrupted(s))
+                .map(|(name, _)| name.clone())
+                .collect()
+        },
+    }
 }
 
 #[derive(Clone)]
 pub struct NodeMonitorArgs {
     pub leadership: Leadership,
     pub settings: ClusterSettings,
-    /// The wall clock (heartbeats carry wall-clock times); tests pass their own.
+    /// The wall clock, for event times only; tests pass their own.
     pub now: fn() -> SystemTime,
 }
 
@@ -53,6 +99,8 @@ pub struct NodeMonitorState {
     timeout: Duration,
     /// Nodes marked NotReady since this leader started (for tests and metrics).
     marked: u64,
+    /// Whether a disruption was announced and is not over (one event each).
+    in_disruption: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,39 +133,122 @@ impl NodeMonitorState {
             by_name.push((name, kv));
         }
         let now = (self.args.now)();
-        for name in lost_nodes(&statuses, now, self.timeout) {
-            let Some((_, kv)) = by_name.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            let Some((_, status)) = statuses.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            let mut status = status.clone();
-            status.set_state(NodeState::NotReady);
-            let event = node_event(
-                name,
-                "NodeLost",
+        let live = &leadership.liveness;
+        let round = assess(&statuses, |n| live.silent_for(n), self.timeout);
+        let mut first_event = None;
+        // Said once, with the first nodes it holds.
+        if round.disruption && !self.in_disruption && !round.lost.is_empty() {
+            let silent = statuses
+                .iter()
+                .filter(|(n, _)| live.silent_for(n) >= self.timeout / 2)
+                .count();
+            // The leader reports it, a moment after the round's NodeLost events.
+            first_event = Some(node_event(
+                &leadership.node,
+                "ClusterDisrupted",
                 EventSeverity::Warning,
+                format!(
+                    "{silent} of {} nodes went silent together; more likely this side (network, \
+                     store, clock) than the nodes: they are marked NotReady but their instances \
+                     stay until they return or fewer than half are silent",
+                    statuses.len()
+                ),
+                now + Duration::from_nanos(1),
+            ));
+            tracing::warn!(
+                silent,
+                nodes = statuses.len(),
+                "disruption: instances of silent nodes are kept"
+            );
+        }
+        if !round.disruption && self.in_disruption {
+            tracing::info!("disruption over");
+            self.in_disruption = false;
+        }
+        for name in &round.lost {
+            let message = if round.disruption {
+                format!(
+                    "no heartbeat from {name} for {} s during a disruption; marked NotReady, \
+                     its instances kept",
+                    self.timeout.as_secs()
+                )
+            } else {
                 format!(
                     "no heartbeat from {name} for {} s; marked NotReady",
                     self.timeout.as_secs()
+                )
+            };
+            let event = node_event(name, "NodeLost", EventSeverity::Warning, message, now);
+            let change = |status: &mut NodeStatus| {
+                status.set_state(NodeState::NotReady);
+                if round.disruption {
+                    status.conditions.retain(|c| c.r#type != DISRUPTED);
+                    status.conditions.push(NodeCondition {
+                        r#type: DISRUPTED.to_owned(),
+                        status: true,
+                        reason: "ClusterDisrupted".to_owned(),
+                        message: "most nodes went silent together; instances kept".to_owned(),
+                        last_transition: Some(kat_proto::timestamp(now)),
+                    });
+                }
+            };
+            let mut events = vec![event];
+            let announces = first_event.is_some();
+            events.extend(first_event.take());
+            if self
+                .write(&by_name, &statuses, name, change, events)
+                .await?
+            {
+                self.in_disruption |= announces;
+                self.marked += 1;
+                tracing::warn!(node = %name, timeout = ?self.timeout, disruption = round.disruption, "node lost: marked NotReady");
+            }
+        }
+        for name in &round.released {
+            let event = node_event(
+                name,
+                "DisruptionOver",
+                EventSeverity::Warning,
+                format!(
+                    "{name} is still silent while most nodes are back; its instances are replaced elsewhere"
                 ),
                 now,
             );
-            // A heartbeat that lands meanwhile wins: the compare on the status fails.
-            let ops = [
-                TxnOp::put(kv.key.clone(), status.encode_to_vec()),
-                leadership.event_op(event).await,
-            ];
-            if leadership
-                .commit([Compare::unchanged(kv.key.clone(), kv.mod_revision)], ops)
-                .await?
-            {
-                self.marked += 1;
-                tracing::warn!(node = %name, timeout = ?self.timeout, "node lost: marked NotReady");
-            }
+            let change = |status: &mut NodeStatus| {
+                status.conditions.retain(|c| c.r#type != DISRUPTED);
+            };
+            self.write(&by_name, &statuses, name, change, vec![event])
+                .await?;
         }
         Ok(())
+    }
+
+    /// Writes node `name`'s status changed by `change`, with `events`, if the stored
+    /// status is still the one read (a heartbeat that lands meanwhile wins).
+    async fn write(
+        &self,
+        by_name: &[(String, KeyValue)],
+        statuses: &[(String, NodeStatus)],
+        name: &str,
+        change: impl FnOnce(&mut NodeStatus),
+        events: Vec<EventRecord>,
+    ) -> Result<bool, ActorProcessingErr> {
+        let leadership = &self.args.leadership;
+        let (Some((_, kv)), Some((_, status))) = (
+            by_name.iter().find(|(n, _)| n == name),
+            statuses.iter().find(|(n, _)| n == name),
+        ) else {
+            return Ok(false);
+        };
+        let mut status = status.clone();
+        change(&mut status);
+        let mut ops = vec![TxnOp::put(kv.key.clone(), status.encode_to_vec())];
+        for e in events {
+            ops.push(leadership.event_op(e).await);
+        }
+        Ok(leadership
+            .commit([Compare::unchanged(kv.key.clone(), kv.mod_revision)], ops)
+            .await?)
     }
 }
 
@@ -153,6 +284,7 @@ impl Actor for NodeMonitor {
             timeout: args.settings.node_loss_timeout,
             args,
             marked: 0,
+            in_disruption: false,
         })
     }
 
@@ -179,32 +311,96 @@ impl Actor for NodeMonitor {
 mod tests {
     use super::*;
 
-    fn status(state: NodeState, last: Option<i64>) -> NodeStatus {
-        let mut s = NodeStatus {
-            last_heartbeat: last.map(|seconds| pbjson_types::Timestamp { seconds, nanos: 0 }),
-            ..Default::default()
-        };
+    fn status(state: NodeState, disrupted: bool) -> NodeStatus {
+        let mut s = NodeStatus::default();
         s.set_state(state);
+        if disrupted {
+            s.conditions.push(NodeCondition {
+                r#type: DISRUPTED.to_owned(),
+                status: true,
+                ..Default::default()
+            });
+        }
         s
+    }
+
+    fn silence(table: &'static [(&'static str, u64)]) -> impl Fn(&str) -> Duration {
+        move |n| {
+            Duration::from_secs(
+                table
+                    .iter()
+                    .find(|(name, _)| *name == n)
+                    .map_or(0, |(_, s)| *s),
+            )
+        }
+    }
+
+    fn names(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
     }
 
     #[test]
     fn only_ready_nodes_silent_for_the_timeout_are_lost() {
-        let now = UNIX_EPOCH + Duration::from_secs(1000);
         let nodes = vec![
-            ("fresh".to_owned(), status(NodeState::Ready, Some(990))),
-            ("edge".to_owned(), status(NodeState::Ready, Some(940))),
-            ("stale".to_owned(), status(NodeState::Ready, Some(900))),
-            ("never".to_owned(), status(NodeState::Ready, None)),
-            ("already".to_owned(), status(NodeState::NotReady, Some(100))),
+            ("fresh".to_owned(), status(NodeState::Ready, false)),
+            ("edge".to_owned(), status(NodeState::Ready, false)),
+            ("already".to_owned(), status(NodeState::NotReady, false)),
+            ("a".to_owned(), status(NodeState::Ready, false)),
+            ("b".to_owned(), status(NodeState::Ready, false)),
         ];
-        assert_eq!(
-            lost_nodes(&nodes, now, Duration::from_secs(60)),
-            ["edge", "stale", "never"]
+        let silent = silence(&[("fresh", 10), ("edge", 60), ("already", 900)]);
+        let round = assess(&nodes, &silent, Duration::from_secs(60));
+        assert_eq!(names(&round.lost), ["edge"]);
+        assert!(!round.disruption, "2 of 5 silent is not a disruption");
+        let round = assess(&nodes, &silent, Duration::from_secs(61));
+        assert!(round.lost.is_empty());
+    }
+
+    #[test]
+    fn most_nodes_silent_at_once_is_a_disruption_and_its_end_releases_them() {
+        let nodes = vec![
+            ("a".to_owned(), status(NodeState::Ready, false)),
+            ("b".to_owned(), status(NodeState::Ready, false)),
+            ("c".to_owned(), status(NodeState::Ready, false)),
+            ("d".to_owned(), status(NodeState::Ready, false)),
+        ];
+        // 3 of 4: a disruption, all three marked (as disrupted, by the caller).
+        let round = assess(
+            &nodes,
+            silence(&[("a", 70), ("b", 70), ("c", 70)]),
+            Duration::from_secs(60),
         );
-        assert_eq!(
-            lost_nodes(&nodes, now, Duration::from_secs(61)),
-            ["stale", "never"]
+        assert!(round.disruption);
+        assert_eq!(names(&round.lost), ["a", "b", "c"]);
+        // Cut off together but heard at different moments: the first to cross the
+        // timeout is already part of a disruption.
+        let round = assess(
+            &nodes,
+            silence(&[("a", 61), ("b", 57), ("c", 56)]),
+            Duration::from_secs(60),
         );
+        assert!(round.disruption);
+        assert_eq!(names(&round.lost), ["a"]);
+        // Exactly half is not more than half.
+        let round = assess(
+            &nodes,
+            silence(&[("a", 70), ("b", 70)]),
+            Duration::from_secs(60),
+        );
+        assert!(!round.disruption);
+        // One node alone is never a disruption, even of a cluster of one.
+        let one = vec![("a".to_owned(), status(NodeState::Ready, false))];
+        assert!(!assess(&one, silence(&[("a", 70)]), Duration::from_secs(60)).disruption);
+        // Back to one silent of four: the disrupted ones still down are released.
+        let after = vec![
+            ("a".to_owned(), status(NodeState::NotReady, true)),
+            ("b".to_owned(), status(NodeState::Ready, false)),
+            ("c".to_owned(), status(NodeState::Ready, false)),
+            ("d".to_owned(), status(NodeState::Ready, false)),
+        ];
+        let round = assess(&after, silence(&[("a", 300)]), Duration::from_secs(60));
+        assert!(!round.disruption);
+        assert_eq!(names(&round.released), ["a"]);
+        assert!(round.lost.is_empty());
     }
 }

@@ -20,6 +20,8 @@ pub struct Leadership {
     pub store: Arc<dyn StateStore>,
     /// The lease every event of this leadership is written under.
     pub events: EventLease,
+    /// When this leadership last heard each node (memory only, per term).
+    pub liveness: super::Liveness,
 }
 
 impl Leadership {
@@ -29,6 +31,7 @@ impl Leadership {
             key,
             store,
             events: EventLease::default(),
+            liveness: super::Liveness::new(),
         }
     }
 

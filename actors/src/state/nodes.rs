@@ -177,6 +177,7 @@ pub async fn delete(leadership: &Leadership, name: &str, now: SystemTime) -> Sta
             "node {name:?} changed meanwhile; try again"
         )));
     }
+    leadership.liveness.forget(name);
     tracing::info!(node = %name, "node deleted");
     Ok(())
 }

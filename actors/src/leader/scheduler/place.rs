@@ -48,6 +48,9 @@ impl NodeTaint {
 pub struct NodeInfo {
     pub name: String,
     pub ready: bool,
+    /// NotReady during a disruption (`node_monitor::DISRUPTED`): gets nothing new, but
+    /// keeps what it has.
+    pub held: bool,
     pub unschedulable: bool,
     /// Being drained: its instances are moved away.
     pub draining: bool,

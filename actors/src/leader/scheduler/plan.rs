@@ -92,6 +92,9 @@ pub fn node_info(node: &Node, status: Option<&NodeStatus>) -> NodeInfo {
     NodeInfo {
         name: meta.name,
         ready: status.is_some_and(|s| s.state() == NodeState::Ready),
+        held: status.is_some_and(|s| {
+            s.state() != NodeState::Ready && crate::leader::node_monitor::disrupted(s)
+        }),
         unschedulable: spec.unschedulable || spec.draining,
         draining: spec.draining,
         labels: meta.labels.into_iter().collect(),

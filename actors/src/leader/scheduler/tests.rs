@@ -230,6 +230,37 @@ fn instances_on_a_lost_node_are_replaced_elsewhere() {
 }
 
 #[test]
+fn a_node_held_in_a_disruption_keeps_its_instances_until_drained() {
+    let mut world = world_of(
+        workload(WorkloadType::Service, 2, 1, UpdateStrategyType::Rolling),
+        3,
+    );
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n1", "n2"]);
+    // NotReady, but with the Disrupted condition the node monitor gives in a
+    // disruption: nothing moves, nothing new lands there.
+    world.nodes[0] = node("n1", false);
+    if let Some(status) = world.nodes[0].1.as_mut() {
+        status.conditions.push(kat_proto::v1alpha1::NodeCondition {
+            r#type: crate::leader::node_monitor::DISRUPTED.to_owned(),
+            status: true,
+            ..Default::default()
+        });
+    }
+    let plans = plan_world(&world, now(), &mut id);
+    assert!(plans.is_empty(), "{plans:?}");
+    // The operator drains it: now its instance is replaced.
+    if let Some(spec) = world.nodes[0].0.spec.as_mut() {
+        spec.draining = true;
+    }
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n2", "n3"]);
+}
+
+#[test]
 fn draining_moves_a_rolling_service_within_its_surge() {
     let mut world = world_of(
         workload(WorkloadType::Service, 1, 1, UpdateStrategyType::Rolling),

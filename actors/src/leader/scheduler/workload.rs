@@ -22,7 +22,7 @@ use crate::state::workloads::quadlet_name;
 /// Decides what one workload's instances should become. `instances` are the
 /// workload's (with reported statuses); `snapshot` has every placed instance counted
 /// in and is updated with what this plan places and removes. Instances on a node that
-/// is gone (not Ready) are replaced elsewhere.
+/// is gone (not Ready) are replaced elsewhere, unless it is held in a disruption.
 pub fn plan_workload(
     quadlet: &Quadlet,
     instances: &[Instance],
@@ -50,7 +50,9 @@ pub fn plan_workload(
     let mut drained = Vec::new();
     for i in instances {
         let node = snapshot.node(&i.node);
-        if i.node.is_empty() || node.is_some_and(|n| n.ready && !n.draining) {
+        // A node held during a disruption keeps its instances (node_monitor), unless
+        // the operator drains it.
+        if i.node.is_empty() || node.is_some_and(|n| (n.ready || n.held) && !n.draining) {
             alive.push(i.clone());
         } else if rolling_service && node.is_some_and(|n| n.ready) {
             drained.push(i.clone());

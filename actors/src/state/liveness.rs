@@ -1,0 +1,116 @@
+//! When the leader last heard each node, kept in the leader's memory rather than in
+//! etcd (issue 15): a heartbeat that changes nothing writes nothing, so an idle
+//! cluster makes no etcd revisions, and loss is decided on the monotonic clock, so a
+//! step of the wall clock (NTP, a resumed VM) or skew between members cannot make
+//! every node look silent at once.
+//!
+//! A new leadership starts with an empty table: every node counts as heard when the
+//! term began, so each gets a full `nodeLossTimeoutSeconds` of grace.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use kat_proto::v1alpha1::Node;
+use tokio::time::Instant;
+
+/// The table; clones share it. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Liveness(Arc<Mutex<Table>>);
+
+#[derive(Debug)]
+struct Table {
+    /// When this leadership began: the "last heard" of a node not heard since.
+    since: Instant,
+    heard: HashMap<String, Heard>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    at: Instant,
+    /// The wall-clock time of the same moment, only for showing.
+    wall: SystemTime,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Liveness {
+    /// An empty table whose term begins now.
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(Table {
+            since: Instant::now(),
+            heard: HashMap::new(),
+        })))
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Nothing in the table can be left half-changed by a panic.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Node `node` was heard now (`wall` is the wall clock's reading of it).
+    pub fn heard(&self, node: &str, wall: SystemTime) {
+        let mut t = self.table();
+        let heard = Heard {
+            at: Instant::now(),
+            wall,
+        };
+        match t.heard.get_mut(node) {
+            Some(h) => *h = heard,
+            None => {
+                t.heard.insert(node.to_owned(), heard);
+            }
+        }
+    }
+
+    /// How long node `node` has been silent: since it was last heard, or since this
+    /// leadership began.
+    pub fn silent_for(&self, node: &str) -> Duration {
+        let t = self.table();
+        let last = t.heard.get(node).map_or(t.since, |h| h.at);
+        Instant::now().saturating_duration_since(last)
+    }
+
+    /// Drops a deleted node (so the table is bounded by the nodes that exist).
+    pub fn forget(&self, node: &str) {
+        self.table().heard.remove(node);
+    }
+
+    /// Shows in `node`'s status when this leader last heard it (the stored status
+    /// carries the time of its last change).
+    pub fn show(&self, node: &mut Node) {
+        let name = node.metadata.as_ref().map(|m| m.name.clone());
+        let Some(name) = name else { return };
+        let Some(heard) = self.table().heard.get(&name).copied() else {
+            return;
+        };
+        if let Some(status) = node.status.as_mut() {
+            status.last_heartbeat = Some(kat_proto::timestamp(heard.wall));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_measured_on_the_monotonic_clock_from_the_terms_start() {
+        let live = Liveness::new();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // Never heard: silent since the term began.
+        assert_eq!(live.silent_for("n1"), Duration::from_secs(30));
+        // The wall time given is only shown, never used to measure.
+        live.heard("n1", SystemTime::UNIX_EPOCH);
+        assert_eq!(live.silent_for("n1"), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(live.silent_for("n1"), Duration::from_secs(7));
+        assert_eq!(live.silent_for("n2"), Duration::from_secs(37));
+        live.forget("n1");
+        assert_eq!(live.silent_for("n1"), Duration::from_secs(37));
+    }
+}
