@@ -159,7 +159,9 @@ impl Dir {
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC;
                 match openat(self.fd.as_fd(), name, flags, Mode::from_bits_truncate(mode)) {
-                    Ok(_) | Err(Errno::EEXIST) => Ok(()),
+                    Ok(_) => Ok(()),
+                    // Something appeared meanwhile: looked at like any existing path.
+                    Err(Errno::EEXIST) => self.ensure_file(name, mode),
                     Err(e) => Err(os(&path, e)),
                 }
             }
@@ -186,10 +188,13 @@ impl Dir {
 }
 
 /// Runs `f` on a thread of its own whose credentials are `uid`/`gid` with no
-/// supplementary groups, so what it makes the kernel checks as that user's: the root
-/// agent never makes, for a workload, what the workload's own user could not (a
-/// `hostMount` of `/etc/nologin`). The thread ends with `f`; the agent's other threads
-/// keep root's credentials.
+/// supplementary groups, so what it does the kernel checks as that user's (by its
+/// uid and primary group; a directory it could reach only through another group is
+/// refused): the root agent never makes, for a workload, what the workload's own user
+/// could not (a `hostMount` of `/etc/nologin`). The thread ends with `f`; the agent's
+/// other threads keep root's credentials. (Changing a thread's uid clears the
+/// process's "dumpable" flag, as the systemd connection as a user already does: the
+/// agent then leaves no core dump.)
 pub fn as_user<T: Send + 'static>(
     uid: u32,
     gid: u32,
@@ -208,6 +213,9 @@ pub fn as_user<T: Send + 'static>(
 
 /// Sets this thread's groups, gid and uid by raw system calls. (The libc wrappers, and
 /// nix's, change every thread of the process; the kernel keeps credentials per thread.)
+/// Only where these are the 32-bit-id calls (on i686 and armv7 they are the 16-bit
+/// ones, and the `*32` calls would be needed).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn drop_thread_credentials(uid: u32, gid: u32) -> io::Result<()> {
     let check = |r: libc::c_long, what: &str| {
         if r == 0 {
@@ -253,6 +261,14 @@ fn drop_thread_credentials(uid: u32, gid: u32) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn drop_thread_credentials(uid: u32, _gid: u32) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("acting as uid {uid} is built for x86_64 and aarch64 only"),
+    ))
 }
 
 /// The start of a small regular file (at most `max` bytes) a less trusted user can

@@ -239,9 +239,10 @@ fn make_storage(base: &Path, rel: &Path, owner: Option<Owner>) -> Result<(), Run
 }
 
 /// Makes what a [`plan`] needs exist: storage directories (owned by `owner`), host
-/// paths as their `ensureType` says. With an `owner` (rootless), host paths are
-/// checked and made as that user ([`crate::safe_fs::as_user`]): a missing directory
-/// the workload's user could not make itself is an error, not made by root.
+/// paths as their `ensureType` says. With an `owner` (rootless), host paths of every
+/// `ensureType` are checked and made as that user ([`crate::safe_fs::as_user`]): a
+/// missing directory the workload's user could not make itself is an error, not made
+/// by root. Every failure names the field.
 pub fn apply(ensure: &[Ensure], owner: Option<Owner>) -> Result<(), RuntimeError> {
     for e in ensure {
         match e {
@@ -253,39 +254,47 @@ pub fn apply(ensure: &[Ensure], owner: Option<Owner>) -> Result<(), RuntimeError
             } => {
                 let kind =
                     HostPathType::try_from(*ensure_type).unwrap_or(HostPathType::Unspecified);
-                match owner {
-                    None => ensure_host_path(path, kind, field)?,
+                let result = match owner {
+                    None => ensure_host_path(path, kind, field),
                     Some(o) => {
                         let (p, f) = (path.clone(), field.clone());
                         crate::safe_fs::as_user(o.uid, o.gid, move || {
                             ensure_host_path(&p, kind, &f)
                         })
-                        .map_err(|e| io(path, &e))?
-                        .map_err(|e| as_user_failed(e, path, field, o))?;
+                        .unwrap_or_else(|e| Err(io(path, &e)))
                     }
-                }
+                };
+                result.map_err(|e| host_path_failed(e, path, field, owner))?;
             }
         }
     }
     Ok(())
 }
 
-/// A host path the workload's user could not check or make, said so.
-fn as_user_failed(e: RuntimeError, path: &Path, field: &str, o: Owner) -> RuntimeError {
-    match e {
-        RuntimeError::Spawn { reason, .. } => invalid(
-            field.to_owned(),
-            format!(
-                "{reason} (as the workload's user, uid {}); create {} and give it to that \
-                 user (chown {}:{}), or mount a path that user can write",
-                o.uid,
-                path.display(),
-                o.uid,
-                o.gid
-            ),
+/// A host path that could not be checked or made, said of its field; where the
+/// workload's user was refused, with how to give it the path.
+fn host_path_failed(
+    e: RuntimeError,
+    path: &Path,
+    field: &str,
+    owner: Option<Owner>,
+) -> RuntimeError {
+    let RuntimeError::Spawn { reason, .. } = e else {
+        return e;
+    };
+    let reason = match owner {
+        Some(o) if reason.contains("Permission denied") => format!(
+            "{reason} (as the workload's user, uid {}); create {} and give it to that user \
+             (chown {}:{}), or mount a path that user can write",
+            o.uid,
+            path.display(),
+            o.uid,
+            o.gid
         ),
-        other => other,
-    }
+        Some(o) => format!("{reason} (as the workload's user, uid {})", o.uid),
+        None => reason,
+    };
+    invalid(field.to_owned(), reason)
 }
 
 /// The bind mounts for a container's `volumeMounts`, after making the storage and
@@ -677,8 +686,11 @@ mod tests {
         run(&file).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
         match run(&fifo) {
-            Err(e) => assert!(e.to_string().contains("not a regular file"), "{e}"),
-            Ok(m) => panic!("a FIFO mounted as a file: {m:?}"),
+            Err(RuntimeError::InvalidOptions { field, reason }) => {
+                assert_eq!(field, "volumes.v.hostMount.hostPath");
+                assert!(reason.contains("not a regular file"), "{reason}");
+            }
+            other => panic!("a FIFO mounted as a file: {other:?}"),
         }
     }
 

@@ -261,7 +261,8 @@ impl SimCluster {
             .map(|_| ())
     }
 
-    fn leader_ctx(&self) -> Option<LeaderContext> {
+    /// The leading node's context, for tests that call the leader's functions.
+    pub fn leader_ctx(&self) -> Option<LeaderContext> {
         self.network.any_leader()
     }
 

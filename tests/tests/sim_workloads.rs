@@ -459,14 +459,23 @@ async fn a_host_mount_outside_the_clusters_allowed_paths_is_refused_at_apply() {
 #[tokio::test(start_paused = true)]
 async fn the_default_allowed_paths_take_a_home_labs_data_directories_only() {
     let sim = SimCluster::start(cluster(), 1, 0).await;
-    for (i, path) in ["/srv/web", "/mnt/disk1", "/home/media/library"]
+    for (i, path) in ["/srv/web", "/mnt/disk1", "/data/media/library"]
         .iter()
         .enumerate()
     {
         let file = host_mount_workload(&format!("ok{i}"), path);
         sim.apply(&[("workload.kat", &file)]).await.unwrap();
     }
-    for (i, path) in ["/tmp/x", "/var/log/web", "/opt/../etc"].iter().enumerate() {
+    for (i, path) in [
+        "/tmp/x",
+        "/var/log/web",
+        "/home/alice",
+        "/opt/cni/bin",
+        "/srv/../etc",
+    ]
+    .iter()
+    .enumerate()
+    {
         let file = host_mount_workload(&format!("bad{i}"), path);
         assert!(
             sim.apply(&[("workload.kat", &file)]).await.is_err(),
@@ -542,5 +551,50 @@ async fn most_nodes_cut_off_at_once_keep_their_instances_and_come_back_to_them()
         })
         .await;
     assert_eq!(placement(&back), before);
+    sim.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_to_a_generation_outside_todays_allowed_paths_is_refused() {
+    use kat_actors::state::workloads::{ApplyMode, apply_bundle, rollback};
+    let sim = SimCluster::start(cluster(), 1, 0).await;
+    let ctx = sim.leader_ctx().unwrap();
+    // Generation 1 was stored under laxer rules (before the check, say).
+    let mut lax = ctx.settings.clone();
+    lax.host_mount_allowed = vec!["/".to_owned()];
+    let bundle = |path: &str| {
+        let files = [kat_proto::bundle::BundleFile {
+            name: "workload.kat".to_owned(),
+            data: host_mount_workload("files", path).into_bytes(),
+        }];
+        kat_proto::bundle::pack(&files, &Default::default()).unwrap()
+    };
+    let now = kat_tests::sim::sim_now();
+    apply_bundle(
+        &ctx.leadership,
+        &lax,
+        "",
+        None,
+        &bundle("/var/log/web"),
+        ApplyMode::Apply,
+        now,
+    )
+    .await
+    .unwrap();
+    let current = sim
+        .apply(&[("workload.kat", &host_mount_workload("files", "/srv/web"))])
+        .await
+        .unwrap();
+    assert_eq!(current.workload.unwrap().metadata.unwrap().generation, 2);
+    match rollback(&ctx.leadership, &ctx.settings, "default", "files", 0, now).await {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("generation 1 cannot be restored"), "{e}");
+            assert!(e.contains("spec.volumes[0].hostMount.hostPath"), "{e}");
+        }
+        Ok(q) => panic!("rolled back to {q:?}"),
+    }
+    let still = sim.workload("default", "files").await;
+    assert_eq!(still.workload.unwrap().metadata.unwrap().generation, 2);
     sim.stop().await;
 }

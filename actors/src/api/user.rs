@@ -197,10 +197,15 @@ impl UserApi for UserApiService {
         let req = request.get_ref();
         let ns = namespace_or_default(&req.namespace);
         let now = SystemTime::now();
-        ok(
-            state::workloads::rollback(&ctx.leadership, ns, &req.name, req.to_generation, now)
-                .await,
+        ok(state::workloads::rollback(
+            &ctx.leadership,
+            &ctx.settings,
+            ns,
+            &req.name,
+            req.to_generation,
+            now,
         )
+        .await)
     }
 
     type StreamInstanceLogsStream = BoxStream<LogChunk>;

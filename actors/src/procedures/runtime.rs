@@ -109,7 +109,11 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
         tick: Duration::from_secs(5),
         spec: kat_runtime::spec::SpecContext {
             volume_base: node.settings.volume_base.clone(),
-            protected_paths: vec![node.state_dir.clone(), node.settings.backup_dir.clone()],
+            protected_paths: protected_paths(&[
+                &node.state_dir,
+                &node.settings.backup_dir,
+                &node.settings.volume_base,
+            ]),
             network: match choice {
                 RuntimeChoice::Podman { network, .. } => network.clone(),
                 RuntimeChoice::Fake => None,
@@ -117,6 +121,24 @@ pub async fn attach_runtime(node: &mut PreparedNode, choice: &RuntimeChoice) {
         },
     });
     tracing::info!(node = %node.identity.node_name, runtime = ?choice, "container runtime ready");
+}
+
+/// KAT's directories on this node as no `hostMount` may name them: each as given
+/// (made absolute) and, where it exists, as it really is — a state directory moved
+/// to `/data/kat` and reached through a link `/var/lib/kat` is protected under both
+/// names.
+pub fn protected_paths(dirs: &[&std::path::Path]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let given = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if let Ok(real) = std::fs::canonicalize(&given)
+            && real != given
+        {
+            out.push(real);
+        }
+        out.push(given);
+    }
+    out
 }
 
 /// Root's Podman, instances as units of the (system) manager on `bus`.
@@ -146,4 +168,32 @@ async fn rootful_host(
         podman,
         image_source: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_state_dir_reached_through_a_link_is_protected_as_it_really_is() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("data/kat");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = root.path().join("kat-link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        let protected = protected_paths(&[&link, std::path::Path::new("relative/state")]);
+        assert!(protected.contains(&real), "{protected:?}");
+        assert!(protected.contains(&link), "{protected:?}");
+        assert!(
+            protected.iter().all(|p| p.is_absolute()),
+            "a relative --state-dir is made absolute: {protected:?}"
+        );
+        // And a hostMount of the real directory is then refused by the node.
+        let denied: Vec<String> = protected.iter().map(|p| p.display().to_string()).collect();
+        let denied: Vec<&str> = denied.iter().map(String::as_str).collect();
+        let pki = real.join("pki").display().to_string();
+        assert!(kat_proto::names::host_path_problem(&pki, &denied).is_some());
+    }
 }

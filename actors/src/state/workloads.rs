@@ -239,6 +239,7 @@ async fn store_generation(
 /// 0) as a new generation, rolled out with the workload's update strategy.
 pub async fn rollback(
     leadership: &Leadership,
+    settings: &ClusterSettings,
     ns: &str,
     name: &str,
     to_generation: i64,
@@ -279,6 +280,14 @@ pub async fn rollback(
             "generation {target} of workload {ns}/{name} is not kept (the last {KEEP_REVISIONS} are)"
         ))
     })?;
+    // A generation kept from before a check existed is held to today's rules.
+    let problems = host_mount_problems(&old, settings);
+    if !problems.is_empty() {
+        return Err(StateError::Precondition(format!(
+            "generation {target} cannot be restored as it is:\n{}",
+            problems.join("\n")
+        )));
+    }
     store_generation(leadership, old, ApplyMode::Update, Some(target), now).await
 }
 

@@ -28,7 +28,9 @@ pub const MAX_CERTIFICATE_LIFETIME_SECONDS: u32 = 5 * 365 * 24 * 3600;
 /// Where a `hostMount` may point unless `hostMounts.allowedPaths` says otherwise: the
 /// places a home lab keeps data of its own. The deny list
 /// ([`crate::names::DENIED_HOST_PATHS`]) applies below these too.
-pub const HOST_MOUNT_ALLOWED_PATHS: &[&str] = &["/srv", "/mnt", "/media", "/data", "/opt", "/home"];
+/// (`/home` and `/opt` are not among them: users' keys and shells, workload users'
+/// own homes, and programs root runs, such as CNI plugins, live there.)
+pub const HOST_MOUNT_ALLOWED_PATHS: &[&str] = &["/srv", "/mnt", "/media", "/data"];
 /// Longest node subnet prefix: a /30 leaves one usable instance address.
 pub const MAX_NODE_SUBNET_PREFIX: u8 = 30;
 
