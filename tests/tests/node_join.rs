@@ -1221,3 +1221,65 @@ async fn tls_only_server(
     });
     (addr, handshakes)
 }
+
+#[tokio::test]
+async fn a_heartbeat_is_bounded_and_a_flood_of_them_is_not_all_recorded() {
+    use kat_proto::v1alpha1::{HeartbeatRequest, NodeCondition, NodeStatus};
+    let leader = leader().await;
+    let token = leader.token(None, true).await;
+    let mut anonymous = leader.client(None).await.unwrap();
+    let (key, joined) = join_keeping_key(&mut anonymous, &token, "w1").await;
+    let mut w1 = leader
+        .client(Some(Identity::from_pem(joined.certificate_pem, key)))
+        .await
+        .unwrap();
+    let condition = |message: String| NodeCondition {
+        r#type: "DiskPressure".to_owned(),
+        status: true,
+        message,
+        ..Default::default()
+    };
+    let beat = |conditions: Vec<NodeCondition>| HeartbeatRequest {
+        node_name: "w1".to_owned(),
+        node_status: Some(NodeStatus {
+            conditions,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // 1 MiB in one heartbeat: refused before it is decoded.
+    let err = w1
+        .heartbeat(beat(vec![condition("x".repeat(1 << 20))]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    // More conditions than any node has: refused, naming the field.
+    let err = w1
+        .heartbeat(beat((0..17).map(|i| condition(i.to_string())).collect()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("node_status.conditions"), "{err}");
+    // A long message is stored cut.
+    w1.heartbeat(beat(vec![condition("y".repeat(100_000))]))
+        .await
+        .unwrap();
+    let stored = leader
+        .store
+        .get(&keys::node_status("w1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = NodeStatus::decode(stored.value.as_slice()).unwrap();
+    assert!(status.conditions[0].message.len() <= 1024);
+    // A flood of changing heartbeats: a burst is recorded, the rest only heard.
+    let (_, before) = leader.store.list("/kat/status/").await.unwrap();
+    for i in 0..50 {
+        w1.heartbeat(beat(vec![condition(format!("flood {i}"))]))
+            .await
+            .unwrap();
+    }
+    let (_, after) = leader.store.list("/kat/status/").await.unwrap();
+    let written = after - before;
+    assert!(written <= 10, "{written} revisions for 50 heartbeats");
+}

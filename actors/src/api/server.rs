@@ -15,6 +15,9 @@ use crate::listener::ServingCert;
 /// A connection is asked to close after this long (clients reconnect; the node's sync
 /// stream resumes from its revision), and closed after the grace on top.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+/// The largest node API message (a heartbeat with its instance reports; tonic's
+/// default is 4 MiB). 1,024 reports of a few hundred bytes fit.
+pub const NODE_MESSAGE_LIMIT: usize = 512 << 10;
 pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(600);
 
 /// Serves the node API and the user API (gRPC, and REST under `/v1alpha1/` with
@@ -35,7 +38,8 @@ pub async fn serve(
         &served.ca_pem,
         crate::listener::ClientAuth::Optional,
     )?;
-    let node_api = NodeApiServer::new(NodeApiService::new(served.clone()));
+    let node_api = NodeApiServer::new(NodeApiService::new(served.clone()))
+        .max_decoding_message_size(NODE_MESSAGE_LIMIT);
     let user_api = UserApiServer::new(UserApiService::new(served.clone()));
     let gate = axum::middleware::from_fn_with_state(served.clone(), super::gate::require_token);
     let router = super::rest::router(served)

@@ -3,7 +3,11 @@
 //! (NodeReady / NodeRejoined on a transition), what it reports of its instances is
 //! stored with the events their changes make, a changed capacity updates its
 //! registration, and the answer names every control-plane member's API. Only a change
-//! is written: a heartbeat that changes nothing makes no etcd revision. A node may
+//! is written: a heartbeat that changes nothing makes no etcd revision. What one
+//! heartbeat may carry is bounded ([`MAX_CONDITIONS`], [`MAX_INSTANCE_REPORTS`],
+//! [`MAX_TEXT`]; the node API refuses messages over 512 KiB,
+//! `api::server::NODE_MESSAGE_LIMIT`) and a node heartbeating faster than twice a
+//! tick is heard but not recorded ([`crate::state::Liveness::may_record`]). A node may
 //! report only for itself.
 
 use std::time::SystemTime;
@@ -18,6 +22,67 @@ use crate::state::events::node_event;
 use crate::state::{self, StateError, StateResult, keys};
 use crate::store::{Compare, KeyValue, TxnOp};
 
+/// The most conditions a heartbeat's node status may carry.
+pub const MAX_CONDITIONS: usize = 16;
+/// The most instance reports one heartbeat may carry.
+pub const MAX_INSTANCE_REPORTS: usize = 1024;
+/// Longer texts in a heartbeat (a condition's or an instance's reason and message)
+/// are cut to this many bytes before they are stored.
+pub const MAX_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` bytes, at a character boundary, marked when cut.
+fn cut(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+}
+
+/// Refuses a heartbeat with more conditions or reports than any node has, and cuts
+/// long texts, so what one heartbeat can make the leader store is bounded.
+fn bound(req: &mut HeartbeatRequest) -> StateResult<()> {
+    if let Some(status) = &mut req.node_status {
+        if status.conditions.len() > MAX_CONDITIONS {
+            return Err(StateError::invalid(
+                "node_status.conditions",
+                format!(
+                    "{} conditions; at most {MAX_CONDITIONS}",
+                    status.conditions.len()
+                ),
+            ));
+        }
+        for c in &mut status.conditions {
+            cut(&mut c.r#type, 128);
+            cut(&mut c.reason, 128);
+            cut(&mut c.message, MAX_TEXT);
+        }
+    }
+    if req.instances.len() > MAX_INSTANCE_REPORTS {
+        return Err(StateError::invalid(
+            "instances",
+            format!(
+                "{} instance reports; at most {MAX_INSTANCE_REPORTS}",
+                req.instances.len()
+            ),
+        ));
+    }
+    for r in &mut req.instances {
+        if let Some(s) = &mut r.status {
+            cut(&mut s.reason, 128);
+            cut(&mut s.message, MAX_TEXT);
+            cut(&mut s.ip, 64);
+            cut(&mut s.image_id, 256);
+            cut(&mut s.built_commit, 64);
+        }
+    }
+    Ok(())
+}
+
 /// Records node `caller`'s heartbeat; see the module docs.
 /// `caller_key`: the public-key hash of the certificate the call came with (`None` in
 /// process): checked against the record read here anyway
@@ -26,10 +91,11 @@ pub async fn heartbeat(
     ctx: &LeaderContext,
     caller: &str,
     caller_key: Option<&str>,
-    req: HeartbeatRequest,
+    mut req: HeartbeatRequest,
     now: SystemTime,
 ) -> StateResult<HeartbeatResponse> {
     speaks_for(caller, &req.node_name, "report")?;
+    bound(&mut req)?;
     let Some(registered) = ctx.store().get(&keys::node(caller)).await? else {
         return Err(StateError::NotFound(format!(
             "node {caller:?} is not registered (join first)"
@@ -42,7 +108,17 @@ pub async fn heartbeat(
             confirm_certificate(ctx, caller, key, now).await?;
         }
     }
-    ctx.leadership.liveness.heard(caller, now);
+    let liveness = &ctx.leadership.liveness;
+    liveness.heard(caller, now);
+    // Heard, but what it says waits for a later heartbeat when it comes too often.
+    if !liveness.may_record(caller, ctx.settings.agent_tick / 2) {
+        return Ok(HeartbeatResponse {
+            revision: registered.mod_revision,
+            leader_address: String::new(),
+            control_plane_apis: ctx.control_plane.get(ctx.store()).await,
+            leader_node: ctx.node().to_owned(),
+        });
+    }
     if let Some(reported) = &req.allocatable {
         update_capacity(ctx, caller, &registered, reported, now).await;
     }

@@ -30,7 +30,14 @@ struct Heard {
     at: Instant,
     /// The wall-clock time of the same moment, only for showing.
     wall: SystemTime,
+    /// Heartbeats the node may still have recorded at once (a token bucket), as of
+    /// `refilled`.
+    tokens: f64,
+    refilled: Instant,
 }
+
+/// Heartbeats a node may have recorded in a burst ([`Liveness::may_record`]).
+pub const RECORD_BURST: f64 = 10.0;
 
 impl Default for Liveness {
     fn default() -> Self {
@@ -55,15 +62,48 @@ impl Liveness {
     /// Node `node` was heard now (`wall` is the wall clock's reading of it).
     pub fn heard(&self, node: &str, wall: SystemTime) {
         let mut t = self.table();
-        let heard = Heard {
-            at: Instant::now(),
-            wall,
-        };
+        let at = Instant::now();
         match t.heard.get_mut(node) {
-            Some(h) => *h = heard,
-            None => {
-                t.heard.insert(node.to_owned(), heard);
+            Some(h) => {
+                h.at = at;
+                h.wall = wall;
             }
+            None => {
+                t.heard.insert(
+                    node.to_owned(),
+                    Heard {
+                        at,
+                        wall,
+                        tokens: RECORD_BURST,
+                        refilled: at,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Whether a heartbeat of `node` heard now may be recorded (written to the store):
+    /// a burst of [`RECORD_BURST`], then one per `every`. A node that heartbeats faster
+    /// is still heard, but what it reports waits (its next heartbeat carries it all
+    /// again), so no node can make the leader write faster than that.
+    pub fn may_record(&self, node: &str, every: Duration) -> bool {
+        let mut t = self.table();
+        let now = Instant::now();
+        let Some(h) = t.heard.get_mut(node) else {
+            return true;
+        };
+        let refill = if every.is_zero() {
+            RECORD_BURST
+        } else {
+            now.saturating_duration_since(h.refilled).as_secs_f64() / every.as_secs_f64()
+        };
+        h.tokens = (h.tokens + refill).min(RECORD_BURST);
+        h.refilled = now;
+        if h.tokens >= 1.0 {
+            h.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -112,5 +152,25 @@ mod tests {
         assert_eq!(live.silent_for("n2"), Duration::from_secs(37));
         live.forget("n1");
         assert_eq!(live.silent_for("n1"), Duration::from_secs(37));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_gets_a_burst_of_recorded_heartbeats_then_one_per_interval() {
+        let live = Liveness::new();
+        let every = Duration::from_secs(5);
+        live.heard("n1", SystemTime::UNIX_EPOCH);
+        let burst = (0..20).filter(|_| live.may_record("n1", every)).count();
+        assert_eq!(burst, 10);
+        // A flood over a minute: one per interval, not more.
+        let mut recorded = 0;
+        for _ in 0..600 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            live.heard("n1", SystemTime::UNIX_EPOCH);
+            recorded += usize::from(live.may_record("n1", every));
+        }
+        assert_eq!(recorded, 12);
+        // Other nodes are not affected.
+        live.heard("n2", SystemTime::UNIX_EPOCH);
+        assert!(live.may_record("n2", every));
     }
 }
