@@ -133,9 +133,16 @@ fn node_row(node: &Node, now: SystemTime) -> Vec<String> {
         || "never".to_owned(),
         |t| format!("{} ago", age(t.seconds, now)),
     );
+    // Conditions that hold follow the state: `NotReady,Disrupted`,
+    // `Ready,StoreOutOfSpace`.
+    let mut state = state_name(status.state()).to_owned();
+    for c in status.conditions.iter().filter(|c| c.status) {
+        state.push(',');
+        state.push_str(&c.r#type);
+    }
     vec![
         name.to_owned(),
-        state_name(status.state()).to_owned(),
+        state,
         role_name(spec.role()).to_owned(),
         spec.advertise_address.clone(),
         heartbeat,
@@ -199,6 +206,12 @@ fn describe_node_text(node: &Node, events: &[Event], now: SystemTime) -> String 
             |t| format!("{} ({} ago)", rfc3339(t), age(t.seconds, now)),
         ),
     );
+    for c in status.conditions.iter().filter(|c| c.status) {
+        field(
+            "Condition",
+            format!("{} ({}): {}", c.r#type, c.reason, c.message),
+        );
+    }
     field("Agent version", spec.agent_version.clone());
     if let Some(c) = &spec.capacity {
         field(

@@ -68,6 +68,11 @@ impl EtcdGuard {
     /// Starts a single-member etcd with fast raft timings, or `None` (skip) when etcd is
     /// not installed. Panics if an installed etcd does not come up.
     pub async fn start() -> Option<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`EtcdGuard::start`] with `adjust` applied to the member's configuration.
+    pub async fn start_with(adjust: impl Fn(&mut EtcdMemberConfig)) -> Option<Self> {
         let binary = find_program("etcd")?;
         let dir = tempfile::tempdir().expect("temp dir for etcd");
         // Ports can be taken between probing and binding; retry a few times.
@@ -83,6 +88,7 @@ impl EtcdGuard {
             config.heartbeat_interval = Duration::from_millis(10);
             config.election_timeout = Duration::from_millis(50);
             config.log_file = Some(dir.path().join("etcd.log"));
+            adjust(&mut config);
             let mut process = EtcdProcess::spawn(&config).expect("spawn etcd");
             match process.wait_healthy(Duration::from_secs(10)).await {
                 Ok(store) => {

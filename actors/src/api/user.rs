@@ -96,6 +96,29 @@ impl UserApiService {
     }
 }
 
+/// What the leader knows of a node in memory only: when it last heard it, and
+/// (on control-plane nodes) the store's trouble, which cannot be written while the
+/// store is out of space.
+fn from_memory(ctx: &LeaderContext, node: &mut Node) {
+    ctx.leadership.liveness.show(node);
+    let member = node
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.role() == kat_proto::v1alpha1::NodeRole::ControlPlane);
+    if member
+        && let Some(trouble) = ctx.leadership.store_health.trouble()
+        && let Some(status) = node.status.as_mut()
+    {
+        status.conditions.push(kat_proto::v1alpha1::NodeCondition {
+            r#type: "StoreOutOfSpace".to_owned(),
+            status: true,
+            reason: "NOSPACE".to_owned(),
+            message: trouble,
+            last_transition: None,
+        });
+    }
+}
+
 #[tonic::async_trait]
 impl UserApi for UserApiService {
     async fn create_workload(
@@ -275,16 +298,15 @@ impl UserApi for UserApiService {
     ) -> Result<Response<ListNodesResponse>, Status> {
         let ctx = self.auth(&request).await?;
         let mut items = state::nodes::list(ctx.store()).await?;
-        // When each was last heard lives in the leader's memory, not in the store.
         for node in &mut items {
-            ctx.leadership.liveness.show(node);
+            from_memory(&ctx, node);
         }
         Ok(Response::new(ListNodesResponse { items }))
     }
     async fn get_node(&self, request: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
         let ctx = self.auth(&request).await?;
         let mut node = state::nodes::get(ctx.store(), &request.get_ref().name).await?;
-        ctx.leadership.liveness.show(&mut node);
+        from_memory(&ctx, &mut node);
         Ok(Response::new(node))
     }
     async fn delete_node(

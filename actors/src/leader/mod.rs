@@ -8,6 +8,7 @@
 //! | `bootstrap@N` ([`bootstrap`]) | records the cluster's identity, configuration and CA once; init's node files |
 //! | `node-monitor@N` ([`node_monitor`]) | marks silent nodes NotReady; promotes etcd learners |
 //! | `scheduler@N` ([`scheduler`]) | places, replaces and removes instances; rollouts and jobs |
+//! | `store-maintenance@N` ([`maintenance`]) | compacts etcd's history, defragments members, recovers from NOSPACE |
 //! | `api@N` ([`serving`]) | puts the [`LeaderContext`] where the API is served from |
 //! | `backups@N` ([`backups`]) | periodic etcd snapshots |
 //!
@@ -26,6 +27,7 @@ mod context;
 pub mod drain;
 pub mod heartbeats;
 pub mod join;
+pub mod maintenance;
 pub mod node_monitor;
 pub mod relay;
 pub mod renewal;
@@ -121,6 +123,12 @@ fn children(leadership: &Leadership, setup: &LeaderSetup) -> Vec<ChildSpec> {
         settings: setup.settings.clone(),
         now: setup.clock,
     };
+    let maintenance_args = maintenance::MaintenanceArgs {
+        leadership: leadership.clone(),
+        every: maintenance::EVERY,
+        retention: maintenance::RETENTION,
+        now: setup.clock,
+    };
     let backups_args = backups::BackupsArgs {
         leadership: leadership.clone(),
         settings: setup.settings.clone(),
@@ -141,6 +149,11 @@ fn children(leadership: &Leadership, setup: &LeaderSetup) -> Vec<ChildSpec> {
             scheduler::Scheduler::name(node),
             scheduler::Scheduler,
             move || scheduler_args.clone(),
+        ),
+        ChildSpec::actor(
+            maintenance::StoreMaintenance::name(node),
+            maintenance::StoreMaintenance,
+            move || maintenance_args.clone(),
         ),
     ];
     if let Some(endpoint) = setup.api.clone() {

@@ -22,6 +22,8 @@ pub struct Leadership {
     pub events: EventLease,
     /// When this leadership last heard each node (memory only, per term).
     pub liveness: super::Liveness,
+    /// The store's trouble (out of space), as `leader::maintenance` found it.
+    pub store_health: super::StoreHealth,
 }
 
 impl Leadership {
@@ -32,6 +34,7 @@ impl Leadership {
             store,
             events: EventLease::default(),
             liveness: super::Liveness::new(),
+            store_health: super::StoreHealth::default(),
         }
     }
 

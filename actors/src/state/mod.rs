@@ -19,6 +19,7 @@ mod leadership;
 pub mod liveness;
 pub mod namespaces;
 pub mod nodes;
+mod store_health;
 pub mod tokens;
 pub mod workloads;
 
@@ -26,3 +27,4 @@ pub use error::{StateError, StateResult};
 pub use events::{EventLease, EventRecord};
 pub use leadership::Leadership;
 pub use liveness::Liveness;
+pub use store_health::StoreHealth;

@@ -14,6 +14,8 @@ use super::state_store::{
 
 /// How long a member may take to answer a health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// The longest a member's defragmentation may take (a 2 GiB file takes seconds).
+const DEFRAG_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `StateStore` over an etcd cluster. Cloning shares the connection, and
 /// [`EtcdStore::reconnect`] replaces it for every clone.
@@ -101,6 +103,17 @@ impl EtcdStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .client
             .clone()
+    }
+
+    /// A client of one member only (status and defragment act on the member asked).
+    async fn member_client(&self, url: &str, timeout: Duration) -> Result<ec::Client, ec::Error> {
+        let mut options = ec::ConnectOptions::new()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(timeout);
+        if let Some(tls) = self.tls() {
+            options = options.with_tls(tls);
+        }
+        ec::Client::connect([url], Some(options)).await
     }
 
     fn tls(&self) -> Option<ec::TlsOptions> {
@@ -423,6 +436,103 @@ impl StateStore for EtcdStore {
         };
         let answered = tokio::time::timeout(PROBE_TIMEOUT * 2, probe).await;
         Ok(Some(matches!(answered, Ok(Ok(_)))))
+    }
+
+    async fn space(&self) -> StoreResult<Option<super::StoreSpace>> {
+        let mut client = self.client();
+        let status = client.status().await.map_err(unavailable)?;
+        let revision = revision_of(status.header());
+        let alarms = client
+            .alarm(ec::AlarmAction::Get, ec::AlarmType::None, None)
+            .await
+            .map_err(unavailable)?;
+        let out_of_space = alarms
+            .alarms()
+            .iter()
+            .any(|a| a.alarm() == ec::AlarmType::Nospace);
+        let members = client.member_list().await.map_err(unavailable)?;
+        let mut space = Vec::new();
+        for m in members.members() {
+            let Some(url) = m.client_urls().first() else {
+                continue;
+            };
+            // A member that does not answer now is left out of this look.
+            if let Ok(mut c) = self.member_client(url, self.timeout).await
+                && let Ok(Ok(st)) = tokio::time::timeout(self.timeout, c.status()).await
+            {
+                space.push(super::MemberSpace {
+                    name: m.name().to_owned(),
+                    db_size: st.db_size(),
+                    in_use: st.raft_used_db_size(),
+                });
+            }
+        }
+        Ok(Some(super::StoreSpace {
+            revision,
+            members: space,
+            out_of_space,
+        }))
+    }
+
+    async fn compact(&self, revision: Revision) -> StoreResult<()> {
+        let options = ec::CompactionOptions::new().with_physical();
+        match self.client().compact(revision, Some(options)).await {
+            Ok(_) => Ok(()),
+            // Compacted there (or later) already: nothing to do.
+            Err(ec::Error::GRpcStatus(s)) if s.message().contains("compacted") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn defragment(&self, member: &str) -> StoreResult<()> {
+        let members = self.client().member_list().await.map_err(unavailable)?;
+        let Some(url) = members
+            .members()
+            .iter()
+            .find(|m| m.name() == member)
+            .and_then(|m| m.client_urls().first().cloned())
+        else {
+            return Err(StoreError::Invalid(format!(
+                "no store member named {member:?}"
+            )));
+        };
+        let mut client = self
+            .member_client(&url, DEFRAG_TIMEOUT)
+            .await
+            .map_err(unavailable)?;
+        // A large file takes a while; the member answers nothing meanwhile.
+        tokio::time::timeout(DEFRAG_TIMEOUT, client.defragment())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "defragmenting {member} took over {DEFRAG_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn disarm_out_of_space(&self) -> StoreResult<()> {
+        let mut client = self.client();
+        let alarms = client
+            .alarm(ec::AlarmAction::Get, ec::AlarmType::None, None)
+            .await
+            .map_err(unavailable)?;
+        for a in alarms.alarms() {
+            if a.alarm() == ec::AlarmType::Nospace {
+                let mut options = ec::AlarmOptions::new();
+                options.with_member(a.member_id());
+                client
+                    .alarm(
+                        ec::AlarmAction::Deactivate,
+                        ec::AlarmType::Nospace,
+                        Some(options),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
     }
 
     fn can_snapshot(&self) -> bool {

@@ -46,7 +46,15 @@ pub struct EtcdMemberConfig {
     pub log_file: Option<PathBuf>,
     /// mTLS on both ports (production); `None`: plain HTTP (tests on loopback).
     pub tls: Option<EtcdTls>,
+    /// `--quota-backend-bytes`: past this the member raises NOSPACE and takes no more
+    /// writes until the leader compacts, defragments and disarms
+    /// (`leader::maintenance`).
+    pub quota_bytes: u64,
 }
+
+/// The database size etcd stops writing at (etcd's own default, said explicitly so
+/// it is known and tested: `leader::maintenance` keeps well below it).
+pub const QUOTA_BYTES: u64 = 2 << 30;
 
 impl EtcdMemberConfig {
     /// A one-member cluster with etcd's default timings.
@@ -69,6 +77,7 @@ impl EtcdMemberConfig {
             election_timeout: Duration::from_millis(1000),
             log_file: None,
             tls: None,
+            quota_bytes: QUOTA_BYTES,
         }
     }
 
@@ -119,9 +128,10 @@ impl EtcdMemberConfig {
                 self.heartbeat_interval.as_millis()
             ),
             format!("--election-timeout={}", self.election_timeout.as_millis()),
-            // Keep the lease and watch history usable after restarts; compaction is the
-            // leader's job (backups), not etcd's auto-compactor.
+            // Compaction is the leader's job (`leader::maintenance`: an hour of history
+            // kept), not etcd's auto-compactor's.
             "--auto-compaction-retention=0".to_owned(),
+            format!("--quota-backend-bytes={}", self.quota_bytes),
             // The scheduler writes a workload's changes in one transaction (etcd's
             // default allows 128 operations).
             format!("--max-txn-ops={}", super::MAX_TXN_OPS),

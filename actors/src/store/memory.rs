@@ -471,6 +471,12 @@ impl StateStore for MemoryStore {
             Err(StoreError::LeaseNotFound(lease))
         }
     }
+
+    async fn compact(&self, revision: Revision) -> StoreResult<()> {
+        drop(self.state()?);
+        MemoryStore::compact(self, revision);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

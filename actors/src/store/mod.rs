@@ -16,7 +16,7 @@ pub use etcd::EtcdStore;
 pub use etcd_tls::EtcdTls;
 pub use memory::MemoryStore;
 pub use state_store::{
-    CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, MAX_TXN_OPS, Revision, StateStore,
-    StoreError, StoreMember, StoreResult, Txn, TxnOp, TxnOpResult, TxnResult, WatchEvent,
-    WatchReceiver,
+    CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, MAX_TXN_OPS, MemberSpace, Revision,
+    StateStore, StoreError, StoreMember, StoreResult, StoreSpace, Txn, TxnOp, TxnOpResult,
+    TxnResult, WatchEvent, WatchReceiver,
 };

@@ -201,6 +201,26 @@ pub struct StoreMember {
     pub learner: bool,
 }
 
+/// How full one store member's database is (etcd: its backend file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpace {
+    pub name: String,
+    /// The file's size, bytes.
+    pub db_size: i64,
+    /// What of it holds data; the rest is free pages a defragmentation gives back.
+    pub in_use: i64,
+}
+
+/// The store's room: each member's database and whether it is out of space.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreSpace {
+    /// The store's revision when asked.
+    pub revision: Revision,
+    pub members: Vec<MemberSpace>,
+    /// A member raised NOSPACE: the store takes reads, deletes and compaction only.
+    pub out_of_space: bool,
+}
+
 /// A granted lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -289,6 +309,31 @@ pub trait StateStore: Send + Sync + 'static {
     async fn promote(&self, id: u64) -> StoreResult<()> {
         let _ = id;
         Err(StoreError::Invalid("this store has no members".to_owned()))
+    }
+
+    /// How full the store is; `None` where it has no database file (in-memory).
+    async fn space(&self) -> StoreResult<Option<StoreSpace>> {
+        Ok(None)
+    }
+
+    /// Forgets the history of every key before `revision` (watches from earlier
+    /// revisions then get `Compacted`). Compacting at or below an earlier compaction
+    /// is a no-op.
+    async fn compact(&self, revision: Revision) -> StoreResult<()> {
+        let _ = revision;
+        Ok(())
+    }
+
+    /// Gives a member's free pages back to the file system (etcd: defragment; the
+    /// member answers nothing meanwhile, so one member at a time).
+    async fn defragment(&self, member: &str) -> StoreResult<()> {
+        let _ = member;
+        Ok(())
+    }
+
+    /// Clears a NOSPACE alarm, so the store takes writes again (once there is room).
+    async fn disarm_out_of_space(&self) -> StoreResult<()> {
+        Ok(())
     }
 
     /// Whether [`StateStore::snapshot`] works here.

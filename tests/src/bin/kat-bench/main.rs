@@ -93,8 +93,9 @@ fn main() {
             let agent = agent_arg(&args);
             let nodes: usize = arg(&args, "--nodes").map_or(1000, |s| s.parse().unwrap());
             let seconds: u64 = arg(&args, "--seconds").map_or(60, |s| s.parse().unwrap());
+            let tick: Option<u32> = arg(&args, "--tick-seconds").map(|s| s.parse().unwrap());
             raise_open_file_limit(nodes);
-            runtime().block_on(heartbeats(&agent, nodes, seconds));
+            runtime().block_on(heartbeats(&agent, nodes, seconds, tick));
         }
         Some("node-loss") => {
             let agent = agent_arg(&args);
@@ -133,7 +134,7 @@ fn main() {
                 "usage: kat-bench idle --agent PATH [--seconds N] | failover [--runs N] [--lease-ttl-secs N]"
             );
             eprintln!(
-                "     | heartbeats --agent PATH [--nodes N] [--seconds N] | node-loss --agent PATH [--nodes N]"
+                "     | heartbeats --agent PATH [--nodes N] [--seconds N] [--tick-seconds N] | node-loss --agent PATH [--nodes N]"
             );
             eprintln!(
                 "     | placement [--instances N] [--replicas N] | c1m [--instances N] [--nodes N] [--replicas N]"
@@ -459,16 +460,28 @@ struct Leader {
     bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     tick: Duration,
     loss_timeout: Duration,
+    etcd_port: u16,
 }
 
 impl Leader {
     async fn start(agent: &Path) -> Self {
+        Self::start_ticking(agent, None).await
+    }
+
+    /// A leader whose agentTickSeconds is `tick` (with a loss timeout of 5 ticks), or
+    /// the defaults.
+    async fn start_ticking(agent: &Path, tick: Option<u32>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("cluster.kat");
-        // agentTickSeconds and nodeLossTimeoutSeconds left out: the defaults apply.
+        let timing = tick.map_or_else(String::new, |t| {
+            format!(
+                "  agentTickSeconds: {t}\n  nodeLossTimeoutSeconds: {}\n",
+                5 * t
+            )
+        });
         let text = format!(
             "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: bench}}\n\
-             spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n  agentPort: {}\n",
+             spec:\n  etcdClientPort: {}\n  etcdPeerPort: {}\n  apiPort: {}\n  agentPort: {}\n{timing}",
             free_port(),
             free_port(),
             free_port(),
@@ -528,7 +541,21 @@ impl Leader {
             bearer: format!("Bearer {}", katcall.token).parse().unwrap(),
             tick: Duration::from_secs(u64::from(spec.agent_tick_seconds)),
             loss_timeout: Duration::from_secs(u64::from(spec.node_loss_timeout_seconds)),
+            etcd_port: u16::try_from(spec.etcd_client_port).unwrap(),
         }
+    }
+
+    /// A client of the leader's etcd member, with the member's own certificate.
+    async fn etcd(&self) -> EtcdStore {
+        let pki = kat_actors::pki::local::pki_dir(&self.dir.path().join("state"));
+        let tls = kat_actors::store::EtcdTls::of_member(&pki);
+        EtcdStore::connect_tls(
+            &[format!("https://127.0.0.1:{}", self.etcd_port)],
+            Duration::from_secs(5),
+            Some(&tls),
+        )
+        .await
+        .unwrap()
     }
 
     fn pid(&self) -> u32 {
@@ -751,8 +778,8 @@ async fn heartbeater(
     }
 }
 
-async fn heartbeats(agent: &Path, n: usize, seconds: u64) {
-    let leader = Leader::start(agent).await;
+async fn heartbeats(agent: &Path, n: usize, seconds: u64, tick: Option<u32>) {
+    let leader = Leader::start_ticking(agent, tick).await;
     let etcd = leader.etcd_pid();
     let nodes = join_nodes(&leader, n).await;
     let tick = leader.tick;
@@ -764,6 +791,8 @@ async fn heartbeats(agent: &Path, n: usize, seconds: u64) {
     sim.stops.set(vec![t1; n]).unwrap();
     tokio::time::sleep_until(tokio::time::Instant::from_std(t0)).await;
     let me = std::process::id();
+    let store = leader.etcd().await;
+    let space0 = store.space().await.unwrap().unwrap();
     let ((rss0, cpu0), (etcd_rss0, etcd_cpu0), (_, me0)) =
         (usage(leader.pid()), usage(etcd), usage(me));
     let (mut rss_max, mut etcd_rss_max) = (rss0, etcd_rss0);
@@ -779,6 +808,7 @@ async fn heartbeats(agent: &Path, n: usize, seconds: u64) {
     let window = t0.elapsed().as_secs_f64();
     let ((rss1, cpu1), (etcd_rss1, etcd_cpu1), (me_rss, me1)) =
         (usage(leader.pid()), usage(etcd), usage(me));
+    let space1 = store.space().await.unwrap().unwrap();
     let log = sim.finish().await;
 
     let mut users = leader.user_api();
@@ -841,6 +871,17 @@ async fn heartbeats(agent: &Path, n: usize, seconds: u64) {
         );
     }
     println!("Ready sim nodes at end   {ready} of {n}");
+    let db = |s: &kat_actors::store::StoreSpace| s.members.first().map_or(0, |m| m.db_size);
+    println!(
+        "etcd revisions           {} in the window ({:.4} per heartbeat; writing each would be 1)",
+        space1.revision - space0.revision,
+        (space1.revision - space0.revision) as f64 / in_window.len().max(1) as f64
+    );
+    println!(
+        "etcd db size             {:.1} MiB at start, {:.1} MiB at end",
+        mib(db(&space0) as u64),
+        mib(db(&space1) as u64)
+    );
     println!("leader open files        {leader_fds} (max during the window)");
     println!(
         "leader CPU               {:.1} % of one core",
