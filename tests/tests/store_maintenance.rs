@@ -160,3 +160,62 @@ async fn a_store_out_of_space_is_recovered_and_takes_writes_again() {
         .collect();
     assert_eq!(reasons, ["StoreSpaceRecovered"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_backups_are_whole_distinct_and_checked() {
+    use kat_actors::leader::backups;
+    let Some((_etcd, store)) = etcd(None).await else {
+        return;
+    };
+    let leader = leadership(store.clone()).await;
+    for i in 0..50u8 {
+        store
+            .put(&format!("/kat/test/{i}"), vec![i; 1024], None)
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = kat_proto::quadlet::parse_cluster_config(
+        "c.kat",
+        format!(
+            "apiVersion: kat.dws.rip/v1alpha1\nkind: ClusterConfiguration\nmetadata: {{name: b}}\n\
+             spec: {{backupPath: {}}}\n",
+            dir.path().join("backups").display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let settings = kat_proto::quadlet::ClusterSettings::from(&cluster);
+    // Six at once, as six `katcall backup` calls (each its own time, as each call's).
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..6u64 {
+        let (leader, settings) = (leader.clone(), settings.clone());
+        tasks.spawn(async move {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + i);
+            backups::make(&leader, &settings, at).await
+        });
+    }
+    let mut names = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let made = done.unwrap().expect("every backup is made");
+        backups::verify_snapshot(std::path::Path::new(&made.path)).unwrap();
+        names.push(made.name);
+    }
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 6, "distinct files: {names:?}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    // A damaged snapshot is found.
+    let one = dir.path().join("backups").join(&names[0]);
+    let mut bytes = std::fs::read(&one).unwrap();
+    bytes[5000] ^= 0xff;
+    let damaged = dir.path().join("damaged.db");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let err = backups::verify_snapshot(&damaged).unwrap_err();
+    assert!(err.contains("checksum does not match"), "{err}");
+}

@@ -1,6 +1,9 @@
 //! etcd snapshots (SPEC §5.4): the leader writes one every `backupIntervalMinutes`
 //! (0: never) and on demand (`katcall backup`, `POST /v1alpha1/backups`) into
-//! `backupPath` on its own disk, keeping the newest [`KEEP_BACKUPS`].
+//! `backupPath` on its own disk, keeping the newest [`KEEP_BACKUPS`] and at most
+//! [`KEEP_BACKUP_BYTES`] of them. Snapshots are made one at a time, and each is
+//! checked against the checksum etcd ends it with before it is kept
+//! ([`verify_snapshot`]).
 //!
 //! A snapshot is written to a temporary name and renamed when complete, so a listed
 //! file is always whole. File names sort by time: `kat-<UTC yyyymmddThhmmssZ>-<rev>.db`.
@@ -21,6 +24,9 @@ use crate::state::{Leadership, StateError, StateResult, keys};
 
 /// How many snapshots are kept (the oldest go first).
 pub const KEEP_BACKUPS: usize = 24;
+/// How many bytes of snapshots are kept at most: older ones go first, the newest is
+/// always kept (etcd's quota bounds one snapshot at 2 GiB).
+pub const KEEP_BACKUP_BYTES: u64 = 8 << 30;
 
 /// `kat-20261201T101500Z-42.db`.
 pub fn backup_name(at: SystemTime, revision: i64) -> String {
@@ -72,16 +78,64 @@ pub fn list(dir: &Path) -> Result<Vec<Backup>, std::io::Error> {
     Ok(out)
 }
 
-/// Removes all but the newest `keep` snapshots.
-pub fn prune(dir: &Path, keep: usize) -> Result<Vec<String>, std::io::Error> {
+/// Keeps the newest snapshots, at most `keep` of them and at most `max_bytes`
+/// together (but always the newest), and removes the rest; also temporary files a
+/// crashed snapshot left behind. Returns the removed snapshots' names.
+pub fn prune(dir: &Path, keep: usize, max_bytes: u64) -> Result<Vec<String>, std::io::Error> {
     let all = list(dir)?;
-    let excess = all.len().saturating_sub(keep);
+    let mut kept_bytes = 0u64;
     let mut removed = Vec::new();
-    for b in all.into_iter().take(excess) {
-        std::fs::remove_file(&b.path)?;
-        removed.push(b.name);
+    for (i, b) in all.iter().rev().enumerate() {
+        kept_bytes = kept_bytes.saturating_add(b.size_bytes);
+        if i > 0 && (i >= keep || kept_bytes > max_bytes) {
+            std::fs::remove_file(&b.path)?;
+            removed.push(b.name.clone());
+        }
     }
+    removed.reverse();
     Ok(removed)
+}
+
+/// Serializes snapshots of this process (`katcall backup` and the timer at once).
+static SNAPSHOTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Checks an etcd snapshot file: etcd ends the stream with the SHA-256 of what came
+/// before (which `etcdutl snapshot restore` checks too), so a cut or damaged file is
+/// found here, before it is kept.
+pub fn verify_snapshot(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if len < 32 + 1024 {
+        return Err(format!(
+            "{}: {len} bytes is no etcd snapshot",
+            path.display()
+        ));
+    }
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut left = len - 32;
+    let mut buffer = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = usize::try_from(left.min(buffer.len() as u64)).unwrap_or(buffer.len());
+        file.read_exact(&mut buffer[..want])
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        digest.update(&buffer[..want]);
+        left -= want as u64;
+    }
+    let mut trailer = [0u8; 32];
+    file.read_exact(&mut trailer)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if digest.finish().as_ref() == trailer {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: the snapshot's checksum does not match its contents",
+            path.display()
+        ))
+    }
 }
 
 /// Writes a snapshot of `store` into `dir`, prunes old ones, records a `BackupMade`
@@ -100,11 +154,31 @@ pub async fn make(
     let dir = &settings.backup_dir;
     crate::files::private_dir(dir)
         .map_err(|e| StateError::Internal(format!("{}: {e}", dir.display())))?;
-    let partial = dir.join(format!(".partial-{}", std::process::id()));
-    let taken = store
-        .snapshot(&partial)
-        .await
-        .map_err(|e| StateError::Unavailable(format!("snapshot failed: {e}")))?;
+    // One at a time: each streams the whole database, and names must stay unique.
+    let _one_at_a_time = SNAPSHOTS.lock().await;
+    let partial = dir.join(format!(
+        ".partial-{}-{}",
+        std::process::id(),
+        now.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let taken = match store.snapshot(&partial).await {
+        Ok(taken) => taken,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(StateError::Unavailable(format!("snapshot failed: {e}")));
+        }
+    };
+    if let Err(e) = tokio::task::spawn_blocking({
+        let partial = partial.clone();
+        move || verify_snapshot(&partial)
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
+    {
+        let _ = std::fs::remove_file(&partial);
+        return Err(StateError::Internal(format!("snapshot not kept: {e}")));
+    }
     // etcd's snapshot stream may not say its revision; the store's, read right after,
     // is at least the snapshot's (names stay unique: each backup's event moves it on).
     let revision = match store.list(keys::CA).await {
@@ -116,7 +190,7 @@ pub async fn make(
     std::fs::rename(&partial, &path)
         .map_err(|e| StateError::Internal(format!("{}: {e}", path.display())))?;
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-    if let Err(e) = prune(dir, KEEP_BACKUPS) {
+    if let Err(e) = prune(dir, KEEP_BACKUPS, KEEP_BACKUP_BYTES) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove old backups");
     }
     let event = object_event(
@@ -283,9 +357,21 @@ mod tests {
                 "kat-20261201T110000Z-9.db"
             ]
         );
-        let removed = prune(dir.path(), 2).unwrap_or_default();
+        let removed = prune(dir.path(), 2, u64::MAX).unwrap_or_default();
         assert_eq!(removed, ["kat-20261201T090000Z-3.db"]);
         assert_eq!(list(dir.path()).unwrap_or_default().len(), 2);
+        // By size too: the newest (2 bytes) and the next (3 bytes) fit in 5 bytes.
+        std::fs::write(dir.path().join("kat-20261201T120000Z-11.db"), [0u8; 2])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let removed = prune(dir.path(), 10, 5).unwrap_or_default();
+        assert_eq!(removed, ["kat-20261201T100000Z-5.db"]);
+        // The newest stays even when it alone is over the limit.
+        let removed = prune(dir.path(), 10, 1).unwrap_or_default();
+        assert_eq!(removed, ["kat-20261201T110000Z-9.db"]);
+        assert_eq!(
+            names(list(dir.path()).unwrap_or_default()),
+            ["kat-20261201T120000Z-11.db"]
+        );
         assert!(list(&dir.path().join("missing")).is_ok_and(|v| v.is_empty()));
     }
 }
