@@ -168,6 +168,25 @@ async fn a_unit_runs_the_instance_and_always_restarts_it() {
 }
 
 #[tokio::test]
+async fn always_keeps_restarting_a_crash_loop_past_systemds_default_start_limit() {
+    let Some(t) = setup().await else { return };
+    let id = unique_name("loop").replace('-', "");
+    let mut opts = instance(&id, RestartPolicy::Always);
+    // Up for a moment, then down: systemd's default (5 starts in 10 s) would stop it.
+    opts.args = vec!["sleep 0.2; exit 3".into()];
+    let _guard = RemovedContainer(t.podman_bin.clone(), opts.name.clone());
+    let unit = t.units.run(&opts).await.unwrap();
+    let looping = t
+        .units
+        .systemd
+        .wait_for(&unit, Duration::from_secs(90), |s| s.restarts >= 7)
+        .await
+        .unwrap();
+    assert_ne!(looping.active, "failed", "{looping:?}");
+    t.units.remove(&unit).await.unwrap();
+}
+
+#[tokio::test]
 async fn never_is_not_restarted_and_max_count_gives_up() {
     let Some(t) = setup().await else { return };
     // NEVER: after a crash the unit stays down.

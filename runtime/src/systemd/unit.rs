@@ -137,7 +137,10 @@ pub fn render_unit(
         name.clone(),
     ];
     let (restart, limits) = match opts.restart {
-        RestartPolicy::Always => ("always", String::new()),
+        // Always means always: no start limit (systemd's default gives up after 5
+        // starts in 10 s). systemd 254 and later back off from 1 s to 5 min between
+        // restarts; older ones ignore RestartSteps (with a log line) and wait 1 s.
+        RestartPolicy::Always => ("always", "StartLimitIntervalSec=0\n".to_owned()),
         RestartPolicy::Never => ("no", String::new()),
         // The first start counts against the burst: max_restarts restarts need one more.
         RestartPolicy::MaxCount {
@@ -170,12 +173,18 @@ pub fn render_unit(
          {cleanup}\
          Restart={restart}\n\
          RestartSec=1\n\
+         {backoff}\
          TimeoutStartSec={start_timeout}\n\
          TimeoutStopSec={timeout}\n\
          KillMode=mixed\n",
         ns = opts.namespace,
         wl = opts.workload,
         id = opts.instance_id,
+        backoff = if matches!(opts.restart, RestartPolicy::Always) {
+            "RestartSteps=8\nRestartMaxDelaySec=300\n"
+        } else {
+            ""
+        },
         start = exec_line(podman, &run),
         stop = exec_line(podman, &stop),
         cleanup = if run_once {
@@ -255,6 +264,10 @@ mod tests {
         assert_eq!(line("KillMode="), "KillMode=mixed");
         assert_eq!(line("Restart="), "Restart=always");
         assert!(!unit.contains("StartLimitBurst"));
+        // Always never gives up, and backs off where systemd can.
+        assert!(unit.contains("\nStartLimitIntervalSec=0\n"));
+        assert!(unit.find("StartLimitIntervalSec").unwrap() < unit.find("[Service]").unwrap());
+        assert_eq!(line("RestartMaxDelaySec="), "RestartMaxDelaySec=300");
     }
 
     #[test]
