@@ -414,3 +414,35 @@ pub async fn transactions_refuse_a_key_written_twice(store: &dyn StateStore) {
     );
     assert_eq!(store.get("/t/dup").await.unwrap(), None, "nothing applied");
 }
+
+/// A watch whose consumer does not read is told to resync once it is
+/// `WATCH_BUFFER` events behind, and ends: the store does not buffer every change
+/// for it.
+pub async fn a_watch_that_falls_behind_is_told_to_resync(store: &dyn StateStore) {
+    use kat_actors::store::WATCH_BUFFER;
+    let mut watch = store.watch("/t/", 0).await.unwrap();
+    // Twice the buffer, in transactions of 1,000 puts.
+    let mut written = 0;
+    while written < 2 * WATCH_BUFFER {
+        let ops: Vec<TxnOp> = (written..written + 1000)
+            .map(|i| TxnOp::put(format!("/t/{i:06}"), vec![1]))
+            .collect();
+        assert!(store.txn(Txn::new().and_then(ops)).await.unwrap().succeeded);
+        written += 1000;
+    }
+    let mut events = 0;
+    let ended = loop {
+        match timeout(WAIT, watch.recv()).await {
+            Ok(Some(Ok(_))) => events += 1,
+            Ok(Some(Err(e))) => break e,
+            Ok(None) => panic!("the watch ended without saying why after {events} events"),
+            Err(_) => panic!("no error within {WAIT:?} after {events} events"),
+        }
+    };
+    assert!(events < WATCH_BUFFER, "{events} events held");
+    assert!(ended.to_string().contains("resync"), "{ended}");
+    assert!(
+        timeout(WAIT, watch.recv()).await.unwrap().is_none(),
+        "the watch is over"
+    );
+}

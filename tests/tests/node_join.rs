@@ -1283,3 +1283,89 @@ async fn a_heartbeat_is_bounded_and_a_flood_of_them_is_not_all_recorded() {
     let written = after - before;
     assert!(written <= 10, "{written} revisions for 50 heartbeats");
 }
+
+#[tokio::test]
+async fn a_nodes_new_sync_stream_ends_its_old_one() {
+    use kat_actors::leader::sync::sync_events;
+    use kat_proto::v1alpha1::{Instance, SyncRequest, sync_event::Payload};
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+    let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    let key = election::campaign(store.as_ref(), "/kat/election", b"n0".to_vec(), lease.id)
+        .await
+        .unwrap();
+    let ctx = LeaderContext::new(
+        Leadership::new("n0", key, store.clone()),
+        kat_actors::pki::local::ClusterPki::generate("sync").unwrap(),
+        kat_proto::quadlet::ClusterSettings::from(&cluster_config("sync", 1)),
+    );
+    let request = || SyncRequest {
+        node_name: "w1".to_owned(),
+        from_revision: 0,
+    };
+    let mut first = sync_events(&ctx, "w1", None, request()).await.unwrap();
+    // Peers, then assignments, come first.
+    for _ in 0..2 {
+        first.recv().await.unwrap().unwrap();
+    }
+    let mut second = sync_events(&ctx, "w1", None, request()).await.unwrap();
+    let ended = loop {
+        match first.recv().await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e.to_string(),
+            None => panic!("ended without saying why"),
+        }
+    };
+    assert!(ended.contains("replaced"), "{ended}");
+    assert_eq!(ctx.syncs.len(), 1, "one stream per node");
+    for _ in 0..2 {
+        second.recv().await.unwrap().unwrap();
+    }
+    // An instance placed on another node sends w1 nothing (its stream does not even
+    // list the instances); one placed on w1 does.
+    let instance = |id: &str, node: &str| Instance {
+        id: id.to_owned(),
+        namespace: "default".to_owned(),
+        workload: "web".to_owned(),
+        node: node.to_owned(),
+        ..Default::default()
+    };
+    store
+        .put(
+            &keys::instance("default", "web", "aaaa1111"),
+            instance("aaaa1111", "w2").encode_to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .put(&keys::revision("default", "web", 0), b"".to_vec(), None)
+        .await
+        .unwrap();
+    store
+        .put(
+            &keys::instance("default", "web", "bbbb2222"),
+            instance("bbbb2222", "w1").encode_to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), second.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match next.payload {
+        Some(Payload::Assignments(set)) => {
+            let ids: Vec<String> = set
+                .assignments
+                .iter()
+                .filter_map(|a| a.instance.as_ref().map(|i| i.id.clone()))
+                .collect();
+            assert_eq!(ids, ["bbbb2222"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(ctx.syncs.is_empty(), "a stream that ends is forgotten");
+}

@@ -598,3 +598,27 @@ async fn a_rollback_to_a_generation_outside_todays_allowed_paths_is_refused() {
     assert_eq!(still.workload.unwrap().metadata.unwrap().generation, 2);
     sim.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_store_outage_the_scheduler_still_reacts_to_changes_at_once() {
+    let sim = ready_cluster(1).await;
+    // A short outage breaks every watch (as an etcd restart would).
+    sim.store.set_available(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sim.store.set_available(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Three workloads applied 1.3 s apart: each is placed within 0.5 s, which the
+    // scheduler's 5 s tick alone could not do for all three; its watches came back.
+    for (i, at) in ["one", "two", "three"].iter().enumerate() {
+        let file = host_mount_workload(at, &format!("/srv/{at}"));
+        let applied = Instant::now();
+        sim.apply(&[("workload.kat", &file)]).await.unwrap();
+        sim.wait_instances("default", at, Duration::from_millis(500), |i| {
+            i.iter().any(|x| !x.node.is_empty())
+        })
+        .await;
+        eprintln!("workload {i} placed {:?} after apply", applied.elapsed());
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+    }
+    sim.stop().await;
+}

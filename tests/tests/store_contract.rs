@@ -69,6 +69,7 @@ contract_tests!(
     watch_resumes_from_a_revision,
     leases_attach_and_revoke,
     leases_expire_without_keep_alive,
+    a_watch_that_falls_behind_is_told_to_resync,
 );
 
 contract_tests_shared!(

@@ -29,6 +29,60 @@ pub struct LeaderContext {
     pub control_plane: ControlPlaneCache,
     /// The certificate this leader presents to agent APIs (logs, exec).
     pub agent_client: AgentClientCert,
+    /// Each node's open sync stream (one per node: a new one ends the old).
+    pub syncs: SyncStreams,
+}
+
+/// The open sync stream of each node: a way to end it, and which stream it is.
+#[derive(Clone, Default)]
+pub struct SyncStreams(Arc<std::sync::Mutex<SyncTable>>);
+
+#[derive(Default)]
+struct SyncTable {
+    next: u64,
+    open: std::collections::HashMap<String, (u64, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl SyncStreams {
+    /// Registers a new stream of `node`, ending the one it had; returns the stream's
+    /// number (for [`SyncStreams::close`]) and what fires when a newer one replaces it.
+    pub fn open(&self, node: &str) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.next += 1;
+        let id = t.next;
+        if let Some((_, old)) = t.open.insert(node.to_owned(), (id, tx)) {
+            let _ = old.send(());
+        }
+        (id, rx)
+    }
+
+    /// Forgets stream `id` of `node` when it ends (unless a newer one took its place).
+    pub fn close(&self, node: &str, id: u64) {
+        let mut t = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if t.open.get(node).is_some_and(|(open, _)| *open == id) {
+            t.open.remove(node);
+        }
+    }
+
+    /// How many streams are open.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .open
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl LeaderContext {
@@ -40,6 +94,7 @@ impl LeaderContext {
             settings,
             control_plane: ControlPlaneCache::default(),
             agent_client: AgentClientCert::default(),
+            syncs: SyncStreams::default(),
         }
     }
 

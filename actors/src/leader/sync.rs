@@ -62,7 +62,15 @@ pub async fn sync_events(
     let caller = caller.to_owned();
     let caller_key = caller_key.map(str::to_owned);
     let ended = || StateError::Unavailable("the leader's watch ended; resync".to_owned());
+    // One stream per node: this one ends an older one, and ends when a newer comes.
+    let syncs = ctx.syncs.clone();
+    let (stream_id, mut replaced) = syncs.open(&caller);
     tokio::spawn(async move {
+        let _open = OpenStream {
+            syncs,
+            node: caller.clone(),
+            id: stream_id,
+        };
         if from_revision < revision {
             let first = SyncEvent {
                 revision,
@@ -85,6 +93,14 @@ pub async fn sync_events(
         loop {
             let update = tokio::select! {
                 () = tx.closed() => return,
+                _ = &mut replaced => {
+                    let _ = tx
+                        .send(Err(StateError::Unavailable(
+                            "a newer sync stream of this node replaced this one".to_owned(),
+                        )))
+                        .await;
+                    return;
+                }
                 event = node_watch.recv() => {
                     let Some(Ok(mut last)) = event else {
                         let _ = tx.send(Err(ended())).await;
@@ -109,12 +125,17 @@ pub async fn sync_events(
                     })
                 }
                 event = instance_watch.recv() => {
-                    let Some(Ok(mut last)) = event else {
+                    let Some(Ok(first)) = event else {
                         let _ = tx.send(Err(ended())).await;
                         return;
                     };
+                    let mut burst = vec![first];
                     while let Ok(Ok(next)) = instance_watch.try_recv() {
-                        last = next;
+                        burst.push(next);
+                    }
+                    let last = burst[burst.len() - 1].clone();
+                    if !concerns(&burst, &caller, &sent) {
+                        continue;
                     }
                     match state::instances::assignments_for(store.as_ref(), &caller).await {
                         Ok((set, _)) if set == sent => Ok(None),
@@ -141,4 +162,39 @@ pub async fn sync_events(
         }
     });
     Ok(rx)
+}
+
+/// Forgets a node's stream when its task ends, however it ends.
+struct OpenStream {
+    syncs: super::context::SyncStreams,
+    node: String,
+    id: u64,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.syncs.close(&self.node, self.id);
+    }
+}
+
+/// Whether a burst of changes to instance records concerns `node`: an instance placed
+/// there now, or one it was sent (moved, stopped or deleted). Other nodes' changes
+/// cost a node's stream nothing (no list of every instance).
+fn concerns(
+    burst: &[crate::store::WatchEvent],
+    node: &str,
+    sent: &kat_proto::v1alpha1::AssignmentSet,
+) -> bool {
+    use prost::Message;
+    let had = |key: &str| {
+        let id = key.rsplit('/').next().unwrap_or_default();
+        sent.assignments
+            .iter()
+            .any(|a| a.instance.as_ref().is_some_and(|i| i.id == id))
+    };
+    burst.iter().any(|e| {
+        had(&e.kv.key)
+            || kat_proto::v1alpha1::Instance::decode(e.kv.value.as_slice())
+                .is_ok_and(|i| i.node == node)
+    })
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client as ec;
-use tokio::sync::mpsc;
 
 use super::state_store::{
     CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, Revision, StateStore, StoreError,
@@ -316,28 +315,33 @@ impl StateStore for EtcdStore {
                 oldest: resp.compact_revision(),
             });
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = super::watch_channel();
         let mut pending = first;
         tokio::spawn(async move {
             loop {
                 let Some(resp) = pending.take() else {
-                    let _ = tx.send(Err(StoreError::Unavailable(
-                        "watch stream ended".to_owned(),
-                    )));
+                    super::end_watch(
+                        &tx,
+                        StoreError::Unavailable("watch stream ended".to_owned()),
+                    );
                     return;
                 };
                 if resp.compact_revision() > 0 {
-                    let _ = tx.send(Err(StoreError::Compacted {
-                        requested: from_revision,
-                        oldest: resp.compact_revision(),
-                    }));
+                    super::end_watch(
+                        &tx,
+                        StoreError::Compacted {
+                            requested: from_revision,
+                            oldest: resp.compact_revision(),
+                        },
+                    );
                     return;
                 }
                 if resp.canceled() {
                     let reason = resp.cancel_reason().to_owned();
-                    let _ = tx.send(Err(StoreError::Unavailable(format!(
-                        "watch canceled: {reason}"
-                    ))));
+                    super::end_watch(
+                        &tx,
+                        StoreError::Unavailable(format!("watch canceled: {reason}")),
+                    );
                     return;
                 }
                 for event in resp.events() {
@@ -354,8 +358,9 @@ impl StateStore for EtcdStore {
                             ..Default::default()
                         };
                     }
-                    if tx.send(Ok(WatchEvent { kind, kv })).is_err() {
-                        // The receiver is gone: the watch is cancelled with the stream.
+                    if !super::deliver(&tx, Ok(WatchEvent { kind, kv })) {
+                        // The receiver is gone, or too far behind: the watch is
+                        // cancelled with the stream.
                         return;
                     }
                 }
@@ -363,7 +368,7 @@ impl StateStore for EtcdStore {
                     next = stream.message() => match next {
                         Ok(resp) => pending = resp,
                         Err(e) => {
-                            let _ = tx.send(Err(unavailable(e)));
+                            super::end_watch(&tx, unavailable(e));
                             return;
                         }
                     },

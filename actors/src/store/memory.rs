@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -36,7 +36,7 @@ struct LeaseEntry {
 #[derive(Debug)]
 struct Watcher {
     prefix: String,
-    tx: mpsc::UnboundedSender<StoreResult<WatchEvent>>,
+    tx: super::WatchSender,
 }
 
 #[derive(Debug)]
@@ -104,8 +104,10 @@ impl MemoryStore {
         state.available = available;
         if !available {
             for w in state.watchers.drain(..) {
-                let _ =
-                    w.tx.send(Err(StoreError::Unavailable("simulated outage".to_owned())));
+                super::end_watch(
+                    &w.tx,
+                    StoreError::Unavailable("simulated outage".to_owned()),
+                );
             }
         }
     }
@@ -303,7 +305,7 @@ impl State {
     fn publish(&mut self, events: Vec<WatchEvent>) {
         for event in events {
             self.watchers.retain(|w| {
-                !event.kv.key.starts_with(&w.prefix) || w.tx.send(Ok(event.clone())).is_ok()
+                !event.kv.key.starts_with(&w.prefix) || super::deliver(&w.tx, Ok(event.clone()))
             });
             self.history.push_back(event);
         }
@@ -409,18 +411,24 @@ impl StateStore for MemoryStore {
                 oldest: state.compacted + 1,
             });
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = super::watch_channel();
+        let mut open = true;
         for event in state
             .history
             .iter()
             .filter(|e| e.kv.mod_revision >= start && e.kv.key.starts_with(prefix))
         {
-            let _ = tx.send(Ok(event.clone()));
+            if !super::deliver(&tx, Ok(event.clone())) {
+                open = false;
+                break;
+            }
         }
-        state.watchers.push(Watcher {
-            prefix: prefix.to_owned(),
-            tx,
-        });
+        if open {
+            state.watchers.push(Watcher {
+                prefix: prefix.to_owned(),
+                tx,
+            });
+        }
         Ok(rx)
     }
 

@@ -18,5 +18,6 @@ pub use memory::MemoryStore;
 pub use state_store::{
     CmpOp, Compare, EventKind, KeyValue, Lease, LeaseId, MAX_TXN_OPS, MemberSpace, Revision,
     StateStore, StoreError, StoreMember, StoreResult, StoreSpace, Txn, TxnOp, TxnOpResult,
-    TxnResult, WatchEvent, WatchReceiver,
+    TxnResult, WATCH_BUFFER, WatchEvent, WatchReceiver, WatchSender, deliver, end_watch,
+    watch_channel,
 };

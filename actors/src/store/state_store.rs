@@ -189,7 +189,41 @@ pub struct WatchEvent {
 }
 
 /// The receiving end of a watch; dropping it cancels the watch.
-pub type WatchReceiver = mpsc::UnboundedReceiver<Result<WatchEvent, StoreError>>;
+pub type WatchReceiver = mpsc::Receiver<Result<WatchEvent, StoreError>>;
+
+/// The sending end, held by the store.
+pub type WatchSender = mpsc::Sender<Result<WatchEvent, StoreError>>;
+
+/// How many events a watch holds for a consumer that does not read: one that falls
+/// this far behind gets an error (resync: list again and watch from there) and the
+/// watch ends, rather than the store buffering every change for it.
+pub const WATCH_BUFFER: usize = 4096;
+
+/// A watch's channel, [`WATCH_BUFFER`] deep.
+pub fn watch_channel() -> (WatchSender, WatchReceiver) {
+    mpsc::channel(WATCH_BUFFER)
+}
+
+/// Hands `item` to a watch's consumer. `false` when the watch is over: the consumer
+/// went, or it fell [`WATCH_BUFFER`] events behind and was told so with the last free
+/// place.
+pub fn deliver(tx: &WatchSender, item: Result<WatchEvent, StoreError>) -> bool {
+    if tx.is_closed() {
+        return false;
+    }
+    if tx.capacity() <= 1 {
+        let _ = tx.try_send(Err(StoreError::Unavailable(format!(
+            "the watch fell {WATCH_BUFFER} events behind; resync"
+        ))));
+        return false;
+    }
+    tx.try_send(item).is_ok()
+}
+
+/// Ends a watch with `error` (where there is room to say it).
+pub fn end_watch(tx: &WatchSender, error: StoreError) {
+    let _ = tx.try_send(Err(error));
+}
 
 /// A member of the store's cluster (etcd).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -183,6 +183,47 @@ impl SchedulerState {
     }
 }
 
+/// Pokes the scheduler at every change under `prefix`, for as long as it lives. A
+/// watch that breaks (the store restarted, the watch fell behind) is opened again,
+/// after a pause that grows to 10 s while it keeps failing, with a poke each time it
+/// opens, since changes in between were missed.
+async fn poke_on_changes(
+    store: std::sync::Arc<dyn crate::store::StateStore>,
+    prefix: &'static str,
+    me: ActorRef<SchedulerMsg>,
+) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match store.watch(prefix, 0).await {
+            Ok(mut watch) => {
+                if me.cast(SchedulerMsg::Poke).is_err() {
+                    return;
+                }
+                loop {
+                    match watch.recv().await {
+                        Some(Ok(_)) => {
+                            pause = Duration::from_millis(200);
+                            if me.cast(SchedulerMsg::Poke).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(prefix, error = %e, "scheduler's watch broke; opening it again");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "scheduler cannot watch; trying again");
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
 impl Actor for Scheduler {
     type Msg = SchedulerMsg;
     type State = SchedulerState;
@@ -196,15 +237,11 @@ impl Actor for Scheduler {
         let store = args.leadership.store.clone();
         let mut watchers = Vec::new();
         for prefix in [WORKLOADS_PREFIX, NODES_PREFIX, INSTANCE_STATUS_PREFIX] {
-            let mut watch = store.watch(prefix, 0).await?;
-            let me = myself.clone();
-            watchers.push(tokio::spawn(async move {
-                while let Some(Ok(_)) = watch.recv().await {
-                    if me.cast(SchedulerMsg::Poke).is_err() {
-                        return;
-                    }
-                }
-            }));
+            watchers.push(tokio::spawn(poke_on_changes(
+                store.clone(),
+                prefix,
+                myself.clone(),
+            )));
         }
         let tick = args.settings.agent_tick;
         myself.send_interval(tick, || SchedulerMsg::Poke);

@@ -612,12 +612,16 @@ fn node_state(node: &Node) -> (&str, NodeState) {
     )
 }
 
-const JOIN_CONCURRENCY: usize = 32;
+/// The leader reads at most 8 joins at a time (`api::gate::JOINS_AT_ONCE`).
+const JOIN_CONCURRENCY: usize = 8;
 
 /// A simulated node: joined, holding its own client certificate.
 struct SimNode {
     name: String,
     identity: CertAndKey,
+    /// Its own loopback address: its connections leave from there, as a real node's
+    /// from its machine (the leader allows 128 connections per source address).
+    address: std::net::IpAddr,
 }
 
 /// Creates one reusable join token and joins `sim-00001`… through the node API,
@@ -661,16 +665,23 @@ async fn join_nodes(leader: &Leader, n: usize) -> Vec<SimNode> {
                 advertise_address: kat_tests::programs::loopback_address(i),
                 ..Default::default()
             };
-            let response = client
-                .join(request)
-                .await
-                .unwrap_or_else(|e| panic!("join {name}: {}", status_text(&e)));
+            // Other clients' joins may hold the leader's few join slots: wait.
+            let response = loop {
+                match client.join(request.clone()).await {
+                    Ok(r) => break r,
+                    Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("join {name}: {}", status_text(&e)),
+                }
+            };
             SimNode {
                 name,
                 identity: CertAndKey {
                     cert_pem: response.into_inner().certificate_pem,
                     key_pem,
                 },
+                address: kat_tests::programs::loopback_address(i).parse().unwrap(),
             }
         });
         while let Some(done) = joins.try_join_next() {
@@ -714,7 +725,14 @@ impl Heartbeaters {
         let mut tasks = JoinSet::new();
         let n = nodes.len();
         for (agent, node) in nodes.iter().enumerate() {
-            let channel = api_channel(&leader.addr, &leader.ca_pem, Some(&node.identity)).unwrap();
+            let channel = kat_actors::client::api_channel_from(
+                &leader.addr,
+                &leader.ca_pem,
+                Some(&node.identity),
+                kat_actors::client::CALL_TIMEOUT,
+                Some(node.address),
+            )
+            .unwrap();
             let first = start + leader.tick.mul_f64(agent as f64 / n as f64);
             tasks.spawn(heartbeater(
                 agent,
