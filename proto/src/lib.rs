@@ -9,6 +9,7 @@
 
 pub mod bundle;
 pub mod cron;
+pub mod limits;
 pub mod names;
 pub mod quadlet;
 pub mod quantity;

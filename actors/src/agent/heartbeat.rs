@@ -103,7 +103,7 @@ impl Heartbeat {
 impl HeartbeatState {
     fn request(&self, rejoining: bool) -> HeartbeatRequest {
         let view = &self.args.view;
-        HeartbeatRequest {
+        let mut request = HeartbeatRequest {
             node_name: self.args.node.clone(),
             node_status: Some(NodeStatus {
                 state: NodeState::Ready.into(),
@@ -113,7 +113,11 @@ impl HeartbeatState {
             allocatable: self.capacity.as_ref().map(|(_, c)| c.clone()),
             synced_revision: view.synced.borrow().revision,
             instances: view.reports.borrow().values().cloned().collect(),
-        }
+        };
+        // A container's error text can be long: cut as the leader would, so the
+        // heartbeat stays within what the node API takes.
+        kat_proto::limits::cut_heartbeat(&mut request);
+        request
     }
 
     /// Measures the host's capacity again when it is due.

@@ -82,6 +82,15 @@ pub fn list(dir: &Path) -> Result<Vec<Backup>, std::io::Error> {
 /// together (but always the newest), and removes the rest; also temporary files a
 /// crashed snapshot left behind. Returns the removed snapshots' names.
 pub fn prune(dir: &Path, keep: usize, max_bytes: u64) -> Result<Vec<String>, std::io::Error> {
+    // Left by a snapshot that never finished (the agent was killed): `make` prunes
+    // under the lock snapshots are made under, so none is being written now.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     let all = list(dir)?;
     let mut kept_bytes = 0u64;
     let mut removed = Vec::new();
@@ -359,6 +368,10 @@ mod tests {
         );
         let removed = prune(dir.path(), 2, u64::MAX).unwrap_or_default();
         assert_eq!(removed, ["kat-20261201T090000Z-3.db"]);
+        assert!(
+            !dir.path().join(".partial-1").exists(),
+            "what a killed snapshot left goes too"
+        );
         assert_eq!(list(dir.path()).unwrap_or_default().len(), 2);
         // By size too: the newest (2 bytes) and the next (3 bytes) fit in 5 bytes.
         std::fs::write(dir.path().join("kat-20261201T120000Z-11.db"), [0u8; 2])

@@ -4,14 +4,14 @@
 //! stored with the events their changes make, a changed capacity updates its
 //! registration, and the answer names every control-plane member's API. Only a change
 //! is written: a heartbeat that changes nothing makes no etcd revision. What one
-//! heartbeat may carry is bounded ([`MAX_CONDITIONS`], [`MAX_INSTANCE_REPORTS`],
-//! [`MAX_TEXT`]; the node API refuses messages over 512 KiB,
-//! `api::server::NODE_MESSAGE_LIMIT`) and a node heartbeating faster than twice a
+//! heartbeat may carry is bounded (`kat_proto::limits`; the node API refuses messages
+//! over 512 KiB, `api::server::NODE_MESSAGE_LIMIT`) and a node heartbeating faster than twice a
 //! tick is heard but not recorded ([`crate::state::Liveness::may_record`]). A node may
 //! report only for itself.
 
 use std::time::SystemTime;
 
+use kat_proto::limits::{MAX_CONDITIONS, MAX_INSTANCE_REPORTS};
 use kat_proto::v1alpha1::{
     EventSeverity, HeartbeatRequest, HeartbeatResponse, Node, NodeResources, NodeState, NodeStatus,
 };
@@ -22,45 +22,19 @@ use crate::state::events::node_event;
 use crate::state::{self, StateError, StateResult, keys};
 use crate::store::{Compare, KeyValue, TxnOp};
 
-/// The most conditions a heartbeat's node status may carry.
-pub const MAX_CONDITIONS: usize = 16;
-/// The most instance reports one heartbeat may carry.
-pub const MAX_INSTANCE_REPORTS: usize = 1024;
-/// Longer texts in a heartbeat (a condition's or an instance's reason and message)
-/// are cut to this many bytes before they are stored.
-pub const MAX_TEXT: usize = 1024;
-
-/// `text` cut to at most `max` bytes, at a character boundary, marked when cut.
-fn cut(text: &mut String, max: usize) {
-    if text.len() <= max {
-        return;
-    }
-    let mut end = max.saturating_sub(3);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    text.push('…');
-}
-
 /// Refuses a heartbeat with more conditions or reports than any node has, and cuts
 /// long texts, so what one heartbeat can make the leader store is bounded.
 fn bound(req: &mut HeartbeatRequest) -> StateResult<()> {
-    if let Some(status) = &mut req.node_status {
-        if status.conditions.len() > MAX_CONDITIONS {
-            return Err(StateError::invalid(
-                "node_status.conditions",
-                format!(
-                    "{} conditions; at most {MAX_CONDITIONS}",
-                    status.conditions.len()
-                ),
-            ));
-        }
-        for c in &mut status.conditions {
-            cut(&mut c.r#type, 128);
-            cut(&mut c.reason, 128);
-            cut(&mut c.message, MAX_TEXT);
-        }
+    if let Some(status) = &req.node_status
+        && status.conditions.len() > MAX_CONDITIONS
+    {
+        return Err(StateError::invalid(
+            "node_status.conditions",
+            format!(
+                "{} conditions; at most {MAX_CONDITIONS}",
+                status.conditions.len()
+            ),
+        ));
     }
     if req.instances.len() > MAX_INSTANCE_REPORTS {
         return Err(StateError::invalid(
@@ -71,15 +45,7 @@ fn bound(req: &mut HeartbeatRequest) -> StateResult<()> {
             ),
         ));
     }
-    for r in &mut req.instances {
-        if let Some(s) = &mut r.status {
-            cut(&mut s.reason, 128);
-            cut(&mut s.message, MAX_TEXT);
-            cut(&mut s.ip, 64);
-            cut(&mut s.image_id, 256);
-            cut(&mut s.built_commit, 64);
-        }
-    }
+    kat_proto::limits::cut_heartbeat(req);
     Ok(())
 }
 
@@ -109,9 +75,11 @@ pub async fn heartbeat(
         }
     }
     let liveness = &ctx.leadership.liveness;
-    liveness.heard(caller, now);
-    // Heard, but what it says waits for a later heartbeat when it comes too often.
-    if !liveness.may_record(caller, ctx.settings.agent_tick / 2) {
+    let marked_lost = liveness.heard(caller, now);
+    // Heard, but what it says waits for a later heartbeat when it comes too often
+    // (the agent reports changes at most once a second, and every tick).
+    let every = (ctx.settings.agent_tick / 2).min(std::time::Duration::from_secs(1));
+    if !marked_lost && !liveness.may_record(caller, every) {
         return Ok(HeartbeatResponse {
             revision: registered.mod_revision,
             leader_address: String::new(),
@@ -141,6 +109,7 @@ pub async fn heartbeat(
             .and_then(|kv| NodeStatus::decode(kv.value.as_slice()).ok());
         let was = stored.as_ref().map(NodeStatus::state);
         if !req.rejoining
+            && !marked_lost
             && instance_ops.is_empty()
             && stored.as_ref().is_some_and(|s| same_but_time(s, &status))
         {

@@ -11,7 +11,8 @@
 //!   that long ago), so every key keeps an hour of versions and no more.
 //! - **Defragmentation**: a member whose file is more than twice what it holds, and
 //!   at least [`DEFRAG_MIN_FREE`] larger, is defragmented; one member per round, so
-//!   the others keep serving.
+//!   the others keep serving, and never the leader's own member in passing (it
+//!   answers nothing meanwhile; out of space it goes last).
 //!
 //! Each member's file size and what is in use are the `kat_store_db_size_bytes` and
 //! `kat_store_db_in_use_bytes` gauges.
@@ -129,9 +130,18 @@ impl Maintainer {
             store.compact(space.revision).await?;
             self.compacted = space.revision;
             self.seen.clear();
-            for member in &space.members {
-                store.defragment(&member.name).await?;
-                round.defragmented.push(member.name.clone());
+            // Every member, the leader's own last (it answers nothing meanwhile, and
+            // a long pause may cost this leadership; the cluster takes no writes anyway).
+            // One that fails is logged; the others still get their room back.
+            let mut members: Vec<&crate::store::MemberSpace> = space.members.iter().collect();
+            members.sort_by_key(|m| m.name == leadership.node);
+            for member in members {
+                match store.defragment(&member.name).await {
+                    Ok(()) => round.defragmented.push(member.name.clone()),
+                    Err(e) => {
+                        tracing::warn!(member = %member.name, error = %e, "defragmentation failed");
+                    }
+                }
             }
             store.disarm_out_of_space().await?;
             let after = store.space().await?.unwrap_or_default();
@@ -176,11 +186,15 @@ impl Maintainer {
         }
         self.health.set(None);
         round.compacted = self.compact_due(leadership, space.revision).await?;
-        if let Some(member) = space
-            .members
-            .iter()
-            .find(|s| s.db_size - s.in_use >= self.defrag_min_free && s.db_size > 2 * s.in_use)
-        {
+        // Never the leader's own member in passing: it answers nothing while it
+        // defragments, and the leadership's lease would run out meanwhile. (A
+        // single-member cluster is thus only defragmented out of space; bbolt reuses
+        // the free pages, so its file does not grow past its high-water mark.)
+        if let Some(member) = space.members.iter().find(|s| {
+            s.name != leadership.node
+                && s.db_size - s.in_use >= self.defrag_min_free
+                && s.db_size > 2 * s.in_use
+        }) {
             tracing::info!(member = %member.name, size = member.db_size, in_use = member.in_use, "defragmenting a store member");
             store.defragment(&member.name).await?;
             round.defragmented.push(member.name.clone());

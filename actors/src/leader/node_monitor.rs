@@ -49,24 +49,32 @@ pub struct Assessment {
 }
 
 /// Decides a round: `statuses` are every node's stored status; `silent_for` how long
-/// a node has been silent; see the module docs. A node counts towards a disruption
-/// once silent for half the timeout (it has missed a heartbeat): nodes cut off
-/// together heartbeat at different moments of a tick, so they cross the timeout in
-/// different rounds, and the first must not be replaced before the others are seen.
+/// a node has been silent; see the module docs.
+///
+/// The disruption counts the nodes that were up or are held: Ready nodes silent for
+/// half the timeout or more (nodes cut off together heartbeat at different moments of
+/// a tick, so they cross the timeout in different rounds, and the first must not be
+/// replaced before the others are seen), and nodes already held as [`DISRUPTED`]
+/// whatever the leader's memory says (a new leader has heard nobody yet; a heartbeat
+/// would have made them Ready). Nodes lost earlier, and not held, count for nothing:
+/// a node dead for days does not make the next loss a disruption.
 pub fn assess(
     statuses: &[(String, NodeStatus)],
     silent_for: impl Fn(&str) -> Duration,
     timeout: Duration,
 ) -> Assessment {
+    let ready = |s: &NodeStatus| s.state() == NodeState::Ready;
+    let held = |s: &NodeStatus| !ready(s) && disrupted(s);
+    let counted = statuses.iter().filter(|(_, s)| ready(s) || held(s)).count();
     let suspect = statuses
         .iter()
-        .filter(|(name, _)| silent_for(name) >= timeout / 2)
+        .filter(|(name, s)| held(s) || (ready(s) && silent_for(name) >= timeout / 2))
         .count();
-    let disruption = suspect > 1 && suspect * 2 > statuses.len();
+    let disruption = suspect > 1 && suspect * 2 > counted;
     Assessment {
         lost: statuses
             .iter()
-            .filter(|(name, s)| s.state() == NodeState::Ready && silent_for(name) >= timeout)
+            .filter(|(name, s)| ready(s) && silent_for(name) >= timeout)
             .map(|(name, _)| name.clone())
             .collect(),
         disruption,
@@ -75,7 +83,7 @@ pub fn assess(
         } else {
             statuses
                 .iter()
-                .filter(|(_, s)| s.state() != NodeState::Ready && disrupted(s))
+                .filter(|(_, s)| held(s))
                 .map(|(name, _)| name.clone())
                 .collect()
         },
@@ -140,7 +148,14 @@ impl NodeMonitorState {
         if round.disruption && !self.in_disruption && !round.lost.is_empty() {
             let silent = statuses
                 .iter()
-                .filter(|(n, _)| live.silent_for(n) >= self.timeout / 2)
+                .filter(|(n, s)| {
+                    disrupted(s)
+                        || (s.state() == NodeState::Ready && live.silent_for(n) >= self.timeout / 2)
+                })
+                .count();
+            let counted = statuses
+                .iter()
+                .filter(|(_, s)| s.state() == NodeState::Ready || disrupted(s))
                 .count();
             // The leader reports it, a moment after the round's NodeLost events.
             first_event = Some(node_event(
@@ -148,10 +163,9 @@ impl NodeMonitorState {
                 "ClusterDisrupted",
                 EventSeverity::Warning,
                 format!(
-                    "{silent} of {} nodes went silent together; more likely this side (network, \
-                     store, clock) than the nodes: they are marked NotReady but their instances \
-                     stay until they return or fewer than half are silent",
-                    statuses.len()
+                    "{silent} of {counted} nodes went silent together; more likely this side \
+                     (network, store, clock) than the nodes: they are marked NotReady but their \
+                     instances stay until they return or no more than half are silent"
                 ),
                 now + Duration::from_nanos(1),
             ));
@@ -192,6 +206,11 @@ impl NodeMonitorState {
                     });
                 }
             };
+            // Tell the leader's memory first: a heartbeat heard from here on writes
+            // its status even if it thinks nothing changed (its compare then decides).
+            if !live.mark_lost(name, self.timeout) {
+                continue;
+            }
             let mut events = vec![event];
             let announces = first_event.is_some();
             events.extend(first_event.take());
@@ -391,6 +410,32 @@ mod tests {
         // One node alone is never a disruption, even of a cluster of one.
         let one = vec![("a".to_owned(), status(NodeState::Ready, false))];
         assert!(!assess(&one, silence(&[("a", 70)]), Duration::from_secs(60)).disruption);
+        // A new leader has heard nobody for long: the held nodes still count, so the
+        // disruption goes on rather than releasing them all at once.
+        let held = vec![
+            ("a".to_owned(), status(NodeState::NotReady, true)),
+            ("b".to_owned(), status(NodeState::NotReady, true)),
+            ("c".to_owned(), status(NodeState::Ready, false)),
+        ];
+        let round = assess(&held, silence(&[]), Duration::from_secs(60));
+        assert!(round.disruption);
+        assert!(round.released.is_empty());
+        // Nodes lost long ago (not held) do not count: one more loss of three live
+        // nodes is ordinary.
+        let old_losses = vec![
+            ("dead1".to_owned(), status(NodeState::NotReady, false)),
+            ("dead2".to_owned(), status(NodeState::NotReady, false)),
+            ("a".to_owned(), status(NodeState::Ready, false)),
+            ("b".to_owned(), status(NodeState::Ready, false)),
+            ("c".to_owned(), status(NodeState::Ready, false)),
+        ];
+        let round = assess(
+            &old_losses,
+            silence(&[("dead1", 9000), ("dead2", 9000), ("a", 70)]),
+            Duration::from_secs(60),
+        );
+        assert!(!round.disruption);
+        assert_eq!(names(&round.lost), ["a"]);
         // Back to one silent of four: the disrupted ones still down are released.
         let after = vec![
             ("a".to_owned(), status(NodeState::NotReady, true)),

@@ -76,7 +76,7 @@ pub async fn sync_events(
                 revision,
                 payload: Some(sync_event::Payload::Peers(peers)),
             };
-            if tx.send(Ok(first)).await.is_err() {
+            if !send(&tx, Ok(first), &mut replaced).await {
                 return;
             }
         }
@@ -87,23 +87,23 @@ pub async fn sync_events(
             revision: assigned_at,
             payload: Some(sync_event::Payload::Assignments(assignments)),
         };
-        if tx.send(Ok(first)).await.is_err() {
+        if !send(&tx, Ok(first), &mut replaced).await {
             return;
         }
         loop {
             let update = tokio::select! {
                 () = tx.closed() => return,
                 _ = &mut replaced => {
-                    let _ = tx
-                        .send(Err(StateError::Unavailable(
-                            "a newer sync stream of this node replaced this one".to_owned(),
-                        )))
-                        .await;
+                    // Said if there is room; a node that reads nothing learns it
+                    // when the stream closes.
+                    let _ = tx.try_send(Err(StateError::Unavailable(
+                        "a newer sync stream of this node replaced this one".to_owned(),
+                    )));
                     return;
                 }
                 event = node_watch.recv() => {
                     let Some(Ok(mut last)) = event else {
-                        let _ = tx.send(Err(ended())).await;
+                        let _ = tx.try_send(Err(ended()));
                         return;
                     };
                     // A burst of changes becomes one update.
@@ -114,7 +114,7 @@ pub async fn sync_events(
                     if let Some(key) = &caller_key
                         && let Err(e) = key_is_current(store.as_ref(), &caller, key).await
                     {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.try_send(Err(e));
                         return;
                     }
                     peers_now(store.as_ref(), &caller).await.map(|(peers, revision)| {
@@ -126,7 +126,7 @@ pub async fn sync_events(
                 }
                 event = instance_watch.recv() => {
                     let Some(Ok(first)) = event else {
-                        let _ = tx.send(Err(ended())).await;
+                        let _ = tx.try_send(Err(ended()));
                         return;
                     };
                     let mut burst = vec![first];
@@ -156,12 +156,25 @@ pub async fn sync_events(
                 Err(e) => Err(e),
             };
             let failed = update.is_err();
-            if tx.send(update).await.is_err() || failed {
+            if !send(&tx, update, &mut replaced).await || failed {
                 return;
             }
         }
     });
     Ok(rx)
+}
+
+/// Sends `item` on the stream; false (the stream is over) when the node went, or a
+/// newer stream replaced this one while the node was not reading.
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<StateResult<SyncEvent>>,
+    item: StateResult<SyncEvent>,
+    replaced: &mut tokio::sync::oneshot::Receiver<()>,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(item) => sent.is_ok(),
+        _ = replaced => false,
+    }
 }
 
 /// Forgets a node's stream when its task ends, however it ends.

@@ -34,6 +34,8 @@ struct Heard {
     /// `refilled`.
     tokens: f64,
     refilled: Instant,
+    /// The node monitor is marking it lost: the next heartbeat must write.
+    marked_lost: bool,
 }
 
 /// Heartbeats a node may have recorded in a burst ([`Liveness::may_record`]).
@@ -59,14 +61,18 @@ impl Liveness {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Node `node` was heard now (`wall` is the wall clock's reading of it).
-    pub fn heard(&self, node: &str, wall: SystemTime) {
+    /// Node `node` was heard now (`wall` is the wall clock's reading of it). Returns
+    /// whether the node monitor had begun to mark it lost ([`Liveness::mark_lost`]):
+    /// then its status must be written, even if the heartbeat changes nothing.
+    pub fn heard(&self, node: &str, wall: SystemTime) -> bool {
         let mut t = self.table();
         let at = Instant::now();
+        let since = t.since;
         match t.heard.get_mut(node) {
             Some(h) => {
                 h.at = at;
                 h.wall = wall;
+                std::mem::take(&mut h.marked_lost)
             }
             None => {
                 t.heard.insert(
@@ -76,9 +82,29 @@ impl Liveness {
                         wall,
                         tokens: RECORD_BURST,
                         refilled: at,
+                        marked_lost: false,
                     },
                 );
+                // Never heard this term: it may have been marked lost from `since`.
+                at.saturating_duration_since(since) > Duration::ZERO
             }
+        }
+    }
+
+    /// The node monitor is about to mark `node` lost: true (and noted) when it is
+    /// still silent for `timeout`, checked under the same lock `heard` takes, so a
+    /// heartbeat either came first (false: nothing to mark) or comes after and writes.
+    pub fn mark_lost(&self, node: &str, timeout: Duration) -> bool {
+        let mut t = self.table();
+        let now = Instant::now();
+        let since = t.since;
+        match t.heard.get_mut(node) {
+            Some(h) if now.saturating_duration_since(h.at) < timeout => false,
+            Some(h) => {
+                h.marked_lost = true;
+                true
+            }
+            None => now.saturating_duration_since(since) >= timeout,
         }
     }
 
@@ -152,6 +178,23 @@ mod tests {
         assert_eq!(live.silent_for("n2"), Duration::from_secs(37));
         live.forget("n1");
         assert_eq!(live.silent_for("n1"), Duration::from_secs(37));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_after_the_monitor_began_to_mark_its_node_lost_must_write() {
+        let live = Liveness::new();
+        let timeout = Duration::from_secs(20);
+        live.heard("n1", SystemTime::UNIX_EPOCH);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!live.mark_lost("n1", timeout), "heard 5 s ago: not lost");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(live.mark_lost("n1", timeout));
+        // The heartbeat that lands now is told to write, once.
+        assert!(live.heard("n1", SystemTime::UNIX_EPOCH));
+        assert!(!live.heard("n1", SystemTime::UNIX_EPOCH));
+        // A node never heard this term is lost a timeout after the term began.
+        assert!(live.mark_lost("n2", timeout));
+        assert!(live.heard("n2", SystemTime::UNIX_EPOCH));
     }
 
     #[tokio::test(start_paused = true)]

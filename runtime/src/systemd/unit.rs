@@ -138,8 +138,9 @@ pub fn render_unit(
     ];
     let (restart, limits) = match opts.restart {
         // Always means always: no start limit (systemd's default gives up after 5
-        // starts in 10 s). systemd 254 and later back off from 1 s to 5 min between
-        // restarts; older ones ignore RestartSteps (with a log line) and wait 1 s.
+        // starts in 10 s). A restart waits RestartSec, 1 s. (systemd 254's
+        // RestartSteps would back off, but never resets after a good run: an
+        // instance that crashes once a day would soon wait minutes every time.)
         RestartPolicy::Always => ("always", "StartLimitIntervalSec=0\n".to_owned()),
         RestartPolicy::Never => ("no", String::new()),
         // The first start counts against the burst: max_restarts restarts need one more.
@@ -173,18 +174,12 @@ pub fn render_unit(
          {cleanup}\
          Restart={restart}\n\
          RestartSec=1\n\
-         {backoff}\
          TimeoutStartSec={start_timeout}\n\
          TimeoutStopSec={timeout}\n\
          KillMode=mixed\n",
         ns = opts.namespace,
         wl = opts.workload,
         id = opts.instance_id,
-        backoff = if matches!(opts.restart, RestartPolicy::Always) {
-            "RestartSteps=8\nRestartMaxDelaySec=300\n"
-        } else {
-            ""
-        },
         start = exec_line(podman, &run),
         stop = exec_line(podman, &stop),
         cleanup = if run_once {
@@ -264,10 +259,9 @@ mod tests {
         assert_eq!(line("KillMode="), "KillMode=mixed");
         assert_eq!(line("Restart="), "Restart=always");
         assert!(!unit.contains("StartLimitBurst"));
-        // Always never gives up, and backs off where systemd can.
+        // Always never gives up.
         assert!(unit.contains("\nStartLimitIntervalSec=0\n"));
         assert!(unit.find("StartLimitIntervalSec").unwrap() < unit.find("[Service]").unwrap());
-        assert_eq!(line("RestartMaxDelaySec="), "RestartMaxDelaySec=300");
     }
 
     #[test]

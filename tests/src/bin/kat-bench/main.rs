@@ -799,7 +799,21 @@ async fn heartbeater(
 async fn heartbeats(agent: &Path, n: usize, seconds: u64, tick: Option<u32>) {
     let leader = Leader::start_ticking(agent, tick).await;
     let etcd = leader.etcd_pid();
+    let store = leader.etcd().await;
+    let db = |s: &kat_actors::store::StoreSpace| s.members.first().map_or(0, |m| m.db_size);
+    let space = store.space().await.unwrap().unwrap();
+    println!(
+        "etcd before the joins    revision {}, db {:.0} KiB",
+        space.revision,
+        db(&space) as f64 / 1024.0
+    );
     let nodes = join_nodes(&leader, n).await;
+    let space = store.space().await.unwrap().unwrap();
+    println!(
+        "etcd after the joins     revision {}, db {:.0} KiB",
+        space.revision,
+        db(&space) as f64 / 1024.0
+    );
     let tick = leader.tick;
     let start = Instant::now() + Duration::from_millis(500);
     let sim = Heartbeaters::spawn(&leader, &nodes, start);
@@ -809,7 +823,6 @@ async fn heartbeats(agent: &Path, n: usize, seconds: u64, tick: Option<u32>) {
     sim.stops.set(vec![t1; n]).unwrap();
     tokio::time::sleep_until(tokio::time::Instant::from_std(t0)).await;
     let me = std::process::id();
-    let store = leader.etcd().await;
     let space0 = store.space().await.unwrap().unwrap();
     let ((rss0, cpu0), (etcd_rss0, etcd_cpu0), (_, me0)) =
         (usage(leader.pid()), usage(etcd), usage(me));
@@ -827,6 +840,13 @@ async fn heartbeats(agent: &Path, n: usize, seconds: u64, tick: Option<u32>) {
     let ((rss1, cpu1), (etcd_rss1, etcd_cpu1), (me_rss, me1)) =
         (usage(leader.pid()), usage(etcd), usage(me));
     let space1 = store.space().await.unwrap().unwrap();
+    // What was written in the window, by key prefix (the first three segments).
+    let (kvs, _) = store.list("/kat/").await.unwrap();
+    let mut written: std::collections::BTreeMap<String, usize> = Default::default();
+    for kv in kvs.iter().filter(|kv| kv.mod_revision > space0.revision) {
+        let prefix: Vec<&str> = kv.key.split('/').take(4).collect();
+        *written.entry(prefix.join("/")).or_default() += 1;
+    }
     let log = sim.finish().await;
 
     let mut users = leader.user_api();
@@ -889,16 +909,16 @@ async fn heartbeats(agent: &Path, n: usize, seconds: u64, tick: Option<u32>) {
         );
     }
     println!("Ready sim nodes at end   {ready} of {n}");
-    let db = |s: &kat_actors::store::StoreSpace| s.members.first().map_or(0, |m| m.db_size);
     println!(
         "etcd revisions           {} in the window ({:.4} per heartbeat; writing each would be 1)",
         space1.revision - space0.revision,
         (space1.revision - space0.revision) as f64 / in_window.len().max(1) as f64
     );
+    println!("keys written in window   {written:?}");
     println!(
-        "etcd db size             {:.1} MiB at start, {:.1} MiB at end",
-        mib(db(&space0) as u64),
-        mib(db(&space1) as u64)
+        "etcd db size             {:.0} KiB at start, {:.0} KiB at end",
+        db(&space0) as f64 / 1024.0,
+        db(&space1) as f64 / 1024.0
     );
     println!("leader open files        {leader_fds} (max during the window)");
     println!(
