@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -712,6 +713,17 @@ pub struct RootlessHost {
     hosts: Mutex<HashMap<String, SystemdHost>>,
     /// The comment of each user in `hosts`: whose it is ([`check_owner`]).
     owners: Mutex<HashMap<String, String>>,
+    /// Per workload user, what makes its host and what prepares its instances one at
+    /// a time: the replicas of a new workload arrive together, and each would
+    /// otherwise start a manager of its own and copy the image into the same storage.
+    gates: std::sync::Mutex<HashMap<String, Arc<UserGates>>>,
+}
+
+/// See `RootlessHost::gates`.
+#[derive(Debug, Default)]
+struct UserGates {
+    making: Mutex<()>,
+    preparing: Mutex<()>,
 }
 
 impl RootlessHost {
@@ -723,7 +735,17 @@ impl RootlessHost {
             stop_timeout: Duration::from_secs(10),
             hosts: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
+            gates: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    fn gates(&self, name: &str) -> Arc<UserGates> {
+        self.gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// The host of workload user `name`: the user (made if `make`), its manager
@@ -736,13 +758,14 @@ impl RootlessHost {
         owner: Option<(&str, &str)>,
         make: bool,
     ) -> Result<SystemdHost, RuntimeError> {
-        if let Some(h) = self.hosts.lock().await.get(name) {
-            // A cached host is checked like a new one: whose the user is.
-            if let Some((ns, wl)) = owner {
-                let comment = self.owners.lock().await.get(name).cloned();
-                comment_allows(name, comment.as_deref().unwrap_or(LEGACY_COMMENT), ns, wl)?;
-            }
-            return Ok(h.clone());
+        if let Some(h) = self.cached(name, owner).await? {
+            return Ok(h);
+        }
+        // One maker per user; whoever waited finds the host made.
+        let gates = self.gates(name);
+        let _making = gates.making.lock().await;
+        if let Some(h) = self.cached(name, owner).await? {
+            return Ok(h);
         }
         let user = if make {
             let comment =
@@ -786,6 +809,22 @@ impl RootlessHost {
             .await
             .insert(name.to_owned(), host.clone());
         Ok(host)
+    }
+
+    /// The host already made for user `name`, checked like a new one: whose it is.
+    async fn cached(
+        &self,
+        name: &str,
+        owner: Option<(&str, &str)>,
+    ) -> Result<Option<SystemdHost>, RuntimeError> {
+        let Some(h) = self.hosts.lock().await.get(name).cloned() else {
+            return Ok(None);
+        };
+        if let Some((ns, wl)) = owner {
+            let comment = self.owners.lock().await.get(name).cloned();
+            comment_allows(name, comment.as_deref().unwrap_or(LEGACY_COMMENT), ns, wl)?;
+        }
+        Ok(Some(h))
     }
 
     /// The host of an instance's workload user, which exists already.
@@ -862,7 +901,13 @@ impl InstanceHost for RootlessHost {
         let (ns, wl) = (&desired.opts.namespace, &desired.opts.workload);
         let user = workload_user(ns, wl);
         let r = match self.host(&user, Some((ns, wl)), true).await {
-            Ok(h) => h.prepare(desired).await,
+            Ok(h) => {
+                // One at a time per user: the first copies the image into the
+                // user's storage, the others then find it there.
+                let gates = self.gates(&user);
+                let _preparing = gates.preparing.lock().await;
+                h.prepare(desired).await
+            }
             Err(e) => Err(e),
         };
         self.forget(&user, r).await

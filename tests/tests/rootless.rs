@@ -307,3 +307,78 @@ async fn a_workload_user_made_by_many_at_once_is_whole() {
     let storage = std::fs::metadata(users[0].home.join(".config/containers/storage.conf")).unwrap();
     assert_eq!(storage.uid(), users[0].uid);
 }
+
+/// Processes of `uid` named `comm`.
+fn processes_of(uid: u32, comm: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:\t"));
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:\t"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        if name == Some(comm) && real == Some(uid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The replicas of a new workload arrive together: one user, one manager, one copy
+/// of the image, and every instance prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_replicas_of_a_new_workload_prepared_at_once_share_one_manager() {
+    let Some(podman_bin) = podman_with_busybox() else {
+        return;
+    };
+    if find_program("useradd").is_none() || find_program("setsid").is_none() {
+        eprintln!("SKIPPED: useradd or setsid is not installed");
+        return;
+    }
+    let workload = format!("rp{}", std::process::id());
+    let name = workload_user("test", &workload);
+    let _cleanup = WorkloadUserCleanup(name.clone());
+    let base = tempfile::tempdir().unwrap();
+    let host = std::sync::Arc::new(RootlessHost::new(
+        podman_bin.clone(),
+        Box::new(AgentStarted {
+            base: base.path().to_path_buf(),
+            tag: "test".to_owned(),
+        }),
+    ));
+    let mut prepares = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let host = host.clone();
+        let x = DesiredInstance {
+            opts: busybox_instance("test", &workload, &format!("p{i}"), RestartPolicy::Always),
+            health: None,
+            ensure: Vec::new(),
+        };
+        prepares.spawn(async move { host.prepare(&x).await });
+    }
+    let mut failed = Vec::new();
+    while let Some(done) = prepares.join_next().await {
+        if let Err(e) = done.unwrap() {
+            failed.push(e.to_string());
+        }
+    }
+    if failed.iter().any(|e| e.contains("subordinate")) {
+        eprintln!("SKIPPED: {failed:?}");
+        return;
+    }
+    assert!(failed.is_empty(), "{failed:?}");
+    let user = lookup_user(&name)
+        .await
+        .unwrap()
+        .expect("the user was made");
+    let managers = processes_of(user.uid, "systemd");
+    assert_eq!(managers.len(), 1, "one manager for the user: {managers:?}");
+    host.remove_workload("test", &workload).await.unwrap();
+}
