@@ -341,3 +341,62 @@ fn a_node_joins_through_the_api_that_init_serves() {
     agent.signal(Signal::SIGTERM);
     assert!(agent.child.wait().unwrap().success());
 }
+
+#[test]
+fn run_starts_the_node_on_the_runtime_it_was_made_with_unless_told_otherwise() {
+    if find_program("etcd").is_none() {
+        eprintln!("SKIPPED: etcd is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file(dir.path());
+    let state = dir.path().join("state");
+    let state_str = state.to_str().unwrap();
+    let runtime_of = |agent: &mut Agent| {
+        agent.wait_for("container runtime ready", 1, Duration::from_secs(30))["fields"]["runtime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut agent = Agent::start(
+        &[
+            "init",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state_str,
+            "--node-name",
+            "n1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--runtime",
+            "fake",
+        ],
+        &dir.path().join("init.log"),
+    );
+    assert_eq!(runtime_of(&mut agent), "Fake");
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.child.wait().unwrap().success());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let kept = std::fs::metadata(state.join("runtime.json")).unwrap();
+        assert_eq!(kept.permissions().mode() & 0o777, 0o600);
+    }
+    // `run` without flags: the fake runtime again, not rootless Podman.
+    let mut again = Agent::start(
+        &["run", "--state-dir", state_str],
+        &dir.path().join("run.log"),
+    );
+    assert_eq!(runtime_of(&mut again), "Fake");
+    again.signal(Signal::SIGTERM);
+    assert!(again.child.wait().unwrap().success());
+    // A damaged file is refused, naming it, before anything starts.
+    std::fs::write(state.join("runtime.json"), "{\"runtime\": \"docker\"}").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args(["run", "--state-dir", state_str])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("runtime.json"), "{said}");
+}

@@ -101,18 +101,56 @@ enum ManagersKind {
     Agent,
 }
 
-impl NodeOptions {
-    fn runtime_choice(&self) -> agent::RuntimeChoice {
-        match self.runtime {
+/// How a node runs its instances, as `init`/`join` were told and `run` reuses
+/// (`DIR/runtime.json`): a node started with `--runtime fake` must not come back on
+/// real Podman (and make host users) because `run` was given no flags.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct RuntimeSettings {
+    runtime: String,
+    systemd_bus: String,
+    unit_dir: PathBuf,
+    runtime_mode: String,
+    user_managers: String,
+    instance_network: Option<String>,
+}
+
+/// Where [`RuntimeSettings`] are kept in the state directory.
+const RUNTIME_FILE: &str = "runtime.json";
+
+fn value_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+fn parse_value<T: clap::ValueEnum>(
+    file: &std::path::Path,
+    field: &str,
+    text: &str,
+) -> anyhow::Result<T> {
+    T::from_str(text, false)
+        .map_err(|_| anyhow::anyhow!("{}: {field}: {text:?} is not a known value", file.display()))
+}
+
+impl RuntimeSettings {
+    fn choice(&self) -> agent::RuntimeChoice {
+        // Parsed from what this program wrote (or refused when loaded).
+        let runtime = <RuntimeKind as clap::ValueEnum>::from_str(&self.runtime, false)
+            .unwrap_or(RuntimeKind::Podman);
+        let mode = <ModeKind as clap::ValueEnum>::from_str(&self.runtime_mode, false)
+            .unwrap_or(ModeKind::Rootless);
+        let managers = <ManagersKind as clap::ValueEnum>::from_str(&self.user_managers, false)
+            .unwrap_or(ManagersKind::Auto);
+        match runtime {
             RuntimeKind::Fake => agent::RuntimeChoice::Fake,
             RuntimeKind::Podman => agent::RuntimeChoice::Podman {
                 bus: self.systemd_bus.clone(),
                 unit_dir: self.unit_dir.clone(),
                 podman: None,
                 network: self.instance_network.clone(),
-                mode: match self.runtime_mode {
+                mode: match mode {
                     ModeKind::Rootful => agent::RuntimeMode::Rootful,
-                    ModeKind::Rootless => agent::RuntimeMode::Rootless(match self.user_managers {
+                    ModeKind::Rootless => agent::RuntimeMode::Rootless(match managers {
                         ManagersKind::Auto => agent::UserManagerChoice::Auto,
                         ManagersKind::Logind => agent::UserManagerChoice::Logind,
                         ManagersKind::Agent => agent::UserManagerChoice::Agent,
@@ -120,6 +158,100 @@ impl NodeOptions {
                 },
             },
         }
+    }
+
+    /// What `DIR/runtime.json` says; `None` for a node made before it was kept.
+    fn load(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
+        let file = dir.join(RUNTIME_FILE);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(anyhow::Error::from(e).context(file.display().to_string())),
+        };
+        let saved: Self = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not the runtime settings kat-agent writes",
+                file.display()
+            )
+        })?;
+        parse_value::<RuntimeKind>(&file, "runtime", &saved.runtime)?;
+        parse_value::<ModeKind>(&file, "runtime_mode", &saved.runtime_mode)?;
+        parse_value::<ManagersKind>(&file, "user_managers", &saved.user_managers)?;
+        Ok(Some(saved))
+    }
+
+    fn save(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = dir.join(RUNTIME_FILE);
+        let partial = dir.join(format!("{RUNTIME_FILE}.new"));
+        let text = serde_json::to_string_pretty(self)?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .with_context(|| partial.display().to_string())?;
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&partial, &file).with_context(|| file.display().to_string())?;
+        Ok(())
+    }
+}
+
+impl NodeOptions {
+    /// The settings these flags say.
+    fn settings(&self) -> RuntimeSettings {
+        RuntimeSettings {
+            runtime: value_name(&self.runtime),
+            systemd_bus: self.systemd_bus.clone(),
+            unit_dir: self.unit_dir.clone(),
+            runtime_mode: value_name(&self.runtime_mode),
+            user_managers: value_name(&self.user_managers),
+            instance_network: self.instance_network.clone(),
+        }
+    }
+
+    /// `run`'s settings: the node's kept ones, with each flag given on the command line
+    /// (or by its environment variable) in place of what was kept.
+    fn settings_for_run(
+        &self,
+        matches: Option<&clap::ArgMatches>,
+        kept: Option<RuntimeSettings>,
+    ) -> RuntimeSettings {
+        let given = self.settings();
+        let Some(mut kept) = kept else { return given };
+        let said = |id: &str| {
+            matches.is_some_and(|m| {
+                matches!(
+                    m.value_source(id),
+                    Some(
+                        clap::parser::ValueSource::CommandLine
+                            | clap::parser::ValueSource::EnvVariable
+                    )
+                )
+            })
+        };
+        if said("runtime") {
+            kept.runtime = given.runtime;
+        }
+        if said("systemd_bus") {
+            kept.systemd_bus = given.systemd_bus;
+        }
+        if said("unit_dir") {
+            kept.unit_dir = given.unit_dir;
+        }
+        if said("runtime_mode") {
+            kept.runtime_mode = given.runtime_mode;
+        }
+        if said("user_managers") {
+            kept.user_managers = given.user_managers;
+        }
+        if said("instance_network") {
+            kept.instance_network = given.instance_network;
+        }
+        kept
     }
 }
 
@@ -154,6 +286,10 @@ enum Command {
         node: NodeOptions,
     },
     /// Restart an initialised node from its state directory (what the systemd unit runs).
+    ///
+    /// The node runs its instances as init or join set it up (DIR/runtime.json:
+    /// --runtime, --runtime-mode, --instance-network, ...); a runtime flag given here
+    /// changes that setting, and is kept for the next run.
     Run {
         #[command(flatten)]
         node: NodeOptions,
@@ -192,7 +328,12 @@ fn join_token(given: Option<String>, file: Option<&std::path::Path>) -> anyhow::
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging(cli.log_format, cli.log_level.as_deref());
     match cli.command {
         Command::Version => {
@@ -200,7 +341,6 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man => {
-            use clap::CommandFactory;
             print!(
                 "{}",
                 kat_cli::man::render(
@@ -229,7 +369,7 @@ fn main() -> ExitCode {
                 };
                 agent::prepare_init(&opts).map_err(anyhow::Error::from)
             });
-            serve(result, node.runtime_choice())
+            serve(result, node.settings())
         }
         Command::Run { node } => {
             // Only control-plane members need etcd.
@@ -237,13 +377,18 @@ fn main() -> ExitCode {
             let bin = etcd
                 .as_ref()
                 .map_or_else(|_| PathBuf::from("etcd"), Clone::clone);
+            let kept = match RuntimeSettings::load(&node.state.state_dir) {
+                Ok(kept) => kept,
+                Err(e) => return fail(&e),
+            };
+            let settings = node.settings_for_run(matches.subcommand_matches("run"), kept);
             let result = agent::prepare_run(&node.state.state_dir, &bin)
                 .map_err(anyhow::Error::from)
                 .and_then(|prepared| match etcd {
                     Err(e) if prepared.control_plane.is_some() => Err(e),
                     _ => Ok(prepared),
                 });
-            serve(result, node.runtime_choice())
+            serve(result, settings)
         }
         Command::EtcdEnv { state } => match agent::etcd_env(&state.state_dir) {
             Ok(lines) => {
@@ -283,8 +428,8 @@ fn main() -> ExitCode {
                 advertise_address: node.advertise_address,
                 etcd_bin,
             };
-            let choice = node.runtime_choice();
-            serve_after(choice, move || async move { agent::join(&opts).await })
+            let settings = node.settings();
+            serve_after(settings, move || async move { agent::join(&opts).await })
         }
     }
 }
@@ -314,19 +459,20 @@ fn etcd_binary(flag: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs a prepared node until SIGTERM or SIGINT; exits non-zero if its tree fails.
-fn serve(prepared: anyhow::Result<agent::PreparedNode>, runtime: agent::RuntimeChoice) -> ExitCode {
+fn serve(prepared: anyhow::Result<agent::PreparedNode>, settings: RuntimeSettings) -> ExitCode {
     match prepared {
-        Ok(node) => serve_after(runtime, move || async move { Ok(node) }),
+        Ok(node) => serve_after(settings, move || async move { Ok(node) }),
         Err(e) => fail(&e),
     }
 }
 
 /// Prepares the node inside the async runtime (joining needs the network), then runs it.
-fn serve_after<F, Fut>(runtime_choice: agent::RuntimeChoice, prepare: F) -> ExitCode
+fn serve_after<F, Fut>(settings: RuntimeSettings, prepare: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<agent::PreparedNode, agent::AgentError>>,
 {
+    let runtime_choice = settings.choice();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -338,6 +484,10 @@ where
         Ok(node) => node,
         Err(e) => return fail(&anyhow::Error::from(e)),
     };
+    // `kat-agent run` starts the node the same way again.
+    if let Err(e) = settings.save(&node.state_dir) {
+        return fail(&e);
+    }
     runtime.block_on(agent::attach_runtime(&mut node, &runtime_choice));
     let outcome = runtime.block_on(async {
         tracing::info!(
@@ -367,5 +517,44 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    fn run_with(args: &[&str], kept: Option<RuntimeSettings>) -> RuntimeSettings {
+        let matches = Cli::command()
+            .try_get_matches_from(["kat-agent", "run", "--state-dir", "/x"].iter().chain(args))
+            .unwrap();
+        let Command::Run { node } = Cli::from_arg_matches(&matches).unwrap().command else {
+            panic!("not run");
+        };
+        node.settings_for_run(matches.subcommand_matches("run"), kept)
+    }
+
+    #[test]
+    fn run_keeps_the_kept_settings_and_takes_only_the_flags_given() {
+        let kept = RuntimeSettings {
+            runtime: "podman".to_owned(),
+            systemd_bus: "unix:path=/kept".to_owned(),
+            unit_dir: PathBuf::from("/kept/units"),
+            runtime_mode: "rootful".to_owned(),
+            user_managers: "agent".to_owned(),
+            instance_network: Some("none".to_owned()),
+        };
+        assert_eq!(run_with(&[], Some(kept.clone())), kept, "no flags: as kept");
+        let changed = run_with(&["--instance-network", "kat"], Some(kept.clone()));
+        assert_eq!(changed.instance_network.as_deref(), Some("kat"));
+        assert_eq!(changed.runtime_mode, "rootful", "the rest as kept");
+        // A node made before settings were kept: the flags and their defaults.
+        let fresh = run_with(&["--runtime", "fake"], None);
+        assert_eq!(
+            (fresh.runtime.as_str(), fresh.runtime_mode.as_str()),
+            ("fake", "rootless")
+        );
     }
 }
