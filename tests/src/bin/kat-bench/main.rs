@@ -840,11 +840,11 @@ async fn heartbeats(agent: &Path, n: usize, seconds: u64, tick: Option<u32>) {
     let ((rss1, cpu1), (etcd_rss1, etcd_cpu1), (me_rss, me1)) =
         (usage(leader.pid()), usage(etcd), usage(me));
     let space1 = store.space().await.unwrap().unwrap();
-    // What was written in the window, by key prefix (the first three segments).
+    // What was written in the window, by key prefix (`/kat/<kind>`).
     let (kvs, _) = store.list("/kat/").await.unwrap();
     let mut written: std::collections::BTreeMap<String, usize> = Default::default();
     for kv in kvs.iter().filter(|kv| kv.mod_revision > space0.revision) {
-        let prefix: Vec<&str> = kv.key.split('/').take(4).collect();
+        let prefix: Vec<&str> = kv.key.split('/').take(3).collect();
         *written.entry(prefix.join("/")).or_default() += 1;
     }
     let log = sim.finish().await;
