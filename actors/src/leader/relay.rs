@@ -142,6 +142,10 @@ pub async fn exec(ctx: &LeaderContext, req: ExecRequest) -> StateResult<ExecResp
         .map_err(from_agent(&instance.node, &addr))
 }
 
+/// How long the leader waits for one node's purge: the node's own wait for the
+/// workload's instances to go, and 15 s for the call.
+pub const PURGE_CALL_WAIT: Duration = Duration::from_secs(PURGE_WAIT.as_secs() + 15);
+
 /// Removes a deleted workload's simpleClusterStorage on every node, each node's
 /// agent once that node has retired the workload's instances. Nodes that are not
 /// Ready, or do not answer, keep their copy; they are named in the second list.
@@ -174,7 +178,7 @@ pub async fn purge_volumes(
         };
         calls.spawn(async move {
             let result = async {
-                let wait = PURGE_WAIT + Duration::from_secs(15);
+                let wait = PURGE_CALL_WAIT;
                 let (mut client, addr) = node_client(&ctx, &name, wait).await?;
                 client
                     .purge_volumes(request)

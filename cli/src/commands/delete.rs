@@ -7,7 +7,12 @@ use clap::Subcommand;
 use kat_proto::v1alpha1 as api;
 
 use super::GlobalArgs;
-use crate::remote::{Client, CmdError, CmdResult, remote};
+use crate::remote::{Client, CmdError, CmdResult, remote, remote_with};
+
+/// How long `delete workload --purge-volumes` waits for the leader's answer: the leader
+/// gives each node 30 s to retire the instances and 15 s more for the call
+/// (`leader::relay::PURGE_CALL_WAIT`), all nodes at once.
+pub const PURGE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Delete a workload, namespace or node.
 #[derive(Debug, Subcommand)]
@@ -32,12 +37,21 @@ pub enum DeleteCommand {
 pub fn run(command: DeleteCommand, globals: &GlobalArgs) -> ExitCode {
     let source = globals.config_source();
     match command {
+        // A purge waits on every node for the workload's instances to go (up to
+        // 30 s there, plus the call): more than a plain call's 10 s.
         DeleteCommand::Workload {
             name,
             purge_volumes,
-        } => remote(&source, "delete", |client| {
-            delete_workload(client, globals.namespace(), name.clone(), purge_volumes)
-        }),
+        } => remote_with(
+            &source,
+            "delete",
+            if purge_volumes {
+                PURGE_CALL_TIMEOUT
+            } else {
+                kat_actors::client::CALL_TIMEOUT
+            },
+            |client| delete_workload(client, globals.namespace(), name.clone(), purge_volumes),
+        ),
         DeleteCommand::Namespace { name, cascade } => remote(&source, "delete", |client| {
             delete_namespace(client, name.clone(), cascade)
         }),
@@ -104,4 +118,18 @@ async fn delete_node(mut client: Client, name: String) -> CmdResult {
         .map_err(CmdError::from)?;
     println!("node {name} removed from the cluster");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_is_waited_for_as_long_as_the_leader_may_take() {
+        let leader_takes = kat_actors::leader::relay::PURGE_CALL_WAIT;
+        assert!(
+            PURGE_CALL_TIMEOUT > leader_takes,
+            "{PURGE_CALL_TIMEOUT:?} <= {leader_takes:?}"
+        );
+    }
 }
