@@ -93,6 +93,41 @@ impl AgentApiService {
     }
 }
 
+/// Passes a container's log lines on as chunks until they end or the reader goes —
+/// noticed at once, not at the next line a quiet container may never print, so a
+/// `katcall logs -f` that is gone leaves no `podman logs --follow` behind (the
+/// runtime ends it when `lines` is dropped).
+async fn relay_lines(
+    mut lines: kat_runtime::LogReceiver,
+    tx: tokio::sync::mpsc::Sender<Result<LogChunk, Status>>,
+) {
+    loop {
+        let line = tokio::select! {
+            () = tx.closed() => return,
+            line = lines.recv() => line,
+        };
+        let Some(line) = line else { return };
+        let chunk = line
+            .map(|l| {
+                let mut data = l.line;
+                data.push(b'\n');
+                LogChunk {
+                    stream: match l.stream {
+                        LogStream::Stdout => ChunkStream::Stdout,
+                        LogStream::Stderr => ChunkStream::Stderr,
+                    }
+                    .into(),
+                    data,
+                    time: Some(kat_proto::timestamp(std::time::SystemTime::now())),
+                }
+            })
+            .map_err(runtime_status);
+        if tx.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
 fn runtime_status(e: RuntimeError) -> Status {
     match e {
         RuntimeError::NotFound(what) => Status::not_found(format!(
@@ -125,34 +160,13 @@ impl AgentApi for AgentApiService {
             since: (req.since_seconds > 0).then(|| Duration::from_secs(req.since_seconds.into())),
             tail: (req.tail > 0).then_some(req.tail),
         };
-        let mut lines = self
+        let lines = self
             .host
             .logs(&desired, &opts)
             .await
             .map_err(runtime_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Some(line) = lines.recv().await {
-                let chunk = line
-                    .map(|l| {
-                        let mut data = l.line;
-                        data.push(b'\n');
-                        LogChunk {
-                            stream: match l.stream {
-                                LogStream::Stdout => ChunkStream::Stdout,
-                                LogStream::Stderr => ChunkStream::Stderr,
-                            }
-                            .into(),
-                            data,
-                            time: Some(kat_proto::timestamp(std::time::SystemTime::now())),
-                        }
-                    })
-                    .map_err(runtime_status);
-                if tx.send(chunk).await.is_err() {
-                    break; // the reader went away: stop following
-                }
-            }
-        });
+        tokio::spawn(relay_lines(lines, tx));
         Ok(Response::new(Box::pin(
             tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -395,5 +409,35 @@ impl Actor for AgentApiServer {
     ) -> Result<(), ActorProcessingErr> {
         state.server.stop().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kat_runtime::LogLine;
+
+    #[tokio::test]
+    async fn a_reader_that_goes_ends_the_relay_of_a_quiet_container_at_once() {
+        let (lines_tx, lines) = tokio::sync::mpsc::channel(4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let relay = tokio::spawn(relay_lines(lines, tx));
+        lines_tx
+            .send(Ok(LogLine {
+                stream: LogStream::Stdout,
+                line: b"hello".to_vec(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap().unwrap().data, b"hello\n");
+        // The container prints nothing more; the reader goes.
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .expect("the relay ended without another line")
+            .unwrap();
+        // And the runtime's side sees it: its follower stops.
+        assert!(lines_tx.is_closed());
     }
 }
