@@ -258,10 +258,15 @@ fn init_refuses_bad_input_without_touching_the_state_dir() {
 
 /// A temp dir with a cluster file, and `kat-agent init` of node n1 on 127.0.0.1 in it.
 fn init_node1() -> (tempfile::TempDir, PathBuf, PathBuf, Agent) {
+    init_node1_with(&[])
+}
+
+/// [`init_node1`] with `extra` arguments to init.
+fn init_node1_with(extra: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf, Agent) {
     let dir = tempfile::tempdir().unwrap();
     let config = cluster_file(dir.path());
     let state = dir.path().join("state");
-    let args = [
+    let mut args = vec![
         "init",
         "--config",
         config.to_str().unwrap(),
@@ -272,6 +277,7 @@ fn init_node1() -> (tempfile::TempDir, PathBuf, PathBuf, Agent) {
         "--advertise-address",
         "127.0.0.1",
     ];
+    args.extend_from_slice(extra);
     let agent = Agent::start(&args, &dir.path().join("agent.log"));
     (dir, config, state, agent)
 }
@@ -348,9 +354,7 @@ fn run_starts_the_node_on_the_runtime_it_was_made_with_unless_told_otherwise() {
         eprintln!("SKIPPED: etcd is not installed");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = cluster_file(dir.path());
-    let state = dir.path().join("state");
+    let (dir, _config, state, mut agent) = init_node1_with(&["--runtime", "fake"]);
     let state_str = state.to_str().unwrap();
     let runtime_of = |agent: &mut Agent| {
         agent.wait_for("container runtime ready", 1, Duration::from_secs(30))["fields"]["runtime"]
@@ -358,22 +362,6 @@ fn run_starts_the_node_on_the_runtime_it_was_made_with_unless_told_otherwise() {
             .unwrap_or_default()
             .to_owned()
     };
-    let mut agent = Agent::start(
-        &[
-            "init",
-            "--config",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state_str,
-            "--node-name",
-            "n1",
-            "--advertise-address",
-            "127.0.0.1",
-            "--runtime",
-            "fake",
-        ],
-        &dir.path().join("init.log"),
-    );
     assert_eq!(runtime_of(&mut agent), "Fake");
     agent.signal(Signal::SIGTERM);
     assert!(agent.child.wait().unwrap().success());

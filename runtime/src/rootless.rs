@@ -962,6 +962,13 @@ impl InstanceHost for RootlessHost {
         let name = workload_user(namespace, workload);
         let _lock = users_lock().await?;
         self.hosts.lock().await.remove(&name);
+        self.owners.lock().await.remove(&name);
+        // The user is gone: so are its gates (a map that would otherwise keep every
+        // workload this agent ever ran).
+        self.gates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&name);
         let Some(user) = lookup_user(&name).await? else {
             // Gone already (another agent on this host removed it): this agent's
             // manager of it went with its processes; its runtime directory goes now.

@@ -1077,11 +1077,37 @@ async fn what_a_node_says_about_itself_at_join_is_checked() {
     assert!(!leader.registered("w1").await);
 }
 
+/// Renews w1's certificate through `link` at `target`: a link presenting the new one
+/// (its files in the returned directory).
+async fn renew_w1(
+    link: &kat_actors::agent::link::tls::TlsLeaderLink,
+    target: &str,
+    ca_pem: &str,
+) -> (
+    kat_actors::agent::link::tls::TlsLeaderLink,
+    tempfile::TempDir,
+) {
+    use kat_actors::agent::link::LeaderLink;
+    let (key, csr) = node_key_and_csr("w1").unwrap();
+    let renewed = link
+        .renew(
+            target,
+            kat_proto::v1alpha1::RenewCertificateRequest {
+                node_name: "w1".to_owned(),
+                csr_pem: csr,
+            },
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_pki(dir.path(), ca_pem, &renewed.certificate_pem, &key);
+    let renewed_link = kat_actors::agent::link::tls::TlsLeaderLink::new(dir.path().to_path_buf());
+    (renewed_link, dir)
+}
+
 #[tokio::test]
 async fn once_a_node_uses_its_renewed_certificate_the_old_one_stops_working() {
-    use kat_actors::agent::link::LeaderLink;
     use kat_actors::agent::link::tls::TlsLeaderLink;
-    use kat_proto::v1alpha1::RenewCertificateRequest;
     let leader = leader().await;
     let token = leader.token(None, true).await;
     let target = leader.url.trim_start_matches("https://").to_owned();
@@ -1090,47 +1116,11 @@ async fn once_a_node_uses_its_renewed_certificate_the_old_one_stops_working() {
     let first = tempfile::tempdir().unwrap();
     write_pki(first.path(), &leader.ca_pem, &joined.certificate_pem, &key);
     let old = TlsLeaderLink::new(first.path().to_path_buf());
-    let (new_key, csr) = node_key_and_csr("w1").unwrap();
-    let renewed = old
-        .renew(
-            &target,
-            RenewCertificateRequest {
-                node_name: "w1".to_owned(),
-                csr_pem: csr,
-            },
-        )
-        .await
-        .unwrap();
-    let second = tempfile::tempdir().unwrap();
-    write_pki(
-        second.path(),
-        &leader.ca_pem,
-        &renewed.certificate_pem,
-        &new_key,
-    );
-    let new = TlsLeaderLink::new(second.path().to_path_buf());
+    let (new, _second) = renew_w1(&old, &target, &leader.ca_pem).await;
     // Until the node shows a new one, the old one still works (it may have crashed
     // before writing the new pair), and may even renew again: as after such a crash.
     assert_eq!(node_calls(&old, &target, "w1").await[0], "ok");
-    let (newest_key, csr) = node_key_and_csr("w1").unwrap();
-    let newest = old
-        .renew(
-            &target,
-            RenewCertificateRequest {
-                node_name: "w1".to_owned(),
-                csr_pem: csr,
-            },
-        )
-        .await
-        .unwrap();
-    let third = tempfile::tempdir().unwrap();
-    write_pki(
-        third.path(),
-        &leader.ca_pem,
-        &newest.certificate_pem,
-        &newest_key,
-    );
-    let current = TlsLeaderLink::new(third.path().to_path_buf());
+    let (current, _third) = renew_w1(&old, &target, &leader.ca_pem).await;
     // The node heartbeats with its newest certificate: from then on the one it
     // renewed from (the first) is refused, as is the one no one used.
     let [beat, _, _] = node_calls(&current, &target, "w1").await;

@@ -46,6 +46,10 @@ pub struct Assessment {
     pub disruption: bool,
     /// NotReady nodes whose [`DISRUPTED`] condition goes (the disruption is over).
     pub released: Vec<String>,
+    /// The nodes counted towards a disruption (silent Ready nodes and held ones), of
+    /// `counted` (Ready and held).
+    pub suspect: usize,
+    pub counted: usize,
 }
 
 /// Decides a round: `statuses` are every node's stored status; `silent_for` how long
@@ -78,6 +82,8 @@ pub fn assess(
             .map(|(name, _)| name.clone())
             .collect(),
         disruption,
+        suspect,
+        counted,
         released: if disruption {
             Vec::new()
         } else {
@@ -146,17 +152,7 @@ impl NodeMonitorState {
         let mut first_event = None;
         // Said once, with the first nodes it holds.
         if round.disruption && !self.in_disruption && !round.lost.is_empty() {
-            let silent = statuses
-                .iter()
-                .filter(|(n, s)| {
-                    disrupted(s)
-                        || (s.state() == NodeState::Ready && live.silent_for(n) >= self.timeout / 2)
-                })
-                .count();
-            let counted = statuses
-                .iter()
-                .filter(|(_, s)| s.state() == NodeState::Ready || disrupted(s))
-                .count();
+            let (silent, counted) = (round.suspect, round.counted);
             // The leader reports it, a moment after the round's NodeLost events.
             first_event = Some(node_event(
                 &leadership.node,
@@ -171,7 +167,7 @@ impl NodeMonitorState {
             ));
             tracing::warn!(
                 silent,
-                nodes = statuses.len(),
+                nodes = counted,
                 "disruption: instances of silent nodes are kept"
             );
         }

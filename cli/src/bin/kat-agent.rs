@@ -233,24 +233,22 @@ impl NodeOptions {
                 )
             })
         };
-        if said("runtime") {
-            kept.runtime = given.runtime;
+        // Each setting's flag has the field's name as its id.
+        macro_rules! from_flags {
+            ($($field:ident),*) => {
+                $(if said(stringify!($field)) {
+                    kept.$field = given.$field;
+                })*
+            };
         }
-        if said("systemd_bus") {
-            kept.systemd_bus = given.systemd_bus;
-        }
-        if said("unit_dir") {
-            kept.unit_dir = given.unit_dir;
-        }
-        if said("runtime_mode") {
-            kept.runtime_mode = given.runtime_mode;
-        }
-        if said("user_managers") {
-            kept.user_managers = given.user_managers;
-        }
-        if said("instance_network") {
-            kept.instance_network = given.instance_network;
-        }
+        from_flags!(
+            runtime,
+            systemd_bus,
+            unit_dir,
+            runtime_mode,
+            user_managers,
+            instance_network
+        );
         kept
     }
 }

@@ -206,16 +206,22 @@ fn what_fits_nowhere_stays_pending_with_the_reason() {
     assert!(plan_world(&world, now(), &mut id).is_empty());
 }
 
-#[test]
-fn instances_on_a_lost_node_are_replaced_elsewhere() {
+/// A ROLLING service of two replicas placed on n1 and n2 of three nodes.
+fn two_replicas_on_three_nodes(id: IdMaker<'_>) -> World {
     let mut world = world_of(
         workload(WorkloadType::Service, 2, 1, UpdateStrategyType::Rolling),
         3,
     );
-    let mut id = ids();
-    let plans = plan_world(&world, now(), &mut id);
+    let plans = plan_world(&world, now(), id);
     apply(&mut world, &plans);
     assert_eq!(nodes_of(&world), ["n1", "n2"]);
+    world
+}
+
+#[test]
+fn instances_on_a_lost_node_are_replaced_elsewhere() {
+    let mut id = ids();
+    let mut world = two_replicas_on_three_nodes(&mut id);
     world.nodes[0] = node("n1", false);
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
@@ -231,14 +237,8 @@ fn instances_on_a_lost_node_are_replaced_elsewhere() {
 
 #[test]
 fn a_node_held_in_a_disruption_keeps_its_instances_until_drained() {
-    let mut world = world_of(
-        workload(WorkloadType::Service, 2, 1, UpdateStrategyType::Rolling),
-        3,
-    );
     let mut id = ids();
-    let plans = plan_world(&world, now(), &mut id);
-    apply(&mut world, &plans);
-    assert_eq!(nodes_of(&world), ["n1", "n2"]);
+    let mut world = two_replicas_on_three_nodes(&mut id);
     // NotReady, but with the Disrupted condition the node monitor gives in a
     // disruption: nothing moves, nothing new lands there.
     world.nodes[0] = node("n1", false);
