@@ -1,9 +1,7 @@
-//! Shared pieces of the two binaries: output formats, logging setup, manual pages, and
-//! the one way a command that is not built yet says so; and `katcall`'s commands
+//! Shared pieces of the two binaries: output formats, logging setup, manual pages; and
+//! `katcall`'s commands
 //! ([`commands`], one module per command), its connection to the cluster ([`remote`])
 //! and how it prints ([`output`]).
-
-use std::process::ExitCode;
 
 /// Output format of `katcall` commands (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,19 +49,6 @@ pub fn read_token_file(flag: &str, path: &std::path::Path) -> Result<String, Str
         return Err(format!("{what}: holds no token"));
     }
     Ok(token)
-}
-
-/// Exit status of a command that exists in the interface but not yet in this build.
-pub const EXIT_NOT_IMPLEMENTED: u8 = 3;
-
-/// Says plainly that `command` is not available in this build and returns a failing status.
-pub fn not_implemented(program: &str, command: &str, needs: &str) -> ExitCode {
-    eprintln!(
-        "{program} {command}: not implemented in this build ({} {}); it needs {needs}",
-        program,
-        kat_proto::VERSION
-    );
-    ExitCode::from(EXIT_NOT_IMPLEMENTED)
 }
 
 /// Sets up `tracing` for a binary: level from `--log-level` or `RUST_LOG`.

@@ -178,17 +178,37 @@ fn help_lists_the_commands_of_the_spec() {
 }
 
 #[test]
-fn commands_not_built_yet_say_so_and_fail() {
-    {
-        let args = ["restore", "--snapshot", "/nonexistent.db"];
+fn restore_refuses_a_missing_or_damaged_snapshot_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let damaged = tmp.path().join("damaged.db");
+    std::fs::write(&damaged, vec![7u8; 4096]).unwrap();
+    for (snapshot, says) in [
+        (
+            "/nonexistent.db",
+            "--snapshot /nonexistent.db: No such file",
+        ),
+        (
+            damaged.to_str().unwrap(),
+            "the snapshot's checksum does not match its contents",
+        ),
+    ] {
+        let args = [
+            "restore",
+            "--snapshot",
+            snapshot,
+            "--state-dir",
+            state_arg,
+            "--etcd-bin",
+            "/bin/true",
+        ];
         let out = kat_agent(&args);
-        assert_eq!(out.status.code(), Some(3), "{args:?}");
-        assert!(
-            text(&out.stderr).contains("not implemented in this build"),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty());
+        assert!(!state.exists(), "a refused restore writes nothing");
     }
 }
 

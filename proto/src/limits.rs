@@ -44,6 +44,7 @@ pub fn cut_heartbeat(req: &mut HeartbeatRequest) {
             cut(&mut s.ip, 64);
             cut(&mut s.image_id, 256);
             cut(&mut s.built_commit, 64);
+            cut(&mut s.container_id, 128);
         }
     }
 }

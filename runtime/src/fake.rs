@@ -57,7 +57,23 @@ struct Inner {
     unpullable: HashSet<String>,
     /// Images whose pull takes this long (a big image, a slow registry).
     slow: HashMap<String, std::time::Duration>,
-    next_id: u64,
+}
+
+/// A container ID no other fake container has had, in this process or another one
+/// (a restarted agent's containers are new ones): the process's ID and start time,
+/// then a count, as 64 hex digits like Podman's.
+fn new_container_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ORIGIN: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let origin = *ORIGIN.get_or_init(|| {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        u64::from(std::process::id()) << 40 ^ (nanos as u64)
+    });
+    format!("{origin:016x}{:048x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// See the module docs.
@@ -238,8 +254,7 @@ impl ContainerRuntime for FakeRuntime {
                     stderr: format!("the container name {:?} is already in use", opts.name),
                 });
             }
-            i.next_id += 1;
-            let id = format!("{:064x}", i.next_id);
+            let id = new_container_id();
             let status = ContainerStatus {
                 id: id.clone(),
                 name: opts.name.clone(),

@@ -186,13 +186,14 @@ async fn concurrent_backups_are_whole_distinct_and_checked() {
     )
     .unwrap();
     let settings = kat_proto::quadlet::ClusterSettings::from(&cluster);
+    let pki = kat_actors::pki::local::ClusterPki::generate("b").unwrap();
     // Six at once, as six `katcall backup` calls (each its own time, as each call's).
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..6u64 {
-        let (leader, settings) = (leader.clone(), settings.clone());
+        let (leader, settings, pki) = (leader.clone(), settings.clone(), pki.clone());
         tasks.spawn(async move {
             let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + i);
-            backups::make(&leader, &settings, at).await
+            backups::make(&leader, &settings, &pki, at).await
         });
     }
     let mut names = Vec::new();
@@ -210,6 +211,22 @@ async fn concurrent_backups_are_whole_distinct_and_checked() {
         .filter(|n| n.starts_with(".partial"))
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
+    // The CAs are kept beside the snapshots, for a restore, readable by no one else.
+    let kept =
+        kat_actors::pki::local::PkiDir(dir.path().join("backups").join(backups::CA_COPY_DIR));
+    assert_eq!(kept.read_cluster_pki().unwrap(), pki);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&kept.0), 0o700);
+        assert_eq!(mode(&kept.ca_key()), 0o600);
+        assert_eq!(mode(&kept.etcd_ca_key()), 0o600);
+    }
+    assert_eq!(
+        backups::list(&dir.path().join("backups")).unwrap().len(),
+        6,
+        "the pki directory is no backup"
+    );
     // A damaged snapshot is found.
     let one = dir.path().join("backups").join(&names[0]);
     let mut bytes = std::fs::read(&one).unwrap();

@@ -332,6 +332,7 @@ impl RuntimeState {
                 ip: obs.ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 message: obs.message.clone(),
                 finished_at,
+                container_id: obs.container_id.clone().unwrap_or_default(),
                 ..Default::default()
             };
             reports.insert(d.id().to_owned(), report_of(d, status));

@@ -411,7 +411,11 @@ impl UserApi for UserApiService {
         request: Request<CreateBackupRequest>,
     ) -> Result<Response<Backup>, Status> {
         let ctx = self.auth(&request).await?;
-        ok(leader::backups::make(&ctx.leadership, &ctx.settings, SystemTime::now()).await)
+        let pki = crate::pki::local::ClusterPki {
+            cluster: ctx.ca.clone(),
+            etcd: ctx.etcd_ca.clone(),
+        };
+        ok(leader::backups::make(&ctx.leadership, &ctx.settings, &pki, SystemTime::now()).await)
     }
     async fn list_backups(
         &self,

@@ -19,6 +19,7 @@ use kat_proto::quadlet::ClusterSettings;
 use kat_proto::v1alpha1::{Backup, EventSeverity, ObjectReference};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::pki::local::{ClusterPki, PkiDir};
 use crate::state::events::object_event;
 use crate::state::{Leadership, StateError, StateResult, keys};
 
@@ -147,11 +148,17 @@ pub fn verify_snapshot(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Where in `backupPath` the CAs are kept (`kat-agent restore` reads them there).
+pub const CA_COPY_DIR: &str = "pki";
+
 /// Writes a snapshot of `store` into `dir`, prunes old ones, records a `BackupMade`
-/// event (fenced: a deposed leader records nothing).
+/// event (fenced: a deposed leader records nothing). The cluster's CAs (`pki`, keys
+/// included) are kept beside the snapshots in `pki/`, so the backup directory alone
+/// is enough to restore the cluster (`kat-agent restore`).
 pub async fn make(
     leadership: &Leadership,
     settings: &ClusterSettings,
+    pki: &ClusterPki,
     now: SystemTime,
 ) -> StateResult<Backup> {
     let store = leadership.store();
@@ -199,6 +206,10 @@ pub async fn make(
     std::fs::rename(&partial, &path)
         .map_err(|e| StateError::Internal(format!("{}: {e}", path.display())))?;
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let cas = PkiDir(dir.join(CA_COPY_DIR));
+    if let Err(e) = cas.write_cluster_pki(pki) {
+        tracing::warn!(dir = %cas.0.display(), error = %e, "cannot keep the CAs beside the backups; a restore will need a copy of a member's DIR/pki");
+    }
     if let Err(e) = prune(dir, KEEP_BACKUPS, KEEP_BACKUP_BYTES) {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove old backups");
     }
@@ -242,6 +253,7 @@ pub fn kept(settings: &ClusterSettings) -> StateResult<Vec<Backup>> {
 pub struct BackupsArgs {
     pub leadership: Leadership,
     pub settings: ClusterSettings,
+    pub pki: ClusterPki,
     pub now: fn() -> SystemTime,
 }
 
@@ -298,7 +310,7 @@ impl Actor for Backups {
     ) -> Result<(), ActorProcessingErr> {
         let BackupsMsg::Tick = msg;
         let args = &state.args;
-        match make(&args.leadership, &args.settings, (args.now)()).await {
+        match make(&args.leadership, &args.settings, &args.pki, (args.now)()).await {
             Ok(_) => state.made += 1,
             Err(e) => {
                 state.failed += 1;

@@ -132,6 +132,7 @@ fn children(leadership: &Leadership, setup: &LeaderSetup) -> Vec<ChildSpec> {
     let backups_args = backups::BackupsArgs {
         leadership: leadership.clone(),
         settings: setup.settings.clone(),
+        pki: setup.pki.clone(),
         now: setup.clock,
     };
     let mut children = vec![

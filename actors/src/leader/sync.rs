@@ -40,7 +40,7 @@ async fn peers_now(store: &dyn StateStore, caller: &str) -> StateResult<(PeerSet
 pub type SyncEvents = tokio::sync::mpsc::Receiver<StateResult<SyncEvent>>;
 
 /// Node `caller`'s sync stream, from `req.from_revision` (the peer set is sent first
-/// unless the node has seen this revision already; assignments always). A node may
+/// unless the node is at this revision already; assignments always). A node may
 /// follow only its own. Ends when the receiver is dropped or the store's watch breaks,
 /// and with an error when the node is deleted or the certificate it opened the stream
 /// with (`caller_key`; `None` in process) is no longer its own.
@@ -71,7 +71,9 @@ pub async fn sync_events(
             node: caller.clone(),
             id: stream_id,
         };
-        if from_revision < revision {
+        // A node ahead of the store has seen a future a restore undid: it gets the
+        // peers too.
+        if from_revision != revision {
             let first = SyncEvent {
                 revision,
                 payload: Some(sync_event::Payload::Peers(peers)),

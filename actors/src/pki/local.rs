@@ -83,6 +83,26 @@ impl PkiDir {
             }),
         })
     }
+
+    /// Writes the CAs a control-plane member keeps (keys 0600, certificates 0644),
+    /// into a directory made private if it is new. Files that already hold the same
+    /// bytes are left alone.
+    pub fn write_cluster_pki(&self, pki: &ClusterPki) -> std::io::Result<()> {
+        crate::files::private_dir(&self.0).map_err(named(&self.0))?;
+        let write = |path: PathBuf, data: &str, mode: u32| -> std::io::Result<()> {
+            if std::fs::read(&path).is_ok_and(|now| now == data.as_bytes()) {
+                return Ok(());
+            }
+            crate::files::write_atomic(&path, data.as_bytes(), mode).map_err(named(&path))
+        };
+        write(self.ca_key(), &pki.cluster.key_pem, 0o600)?;
+        write(self.ca_cert(), &pki.cluster.cert_pem, 0o644)?;
+        if let Some(etcd) = &pki.etcd {
+            write(self.etcd_ca_key(), &etcd.key_pem, 0o600)?;
+            write(self.etcd_ca_cert(), &etcd.cert_pem, 0o644)?;
+        }
+        Ok(())
+    }
 }
 
 /// What a control-plane member signs with when it leads: the cluster CA (node and API

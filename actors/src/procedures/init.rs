@@ -11,7 +11,7 @@ use super::state_dir::{
     default_node_name, io_err, read_cluster, read_identity, write_private,
 };
 use crate::pki::ca::{CertAndKey, ClusterCa, node_key_and_csr};
-use crate::pki::local::{ClusterPki, pki_dir};
+use crate::pki::local::{ClusterPki, PkiDir, pki_dir};
 
 /// Flags of `kat-agent init`.
 #[derive(Debug, Clone)]
@@ -106,10 +106,21 @@ fn write_init_pki(
     identity: &AgentIdentity,
     lifetime: std::time::Duration,
 ) -> Result<(), AgentError> {
-    let pki = pki_dir(dir);
-    crate::files::private_dir(&pki.0).map_err(io_err(&pki.0))?;
     let failed = |e: crate::pki::ca::PkiError| AgentError::Failed(e.to_string());
     let cas = ClusterPki::generate(cluster_name).map_err(failed)?;
+    let pairs = sign_member_pairs(&cas, identity, lifetime)?;
+    let pki = pki_dir(dir);
+    write_member_pki(&pki, &cas, &pairs).map_err(io_err(&pki.0))
+}
+
+/// A new node pair and etcd pair for control-plane member `identity`, signed by the
+/// cluster CA and the etcd CA of `cas`.
+pub(super) fn sign_member_pairs(
+    cas: &ClusterPki,
+    identity: &AgentIdentity,
+    lifetime: std::time::Duration,
+) -> Result<(CertAndKey, CertAndKey), AgentError> {
+    let failed = |e: crate::pki::ca::PkiError| AgentError::Failed(e.to_string());
     let etcd_ca = cas
         .etcd
         .as_ref()
@@ -128,16 +139,17 @@ fn write_init_pki(
             .map_err(failed)?;
         Ok(CertAndKey { cert_pem, key_pem })
     };
-    let node = signed(&cas.cluster)?;
-    let etcd = signed(etcd_ca)?;
-    write_private(&pki.ca_key(), cas.cluster.key_pem.as_bytes())?;
-    write_private(&pki.etcd_ca_key(), etcd_ca.key_pem.as_bytes())?;
-    pki.write_node_pair(&node).map_err(io_err(&pki.0))?;
-    pki.write_etcd_pair(&etcd).map_err(io_err(&pki.0))?;
-    let public = |path: &Path, data: &str| {
-        crate::files::write_atomic(path, data.as_bytes(), 0o644).map_err(io_err(path))
-    };
-    public(&pki.ca_cert(), &cas.cluster.cert_pem)?;
-    public(&pki.etcd_ca_cert(), &etcd_ca.cert_pem)?;
-    Ok(())
+    Ok((signed(&cas.cluster)?, signed(etcd_ca)?))
+}
+
+/// A control-plane member's PKI in `pki`: the CAs, then its node pair and etcd pair
+/// (`pairs`, as [`sign_member_pairs`] made them).
+pub(super) fn write_member_pki(
+    pki: &PkiDir,
+    cas: &ClusterPki,
+    pairs: &(CertAndKey, CertAndKey),
+) -> std::io::Result<()> {
+    pki.write_cluster_pki(cas)?;
+    pki.write_node_pair(&pairs.0)?;
+    pki.write_etcd_pair(&pairs.1)
 }

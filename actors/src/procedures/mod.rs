@@ -1,7 +1,8 @@
 //! The `kat-agent` procedures (SPEC §6, §11): [`init`] (a new cluster), [`join`] (a
 //! node joins one), [`run`] (a node restarts from its state directory), [`etcd_env`]
-//! and [`runtime`] (choosing what runs a node's instances). The CLI parses flags and
-//! calls these; each ends in a [`PreparedNode`] that [`run::run_until`] starts.
+//! and [`runtime`] (choosing what runs a node's instances), [`restore`] (a lost
+//! control plane back from a backup). The CLI parses flags and calls these; init,
+//! join and run end in a [`PreparedNode`] that [`run::run_until`] starts.
 //!
 //! Everything a node keeps lives under its state directory, so several nodes can run on
 //! one machine:
@@ -17,6 +18,9 @@
 //! DIR/runtime/       the Runtime actor's cache of the desired instances
 //! ```
 //!
+//! `kat-agent restore` writes what init does (from a backup: `DIR/etcd` from the
+//! snapshot, the CAs from the backup's `pki/`), then `kat-agent run` starts the node.
+//!
 //! `kat-agent join` writes `agent.json` (role worker, the leader's API address),
 //! `cluster.kat` (as the leader sent it) and `pki/`.
 
@@ -24,6 +28,7 @@ pub mod etcd_env;
 pub mod init;
 pub mod join;
 mod prepared;
+pub mod restore;
 pub mod run;
 pub mod runtime;
 mod state_dir;
@@ -32,6 +37,7 @@ pub use etcd_env::etcd_env;
 pub use init::{InitOptions, prepare_init};
 pub use join::{JoinOptions, join};
 pub use prepared::PreparedNode;
+pub use restore::{RestoreOptions, Restored, restore};
 pub use run::{Outcome, prepare_run, run_until};
 pub use runtime::{RuntimeChoice, RuntimeMode, UserManagerChoice, attach_runtime};
 pub use state_dir::{AgentError, AgentIdentity};

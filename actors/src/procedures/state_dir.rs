@@ -52,6 +52,8 @@ pub enum AgentError {
     JoinRefused { leader: String, message: String },
     #[error("--leader-api {0}")]
     Leader(String),
+    #[error("restore: {0}")]
+    Restore(String),
 }
 
 pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {

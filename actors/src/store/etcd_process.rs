@@ -268,6 +268,24 @@ impl EtcdProcess {
         self.child.wait().await
     }
 
+    /// Stops the member in order (SIGTERM: etcd finishes what it applies and closes its
+    /// files), or kills it if it has not exited `within`; reaps it either way.
+    pub async fn stop(&mut self, within: Duration) -> std::io::Result<()> {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Ok(());
+        }
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.map(|_| ()),
+            Err(_) => self.child.kill().await,
+        }
+    }
+
     /// Kills the member (SIGKILL, like a crash; etcd recovers from its WAL) and reaps it.
     pub async fn kill(&mut self) -> std::io::Result<()> {
         self.child.kill().await

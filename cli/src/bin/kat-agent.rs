@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kat_actors::procedures as agent;
-use kat_cli::{LogFormat, init_logging, not_implemented};
+use kat_cli::{LogFormat, init_logging};
 
 /// The KAT node daemon: runs on every node, supervising its etcd member (on
 /// control-plane nodes), containers, WireGuard interface and DNS server.
@@ -292,12 +292,25 @@ enum Command {
         #[command(flatten)]
         node: NodeOptions,
     },
-    /// Rebuild a control-plane member's etcd data from a snapshot.
+    /// Bring a lost control plane back from a backup, as this node's only member.
+    ///
+    /// Rebuilds DIR from an etcd snapshot (katcall backup, or the leader's timer in
+    /// backupPath): same cluster UID, CAs, nodes, workloads and tokens; a new member
+    /// list with this node alone. Then start it with `kat-agent run --state-dir DIR`:
+    /// joined nodes reattach with their certificates and keep their containers.
+    /// Restore onto the lost member's address (or the joined nodes cannot find it).
+    /// Never overwrites DIR/etcd. See docs/operations.md, "Restore".
     Restore {
+        /// The snapshot: a kat-<time>-<revision>.db file from backupPath.
         #[arg(long, value_name = "FILE")]
         snapshot: PathBuf,
+        /// The cluster's CAs: the pki directory the leader keeps beside its backups, or
+        /// a copy of a control-plane member's DIR/pki (default: DIR/pki if it holds
+        /// them, else the pki directory beside --snapshot).
+        #[arg(long, value_name = "DIR")]
+        pki: Option<PathBuf>,
         #[command(flatten)]
-        state: StateDir,
+        node: NodeOptions,
     },
     /// Print the ETCDCTL_* settings that reach this node's etcd member.
     EtcdEnv {
@@ -395,11 +408,43 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&anyhow::Error::from(e)),
         },
-        Command::Restore { .. } => not_implemented(
-            "kat-agent",
-            "restore",
-            "the restore procedure (katcall backup makes the snapshots it will read)",
-        ),
+        Command::Restore {
+            snapshot,
+            pki,
+            node,
+        } => {
+            let kept = match RuntimeSettings::load(&node.state.state_dir) {
+                Ok(kept) => kept,
+                Err(e) => return fail(&e),
+            };
+            let settings = node.settings_for_run(matches.subcommand_matches("restore"), kept);
+            let result = etcd_binary(node.etcd_bin.as_deref()).and_then(|etcd_bin| {
+                let opts = agent::RestoreOptions {
+                    state_dir: node.state.state_dir.clone(),
+                    snapshot,
+                    pki,
+                    node_name: node.node_name.clone(),
+                    advertise_address: node.advertise_address,
+                    etcd_bin,
+                };
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?
+                    .block_on(agent::restore(&opts))
+                    .map_err(anyhow::Error::from)
+            });
+            match result.and_then(|restored| {
+                settings.save(&node.state.state_dir)?;
+                Ok(restored)
+            }) {
+                Ok(restored) => {
+                    print_restored(&restored, &node.state.state_dir);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Join {
             leader_api,
             token,
@@ -430,6 +475,29 @@ fn main() -> ExitCode {
             serve_after(settings, move || async move { agent::join(&opts).await })
         }
     }
+}
+
+/// What `kat-agent restore` did, and what the operator does next.
+fn print_restored(restored: &agent::Restored, dir: &std::path::Path) {
+    println!(
+        "restored cluster {:?} ({}) on node {} ({}), store at revision {}",
+        restored.cluster_name,
+        restored.cluster_uid,
+        restored.node_name,
+        restored.advertise_address,
+        restored.revision
+    );
+    if !restored.former_members.is_empty() {
+        println!(
+            "former control-plane members, no longer members: {}; stop them and remove \
+             their state directories before they start again, then join them anew",
+            restored.former_members.join(", ")
+        );
+    }
+    println!(
+        "start it:       kat-agent run --state-dir {}",
+        dir.display()
+    );
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
