@@ -145,7 +145,7 @@ async fn an_applied_service_runs_all_its_instances() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
-    let sim = ready_cluster(3).await;
+    let mut sim = ready_cluster(3).await;
     let before = web_ready(&sim, WEB_IMAGE, 1).await;
     let victim = ["w1", "w2", "w3"]
         .into_iter()
@@ -158,12 +158,17 @@ async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
         .collect();
     sim.crash(victim);
     let crashed_at = Instant::now();
+    let on_victim_lost = |i: &Instances| {
+        i.iter()
+            .filter(|x| x.node == victim)
+            .all(|x| x.node_lost && lost.contains(&x.id))
+    };
     let after = sim
         .wait_instances(
             "default",
             "web",
             Duration::from_secs(LOSS + 6 * TICK),
-            |i| i.all_ready(3, 1) && i.on(victim) == 0,
+            |i| i.ready() == 3 && i.len() == 4 && on_victim_lost(i),
         )
         .await;
     let took = crashed_at.elapsed();
@@ -173,7 +178,9 @@ async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
         took >= Duration::from_secs(LOSS - TICK),
         "replaced after {took:?}, before the loss timeout"
     );
-    assert!(after.iter().all(|i| !lost.contains(&i.id)), "{after:?}");
+    // The lost node's instance is kept assigned there (marked, not counted) while
+    // its replacement runs elsewhere.
+    assert_eq!(after.on(victim), 1, "{after:?}");
     assert_eq!(sim.states().await[victim], NodeState::NotReady);
     assert!(sim.events_of(victim).await.contains(&"NodeLost".to_owned()));
     let events = sim.workload_events("default", "web").await;
@@ -187,7 +194,9 @@ async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
             .contains(&format!("{} on {victim}", lost[0])),
         "{rescheduled:?}"
     );
-    // The replacement runs on a live node's machine.
+    assert_eq!(count(&reasons(&events), "InstancesRescheduled"), 1, "once");
+    // The replacement runs on a live node's machine; the lost node's machine still
+    // runs its container (an agent that is only cut off is not told to stop it).
     let images = running_images(&sim).await;
     let live: usize = images
         .iter()
@@ -195,6 +204,26 @@ async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
         .map(|(_, i)| i.len())
         .sum();
     assert_eq!(live, 3, "{images:?}");
+    assert_eq!(images[victim].len(), 1, "{images:?}");
+
+    // The node comes back: its instance, replaced, is retired, and its container stops.
+    sim.start_node(victim, false).await;
+    let back = sim
+        .wait_instances("default", "web", Duration::from_secs(10 * TICK), |i| {
+            i.all_ready(3, 1) && i.on(victim) == 0
+        })
+        .await;
+    assert!(back.iter().all(|i| !lost.contains(&i.id)), "{back:?}");
+    let images = wait_until(
+        "the returned node's container stopped",
+        Duration::from_secs(10 * TICK),
+        async || running_images(&sim).await,
+        |images| images[victim].is_empty(),
+    )
+    .await;
+    assert_eq!(images.values().map(Vec::len).sum::<usize>(), 3, "{images:?}");
+    let events = sim.workload_events("default", "web").await;
+    assert!(reasons(&events).contains(&"InstanceRetired"), "{events:?}");
     sim.stop().await;
 }
 

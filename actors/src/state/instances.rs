@@ -274,7 +274,8 @@ pub async fn report_ops(
 
 /// Running, and healthy where a health check says so.
 pub fn ready(i: &Instance) -> bool {
-    i.status.as_ref().is_some_and(|s| {
+    !i.node_lost
+        && i.status.as_ref().is_some_and(|s| {
         s.phase() == InstancePhase::Running
             && !matches!(s.health(), Health::Starting | Health::Unhealthy)
     })

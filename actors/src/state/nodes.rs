@@ -145,7 +145,12 @@ pub async fn delete(leadership: &Leadership, name: &str, now: SystemTime) -> Sta
             "node {name} is a control-plane member (it hosts an etcd member); removing members is not supported in this build"
         )));
     }
-    let running = super::instances::list(leadership.store(), "", "", name).await?;
+    // Instances kept on a lost node (replaced elsewhere) go with it.
+    let (lost, running): (Vec<_>, Vec<_>) =
+        super::instances::list(leadership.store(), "", "", name)
+            .await?
+            .into_iter()
+            .partition(|i| i.node_lost);
     if !running.is_empty() {
         return Err(StateError::Precondition(format!(
             "node {name} still has {} instance(s); drain it first (katcall drain {name})",
@@ -169,6 +174,10 @@ pub async fn delete(leadership: &Leadership, name: &str, now: SystemTime) -> Sta
         leadership.event_op(event).await,
     ];
     ops.extend(reported.into_iter().map(|kv| TxnOp::delete(kv.key)));
+    ops.extend(
+        lost.iter()
+            .map(|i| TxnOp::delete(keys::instance(&i.namespace, &i.workload, &i.id))),
+    );
     if !leadership
         .commit([Compare::unchanged(&key, kv.mod_revision)], ops)
         .await?
@@ -182,10 +191,12 @@ pub async fn delete(leadership: &Leadership, name: &str, now: SystemTime) -> Sta
     Ok(())
 }
 
-/// How many instances are placed on `node`.
+/// How many instances are placed on `node` and counted (not those kept there while it
+/// was lost).
 pub async fn instances_on(store: &dyn StateStore, node: &str) -> StateResult<u32> {
     let list = super::instances::list(store, "", "", node).await?;
-    Ok(u32::try_from(list.len()).unwrap_or(u32::MAX))
+    let counted = list.iter().filter(|i| !i.node_lost).count();
+    Ok(u32::try_from(counted).unwrap_or(u32::MAX))
 }
 
 /// A label key or value problem, if any: keys are 1–63 characters of letters, digits,

@@ -130,6 +130,18 @@ fn nodes_of(world: &World) -> Vec<String> {
     v
 }
 
+/// The nodes of the instances that count (not those kept on a lost node).
+fn counted_nodes_of(world: &World) -> Vec<String> {
+    let mut v: Vec<String> = world
+        .instances
+        .iter()
+        .filter(|i| !i.node_lost)
+        .map(|i| i.node.clone())
+        .collect();
+    v.sort();
+    v
+}
+
 #[test]
 fn a_service_gets_its_replicas_spread_over_the_nodes() {
     let mut world = world_of(
@@ -225,13 +237,36 @@ fn instances_on_a_lost_node_are_replaced_elsewhere() {
     world.nodes[0] = node("n1", false);
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
-    assert_eq!(nodes_of(&world), ["n2", "n3"]);
+    assert_eq!(counted_nodes_of(&world), ["n2", "n3"]);
+    assert_eq!(nodes_of(&world), ["n1", "n2", "n3"], "kept on n1, marked");
     assert!(
         plans[0]
             .2
             .events
             .iter()
             .any(|e| e.0 == "InstancesRescheduled")
+    );
+    // n1 returns. While the replacement is not ready, n1's instance counts again and
+    // the replacement goes; once it is ready, n1's is retired.
+    report_running(&mut world);
+    let mut not_yet = world.clone();
+    for i in &mut not_yet.instances {
+        if i.node == "n3" {
+            i.status = None;
+        }
+    }
+    not_yet.nodes[0] = node("n1", true);
+    let plans = plan_world(&not_yet, now(), &mut id);
+    apply(&mut not_yet, &plans);
+    assert_eq!(nodes_of(&not_yet), ["n1", "n2"], "{:?}", not_yet.instances);
+    assert!(not_yet.instances.iter().all(|i| !i.node_lost));
+    world.nodes[0] = node("n1", true);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n2", "n3"], "retired on return");
+    assert!(
+        plans[0].2.events.iter().any(|e| e.0 == "InstanceRetired"),
+        "{plans:?}"
     );
 }
 
@@ -257,7 +292,7 @@ fn a_node_held_in_a_disruption_keeps_its_instances_until_drained() {
     }
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
-    assert_eq!(nodes_of(&world), ["n2", "n3"]);
+    assert_eq!(counted_nodes_of(&world), ["n2", "n3"]);
 }
 
 #[test]
@@ -430,14 +465,26 @@ fn a_daemon_runs_once_on_every_eligible_node_and_follows_them() {
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
     assert_eq!(nodes_of(&world), ["n1", "n2"]);
-    // A node joins: it gets one too; a node is lost: its instance goes.
+    // A node joins: it gets one too; a node is lost: its instance stays assigned
+    // there, marked lost (not counted), until the node returns or is deleted.
     world.nodes.push(node("n3", true));
     world.nodes[0] = node("n1", false);
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
-    assert_eq!(nodes_of(&world), ["n2", "n3"]);
+    assert_eq!(nodes_of(&world), ["n1", "n2", "n3"]);
+    assert!(
+        world.instances.iter().all(|i| i.node_lost == (i.node == "n1")),
+        "{:?}",
+        world.instances
+    );
+    let again = plan_world(&world, now(), &mut id);
+    assert!(again.is_empty(), "marked once: {again:?}");
+    world.nodes.remove(0);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert_eq!(nodes_of(&world), ["n2", "n3"], "deleted with its node");
     // Cordoned nodes keep theirs? No: a daemon follows eligibility.
-    world.nodes[1].0.spec.as_mut().unwrap().unschedulable = true;
+    world.nodes[0].0.spec.as_mut().unwrap().unschedulable = true;
     let plans = plan_world(&world, now(), &mut id);
     apply(&mut world, &plans);
     assert_eq!(nodes_of(&world), ["n3"]);

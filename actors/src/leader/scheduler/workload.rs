@@ -17,12 +17,14 @@ use super::place::{Demand, Snapshot};
 use super::plan::{IdMaker, Subject, WorkloadPlan, demand_of, node_info};
 use super::service::plan_service;
 use super::world::World;
+use crate::state::instances::ready;
 use crate::state::workloads::quadlet_name;
 
 /// Decides what one workload's instances should become. `instances` are the
 /// workload's (with reported statuses); `snapshot` has every placed instance counted
 /// in and is updated with what this plan places and removes. Instances on a node that
-/// is gone (not Ready) are replaced elsewhere, unless it is held in a disruption.
+/// is lost (not Ready, and not held in a disruption) are replaced elsewhere and kept
+/// there until it returns or is deleted (`Instance.node_lost`).
 pub fn plan_workload(
     quadlet: &Quadlet,
     instances: &[Instance],
@@ -35,9 +37,9 @@ pub fn plan_workload(
     let spec = &s.spec;
     let mut plan = WorkloadPlan::default();
 
-    // Instances on nodes that are gone are replaced elsewhere. Those on a draining
-    // node of a ROLLING service move like an update: they stay until replacements
-    // elsewhere are ready, within maxSurge (SPEC §6).
+    // Instances on lost nodes are replaced elsewhere (and kept there, marked). Those on
+    // a draining node of a ROLLING service move like an update: they stay until
+    // replacements elsewhere are ready, within maxSurge (SPEC §6).
     let rolling_service = matches!(
         spec.r#type(),
         WorkloadType::Service | WorkloadType::Unspecified
@@ -48,31 +50,95 @@ pub fn plan_workload(
     let mut alive = Vec::new();
     let mut lost = Vec::new();
     let mut drained = Vec::new();
+    let mut returned = Vec::new();
+    let mut moved = Vec::new();
     for i in instances {
         let node = snapshot.node(&i.node);
-        // A node held during a disruption keeps its instances (node_monitor), unless
-        // the operator drains it.
-        if i.node.is_empty() || node.is_some_and(|n| (n.ready || n.held) && !n.draining) {
+        if i.node_lost && node.is_some_and(|n| n.ready) {
+            returned.push(i.clone());
+        } else if i.node.is_empty()
+            || node.is_some_and(|n| (n.ready || n.held) && !n.draining)
+        {
+            // A node held during a disruption keeps its instances (node_monitor),
+            // unless the operator drains it.
             alive.push(i.clone());
-        } else if rolling_service && node.is_some_and(|n| n.ready) {
-            drained.push(i.clone());
+        } else if node.is_some_and(|n| n.ready) {
+            // Draining: a ROLLING service's move like an update; others' at once.
+            if rolling_service {
+                drained.push(i.clone());
+            } else {
+                moved.push(i.clone());
+            }
         } else {
             lost.push(i.clone());
         }
     }
-    if !lost.is_empty() && spec.r#type() != WorkloadType::DaemonService {
-        let names: Vec<String> = lost
-            .iter()
-            .map(|i| format!("{} on {}", i.id, i.node))
-            .collect();
+    // Back from a lost node: retired where the replacements are ready, else counted
+    // again (the usual scale-down then removes the extras, pending ones first).
+    let ready_now = alive
+        .iter()
+        .filter(|i| i.generation == s.generation && ready(i))
+        .count();
+    let replicas = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
+    let retire = matches!(
+        spec.r#type(),
+        WorkloadType::Service | WorkloadType::Unspecified
+    ) && ready_now >= replicas;
+    for mut i in returned {
+        if retire {
+            plan.events.push((
+                "InstanceRetired".to_owned(),
+                EventSeverity::Normal,
+                format!(
+                    "{} on {}: its node is back, and its replacement runs",
+                    i.id, i.node
+                ),
+            ));
+            plan.remove(snapshot, &s.demand, i);
+            continue;
+        }
+        i.node_lost = false;
+        let draining = snapshot.node(&i.node).is_some_and(|n| n.draining);
+        if !draining {
+            plan.put.push(i.clone());
+            alive.push(i);
+        } else if rolling_service {
+            plan.put.push(i.clone());
+            drained.push(i);
+        } else {
+            moved.push(i);
+        }
+    }
+    // On a lost node: a JOB's runs are run again elsewhere (removed here: a job run
+    // must not run twice); a SERVICE's and a DAEMON_SERVICE's instances stay assigned
+    // there, marked and not counted, and a SERVICE gets replacements. The node's own
+    // record gone: they go too.
+    let mut newly_lost = Vec::new();
+    for i in moved {
+        newly_lost.push(format!("{} on {}", i.id, i.node));
+        plan.remove(snapshot, &s.demand, i);
+    }
+    for i in lost {
+        let gone = snapshot.node(&i.node).is_none();
+        if gone || spec.r#type() == WorkloadType::Job {
+            newly_lost.push(format!("{} on {}", i.id, i.node));
+            plan.remove(snapshot, &s.demand, i);
+        } else if !i.node_lost {
+            newly_lost.push(format!("{} on {}", i.id, i.node));
+            let mut marked = i;
+            marked.node_lost = true;
+            plan.put.push(marked);
+        }
+    }
+    if !newly_lost.is_empty() && spec.r#type() != WorkloadType::DaemonService {
         plan.events.push((
             "InstancesRescheduled".to_owned(),
             EventSeverity::Warning,
-            format!("node lost or drained; replacing {}", names.join(", ")),
+            format!(
+                "node lost or drained; replacing {} (kept on a lost node until it returns)",
+                newly_lost.join(", ")
+            ),
         ));
-    }
-    for i in lost {
-        plan.remove(snapshot, &s.demand, i);
     }
 
     match spec.r#type() {

@@ -13,7 +13,7 @@ use crate::state::keys::{
 use crate::store::StateStore;
 
 /// Everything a round needs, read from the store.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct World {
     pub workloads: Vec<Quadlet>,
     /// Every instance, with the status its node reported (else its own).
