@@ -38,6 +38,9 @@ struct FakeContainer {
     starts: u32,
     /// Exits by itself this long after starting, with this code.
     exit_after: Option<(Duration, i32)>,
+    /// When it last started, on tokio's clock (which a simulation pauses and moves):
+    /// what `exit_after` counts from.
+    started: Option<tokio::time::Instant>,
 }
 
 /// `SECONDS[:CODE]`.
@@ -277,6 +280,7 @@ impl ContainerRuntime for FakeRuntime {
                     logs: Vec::new(),
                     starts: 0,
                     exit_after: opts.env.get(FAKE_EXIT_ENV).and_then(|t| parse_exit(t)),
+                    started: None,
                 },
             );
             Ok(id)
@@ -294,6 +298,7 @@ impl ContainerRuntime for FakeRuntime {
                 line: line.into_bytes(),
             });
             c.status.started_at = Some(SystemTime::now());
+            c.started = Some(tokio::time::Instant::now());
             c.status.finished_at = None;
             c.status.exit_code = None;
             if let Behaviour::CrashLoop(code) = c.behaviour {
@@ -351,9 +356,9 @@ impl ContainerRuntime for FakeRuntime {
     async fn status(&self, id_or_name: &str) -> Result<ContainerStatus, RuntimeError> {
         self.with(|i| {
             let c = find(i, id_or_name)?;
-            if let (Some((after, code)), Some(started)) = (c.exit_after, c.status.started_at)
+            if let (Some((after, code)), Some(started)) = (c.exit_after, c.started)
                 && c.status.state == ContainerState::Running
-                && started.elapsed().unwrap_or_default() >= after
+                && started.elapsed() >= after
             {
                 exited(c, code);
             }
