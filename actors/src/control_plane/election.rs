@@ -137,13 +137,46 @@ impl ElectionState {
     }
 }
 
+/// How long Election rides out a store that answers nothing (an etcd stall, a member
+/// restarting, a lost quorum) before it fails and lets its supervisor restart it.
+/// Failing at once would spend the control-plane supervisor's restart intensity in
+/// seconds and take the whole node down with a short outage.
+const STORE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `op` until it succeeds, fails other than with `Unavailable`, or has failed for
+/// [`STORE_PATIENCE`] since its first failure; waits 100 ms, doubling to 2 s, between
+/// tries. `op` must be safe to repeat.
+async fn patiently<T, Fut>(
+    node: &str,
+    what: &str,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(100);
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let result = op().await;
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        match result {
+            Err(StoreError::Unavailable(e)) if since.elapsed() < STORE_PATIENCE => {
+                tracing::debug!(%node, %what, error = %e, ?pause, "store unavailable; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Removes candidate keys an earlier incarnation of this node left behind (its lease may
 /// still run for a few seconds), so a restarted Election does not queue behind itself.
 async fn clear_stale_candidacy(
     store: &dyn StateStore,
     election: &str,
     node: &str,
-) -> Result<(), ActorProcessingErr> {
+) -> Result<(), StoreError> {
     let prefix = format!("{}/", election.trim_end_matches('/'));
     let (candidates, _) = store.list(&prefix).await?;
     for kv in candidates
@@ -264,8 +297,15 @@ impl Actor for Election {
             StoreMsg::Handle,
             10_000
         )?;
-        clear_stale_candidacy(store.as_ref(), &args.election, &args.node).await?;
-        let lease = store.grant_lease(args.lease_ttl).await?;
+        let node = args.node.as_str();
+        patiently(node, "clearing a stale candidacy", || {
+            clear_stale_candidacy(store.as_ref(), &args.election, node)
+        })
+        .await?;
+        let lease = patiently(node, "granting the election lease", || {
+            store.grant_lease(args.lease_ttl)
+        })
+        .await?;
 
         let campaign = {
             let (store, election, node, me) = (
@@ -275,9 +315,16 @@ impl Actor for Election {
                 myself.clone(),
             );
             tokio::spawn(async move {
-                let won =
-                    election::campaign(store.as_ref(), &election, node.into_bytes(), lease.id)
-                        .await;
+                // Campaigning again with the same lease keeps the place in line.
+                let won = patiently(&node, "campaigning", || {
+                    election::campaign(
+                        store.as_ref(),
+                        &election,
+                        node.clone().into_bytes(),
+                        lease.id,
+                    )
+                })
+                .await;
                 let _ = me.send_message(ElectionMsg::Won(won.map_err(|e| e.to_string())));
             })
         };
