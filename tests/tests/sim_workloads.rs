@@ -221,7 +221,11 @@ async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
         |images| images[victim].is_empty(),
     )
     .await;
-    assert_eq!(images.values().map(Vec::len).sum::<usize>(), 3, "{images:?}");
+    assert_eq!(
+        images.values().map(Vec::len).sum::<usize>(),
+        3,
+        "{images:?}"
+    );
     let events = sim.workload_events("default", "web").await;
     assert!(reasons(&events).contains(&"InstanceRetired"), "{events:?}");
     sim.stop().await;

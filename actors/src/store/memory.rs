@@ -50,6 +50,9 @@ struct State {
     next_lease: LeaseId,
     watchers: Vec<Watcher>,
     available: bool,
+    /// The election keys that guarded successful writes, in order, each run of the
+    /// same key once ([`MemoryStore::fenced_writers`]).
+    fenced: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -90,6 +93,7 @@ impl MemoryStore {
                 next_lease: 0x4b41_5400_0000_0001,
                 watchers: Vec::new(),
                 available: true,
+                fenced: Vec::new(),
             }),
             leases_changed: Notify::new(),
         });
@@ -110,6 +114,14 @@ impl MemoryStore {
                 );
             }
         }
+    }
+
+    /// The election keys (under `/kat/election/`) that guarded successful
+    /// transactions, in commit order, a run of writes under one key listed once. Terms
+    /// never interleave when fencing works: a key, once followed by another, never
+    /// comes back. (For the simulation's invariant checks; a few entries per term.)
+    pub fn fenced_writers(&self) -> Vec<String> {
+        self.shared.lock().fenced.clone()
     }
 
     /// Forgets history up to `revision`; watches from older revisions get `Compacted`.
@@ -391,6 +403,19 @@ impl StateStore for MemoryStore {
         let mut state = self.state()?;
         let succeeded = txn.compares.iter().all(|c| compare_holds(&state.kvs, c));
         let results = state.apply(if succeeded { &txn.then } else { &txn.otherwise })?;
+        if succeeded
+            && !txn.then.is_empty()
+            && let Some(guard) = txn.compares.iter().find(|c| {
+                // A leader's fence: its election key, as created (a campaign's
+                // "absent" compare is no leader's write).
+                matches!(c, Compare::CreateRevision(key, _, rev)
+                    if *rev > 0 && key.starts_with("/kat/election/"))
+            })
+            && state.fenced.last().map(String::as_str) != Some(guard.key())
+        {
+            let key = guard.key().to_owned();
+            state.fenced.push(key);
+        }
         Ok(TxnResult {
             succeeded,
             revision: state.revision,
