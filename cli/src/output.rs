@@ -451,8 +451,7 @@ pub fn instances_table(items: &[Instance]) -> String {
     for i in items {
         let status = i.status.clone().unwrap_or_default();
         let message = if i.node_lost {
-            "NodeLost: not counted; replaced elsewhere, retired when its node returns"
-                .to_owned()
+            "NodeLost: not counted; replaced elsewhere, retired when its node returns".to_owned()
         } else if status.reason.is_empty() {
             status.message.clone()
         } else if status.message.is_empty() {

@@ -276,9 +276,9 @@ pub async fn report_ops(
 pub fn ready(i: &Instance) -> bool {
     !i.node_lost
         && i.status.as_ref().is_some_and(|s| {
-        s.phase() == InstancePhase::Running
-            && !matches!(s.health(), Health::Starting | Health::Unhealthy)
-    })
+            s.phase() == InstancePhase::Running
+                && !matches!(s.health(), Health::Starting | Health::Unhealthy)
+        })
 }
 
 #[cfg(test)]

@@ -473,7 +473,10 @@ fn a_daemon_runs_once_on_every_eligible_node_and_follows_them() {
     apply(&mut world, &plans);
     assert_eq!(nodes_of(&world), ["n1", "n2", "n3"]);
     assert!(
-        world.instances.iter().all(|i| i.node_lost == (i.node == "n1")),
+        world
+            .instances
+            .iter()
+            .all(|i| i.node_lost == (i.node == "n1")),
         "{:?}",
         world.instances
     );

@@ -56,9 +56,7 @@ pub fn plan_workload(
         let node = snapshot.node(&i.node);
         if i.node_lost && node.is_some_and(|n| n.ready) {
             returned.push(i.clone());
-        } else if i.node.is_empty()
-            || node.is_some_and(|n| (n.ready || n.held) && !n.draining)
-        {
+        } else if i.node.is_empty() || node.is_some_and(|n| (n.ready || n.held) && !n.draining) {
             // A node held during a disruption keeps its instances (node_monitor),
             // unless the operator drains it.
             alive.push(i.clone());
