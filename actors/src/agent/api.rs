@@ -42,6 +42,37 @@ pub const MAX_EXEC: Duration = Duration::from_secs(300);
 pub const DEFAULT_EXEC: Duration = Duration::from_secs(30);
 /// How long a volume purge waits for this node to retire the workload's instances.
 pub const PURGE_WAIT: Duration = Duration::from_secs(30);
+/// Log streams a node serves at once. Each holds a `podman logs` process (and, with
+/// `-f`, holds it until the reader goes): past this, `katcall logs` is refused with the
+/// reason rather than letting readers pile up processes on the node.
+pub const MAX_LOG_STREAMS: usize = 64;
+
+/// The log streams a node's agent API has open ([`MAX_LOG_STREAMS`] at most).
+#[derive(Clone)]
+pub struct LogStreams(Arc<tokio::sync::Semaphore>);
+
+impl Default for LogStreams {
+    fn default() -> Self {
+        Self::new(MAX_LOG_STREAMS)
+    }
+}
+
+impl LogStreams {
+    pub fn new(max: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(max)))
+    }
+
+    /// A place for one more stream on `node` (given back when the permit drops), or
+    /// `ResourceExhausted` saying why.
+    fn admit(&self, node: &str) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "node {node} serves {MAX_LOG_STREAMS} log streams at once and all are open; \
+                 close one (a `katcall logs -f` left running) and try again"
+            ))
+        })
+    }
+}
 
 /// What the service reads.
 #[derive(Clone)]
@@ -52,6 +83,8 @@ pub struct AgentApiService {
     pub view: NodeView,
     /// `volumeBasePath`, where simpleClusterStorage lives (`None`: no volumes here).
     pub volume_base: Option<PathBuf>,
+    /// The log streams open now.
+    pub log_streams: LogStreams,
 }
 
 impl AgentApiService {
@@ -100,7 +133,10 @@ impl AgentApiService {
 async fn relay_lines(
     mut lines: kat_runtime::LogReceiver,
     tx: tokio::sync::mpsc::Sender<Result<LogChunk, Status>>,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
+    // The stream's place among the node's log streams, given back when the relay ends.
+    let _place = place;
     loop {
         let line = tokio::select! {
             () = tx.closed() => return,
@@ -155,6 +191,7 @@ impl AgentApi for AgentApiService {
             ));
         }
         let desired = self.instance(&req.namespace, &req.workload, &req.instance_id)?;
+        let place = self.log_streams.admit(&self.node)?;
         let opts = LogOptions {
             follow: req.follow,
             since: (req.since_seconds > 0).then(|| Duration::from_secs(req.since_seconds.into())),
@@ -166,7 +203,7 @@ impl AgentApi for AgentApiService {
             .await
             .map_err(runtime_status)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(relay_lines(lines, tx));
+        tokio::spawn(relay_lines(lines, tx, Some(place)));
         Ok(Response::new(Box::pin(
             tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -422,7 +459,7 @@ mod tests {
     async fn a_reader_that_goes_ends_the_relay_of_a_quiet_container_at_once() {
         let (lines_tx, lines) = tokio::sync::mpsc::channel(4);
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let relay = tokio::spawn(relay_lines(lines, tx));
+        let relay = tokio::spawn(relay_lines(lines, tx, None));
         lines_tx
             .send(Ok(LogLine {
                 stream: LogStream::Stdout,
@@ -439,5 +476,31 @@ mod tests {
             .unwrap();
         // And the runtime's side sees it: its follower stops.
         assert!(lines_tx.is_closed());
+    }
+
+    #[tokio::test]
+    async fn log_streams_past_the_cap_are_refused_until_one_ends() {
+        let streams = LogStreams::new(2);
+        let mut relays = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..2 {
+            let place = streams.admit("n1").unwrap();
+            let (lines_tx, lines) = tokio::sync::mpsc::channel(4);
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            relays.push((tokio::spawn(relay_lines(lines, tx, Some(place))), rx));
+            senders.push(lines_tx);
+        }
+        let refused = streams.admit("n1").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("node n1 serves"), "{refused:?}");
+        // A reader goes: its relay ends and gives its place back.
+        let (relay, rx) = relays.pop().unwrap();
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), relay)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(streams.admit("n1").is_ok());
+        drop(senders);
     }
 }

@@ -169,6 +169,7 @@ pub fn spec(opts: &AgentOptions) -> ChildSpec {
                 host: rt.host.clone(),
                 view: opts.view.clone(),
                 volume_base: Some(rt.spec.volume_base.clone()),
+                log_streams: api::LogStreams::default(),
             },
             addr,
             pki_dir: pki_dir.clone(),
