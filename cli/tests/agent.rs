@@ -388,3 +388,83 @@ fn run_starts_the_node_on_the_runtime_it_was_made_with_unless_told_otherwise() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("runtime.json"), "{said}");
 }
+
+#[test]
+fn a_port_clash_at_init_names_the_port_last_and_a_corrected_init_starts_afresh() {
+    if find_program("etcd").is_none() {
+        eprintln!("skipped: etcd is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file(dir.path());
+    let state = dir.path().join("state");
+    let port = api_port(&config);
+    let args = |config: &Path| {
+        vec![
+            "init".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--state-dir".to_owned(),
+            state.display().to_string(),
+            "--node-name".to_owned(),
+            "n1".to_owned(),
+            "--advertise-address".to_owned(),
+            "127.0.0.1".to_owned(),
+            "--runtime".to_owned(),
+            "fake".to_owned(),
+        ]
+    };
+    // Something else listens on the API port: init says so on its last line, at
+    // once, and writes nothing.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args(args(&config))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("apiPort {port}")) && last.contains("Address already in use"),
+        "{stderr}"
+    );
+    assert!(!state.exists(), "a refused init writes nothing");
+    drop(squatter);
+
+    // An init that never finished (its leader never wrote katcall.yaml or the join
+    // token) does not block one with corrected settings: that one starts afresh.
+    let mut first = Agent::start(
+        &args(&config).iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir.path().join("first.log"),
+    );
+    first.wait_for(
+        "katcall configuration written (admin API token)",
+        1,
+        Duration::from_secs(20),
+    );
+    first.signal(Signal::SIGKILL);
+    let _ = first.child.wait();
+    drop(first);
+    for file in ["katcall.yaml", "join-token"] {
+        std::fs::remove_file(state.join(file)).unwrap();
+    }
+    let fixed_dir = dir.path().join("fixed");
+    std::fs::create_dir(&fixed_dir).unwrap();
+    let fixed = cluster_file(&fixed_dir);
+    let mut second = Agent::start(
+        &args(&fixed).iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir.path().join("second.log"),
+    );
+    second.wait_for(
+        "katcall configuration written (admin API token)",
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("cluster.kat")).unwrap(),
+        std::fs::read_to_string(&fixed).unwrap(),
+        "the corrected configuration"
+    );
+    second.signal(Signal::SIGTERM);
+    assert!(second.child.wait().unwrap().success());
+}

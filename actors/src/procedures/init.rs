@@ -31,6 +31,39 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
     let cluster = quadlet::parse_cluster_config(&opts.config.display().to_string(), &config_bytes)
         .map_err(AgentError::Config)?;
     let dir = &opts.state_dir;
+    if read_identity(dir)?.is_some() && never_finished(dir) {
+        let differs = read_cluster(dir).map_or(true, |stored| stored != cluster)
+            || read_identity(dir)?.is_some_and(|identity| {
+                opts.node_name
+                    .as_ref()
+                    .is_some_and(|n| *n != identity.node_name)
+                    || opts
+                        .advertise_address
+                        .is_some_and(|a| a != identity.advertise_address)
+            });
+        if differs {
+            // Unless that init is still running here (its ports are taken).
+            if let (Ok(stored), Some(identity)) = (read_cluster(dir), read_identity(dir)?) {
+                let ports = kat_proto::quadlet::ClusterSettings::from(&stored);
+                ports_free(
+                    &dir.join(CLUSTER_FILE),
+                    identity.advertise_address,
+                    &[
+                        ("apiPort", ports.api_port),
+                        ("etcdClientPort", ports.etcd_client_port),
+                    ],
+                )
+                .map_err(|e| {
+                    AgentError::Conflict(format!(
+                        "{} holds an unfinished init that may still be running ({e})",
+                        dir.display()
+                    ))
+                })?;
+            }
+            tracing::warn!(state_dir = %dir.display(), "an earlier init here never finished (no katcall.yaml, no join-token) and was given other settings: starting over");
+            discard_unfinished_init(dir)?;
+        }
+    }
     if let Some(identity) = read_identity(dir)? {
         if let Some(name) = &opts.node_name
             && *name != identity.node_name
@@ -80,6 +113,19 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
         leader_api: Vec::new(),
         etcd_initial_cluster: None,
     };
+    // Before anything is written: a port in use fails here, with its name, and leaves
+    // no state directory behind.
+    let settings = kat_proto::quadlet::ClusterSettings::from(&cluster);
+    ports_free(
+        &opts.config,
+        identity.advertise_address,
+        &[
+            ("apiPort", settings.api_port),
+            ("agentPort", settings.agent_port),
+            ("etcdClientPort", settings.etcd_client_port),
+            ("etcdPeerPort", settings.etcd_peer_port),
+        ],
+    )?;
     crate::files::private_dir(dir).map_err(io_err(dir))?;
     write_private(&dir.join(CLUSTER_FILE), &config_bytes)?;
     let name = cluster
@@ -94,6 +140,52 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
     write_private(&dir.join(IDENTITY_FILE), &json)?;
     tracing::info!(node = %identity.node_name, address = %identity.advertise_address, state_dir = %dir.display(), "state directory initialised");
     prepared(identity, dir, cluster, &opts.etcd_bin)
+}
+
+/// Whether the init that made `dir` never got as far as its leader's files: no
+/// `katcall.yaml` and no `join-token`, so no admin and no node ever had its cluster.
+fn never_finished(dir: &Path) -> bool {
+    !dir.join("katcall.yaml").exists() && !dir.join("join-token").exists()
+}
+
+/// Removes what an init that never finished wrote (see [`never_finished`]), so that
+/// init with corrected settings starts afresh instead of refusing.
+fn discard_unfinished_init(dir: &Path) -> Result<(), AgentError> {
+    for file in [IDENTITY_FILE, CLUSTER_FILE, "runtime.json"] {
+        let path = dir.join(file);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+            _ => {}
+        }
+    }
+    for sub in ["etcd", "pki", "runtime"] {
+        let path = dir.join(sub);
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `ports` that something on `addr` already listens on, naming the field of
+/// `config` each comes from.
+pub(super) fn ports_free(
+    config: &Path,
+    addr: IpAddr,
+    ports: &[(&str, u16)],
+) -> Result<(), AgentError> {
+    for (field, port) in ports {
+        if let Err(e) = std::net::TcpListener::bind((addr, *port)) {
+            return Err(AgentError::Conflict(format!(
+                "{}: {field} {port}: cannot listen on {}: {e}; stop what uses it, or choose \
+                 another port",
+                config.display(),
+                std::net::SocketAddr::new(addr, *port)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// init's PKI, made before etcd starts so etcd can serve with mTLS from its first

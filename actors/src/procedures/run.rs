@@ -49,7 +49,10 @@ pub async fn run_until(
             tracing::info!(node = %node.identity.node_name, "stopped");
             Ok(Outcome::Stopped)
         }
-        _ = &mut join => Err(AgentError::Failed("restart intensity exhausted; see the log above".to_owned())),
+        _ = &mut join => Err(AgentError::Failed(format!(
+            "restart intensity exhausted: {}",
+            crate::supervision::last_escalation().unwrap_or_else(|| "see the log above".to_owned())
+        ))),
     }
 }
 

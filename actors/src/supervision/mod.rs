@@ -32,6 +32,21 @@ pub use policy::{Backoff, Intensity, Meltdown, Restart, RestartLog, Strategy};
 /// What starting a child returns: the child's cell, already linked to the supervisor.
 pub type StartFuture = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
 
+/// The latest escalation in this process (a supervisor whose restart intensity was
+/// exceeded): what it says, down to the first failure that caused it.
+static LAST_ESCALATION: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// The latest escalation's reason, e.g. `more than 3 restarts within 300s; last:
+/// control-plane@n1: … api-server@n1 failed to start: … Address already in use`; for
+/// the agent's last words when its tree gives up.
+pub fn last_escalation() -> Option<String> {
+    LAST_ESCALATION
+        .lock()
+        .ok()
+        .map(|s| s.clone())
+        .filter(|s| !s.is_empty())
+}
+
 /// Starts one child linked to the given supervisor cell; called again for every restart.
 #[derive(Clone)]
 pub struct StartFn(Arc<dyn Fn(ActorCell) -> StartFuture + Send + Sync>);
@@ -166,6 +181,8 @@ pub struct SupervisorState {
     children: Vec<Child>,
     log: RestartLog,
     restarts: u64,
+    /// The latest child failure, named in the escalation if the intensity is exceeded.
+    last_failure: String,
     /// Exits the supervisor caused itself (stops for a restart or removal): not failures.
     expected_exits: HashSet<ActorId>,
 }
@@ -202,6 +219,7 @@ impl SupervisorState {
                 Err(e) => {
                     let name = self.children[i].spec.name.clone();
                     tracing::warn!(supervisor = %Self::name_of(myself), child = %name, error = %e, "child failed to start");
+                    self.last_failure = format!("{name} failed to start: {e}");
                     self.record_restart(myself).await?;
                     let remaining: Vec<String> = self.children[i..]
                         .iter()
@@ -226,9 +244,13 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         self.restarts += 1;
         if let Err(meltdown) = self.log.record(&self.intensity, Instant::now()) {
-            tracing::error!(supervisor = %Self::name_of(myself), %meltdown, "restart intensity exceeded; stopping children and escalating");
+            tracing::error!(supervisor = %Self::name_of(myself), %meltdown, last = %self.last_failure, "restart intensity exceeded; stopping children and escalating");
             self.stop_all().await;
-            return Err(Box::new(meltdown));
+            let escalation = format!("{meltdown}; last: {}", self.last_failure);
+            if let Ok(mut last) = LAST_ESCALATION.lock() {
+                last.clone_from(&escalation);
+            }
+            return Err(escalation.into());
         }
         Ok(())
     }
@@ -308,6 +330,7 @@ impl SupervisorState {
         if let Some(notify) = &spec.on_restart {
             notify(&spec.name, &reason);
         }
+        self.last_failure = format!("{}: {reason}", spec.name);
         self.record_restart(myself).await?;
         let affected = policy::affected(self.strategy, i, self.children.len());
         for j in affected.clone().rev() {
@@ -385,6 +408,7 @@ impl Actor for Supervisor {
                 .collect(),
             log: RestartLog::default(),
             restarts: 0,
+            last_failure: String::new(),
             expected_exits: HashSet::new(),
         })
     }

@@ -315,11 +315,18 @@ async fn exceeding_the_restart_intensity_escalates_to_the_parent() {
     }
     send("esc-x", Cmd::Fail);
     // The outer supervisor restarts the inner one, which starts its child afresh.
+
     assert_eq!(probe.wait_len(1).await, lines(&[("start", "esc-x")]));
     assert_eq!(
         snapshot(&outer).await.restarts,
         1,
         "the escalation reached the parent"
+    );
+    // The escalation says what failed last (the agent's last words name the cause).
+    let why = super::last_escalation().unwrap_or_default();
+    assert!(
+        why.starts_with("more than 2 restarts within 60s; last: esc-x: "),
+        "{why}"
     );
     let inner = ActorRef::<SupervisorMsg>::from(ractor::registry::where_is("esc-inner").unwrap());
     assert_eq!(
