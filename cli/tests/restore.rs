@@ -281,6 +281,29 @@ fn a_destroyed_control_plane_comes_back_from_its_backup_and_workers_keep_their_c
     assert_eq!(ready, 3, "{nodes}");
     let events = ok(&katcall(&katcall_yaml, &["get", "events"]));
     assert!(events.contains("ClusterRestored"), "{events}");
+
+    // The restored cluster takes changes: scaling down keeps the generation and
+    // leaves the remaining instances as they were.
+    let scaled = ok(&katcall(
+        &katcall_yaml,
+        &["scale", "workload", "web", "--replicas", "4"],
+    ));
+    assert!(
+        scaled.contains("scaled to 4 (generation 1, no rollout)"),
+        "{scaled}"
+    );
+    let four = wait_instances(
+        &katcall_yaml,
+        Duration::from_secs(30),
+        "four instances after scaling",
+        |list| list.len() == 4,
+    );
+    for (id, (_, _, container)) in &four {
+        assert_eq!(
+            &after[id].2, container,
+            "instance {id} untouched by the scaling"
+        );
+    }
     for agent in workers.iter_mut().chain(std::iter::once(&mut n1)) {
         agent.signal(Signal::SIGTERM);
     }

@@ -655,3 +655,98 @@ async fn after_a_store_outage_the_scheduler_still_reacts_to_changes_at_once() {
     }
     sim.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn changing_only_the_replicas_scales_without_a_rollout() {
+    use kat_actors::state::workloads::{rollback, scale};
+    let sim = ready_cluster(3).await;
+    let before = web_ready(&sim, WEB_IMAGE, 1).await;
+    let ids = |list: &Instances| -> Vec<String> { list.iter().map(|i| i.id.clone()).collect() };
+    let first = ids(&before);
+    // The same file with replicas 5: generation 1 still, two instances more, the
+    // first three untouched.
+    let applied = sim
+        .apply(&[
+            ("workload.kat", &WEB.replace("replicas: 3", "replicas: 5")),
+            ("VirtualLoadBalancer.kat", WEB_LB),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(applied.workload.unwrap().metadata.unwrap().generation, 1);
+    let five = sim
+        .wait_instances("default", "web", Duration::from_secs(60), |i| {
+            i.all_ready(5, 1)
+        })
+        .await;
+    assert!(first.iter().all(|id| ids(&five).contains(id)), "{five:?}");
+    // katcall scale down to 2: two of the instances stay, nothing new starts.
+    let ctx = sim.leader_ctx().unwrap();
+    let scaled = scale(
+        &ctx.leadership,
+        "default",
+        "web",
+        2,
+        kat_tests::sim::sim_now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(scaled.workload.unwrap().metadata.unwrap().generation, 1);
+    let two = sim
+        .wait_instances("default", "web", Duration::from_secs(60), |i| {
+            i.all_ready(2, 1)
+        })
+        .await;
+    assert!(
+        ids(&two).iter().all(|id| ids(&five).contains(id)),
+        "{two:?}"
+    );
+    let events = sim.workload_events("default", "web").await;
+    assert_eq!(count(&reasons(&events), "Scaled"), 2, "{events:?}");
+    assert!(
+        !reasons(&events).contains(&"WorkloadUpdated"),
+        "no new generation: {events:?}"
+    );
+    // Bad requests change nothing.
+    let err = scale(
+        &ctx.leadership,
+        "default",
+        "web",
+        1001,
+        kat_tests::sim::sim_now(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("replicas: 1001"), "{err}");
+    // A rollback changes what runs, not how many: a new image, then back, at 2.
+    assert_eq!(apply_web(&sim, "docker.io/library/nginx:1.28").await, 2);
+    sim.wait_instances("default", "web", Duration::from_secs(60), |i| {
+        i.all_ready(3, 2)
+    })
+    .await;
+    scale(
+        &ctx.leadership,
+        "default",
+        "web",
+        2,
+        kat_tests::sim::sim_now(),
+    )
+    .await
+    .unwrap();
+    let back = rollback(
+        &ctx.leadership,
+        &ctx.settings,
+        "default",
+        "web",
+        0,
+        kat_tests::sim::sim_now(),
+    )
+    .await
+    .unwrap();
+    let spec = back.workload.unwrap().spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    sim.wait_instances("default", "web", Duration::from_secs(60), |i| {
+        i.all_ready(2, 3)
+    })
+    .await;
+    sim.stop().await;
+}

@@ -231,6 +231,23 @@ impl UserApi for UserApiService {
         .await)
     }
 
+    async fn scale_workload(
+        &self,
+        request: Request<ScaleWorkloadRequest>,
+    ) -> Result<Response<Quadlet>, Status> {
+        let ctx = self.auth(&request).await?;
+        let req = request.get_ref();
+        let ns = namespace_or_default(&req.namespace);
+        ok(state::workloads::scale(
+            &ctx.leadership,
+            ns,
+            &req.name,
+            i64::from(req.replicas),
+            SystemTime::now(),
+        )
+        .await)
+    }
+
     type StreamInstanceLogsStream = BoxStream<LogChunk>;
     async fn stream_instance_logs(
         &self,

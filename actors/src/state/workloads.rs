@@ -64,6 +64,20 @@ fn user_part(q: &Quadlet) -> Quadlet {
     q
 }
 
+/// [`user_part`] without `replicas`: what the instances run. Two specs that differ only
+/// in replicas are one generation, scaled.
+fn template_part(q: &Quadlet) -> Quadlet {
+    let mut q = user_part(q);
+    if let Some(spec) = q.workload.as_mut().and_then(|w| w.spec.as_mut()) {
+        spec.replicas = None;
+    }
+    q
+}
+
+fn replicas_of(q: &Quadlet) -> Option<i32> {
+    q.workload.as_ref()?.spec.as_ref()?.replicas
+}
+
 /// What an apply is allowed to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
@@ -172,6 +186,14 @@ async fn store_generation(
     {
         return Ok(prev.clone());
     }
+    // Only the replicas changed: the same generation, scaled (instances are added or
+    // removed; the others run on untouched).
+    if let Some(prev) = &previous
+        && rolled_back_to.is_none()
+        && template_part(prev) == template_part(&quadlet)
+    {
+        return scale_in_place(leadership, prev, existing.as_ref(), &quadlet, now).await;
+    }
     let generation = previous.as_ref().map_or(0, generation_of) + 1;
     let prev_meta = previous
         .as_ref()
@@ -235,8 +257,90 @@ async fn store_generation(
     Ok(quadlet)
 }
 
+/// Stores `wanted`'s replicas into the current generation `prev` (the workload and its
+/// kept revision), with a `Scaled` event, in one fenced transaction.
+async fn scale_in_place(
+    leadership: &Leadership,
+    prev: &Quadlet,
+    existing: Option<&crate::store::KeyValue>,
+    wanted: &Quadlet,
+    now: SystemTime,
+) -> StateResult<Quadlet> {
+    let (ns, wl) = quadlet_name(prev);
+    let key = keys::workload(&ns, &wl);
+    let generation = generation_of(prev);
+    let (from, to) = (replicas_of(prev), replicas_of(wanted));
+    let mut scaled = prev.clone();
+    if let Some(w) = scaled.workload.as_mut() {
+        if let Some(spec) = w.spec.as_mut() {
+            spec.replicas = to;
+        }
+        if let Some(meta) = w.metadata.as_mut() {
+            meta.updated_at = Some(kat_proto::timestamp(now));
+        }
+    }
+    let bytes = scaled.encode_to_vec();
+    let unchanged = match existing {
+        Some(kv) => Compare::unchanged(&key, kv.mod_revision),
+        None => Compare::absent(&key),
+    };
+    let message = format!(
+        "replicas {} → {} (generation {generation}, no rollout)",
+        from.unwrap_or_default(),
+        to.unwrap_or_default()
+    );
+    let event = workload_event(&ns, &wl, "Scaled", EventSeverity::Normal, message, now);
+    let ops = vec![
+        TxnOp::put(&key, bytes.clone()),
+        TxnOp::put(keys::revision(&ns, &wl, generation), bytes),
+        leadership.event_op(event).await,
+    ];
+    if !leadership.commit([unchanged], ops).await? {
+        return Err(StateError::Conflict(format!(
+            "workload {ns}/{wl} changed meanwhile; try again"
+        )));
+    }
+    tracing::info!(namespace = %ns, workload = %wl, generation, replicas = to.unwrap_or_default(), "workload scaled");
+    Ok(scaled)
+}
+
+/// Sets a SERVICE's replicas (`katcall scale`): the same generation, instances added
+/// or removed, no rollout.
+pub async fn scale(
+    leadership: &Leadership,
+    ns: &str,
+    name: &str,
+    replicas: i64,
+    now: SystemTime,
+) -> StateResult<Quadlet> {
+    let max = kat_proto::quadlet::defaults::MAX_REPLICAS;
+    if !(0..=max).contains(&replicas) {
+        return Err(StateError::BadRequest(format!(
+            "replicas: {replicas} is not between 0 and {max}"
+        )));
+    }
+    let mut wanted = get(leadership.store(), ns, name).await?;
+    let spec = wanted
+        .workload
+        .as_mut()
+        .and_then(|w| w.spec.as_mut())
+        .ok_or_else(|| StateError::corrupt(format!("workload {ns}/{name}"), "no spec"))?;
+    if !matches!(
+        spec.r#type(),
+        WorkloadType::Service | WorkloadType::Unspecified
+    ) {
+        return Err(StateError::Precondition(format!(
+            "workload {ns}/{name} is a {}: only a SERVICE has replicas",
+            spec.r#type().as_str_name()
+        )));
+    }
+    spec.replicas = i32::try_from(replicas).ok();
+    store_generation(leadership, wanted, ApplyMode::Update, None, now).await
+}
+
 /// Re-applies a kept generation (`to_generation`, or the one before the current when
-/// 0) as a new generation, rolled out with the workload's update strategy.
+/// 0) as a new generation, rolled out with the workload's update strategy; the
+/// current replicas are kept (a rollback changes what runs, not how many).
 pub async fn rollback(
     leadership: &Leadership,
     settings: &ClusterSettings,
@@ -261,7 +365,7 @@ pub async fn rollback(
         to_generation
     } else {
         kept.iter()
-            .filter(|(g, q)| *g < generation && user_part(q) != user_part(&current))
+            .filter(|(g, q)| *g < generation && template_part(q) != template_part(&current))
             .map(|(g, _)| *g)
             .max()
             .ok_or_else(|| {
@@ -275,7 +379,7 @@ pub async fn rollback(
             "generation {target} is the current one"
         )));
     }
-    let (_, old) = kept.into_iter().find(|(g, _)| *g == target).ok_or_else(|| {
+    let (_, mut old) = kept.into_iter().find(|(g, _)| *g == target).ok_or_else(|| {
         StateError::NotFound(format!(
             "generation {target} of workload {ns}/{name} is not kept (the last {KEEP_REVISIONS} are)"
         ))
@@ -287,6 +391,9 @@ pub async fn rollback(
             "generation {target} cannot be restored as it is:\n{}",
             problems.join("\n")
         )));
+    }
+    if let Some(spec) = old.workload.as_mut().and_then(|w| w.spec.as_mut()) {
+        spec.replicas = replicas_of(&current);
     }
     store_generation(leadership, old, ApplyMode::Update, Some(target), now).await
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use kat_cli::commands::{
     GlobalArgs, apply, backup, completion, delete, describe, exec, get, logs, man, nodes, rollback,
-    rollout, token, validate, version,
+    rollout, scale, token, validate, version,
 };
 
 /// Drive a KAT cluster.
@@ -38,6 +38,7 @@ enum Command {
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
     Rollback(rollback::RollbackArgs),
+    Scale(scale::ScaleArgs),
     Cordon(nodes::CordonArgs),
     Uncordon(nodes::UncordonArgs),
     Drain(nodes::DrainArgs),
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args, globals),
         Command::Rollout(command) => rollout::run(command, globals),
         Command::Rollback(args) => rollback::run(args, globals),
+        Command::Scale(args) => scale::run(args, globals),
         Command::Cordon(args) => nodes::run_cordon(args, globals),
         Command::Uncordon(args) => nodes::run_uncordon(args, globals),
         Command::Drain(args) => nodes::run_drain(args, globals),

@@ -26,6 +26,7 @@ pub mod man;
 pub mod nodes;
 pub mod rollback;
 pub mod rollout;
+pub mod scale;
 pub mod token;
 pub mod validate;
 pub mod version;

@@ -120,6 +120,18 @@ pub(super) async fn rollback(
     reply(s.api.rollback_workload(grpc(&headers, message)).await)
 }
 
+pub(super) async fn scale(
+    State(s): State<Rest>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut message: ScaleWorkloadRequest = tri!(json_body(body).await);
+    message.namespace = namespace;
+    message.name = name;
+    reply(s.api.scale_workload(grpc(&headers, message)).await)
+}
+
 pub(super) async fn workload_instances(
     State(s): State<Rest>,
     Path((namespace, workload)): Path<(String, String)>,

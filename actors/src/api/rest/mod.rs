@@ -62,6 +62,7 @@ fn methods(path: &str) -> Option<MethodRouter<Rest>> {
             .delete(delete_workload),
         "/v1alpha1/n/{ns}/workloads/{name}/status" => get(workload_status),
         "/v1alpha1/n/{ns}/workloads/{name}/rollback" => post(rollback),
+        "/v1alpha1/n/{ns}/workloads/{name}/scale" => post(scale),
         "/v1alpha1/n/{ns}/workloads/{name}/instances" => get(workload_instances),
         "/v1alpha1/instances" => get(list_instances),
         "/v1alpha1/n/{ns}/workloads/{name}/instances/{id}/logs" => get(logs),

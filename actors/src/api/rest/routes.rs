@@ -151,6 +151,14 @@ pub const ROUTES: &[RouteDoc] = &[
         B::Json("RollbackWorkloadRequest"),
         R::Json("Quadlet"),
     ),
+    route(
+        "post",
+        "/v1alpha1/n/{ns}/workloads/{name}/scale",
+        "ScaleWorkload",
+        "Set a SERVICE's replicas (body: {\"replicas\": N}): the current generation, no rollout",
+        B::Json("ScaleWorkloadRequest"),
+        R::Json("Quadlet"),
+    ),
     with_query(
         route(
             "get",
