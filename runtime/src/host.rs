@@ -218,6 +218,7 @@ impl InstanceHost for SystemdHost {
             self.units.cgroups,
             self.units.stop_timeout,
             self.units.env_file(o).as_deref(),
+            Some(&self.units.err_file(&name)),
         );
         match std::fs::read_to_string(&path) {
             // Same unit: systemd has it (and applies its restart policy); adopt it,
@@ -308,13 +309,27 @@ impl InstanceHost for SystemdHost {
             restarts: state.restarts,
             exit_code,
             ip: container.as_ref().and_then(|c| c.ip),
-            message: if state.restarts > 0 && state.exit_status != 0 && phase != Phase::Running {
-                format!(
-                    "unit {}/{} ({}); restarted {} times, last exit status {}",
-                    state.active, state.sub, state.result, state.restarts, state.exit_status
-                )
-            } else {
-                format!("unit {}/{} ({})", state.active, state.sub, state.result)
+            message: {
+                let mut message = if state.restarts > 0
+                    && state.exit_status != 0
+                    && phase != Phase::Running
+                {
+                    format!(
+                        "unit {}/{} ({}); restarted {} times, last exit status {}",
+                        state.active, state.sub, state.result, state.restarts, state.exit_status
+                    )
+                } else {
+                    format!("unit {}/{} ({})", state.active, state.sub, state.result)
+                };
+                // Why it does not run, in Podman's words (a start refused before the
+                // container ran leaves nothing in the container's log).
+                let failing = phase == Phase::Failed
+                    || (phase != Phase::Running && state.restarts > 0 && state.exit_status != 0);
+                if failing && let Some(why) = self.units.start_error(&unit) {
+                    message.push_str(": ");
+                    message.push_str(&why);
+                }
+                message
             },
         })
     }
@@ -530,6 +545,7 @@ mod tests {
             std::path::Path::new("/usr/bin/podman"),
             crate::systemd::unit::CgroupsMode::NoConmon,
             Duration::from_secs(5),
+            None,
             None,
         );
         assert_eq!(

@@ -287,11 +287,70 @@ pub fn read_small(path: &Path, max: usize) -> Option<String> {
     Some(text)
 }
 
+/// The end (at most `max` bytes) of a regular file a less trusted user writes, such as
+/// a unit's standard error: not followed if it is a link, not waited on if it is a
+/// FIFO, and only if it belongs to `owner` and has no other name (a hard link to
+/// someone else's file is not read, let alone emptied). A file larger than
+/// `truncate_past` is emptied (through the same descriptor) after it is read, so that
+/// what a crash loop appends stays bounded.
+pub fn read_tail(path: &Path, owner: u32, max: usize, truncate_past: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(path, flags, Mode::empty()).ok()?;
+    let mut file = File::from(fd);
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != owner || meta.nlink() != 1 {
+        return None;
+    }
+    let len = meta.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max as u64)))
+        .ok()?;
+    let mut bytes = Vec::with_capacity(max.min(len as usize));
+    file.by_ref()
+        .take(max as u64)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    if len > truncate_past {
+        let _ = file.set_len(0);
+    }
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_tail_is_read_only_from_an_owned_single_named_file_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let path = dir.path().join("x.err");
+        std::fs::write(&path, "first\nError: the reason\n").unwrap();
+        assert_eq!(
+            read_tail(&path, me, 10, 1 << 20).as_deref(),
+            Some("he reason\n"),
+            "the last bytes"
+        );
+        assert!(
+            read_tail(&path, me + 1, 10, 1 << 20).is_none(),
+            "not its owner's"
+        );
+        // Another name for the file (a hard link), or a symbolic link: not read.
+        let other = dir.path().join("other");
+        std::fs::hard_link(&path, &other).unwrap();
+        assert!(read_tail(&path, me, 10, 1 << 20).is_none());
+        std::fs::remove_file(&other).unwrap();
+        let link = dir.path().join("link.err");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_tail(&link, me, 10, 1 << 20).is_none());
+        // Past the bound it is read, then emptied.
+        std::fs::write(&path, "x".repeat(100)).unwrap();
+        assert_eq!(read_tail(&path, me, 4, 50).as_deref(), Some("xxxx"));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
 
     #[test]
     fn directories_are_made_below_the_base_and_links_are_refused() {

@@ -407,3 +407,64 @@ async fn wait(
     }
     panic!("{id} never got there: {:?}", reports.borrow().get(id));
 }
+
+/// A start Podman refuses before the container runs (here: a network that does not
+/// exist) names Podman's reason in the instance's report, not only an exit status.
+#[tokio::test]
+async fn a_start_podman_refuses_reports_podmans_reason() {
+    let Some(podman_bin) = podman_with_busybox() else {
+        return;
+    };
+    let Some(manager) = UserManager::start() else {
+        return;
+    };
+    let systemd = Systemd::connect(&manager.bus_address()).await.unwrap();
+    let host: Arc<dyn InstanceHost> = Arc::new(SystemdHost {
+        units: Units {
+            systemd,
+            unit_dir: manager.unit_dir(),
+            trusted_base: None,
+            owner: None,
+            podman: podman_bin.clone(),
+            cgroups: CgroupsMode::NoConmon,
+            stop_timeout: Duration::from_secs(5),
+        },
+        podman: Podman::new(&podman_bin),
+        image_source: None,
+    });
+    let id = unique_name("nonet").replace('-', "");
+    let mut x = instance(&id, RestartPolicy::Always);
+    let network = unique_name("kat-test-no-such-network");
+    x.opts.network = Some(network.clone());
+    let _cleanup = RemovedContainer(podman_bin.clone(), x.opts.name.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let desired = new_desired_cell();
+    let reports = new_reports_cell();
+    desired.send_replace(Some(vec![x.clone()]));
+    let rt = start(
+        host.clone(),
+        &desired,
+        &reports,
+        &dir.path().join("desired.json"),
+        Duration::from_millis(500),
+    )
+    .await;
+    let failed = wait(&rt, &reports, &id, |r| {
+        r.restarts > 0 && r.message.contains(&network)
+    })
+    .await;
+    eprintln!("reported: {}", failed.message);
+    assert!(failed.message.contains("restarted"), "{failed:?}");
+    desired.send_replace(Some(Vec::new()));
+    settle(&rt).await;
+    assert!(host.present().await.unwrap().is_empty());
+    assert!(
+        !manager
+            .unit_dir()
+            .read_dir()
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().ends_with(".err") }),
+        "the error file goes with its unit"
+    );
+    rt.stop_and_wait(None, None).await.unwrap();
+}

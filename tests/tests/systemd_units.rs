@@ -278,6 +278,7 @@ async fn a_unit_file_the_manager_never_started_is_started_not_adopted() {
             t.units.cgroups,
             t.units.stop_timeout,
             t.units.env_file(&opts).as_deref(),
+            Some(&t.units.err_file(&name)),
         ),
     )
     .unwrap();

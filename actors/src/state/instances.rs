@@ -167,14 +167,15 @@ fn status_events(
         events.push(("InstanceFailed", EventSeverity::Warning, message));
     }
     if new.restarts > old.restarts {
-        events.push((
-            "InstanceRestarted",
-            EventSeverity::Warning,
-            format!(
-                "instance {id} on {node} restarted ({} restarts)",
-                new.restarts
-            ),
-        ));
+        let mut message = format!(
+            "instance {id} on {node} restarted ({} restarts)",
+            new.restarts
+        );
+        // The node's account of why (the unit's state and Podman's last complaint).
+        if !new.message.is_empty() {
+            message.push_str(&format!(": {}", new.message));
+        }
+        events.push(("InstanceRestarted", EventSeverity::Warning, message));
     }
     if new.health() == Health::Unhealthy && old.health() != Health::Unhealthy {
         events.push((

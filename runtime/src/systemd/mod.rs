@@ -298,6 +298,7 @@ impl Units {
             self.cgroups,
             self.stop_timeout,
             env_file.as_deref(),
+            Some(&self.err_file(&name)),
         );
         self.write_unit_file(&name, &text)?;
         self.systemd.reload().await?;
@@ -313,6 +314,34 @@ impl Units {
     ) -> Option<std::path::PathBuf> {
         let name = unit::unit_name(&opts.namespace, &opts.workload, &opts.instance_id);
         (!opts.env.is_empty()).then(|| self.unit_dir.join(unit::env_file_name(&name)))
+    }
+
+    /// Where unit `unit`'s Podman standard error is kept ([`unit::err_file_name`]):
+    /// in the manager's runtime directory where there is one (a workload user's manager
+    /// opens the file as that user, who cannot write the unit directory), else beside
+    /// the unit.
+    pub fn err_file(&self, unit: &str) -> std::path::PathBuf {
+        self.trusted_base
+            .as_deref()
+            .unwrap_or(&self.unit_dir)
+            .join(unit::err_file_name(unit))
+    }
+
+    /// The last thing Podman complained about when starting unit `unit` (its last
+    /// non-empty line of standard error, at most 300 characters, control characters
+    /// dropped), if anything. The file is the workload user's to write, so it is read
+    /// as untrusted: not through a link, at most its last 16 KiB; a file grown past
+    /// 64 KiB (a crash loop appends every start's complaint) is emptied first.
+    pub fn start_error(&self, unit: &str) -> Option<String> {
+        let path = self.err_file(unit);
+        // Only the file the manager made for the unit: its user's, with one name.
+        let owner = self
+            .owner
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
+        let tail = crate::safe_fs::read_tail(&path, owner, 16 << 10, 64 << 10)?;
+        let line = tail.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+        let clean: String = line.chars().filter(|c| !c.is_control()).take(300).collect();
+        (!clean.is_empty()).then_some(clean)
     }
 
     /// Writes unit file `name` (see [`write_unit_file`]).
@@ -335,8 +364,11 @@ impl Units {
                 s.active == "inactive" || s.active == "failed"
             })
             .await?;
-        for file in [unit.to_owned(), unit::env_file_name(unit)] {
-            let path = self.unit_dir.join(file);
+        for path in [
+            self.unit_dir.join(unit),
+            self.unit_dir.join(unit::env_file_name(unit)),
+            self.err_file(unit),
+        ] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -54,6 +54,17 @@ pub fn quote(arg: &str) -> String {
     out
 }
 
+/// A path as a unit setting's value (which is not quoted): `%` doubled; `None` for a
+/// path with white space or control characters (the agent's own directories and
+/// validated names never have them).
+fn path_setting(path: &Path) -> Option<String> {
+    let text = path.to_str()?;
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    Some(text.replace('%', "%%"))
+}
+
 fn exec_line(program: &Path, args: &[String]) -> String {
     let mut line = quote(&program.display().to_string());
     for a in args {
@@ -66,6 +77,11 @@ fn exec_line(program: &Path, args: &[String]) -> String {
 /// The env file of unit `unit_name`: beside it, `<unit>.env`.
 pub fn env_file_name(unit_name: &str) -> String {
     format!("{}.env", unit_name.trim_end_matches(".service"))
+}
+
+/// The file beside unit `unit_name` that keeps Podman's standard error.
+pub fn err_file_name(unit_name: &str) -> String {
+    format!("{}.err", unit_name.trim_end_matches(".service"))
 }
 
 /// The text of an instance's env file, as `podman run --env-file` reads it: one
@@ -82,6 +98,7 @@ pub fn render_unit(
     cgroups: CgroupsMode,
     stop_timeout: Duration,
     env_file: Option<&Path>,
+    err_file: Option<&Path>,
 ) -> String {
     let mut opts = opts.clone();
     opts.systemd_mode = true;
@@ -170,6 +187,7 @@ pub fn render_unit(
          Environment=PODMAN_SYSTEMD_UNIT=%n\n\
          {environment}\
          ExecStart={start}\n\
+         {stderr}\
          ExecStop={stop}\n\
          {cleanup}\
          Restart={restart}\n\
@@ -181,6 +199,13 @@ pub fn render_unit(
         wl = opts.workload,
         id = opts.instance_id,
         start = exec_line(podman, &run),
+        // Podman's own complaints (a start that fails before the container runs:
+        // a network, a mount, a runtime error) are kept where the runtime reads the
+        // last one to say why (`Units::start_error`); the container's output goes to
+        // its log, not here.
+        stderr = err_file
+            .and_then(|f| path_setting(f))
+            .map_or_else(String::new, |f| format!("StandardError=append:{f}\n")),
         stop = exec_line(podman, &stop),
         cleanup = if run_once {
             String::new()
@@ -234,6 +259,7 @@ mod tests {
             CgroupsMode::NoConmon,
             Duration::from_secs(10),
             None,
+            None,
         );
         let line = |key: &str| {
             unit.lines()
@@ -274,6 +300,7 @@ mod tests {
             CgroupsMode::Split,
             Duration::from_secs(5),
             None,
+            None,
         );
         assert!(unit.contains("\nRestart=no\n"));
         assert!(unit.contains("--cgroups=split"));
@@ -290,6 +317,7 @@ mod tests {
             Path::new("/p"),
             CgroupsMode::Split,
             Duration::from_secs(5),
+            None,
             None,
         );
         assert!(unit.contains("\nRestart=on-failure\n"));
