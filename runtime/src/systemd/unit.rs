@@ -204,7 +204,7 @@ pub fn render_unit(
         // last one to say why (`Units::start_error`); the container's output goes to
         // its log, not here.
         stderr = err_file
-            .and_then(|f| path_setting(f))
+            .and_then(path_setting)
             .map_or_else(String::new, |f| format!("StandardError=append:{f}\n")),
         stop = exec_line(podman, &stop),
         cleanup = if run_once {
