@@ -212,7 +212,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
   workload soak-a $((1 + RANDOM % 4)) "$round"
   if [ $((round % 3)) -eq 0 ]; then
     if [ "$b_present" -eq 1 ]; then
-      kc delete workload soak-b >/dev/null 2>>"$dir/churn-errors.log" || true; b_present=0
+      kc delete workload soak-b --purge-volumes >/dev/null 2>>"$dir/churn-errors.log" || true; b_present=0
     else
       workload soak-b 2 "$round"; b_present=1
     fi
