@@ -2,7 +2,8 @@
 //! 127.0.0.1 and two `kat-agent join`s on 127.0.0.2 and .3, each with its own state
 //! directory, real etcd and real TLS; `katcall get nodes` sees three Ready nodes; a
 //! joined agent killed with SIGKILL turns NotReady within the loss timeout plus a tick,
-//! and `kat-agent run` brings it back Ready with the same identity. Three control-plane
+//! and `kat-agent run` brings it back Ready with the same identity. Idling for 60 s at a
+//! 1 s tick, the three write no etcd revision (at most a handful is allowed). Three control-plane
 //! members lose their leader to SIGKILL: another leads, a four-replica service (fake
 //! runtime) keeps its instances on the surviving nodes running and gets the dead
 //! leader's replaced. Every agent is stopped by PID when its guard drops.
@@ -15,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, api_port, cluster_file_with, init_args, join_args, katcall};
+use common::{Agent, api_port, cluster_file_with, init_args, join_args, katcall, settle};
 use kat_tests::programs::find_program;
 use nix::sys::signal::Signal;
 
@@ -152,6 +153,39 @@ fn init_and_two_joins_form_a_cluster_and_a_killed_node_comes_back() {
         Duration::from_secs(15),
     );
     eprintln!("three Ready nodes {formed:?} after the last join");
+
+    // Idle at a 1 s tick for 60 s: the heartbeats write nothing to etcd (issue 15's
+    // acceptance: no more than a handful of revisions; it made one per heartbeat).
+    if let Some(etcdctl) = find_program("etcdctl") {
+        let revision = || {
+            let env = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+                .args(["etcd-env", "--state-dir", &s1])
+                .output()
+                .unwrap();
+            let vars: Vec<(String, String)> = String::from_utf8(env.stdout)
+                .unwrap()
+                .lines()
+                .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let out = Command::new(&etcdctl)
+                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .args(["endpoint", "status", "-w", "json"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            json[0]["Status"]["header"]["revision"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no revision in {text}"))
+        };
+        settle(Duration::from_secs(3));
+        let before = revision();
+        settle(Duration::from_secs(60));
+        let written = revision() - before;
+        eprintln!("3 idle nodes, tick {TICK} s, 60 s: {written} etcd revisions");
+        assert!(written <= 5, "{written} revisions in 60 s of idling");
+    }
     let table = katcall(&katcall_yaml, &["get", "nodes"]);
     let table = String::from_utf8(table.stdout).unwrap();
     assert_eq!(table.lines().count(), 4, "{table}");
