@@ -2,9 +2,9 @@
 //! 127.0.0.1 and two `kat-agent join`s on 127.0.0.2 and .3, each with its own state
 //! directory, real etcd and real TLS; `katcall get nodes` sees three Ready nodes; a
 //! joined agent killed with SIGKILL turns NotReady within the loss timeout plus a tick,
-//! and `kat-agent run` brings it back Ready with the same identity. Idling for 60 s at a
-//! 1 s tick, the three write no etcd revision (at most a handful is allowed). Three control-plane
-//! members lose their leader to SIGKILL: another leads, a four-replica service (fake
+//! and `kat-agent run` brings it back Ready with the same identity. Idling for 60 s at
+//! a 1 s tick, the three write no etcd revision (at most a handful is allowed). Three
+//! control-plane members lose their leader to SIGKILL: another leads, a four-replica service (fake
 //! runtime) keeps its instances on the surviving nodes running and gets the dead
 //! leader's replaced. Every agent is stopped by PID when its guard drops.
 
