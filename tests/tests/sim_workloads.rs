@@ -181,6 +181,17 @@ async fn a_lost_nodes_service_instances_are_replaced_elsewhere() {
     // The lost node's instance is kept assigned there (marked, not counted) while
     // its replacement runs elsewhere.
     assert_eq!(after.on(victim), 1, "{after:?}");
+    // ... and the workload reads 3/3, not 3/4: `get workloads`, `rollout status` and
+    // `apply --wait` count the replacements, not what waits on the lost node.
+    let status = sim
+        .workload("default", "web")
+        .await
+        .workload
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!((status.desired_instances, status.ready_instances), (3, 3));
+    assert!(!status.rollout.unwrap().paused);
     assert_eq!(sim.states().await[victim], NodeState::NotReady);
     assert!(sim.events_of(victim).await.contains(&"NodeLost".to_owned()));
     let events = sim.workload_events("default", "web").await;

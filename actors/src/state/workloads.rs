@@ -545,11 +545,13 @@ pub fn status(
             ..Default::default()
         };
     }
-    let current =
-        |i: &Instance| i.generation == generation && i.desired_state() != DesiredState::Stop;
+    // Instances kept on a lost node are not counted (their replacements are).
+    let current = |i: &Instance| {
+        i.generation == generation && i.desired_state() != DesiredState::Stop && !i.node_lost
+    };
     let old_generations: Vec<i64> = instances
         .iter()
-        .filter(|i| i.generation != generation)
+        .filter(|i| i.generation != generation && !i.node_lost)
         .map(|i| i.generation)
         .collect();
     let rolling = w

@@ -88,7 +88,7 @@ pub async fn wait_ready(
         let old = s
             .instances
             .iter()
-            .filter(|i| i.generation != generation)
+            .filter(|i| i.generation != generation && !i.node_lost)
             .count();
         let is_job = s
             .workload

@@ -786,3 +786,66 @@ fn a_changed_job_runs_again_and_a_scheduled_one_runs_at_each_tick() {
     assert_eq!(world.jobs["default/web"].execution, before + 1, "no burst");
     assert!(!events(&plans).contains(&"JobTicksMissed".to_owned()));
 }
+
+/// An instance back from a lost node that its workload no longer wants (a daemon
+/// rolled to a new generation meanwhile) is removed, not also written: etcd refuses a
+/// transaction that writes a key twice, which would stop every later round.
+#[test]
+fn an_instance_back_from_a_lost_node_is_never_both_written_and_removed() {
+    let mut world = world_of(
+        workload(
+            WorkloadType::DaemonService,
+            0,
+            1,
+            UpdateStrategyType::Rolling,
+        ),
+        2,
+    );
+    let mut id = ids();
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    report_running(&mut world);
+    world.nodes[0] = node("n1", false);
+    let plans = plan_world(&world, now(), &mut id);
+    apply(&mut world, &plans);
+    assert!(
+        world
+            .instances
+            .iter()
+            .any(|i| i.node == "n1" && i.node_lost)
+    );
+    // A new generation while n1 is away; then n1 returns.
+    world.workloads = vec![workload(
+        WorkloadType::DaemonService,
+        0,
+        2,
+        UpdateStrategyType::Rolling,
+    )];
+    for _ in 0..4 {
+        report_running(&mut world);
+        let plans = plan_world(&world, now(), &mut id);
+        apply(&mut world, &plans);
+    }
+    world.nodes[0] = node("n1", true);
+    for _ in 0..6 {
+        let plans = plan_world(&world, now(), &mut id);
+        for (_, _, plan) in &plans {
+            let removed: Vec<&str> = plan.delete.iter().map(|i| i.id.as_str()).collect();
+            assert!(
+                plan.put.iter().all(|i| !removed.contains(&i.id.as_str())),
+                "written and removed in one round: {plan:?}"
+            );
+        }
+        apply(&mut world, &plans);
+        report_running(&mut world);
+    }
+    assert_eq!(nodes_of(&world), ["n1", "n2"]);
+    assert!(
+        world
+            .instances
+            .iter()
+            .all(|i| i.generation == 2 && !i.node_lost),
+        "{:?}",
+        world.instances
+    );
+}

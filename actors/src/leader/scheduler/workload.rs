@@ -56,6 +56,9 @@ pub fn plan_workload(
         let node = snapshot.node(&i.node);
         if i.node_lost && node.is_some_and(|n| n.ready) {
             returned.push(i.clone());
+        } else if i.node_lost {
+            // Still lost (or its node held since): stays marked, not counted.
+            lost.push(i.clone());
         } else if i.node.is_empty() || node.is_some_and(|n| (n.ready || n.held) && !n.draining) {
             // A node held during a disruption keeps its instances (node_monitor),
             // unless the operator drains it.
@@ -144,6 +147,18 @@ pub fn plan_workload(
         WorkloadType::Job => plan_job(&s, alive, job, snapshot, new_id, &mut plan),
         _ => plan_service(&s, alive, drained, snapshot, new_id, &mut plan),
     }
+    // An instance back from a lost node is un-marked above and may then be removed
+    // by the planning of its kind (a new generation, a node no longer eligible): the
+    // removal wins. etcd refuses a transaction that writes one key twice, and a
+    // refused write would stop this and every later workload's scheduling.
+    let deleted: std::collections::HashSet<&str> =
+        plan.delete.iter().map(|i| i.id.as_str()).collect();
+    let kept: Vec<Instance> = plan
+        .put
+        .drain(..)
+        .filter(|i| !deleted.contains(i.id.as_str()))
+        .collect();
+    plan.put = kept;
     plan
 }
 
