@@ -431,23 +431,21 @@ fn a_port_clash_at_init_names_the_port_last_and_a_corrected_init_starts_afresh()
     assert!(!state.exists(), "a refused init writes nothing");
     drop(squatter);
 
-    // An init that never finished (its leader never wrote katcall.yaml or the join
-    // token) does not block one with corrected settings: that one starts afresh.
+    // An init that never finished (killed while its etcd would not start, so its
+    // leader never wrote katcall.yaml or the join token) does not block one with
+    // corrected settings: that one starts afresh, and the first is set aside.
+    let mut broken = args(&config);
+    broken.extend(["--etcd-bin".to_owned(), "/bin/false".to_owned()]);
     let mut first = Agent::start(
-        &args(&config).iter().map(String::as_str).collect::<Vec<_>>(),
+        &broken.iter().map(String::as_str).collect::<Vec<_>>(),
         &dir.path().join("first.log"),
     );
-    first.wait_for(
-        "katcall configuration written (admin API token)",
-        1,
-        Duration::from_secs(20),
-    );
+    first.wait_for("state directory initialised", 1, Duration::from_secs(20));
     first.signal(Signal::SIGKILL);
     let _ = first.child.wait();
     drop(first);
-    for file in ["katcall.yaml", "join-token"] {
-        std::fs::remove_file(state.join(file)).unwrap();
-    }
+    assert!(state.join("init-pending").exists());
+    assert!(!state.join("katcall.yaml").exists());
     let fixed_dir = dir.path().join("fixed");
     std::fs::create_dir(&fixed_dir).unwrap();
     let fixed = cluster_file(&fixed_dir);
@@ -465,6 +463,42 @@ fn a_port_clash_at_init_names_the_port_last_and_a_corrected_init_starts_afresh()
         std::fs::read_to_string(&fixed).unwrap(),
         "the corrected configuration"
     );
+    let aside: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("discarded-"))
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the unfinished init is set aside, not deleted"
+    );
+    assert!(state.join(&aside[0]).join("pki/ca.key").exists());
+    // Finished now: the marker is gone, and init with yet other settings is refused
+    // as before, changing nothing.
+    let mut finished = Duration::ZERO;
+    while state.join("init-pending").exists() {
+        assert!(finished < Duration::from_secs(10), "init-pending stays");
+        std::thread::sleep(Duration::from_millis(100));
+        finished += Duration::from_millis(100);
+    }
     second.signal(Signal::SIGTERM);
     assert!(second.child.wait().unwrap().success());
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = cluster_file(&other_dir);
+    let refused = Command::new(env!("CARGO_BIN_EXE_kat-agent"))
+        .args(args(&other))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("was initialised with a different cluster configuration"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("cluster.kat")).unwrap(),
+        std::fs::read_to_string(&fixed).unwrap()
+    );
 }

@@ -20,6 +20,13 @@ use crate::pki::{pin, tokens};
 use crate::state::{self, Leadership, keys};
 use crate::store::{Compare, TxnOp};
 
+/// Written by `kat-agent init` before anything else and removed here once
+/// `katcall.yaml` and the join token exist: while it is there no admin and no node has
+/// the cluster yet, and an init with corrected settings may start over (and sets the
+/// unfinished one aside). Joined nodes, restored members and finished inits never
+/// have it.
+pub const INIT_PENDING: &str = "init-pending";
+
 /// The node whose files the leader writes at bootstrap (the node `kat-agent init` runs on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalFiles {
@@ -75,6 +82,12 @@ async fn write_node_files(
             "join token written (single use, expires in 24 h)"
         );
         println!("join token:     {}", token_path.display());
+    }
+    // init is complete: the marker that lets a corrected init start over goes.
+    let pending = local.state_dir.join(INIT_PENDING);
+    match std::fs::remove_file(&pending) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(file_err(&pending)(e)),
+        _ => {}
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use super::state_dir::{
     AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
     default_node_name, io_err, read_cluster, read_identity, write_private,
 };
+use crate::leader::bootstrap::INIT_PENDING;
 use crate::pki::ca::{CertAndKey, ClusterCa, node_key_and_csr};
 use crate::pki::local::{ClusterPki, PkiDir, pki_dir};
 
@@ -31,19 +32,22 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
     let cluster = quadlet::parse_cluster_config(&opts.config.display().to_string(), &config_bytes)
         .map_err(AgentError::Config)?;
     let dir = &opts.state_dir;
-    if read_identity(dir)?.is_some() && never_finished(dir) {
+    if let Some(identity) = read_identity(dir)?
+        && identity.control_plane
+        && identity.etcd_initial_cluster.is_none()
+        && dir.join(INIT_PENDING).exists()
+    {
         let differs = read_cluster(dir).map_or(true, |stored| stored != cluster)
-            || read_identity(dir)?.is_some_and(|identity| {
-                opts.node_name
-                    .as_ref()
-                    .is_some_and(|n| *n != identity.node_name)
-                    || opts
-                        .advertise_address
-                        .is_some_and(|a| a != identity.advertise_address)
-            });
+            || opts
+                .node_name
+                .as_ref()
+                .is_some_and(|n| *n != identity.node_name)
+            || opts
+                .advertise_address
+                .is_some_and(|a| a != identity.advertise_address);
         if differs {
             // Unless that init is still running here (its ports are taken).
-            if let (Ok(stored), Some(identity)) = (read_cluster(dir), read_identity(dir)?) {
+            if let Ok(stored) = read_cluster(dir) {
                 let ports = kat_proto::quadlet::ClusterSettings::from(&stored);
                 ports_free(
                     &dir.join(CLUSTER_FILE),
@@ -60,8 +64,8 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
                     ))
                 })?;
             }
-            tracing::warn!(state_dir = %dir.display(), "an earlier init here never finished (no katcall.yaml, no join-token) and was given other settings: starting over");
-            discard_unfinished_init(dir)?;
+            let aside = set_aside_unfinished_init(dir)?;
+            tracing::warn!(state_dir = %dir.display(), moved_to = %aside.display(), "an earlier init here never finished and was given other settings: starting over (what it wrote is set aside)");
         }
     }
     if let Some(identity) = read_identity(dir)? {
@@ -127,6 +131,7 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
         ],
     )?;
     crate::files::private_dir(dir).map_err(io_err(dir))?;
+    write_private(&dir.join(INIT_PENDING), b"")?;
     write_private(&dir.join(CLUSTER_FILE), &config_bytes)?;
     let name = cluster
         .metadata
@@ -142,30 +147,31 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
     prepared(identity, dir, cluster, &opts.etcd_bin)
 }
 
-/// Whether the init that made `dir` never got as far as its leader's files: no
-/// `katcall.yaml` and no `join-token`, so no admin and no node ever had its cluster.
-fn never_finished(dir: &Path) -> bool {
-    !dir.join("katcall.yaml").exists() && !dir.join("join-token").exists()
-}
-
-/// Removes what an init that never finished wrote (see [`never_finished`]), so that
-/// init with corrected settings starts afresh instead of refusing.
-fn discard_unfinished_init(dir: &Path) -> Result<(), AgentError> {
-    for file in [IDENTITY_FILE, CLUSTER_FILE, "runtime.json"] {
-        let path = dir.join(file);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+/// Moves what an unfinished init wrote (see [`INIT_PENDING`]) into
+/// `DIR/discarded-<unix seconds>/`, so that init with corrected settings starts afresh
+/// instead of refusing, and nothing is lost. Returns where it went.
+fn set_aside_unfinished_init(dir: &Path) -> Result<std::path::PathBuf, AgentError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("discarded-{secs}"));
+    crate::files::private_dir(&aside).map_err(io_err(&aside))?;
+    for name in [
+        IDENTITY_FILE,
+        CLUSTER_FILE,
+        "runtime.json",
+        "etcd",
+        "pki",
+        "runtime",
+        INIT_PENDING,
+    ] {
+        let from = dir.join(name);
+        match std::fs::rename(&from, aside.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&from)(e)),
             _ => {}
         }
     }
-    for sub in ["etcd", "pki", "runtime"] {
-        let path = dir.join(sub);
-        match std::fs::remove_dir_all(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
-            _ => {}
-        }
-    }
-    Ok(())
+    Ok(aside)
 }
 
 /// Refuses `ports` that something on `addr` already listens on, naming the field of
