@@ -144,8 +144,8 @@ impl ElectionState {
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs `op` until it succeeds, fails other than with `Unavailable`, or has failed for
-/// [`STORE_PATIENCE`] since its first failure; waits 100 ms, doubling to 2 s, between
-/// tries. `op` must be safe to repeat.
+/// [`STORE_PATIENCE`] since the first of a run of quick failures; waits 100 ms,
+/// doubling to 2 s, between tries. `op` must be safe to repeat.
 async fn patiently<T, Fut>(
     node: &str,
     what: &str,
@@ -157,7 +157,14 @@ where
     let mut pause = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     loop {
+        let began = Instant::now();
         let result = op().await;
+        // An attempt that ran a while before it failed (a campaign waiting its turn
+        // for hours) got somewhere: this failure starts a new count.
+        if began.elapsed() > Duration::from_secs(2) {
+            failing_since = None;
+            pause = Duration::from_millis(100);
+        }
         let since = *failing_since.get_or_insert_with(Instant::now);
         match result {
             Err(StoreError::Unavailable(e)) if since.elapsed() < STORE_PATIENCE => {
