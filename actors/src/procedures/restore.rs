@@ -27,10 +27,11 @@ use super::state_dir::{
     AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
     default_node_name, io_err, read_identity, write_private,
 };
+use crate::pki::ca::{ClusterCa, node_key_and_csr};
 use crate::pki::local::{ClusterPki, PkiDir, pki_dir};
 use crate::state::keys;
 use crate::store::etcd_process::{EtcdMemberConfig, EtcdProcess};
-use crate::store::{StateStore, Txn, TxnOp};
+use crate::store::{EtcdTls, StateStore, Txn, TxnOp};
 
 /// Flags of `kat-agent restore`.
 #[derive(Debug, Clone)]
@@ -114,7 +115,7 @@ pub async fn restore(opts: &RestoreOptions) -> Result<Restored, AgentError> {
     // configuration, which is in the snapshot): corrected below.
     let client_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
     let peer_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
-    let peer = format!("http://{peer_addr}");
+    let peer = format!("https://{peer_addr}");
     let token = format!(
         "kat-restore-{}",
         SystemTime::now()
@@ -150,13 +151,16 @@ pub async fn restore(opts: &RestoreOptions) -> Result<Restored, AgentError> {
         )));
     }
 
-    // The restored data, served on loopback only to this procedure.
-    let mut member = EtcdMemberConfig::single(
+    // The restored data, served on loopback only to this procedure, with mTLS like
+    // every member (a certificate for 127.0.0.1 from the etcd CA, made for this).
+    let tls = staging_tls(&staging.0, &cas)?;
+    let mut member = EtcdMemberConfig::single_tls(
         opts.etcd_bin.clone(),
         &node_name,
         data.clone(),
         client_addr,
         peer_addr,
+        tls,
     );
     member.log_file = Some(staging.0.join("etcd.log"));
     let mut etcd = EtcdProcess::spawn(&member).map_err(|e| failed(e.to_string()))?;
@@ -186,6 +190,35 @@ pub async fn restore(opts: &RestoreOptions) -> Result<Restored, AgentError> {
         "control plane restored"
     );
     Ok(restored)
+}
+
+/// The staging etcd's TLS files: the etcd CA's certificate, and a pair for 127.0.0.1
+/// it signs (an hour's lifetime; the directory goes when restore ends).
+fn staging_tls(staging: &Path, cas: &ClusterPki) -> Result<EtcdTls, AgentError> {
+    let etcd_ca = cas
+        .etcd
+        .as_ref()
+        .ok_or_else(|| failed("the CAs given have no etcd CA (etcd-ca.crt, etcd-ca.key)"))?;
+    let signed = node_key_and_csr("restore").and_then(|(key_pem, csr)| {
+        ClusterCa::from_pem(etcd_ca)?
+            .sign_node_csr(
+                &csr,
+                "restore",
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                Duration::from_secs(3600),
+            )
+            .map(|cert_pem| (cert_pem, key_pem))
+    });
+    let (cert_pem, key_pem) = signed.map_err(|e| failed(e.to_string()))?;
+    let tls = EtcdTls {
+        ca_file: staging.join("etcd-ca.crt"),
+        cert_file: staging.join("etcd.crt"),
+        key_file: staging.join("etcd.key"),
+    };
+    write_private(&tls.ca_file, etcd_ca.cert_pem.as_bytes())?;
+    write_private(&tls.cert_file, cert_pem.as_bytes())?;
+    write_private(&tls.key_file, key_pem.as_bytes())?;
+    Ok(tls)
 }
 
 /// The state directory may be new, or a control-plane member's whose etcd data is gone;
@@ -420,7 +453,7 @@ async fn rebuild(
             String::new()
         } else {
             format!(
-                "; former members no longer in the member list: {}",
+                "; former members, now listed as workers (katcall delete node removes them): {}",
                 former_members.join(", ")
             )
         }
@@ -447,6 +480,21 @@ async fn rebuild(
             .iter()
             .map(|name| TxnOp::delete(keys::control_plane(name))),
     );
+    // Former members are members no more: listed as workers (their instances are
+    // replaced as they go lost), so that `katcall delete node` can remove them and
+    // they can join again.
+    for name in &former_members {
+        let Some(kv) = store.get(&keys::node(name)).await.map_err(read)? else {
+            continue;
+        };
+        let Ok(mut former) = Node::decode(kv.value.as_slice()) else {
+            continue;
+        };
+        if let Some(spec) = former.spec.as_mut() {
+            spec.role = NodeRole::Worker.into();
+        }
+        ops.push(TxnOp::put(keys::node(name), former.encode_to_vec()));
+    }
     ops.extend(election.iter().map(|kv| TxnOp::delete(kv.key.clone())));
     let done = store
         .txn(Txn::new().and_then(ops))

@@ -489,8 +489,9 @@ fn print_restored(restored: &agent::Restored, dir: &std::path::Path) {
     );
     if !restored.former_members.is_empty() {
         println!(
-            "former control-plane members, no longer members: {}; stop them and remove \
-             their state directories before they start again, then join them anew",
+            "former control-plane members, now listed as workers: {}; stop them and \
+             remove their state directories before they start again; katcall delete node \
+             removes them, and they can join anew",
             restored.former_members.join(", ")
         );
     }
