@@ -192,7 +192,15 @@ impl UserApi for UserApiService {
         let ctx = self.auth(&request).await?;
         let req = request.get_ref();
         let ns = namespace_or_default(&req.namespace);
-        state::workloads::delete(&ctx.leadership, ns, &req.name, SystemTime::now()).await?;
+        let deleted =
+            state::workloads::delete(&ctx.leadership, ns, &req.name, SystemTime::now()).await;
+        // A purge that did not finish (a node away, the call cut short) is completed by
+        // asking again: the workload is gone, its volumes and user may not be.
+        let already_deleted = match deleted {
+            Ok(()) => false,
+            Err(StateError::NotFound(_)) if req.purge_volumes => true,
+            Err(e) => return Err(e.into()),
+        };
         if !req.purge_volumes {
             return Ok(Response::new(DeleteWorkloadResponse::default()));
         }
@@ -201,6 +209,7 @@ impl UserApi for UserApiService {
         Ok(Response::new(DeleteWorkloadResponse {
             purged_nodes,
             purge_failures,
+            already_deleted,
         }))
     }
     async fn get_workload_status(
@@ -238,11 +247,14 @@ impl UserApi for UserApiService {
         let ctx = self.auth(&request).await?;
         let req = request.get_ref();
         let ns = namespace_or_default(&req.namespace);
+        let replicas = req
+            .replicas
+            .ok_or_else(|| Status::invalid_argument("replicas: required (0 to 1000)"))?;
         ok(state::workloads::scale(
             &ctx.leadership,
             ns,
             &req.name,
-            i64::from(req.replicas),
+            i64::from(replicas),
             SystemTime::now(),
         )
         .await)

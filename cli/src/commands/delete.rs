@@ -78,7 +78,11 @@ async fn delete_workload(
         .await
         .map_err(CmdError::from)?
         .into_inner();
-    println!("workload {ns}/{name} deleted");
+    if answer.already_deleted {
+        println!("workload {ns}/{name} was already deleted; purging what it left");
+    } else {
+        println!("workload {ns}/{name} deleted");
+    }
     if purge_volumes {
         if !answer.purged_nodes.is_empty() {
             println!("volumes removed on {}", answer.purged_nodes.join(", "));
@@ -88,7 +92,8 @@ async fn delete_workload(
         }
         if !answer.purge_failures.is_empty() {
             return Err(format!(
-                "the workload is deleted, but volumes are left on {} node(s); remove volumeBasePath/{ns}/{name} there by hand",
+                "the workload is deleted, but volumes are left on {} node(s); run this again \
+                 when they are back (or remove volumeBasePath/{ns}/{name} there by hand)",
                 answer.purge_failures.len()
             )
             .into());

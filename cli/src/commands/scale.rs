@@ -56,7 +56,7 @@ async fn scale(
         .scale_workload(api::ScaleWorkloadRequest {
             namespace: namespace.unwrap_or("default").to_owned(),
             name,
-            replicas,
+            replicas: Some(replicas),
         })
         .await
         .map_err(CmdError::from)?
