@@ -5,7 +5,8 @@
 #   scripts/soak.sh [--duration 1h] [--dir DIR] [--report FILE] [--keep]
 #
 #   --duration T   how long the churn runs: 90s, 30m, 1h (default 1h)
-#   --dir DIR      where the nodes' state goes (default: a new /tmp/kat-soak.XXXX)
+#   --dir DIR      where the nodes' state goes, a directory that does not exist yet
+#                  (default: a new /tmp/kat-soak.XXXX)
 #   --report FILE  also write the report (markdown) there
 #   --keep         leave DIR behind (logs, samples.csv)
 #
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
     --dir) dir=${2:?--dir needs a value}; shift 2 ;;
     --report) report=${2:?--report needs a value}; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "soak.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +52,15 @@ for p in etcd etcdctl ss; do
   command -v "$p" >/dev/null || { echo "soak.sh: $p not found (scripts/install-deps.sh installs it)" >&2; exit 1; }
 done
 
+# Paths given are the caller's, relative to where it stands.
+if [ -n "$dir" ]; then
+  dir=$(realpath -m "$dir")
+  if [ -e "$dir" ]; then
+    echo "soak.sh: --dir $dir exists; give a new directory (the soak removes it afterwards unless --keep)" >&2
+    exit 2
+  fi
+fi
+if [ -n "$report" ]; then report=$(realpath -m "$report"); fi
 cd "$(dirname "$0")/.."
 echo "soak: building release binaries" >&2
 cargo build --release --bins -q
@@ -70,19 +80,20 @@ free_port() {
   echo "soak.sh: no free port" >&2; exit 1
 }
 
+client_port=$(free_port); peer_port=$(free_port); api_port=$(free_port); agent_port=$(free_port)
 cat > "$dir/cluster.kat" <<EOF
 apiVersion: kat.dws.rip/v1alpha1
 kind: ClusterConfiguration
 metadata: {name: soak}
 spec:
-  etcdClientPort: $(free_port)
-  etcdPeerPort: $(free_port)
-  apiPort: $(free_port)
-  agentPort: $(free_port)
+  etcdClientPort: $client_port
+  etcdPeerPort: $peer_port
+  apiPort: $api_port
+  agentPort: $agent_port
   backupPath: $dir/backups
   backupIntervalMinutes: 5
 EOF
-api=127.0.0.1:$(awk '/apiPort/ {print $2}' "$dir/cluster.kat")
+api=127.0.0.1:$api_port
 
 # n1's runtime: real rootless Podman if this host can, with an image of our own name.
 image=localhost/kat-soak-busybox:latest
@@ -152,7 +163,7 @@ for n in 2 3; do
     --node-name "soak$n" --advertise-address "127.0.0.$n" --runtime fake
   wait_log "$dir/n$n.log" "joined the cluster" 30
 done
-etcd_pid=$(ps -eo pid=,ppid=,comm= | awk -v p="${pid_of[n1]}" '$2 == p && $3 == "etcd" {print $1}')
+etcd_pid() { ps -eo pid=,ppid=,comm= | awk -v p="${pid_of[n1]}" '$2 == p && $3 == "etcd" {print $1; exit}'; }
 eval "$("$bin/kat-agent" etcd-env --state-dir "$dir/n1")"
 
 workload() {
@@ -179,10 +190,16 @@ EOF
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 db_bytes() { etcdctl endpoint status -w json 2>/dev/null | grep -o '"dbSize":[0-9]*' | head -1 | cut -d: -f2; }
 echo "seconds,n1_rss_kib,n2_rss_kib,n3_rss_kib,etcd_rss_kib,etcd_db_bytes,instances" > "$dir/samples.csv"
+# Instances the API lists; -1 when katcall fails (not "none").
+count_instances() {
+  local out
+  out=$(kc get instances -o json 2>/dev/null) || { echo -1; return; }
+  grep -c '"id"' <<<"$out" || true
+}
 sample() {
   local t=$1 count
-  count=$(kc get instances -o json 2>/dev/null | grep -c '"id"' || true)
-  echo "$t,$(rss_kib "${pid_of[n1]}"),$(rss_kib "${pid_of[n2]}"),$(rss_kib "${pid_of[n3]}"),$(rss_kib "$etcd_pid"),$(db_bytes),$count" >> "$dir/samples.csv"
+  count=$(count_instances)
+  echo "$t,$(rss_kib "${pid_of[n1]}"),$(rss_kib "${pid_of[n2]}"),$(rss_kib "${pid_of[n3]}"),$(rss_kib "$(etcd_pid)"),$(db_bytes),$count" >> "$dir/samples.csv"
 }
 
 kill_one_container() {
@@ -228,11 +245,11 @@ log "churn over: $round rounds, $kills containers killed"
 kc delete workload soak-a --purge-volumes >/dev/null 2>&1 || true
 kc delete workload soak-b --purge-volumes >/dev/null 2>&1 || true
 for _ in $(seq 120); do
-  [ "$(kc get instances -o json 2>/dev/null | grep -c '"id"' || true)" -eq 0 ] && break
+  [ "$(count_instances)" -eq 0 ] && break
   sleep 1
 done
 sleep 5
-left_instances=$(kc get instances -o json 2>/dev/null | grep -c '"id"' || true)
+left_instances=$(count_instances)
 started_by_agents=()
 for name in "${agents[@]}"; do
   mapfile -t -O "${#started_by_agents[@]}" started_by_agents < <(descendants "${pid_of[$name]}")
