@@ -234,6 +234,18 @@ fn a_destroyed_control_plane_comes_back_from_its_backup_and_workers_keep_their_c
         "{stdout}"
     );
     eprintln!("restore took {:?}", started.elapsed());
+    // The cluster CA is the cluster's own; the etcd CA is new (no former member's etcd
+    // certificate is trusted by the restored member).
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let restored_pki = Path::new(&s1).join("pki");
+    assert_eq!(
+        read(restored_pki.join("ca.crt")),
+        read(backups.join("pki/ca.crt"))
+    );
+    assert_ne!(
+        read(restored_pki.join("etcd-ca.crt")),
+        read(backups.join("pki/etcd-ca.crt"))
+    );
     // Never over etcd data.
     let again = kat_agent(&restore_args(None));
     let stderr = String::from_utf8_lossy(&again.stderr);

@@ -1,10 +1,11 @@
 //! `kat-agent restore`: a new single-member control plane from a backup, for when the
 //! control plane is lost (its disk died, its state directory was destroyed).
 //!
-//! The cluster comes back as it was at the snapshot: same cluster UID and CAs, same
-//! nodes, workloads, instances and tokens. Only the control plane is new: this node is
-//! its one etcd member (a new etcd cluster ID, so no former member can talk to it),
-//! and every former member is dropped from the member list. Joined nodes keep their
+//! The cluster comes back as it was at the snapshot: same cluster UID and cluster CA,
+//! same nodes, workloads, instances and tokens. Only the control plane is new: this
+//! node is its one etcd member (a new etcd cluster ID and a new etcd CA, so no former
+//! member can talk to it or use its etcd certificate), and every former member is
+//! dropped from the member list and listed as a worker. Joined nodes keep their
 //! certificates and reattach by themselves; their containers keep running throughout
 //! and are adopted as they are. See `docs/operations.md` ("Restore").
 //!
@@ -170,7 +171,7 @@ pub async fn restore(opts: &RestoreOptions) -> Result<Restored, AgentError> {
         .map_err(|e| failed(e.to_string()))?;
     let rebuilt = rebuild(&store, &cas, &node_name, existing.as_ref(), opts).await;
     let stopped = etcd.stop(ETCD_STOP).await;
-    let (restored, identity, config, pairs) = rebuilt?;
+    let (restored, identity, config, cas, pairs) = rebuilt?;
     stopped.map_err(|e| failed(format!("stopping the restored etcd: {e}")))?;
 
     // Into place; agent.json last (until it is there, the directory is no node).
@@ -334,6 +335,7 @@ type Rebuilt = (
     Restored,
     AgentIdentity,
     ClusterConfiguration,
+    ClusterPki,
     (crate::pki::ca::CertAndKey, crate::pki::ca::CertAndKey),
 );
 
@@ -407,7 +409,16 @@ async fn rebuild(
         leader_api: Vec::new(),
         etcd_initial_cluster: None,
     };
-    let pairs = sign_member_pairs(cas, &identity, settings.certificate_lifetime)?;
+    // A new etcd CA: the restored member is alone, and no former member's etcd
+    // certificate (signed by the old one) is trusted by it. The cluster CA stays, so
+    // the nodes' certificates do; members that join later get the new etcd CA.
+    let cas = ClusterPki {
+        cluster: cas.cluster.clone(),
+        etcd: Some(
+            crate::pki::ca::generate_etcd_ca(&settings.name).map_err(|e| failed(e.to_string()))?,
+        ),
+    };
+    let pairs = sign_member_pairs(&cas, &identity, settings.certificate_lifetime)?;
     let certificate_key =
         crate::pki::ca::key_sha256_of_pem(&pairs.0.cert_pem).map_err(|e| failed(e.to_string()))?;
 
@@ -531,5 +542,5 @@ async fn rebuild(
         revision: done.revision,
         former_members,
     };
-    Ok((restored, identity, config, pairs))
+    Ok((restored, identity, config, cas, pairs))
 }
