@@ -559,6 +559,34 @@ async fn a_step_of_the_leaders_wall_clock_reschedules_nothing() {
     sim.stop().await;
 }
 
+/// etcd answering nothing for longer than a loss timeout (a stalled disk) loses no
+/// node and moves no instance: liveness is kept in the leader's memory, and every node
+/// was heard from throughout.
+#[tokio::test(start_paused = true)]
+async fn a_store_stall_longer_than_the_loss_timeout_reschedules_nothing() {
+    let sim = ready_cluster(2).await;
+    let before = placement(&web_ready(&sim, WEB_IMAGE, 1).await);
+    sim.store.set_available(false);
+    tokio::time::sleep(Duration::from_secs(LOSS + 5)).await;
+    sim.store.set_available(true);
+    tokio::time::sleep(Duration::from_secs(4 * TICK)).await;
+    let after = sim
+        .wait_instances("default", "web", Duration::from_secs(LOSS), |i| {
+            i.all_ready(3, 1)
+        })
+        .await;
+    assert_eq!(placement(&after), before, "nothing moved");
+    let events = sim.workload_events("default", "web").await;
+    assert!(
+        !events.iter().any(|e| e.reason == "InstancesRescheduled"),
+        "{events:?}"
+    );
+    for node in ["cp1", "w1", "w2"] {
+        assert!(!sim.events_of(node).await.contains(&"NodeLost".to_owned()));
+    }
+    sim.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn most_nodes_cut_off_at_once_keep_their_instances_and_come_back_to_them() {
     let sim = ready_cluster(4).await;
