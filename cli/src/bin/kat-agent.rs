@@ -295,8 +295,9 @@ enum Command {
     /// Bring a lost control plane back from a backup, as this node's only member.
     ///
     /// Rebuilds DIR from an etcd snapshot (katcall backup, or the leader's timer in
-    /// backupPath): same cluster UID, CAs, nodes, workloads and tokens; a new member
-    /// list with this node alone. Then start it with `kat-agent run --state-dir DIR`:
+    /// backupPath): same cluster UID, cluster CA, nodes, workloads and tokens; a new
+    /// member list with this node alone, under a new etcd CA (former members become
+    /// workers). Then start it with `kat-agent run --state-dir DIR`:
     /// joined nodes reattach with their certificates and keep their containers.
     /// Restore onto the lost member's address (or the joined nodes cannot find it).
     /// Never overwrites DIR/etcd. See docs/operations.md, "Restore".
