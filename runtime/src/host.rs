@@ -239,6 +239,16 @@ impl InstanceHost for SystemdHost {
                     Ok(Ensured::Started)
                 }
             }
+            // Only how the unit is run changed, not what runs (a unit written by an
+            // older agent, without `StandardError=`): the file is rewritten for the
+            // next start, and the container runs on. Restarting it would restart
+            // every instance of a node at once on an upgrade, and run finished JOB
+            // runs again.
+            Ok(have) if same_container(&have, &want) => {
+                self.units.write_unit_file(&name, &want)?;
+                self.units.systemd.reload().await?;
+                Ok(Ensured::Adopted)
+            }
             Ok(_) => {
                 // Images are pulled before the unit starts (SPEC §8.2).
                 self.podman
@@ -350,6 +360,18 @@ impl InstanceHost for SystemdHost {
     ) -> Result<LogReceiver, RuntimeError> {
         self.podman.logs(&desired.opts.name, opts).await
     }
+}
+
+/// Whether two unit texts run the same container: equal but for the settings that
+/// only say where the unit's own output goes.
+fn same_container(have: &str, want: &str) -> bool {
+    let runs = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with("StandardError="))
+            .map(str::to_owned)
+            .collect()
+    };
+    runs(have) == runs(want)
 }
 
 #[derive(Debug)]
@@ -530,6 +552,36 @@ impl InstanceHost for FakeHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unit_that_differs_only_in_where_podman_complains_runs_the_same_container() {
+        let opts = ContainerCreateOptions {
+            instance_id: "x9".into(),
+            namespace: "ns".into(),
+            workload: "w".into(),
+            name: "kat-ns-w-x9".into(),
+            image: "i".into(),
+            ..Default::default()
+        };
+        let podman = std::path::Path::new("/usr/bin/podman");
+        let mode = crate::systemd::unit::CgroupsMode::NoConmon;
+        let old = render_unit(&opts, podman, mode, Duration::from_secs(5), None, None);
+        let err = std::path::Path::new("/run/u/kat-ns-w-x9.err");
+        let new = render_unit(&opts, podman, mode, Duration::from_secs(5), None, Some(err));
+        assert_ne!(old, new);
+        assert!(same_container(&old, &new));
+        let mut other = opts.clone();
+        other.image = "j".into();
+        let changed = render_unit(
+            &other,
+            podman,
+            mode,
+            Duration::from_secs(5),
+            None,
+            Some(err),
+        );
+        assert!(!same_container(&old, &changed));
+    }
 
     #[test]
     fn a_unit_file_names_its_instance() {

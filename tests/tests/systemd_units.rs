@@ -298,3 +298,50 @@ async fn a_unit_file_the_manager_never_started_is_started_not_adopted() {
     assert_eq!(host.ensure(&x).await.unwrap(), Ensured::Adopted);
     host.retire(&id).await.unwrap();
 }
+
+/// A unit an older agent wrote (no `StandardError=`) is brought up to date without
+/// restarting its container: an upgrade must not restart every instance at once, nor
+/// run a finished JOB run again.
+#[tokio::test]
+async fn a_unit_from_an_older_agent_is_rewritten_not_restarted() {
+    use kat_runtime::host::{DesiredInstance, Ensured, InstanceHost, SystemdHost};
+    use kat_runtime::systemd::unit::{render_unit, unit_name};
+    let Some(t) = setup().await else { return };
+    let id = unique_name("old").replace('-', "");
+    let opts = instance(&id, RestartPolicy::Always);
+    let _guard = RemovedContainer(t.podman_bin.clone(), opts.name.clone());
+    let name = unit_name(&opts.namespace, &opts.workload, &opts.instance_id);
+    std::fs::create_dir_all(&t.units.unit_dir).unwrap();
+    let old = render_unit(
+        &opts,
+        &t.podman_bin,
+        t.units.cgroups,
+        t.units.stop_timeout,
+        t.units.env_file(&opts).as_deref(),
+        None,
+    );
+    std::fs::write(t.units.unit_dir.join(&name), &old).unwrap();
+    t.units.systemd.reload().await.unwrap();
+    t.units.systemd.start(&name).await.unwrap();
+    let before = running(&t.podman, &opts.name).await.id;
+    let host = SystemdHost {
+        units: t.units.clone(),
+        podman: t.podman.clone(),
+        image_source: None,
+    };
+    let x = DesiredInstance {
+        opts,
+        health: None,
+        ensure: Vec::new(),
+    };
+    assert_eq!(host.ensure(&x).await.unwrap(), Ensured::Adopted);
+    let now = std::fs::read_to_string(t.units.unit_dir.join(&name)).unwrap();
+    assert!(now.contains("StandardError=append:"), "{now}");
+    assert_eq!(
+        running(&t.podman, &x.opts.name).await.id,
+        before,
+        "same container"
+    );
+    assert_eq!(host.ensure(&x).await.unwrap(), Ensured::Adopted);
+    host.retire(&id).await.unwrap();
+}

@@ -339,7 +339,17 @@ impl Units {
             .owner
             .map_or_else(|| nix::unistd::geteuid().as_raw(), |(uid, _)| uid);
         let tail = crate::safe_fs::read_tail(&path, owner, 16 << 10, 64 << 10)?;
-        let line = tail.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+        // Podman's own error, where there is one; else its last word (a warning).
+        let lines: Vec<&str> = tail
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let line = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("Error"))
+            .or_else(|| lines.last())?;
         let clean: String = line.chars().filter(|c| !c.is_control()).take(300).collect();
         (!clean.is_empty()).then_some(clean)
     }
