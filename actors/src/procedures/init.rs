@@ -148,21 +148,29 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
 }
 
 /// Moves what an unfinished init wrote (see [`INIT_PENDING`]) into
-/// `DIR/discarded-<unix seconds>/`, so that init with corrected settings starts afresh
+/// `DIR/discarded-<unix nanoseconds>/`, so that init with corrected settings starts afresh
 /// instead of refusing, and nothing is lost. Returns where it went.
 fn set_aside_unfinished_init(dir: &Path) -> Result<std::path::PathBuf, AgentError> {
-    let secs = std::time::SystemTime::now()
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let aside = dir.join(format!("discarded-{secs}"));
-    crate::files::private_dir(&aside).map_err(io_err(&aside))?;
+        .map_or(0, |d| d.as_nanos());
+    // A name of its own (made exclusively), so one set-aside never overwrites another.
+    let aside = dir.join(format!("discarded-{nanos}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&aside)
+        .map_err(io_err(&aside))?;
+    // The identity and the marker last: a move that fails halfway leaves an
+    // unfinished init that the next try sets aside again, never one that looks new
+    // and would be written over.
     for name in [
-        IDENTITY_FILE,
-        CLUSTER_FILE,
-        "runtime.json",
         "etcd",
         "pki",
         "runtime",
+        "runtime.json",
+        CLUSTER_FILE,
+        IDENTITY_FILE,
         INIT_PENDING,
     ] {
         let from = dir.join(name);

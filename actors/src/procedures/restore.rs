@@ -153,8 +153,8 @@ pub async fn restore(opts: &RestoreOptions) -> Result<Restored, AgentError> {
     }
 
     // The restored data, served on loopback only to this procedure, with mTLS like
-    // every member (a certificate for 127.0.0.1 from the etcd CA, made for this).
-    let tls = staging_tls(&staging.0, &cas)?;
+    // every member (under a CA made for this alone).
+    let tls = staging_tls(&staging.0)?;
     let mut member = EtcdMemberConfig::single_tls(
         opts.etcd_bin.clone(),
         &node_name,
@@ -193,13 +193,11 @@ pub async fn restore(opts: &RestoreOptions) -> Result<Restored, AgentError> {
     Ok(restored)
 }
 
-/// The staging etcd's TLS files: the etcd CA's certificate, and a pair for 127.0.0.1
-/// it signs (an hour's lifetime; the directory goes when restore ends).
-fn staging_tls(staging: &Path, cas: &ClusterPki) -> Result<EtcdTls, AgentError> {
-    let etcd_ca = cas
-        .etcd
-        .as_ref()
-        .ok_or_else(|| failed("the CAs given have no etcd CA (etcd-ca.crt, etcd-ca.key)"))?;
+/// The staging etcd's TLS files: a CA made for it alone, and a pair for 127.0.0.1 it
+/// signs (an hour's lifetime; the directory, and the CA's key, go when restore ends).
+fn staging_tls(staging: &Path) -> Result<EtcdTls, AgentError> {
+    let etcd_ca =
+        &crate::pki::ca::generate_etcd_ca("restore staging").map_err(|e| failed(e.to_string()))?;
     let signed = node_key_and_csr("restore").and_then(|(key_pem, csr)| {
         ClusterCa::from_pem(etcd_ca)?
             .sign_node_csr(
@@ -265,7 +263,8 @@ fn check_state_dir(dir: &Path, opts: &RestoreOptions) -> Result<Option<AgentIden
     Ok(existing)
 }
 
-/// The cluster's CAs, from `--pki`, `DIR/pki`, or `pki/` beside the snapshot.
+/// The cluster CA (certificate and key), from `--pki`, `DIR/pki`, or `pki/` beside
+/// the snapshot. The etcd CA there is not needed: the restored member gets a new one.
 fn read_cas(dir: &Path, opts: &RestoreOptions) -> Result<ClusterPki, AgentError> {
     let (source, flag) = match &opts.pki {
         Some(path) => (PkiDir(path.clone()), "--pki"),
@@ -283,25 +282,20 @@ fn read_cas(dir: &Path, opts: &RestoreOptions) -> Result<ClusterPki, AgentError>
             }
         }
     };
-    let cas = source.read_cluster_pki().map_err(|e| {
-        failed(format!(
-            "{flag} ({}): {e}; restore needs the cluster's CAs (ca.crt, ca.key, \
-             etcd-ca.crt, etcd-ca.key): the pki directory the leader keeps beside its \
-             backups, or a copy of a control-plane member's DIR/pki, given with --pki",
-            source.0.display()
-        ))
-    })?;
-    let mut pairs = vec![("ca", &cas.cluster)];
-    pairs.extend(cas.etcd.as_ref().map(|etcd| ("etcd-ca", etcd)));
-    for (name, pair) in pairs {
-        if !crate::pki::ca::pair_matches(pair) {
-            return Err(failed(format!(
-                "{flag} ({}): {name}.key does not belong to {name}.crt",
+    // A pair read as a pair: a key that is not the certificate's is refused.
+    let cluster =
+        crate::pki::local::read_pair(&source.ca_cert(), &source.ca_key()).map_err(|e| {
+            failed(format!(
+                "{flag} ({}): {e}; restore needs the cluster CA (ca.crt, ca.key): the pki \
+                 directory the leader keeps beside its backups, or a copy of a \
+                 control-plane member's DIR/pki, given with --pki",
                 source.0.display()
-            )));
-        }
-    }
-    Ok(cas)
+            ))
+        })?;
+    Ok(ClusterPki {
+        cluster,
+        etcd: None,
+    })
 }
 
 /// `etcdutl` (etcd 3.5 and later) or `etcdctl` (3.4), beside the etcd binary or on PATH.
@@ -491,20 +485,23 @@ async fn rebuild(
             .iter()
             .map(|name| TxnOp::delete(keys::control_plane(name))),
     );
-    // Former members are members no more: listed as workers (their instances are
-    // replaced as they go lost), so that `katcall delete node` can remove them and
-    // they can join again.
-    for name in &former_members {
-        let Some(kv) = store.get(&keys::node(name)).await.map_err(read)? else {
-            continue;
-        };
+    // Former members are members no more: every other node recorded as control
+    // plane is listed as a worker (its instances are replaced as it goes lost), so
+    // that `katcall delete node` can remove it and it can join again.
+    let (nodes, _) = store.list(keys::NODES_PREFIX).await.map_err(read)?;
+    for kv in nodes {
         let Ok(mut former) = Node::decode(kv.value.as_slice()) else {
             continue;
         };
-        if let Some(spec) = former.spec.as_mut() {
-            spec.role = NodeRole::Worker.into();
+        let name = former.metadata.as_ref().map(|m| m.name.clone());
+        let Some(spec) = former.spec.as_mut() else {
+            continue;
+        };
+        if name.as_deref() == Some(node_name) || spec.role() != NodeRole::ControlPlane {
+            continue;
         }
-        ops.push(TxnOp::put(keys::node(name), former.encode_to_vec()));
+        spec.role = NodeRole::Worker.into();
+        ops.push(TxnOp::put(kv.key.clone(), former.encode_to_vec()));
     }
     ops.extend(election.iter().map(|kv| TxnOp::delete(kv.key.clone())));
     let done = store
