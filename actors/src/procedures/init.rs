@@ -8,7 +8,7 @@ use kat_proto::quadlet;
 use super::prepared::{PreparedNode, prepared};
 use super::state_dir::{
     AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
-    default_node_name, io_err, read_cluster, read_identity, write_private,
+    default_node_name, io_err, read_cluster, read_identity, same_node, write_private,
 };
 use crate::leader::bootstrap::INIT_PENDING;
 use crate::pki::ca::{CertAndKey, ClusterCa, node_key_and_csr};
@@ -38,13 +38,13 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
         && dir.join(INIT_PENDING).exists()
     {
         let differs = read_cluster(dir).map_or(true, |stored| stored != cluster)
-            || opts
-                .node_name
-                .as_ref()
-                .is_some_and(|n| *n != identity.node_name)
-            || opts
-                .advertise_address
-                .is_some_and(|a| a != identity.advertise_address);
+            || same_node(
+                dir,
+                &identity,
+                opts.node_name.as_deref(),
+                opts.advertise_address,
+            )
+            .is_err();
         if differs {
             // Unless that init is still running here (its ports are taken).
             if let Ok(stored) = read_cluster(dir) {
@@ -69,24 +69,12 @@ pub fn prepare_init(opts: &InitOptions) -> Result<PreparedNode, AgentError> {
         }
     }
     if let Some(identity) = read_identity(dir)? {
-        if let Some(name) = &opts.node_name
-            && *name != identity.node_name
-        {
-            return Err(AgentError::Conflict(format!(
-                "{} belongs to node {:?}, not {name:?}; use another --state-dir",
-                dir.display(),
-                identity.node_name
-            )));
-        }
-        if let Some(addr) = opts.advertise_address
-            && addr != identity.advertise_address
-        {
-            return Err(AgentError::Conflict(format!(
-                "{} was initialised with --advertise-address {}, not {addr}",
-                dir.display(),
-                identity.advertise_address
-            )));
-        }
+        same_node(
+            dir,
+            &identity,
+            opts.node_name.as_deref(),
+            opts.advertise_address,
+        )?;
         let stored = read_cluster(dir)?;
         if stored != cluster {
             return Err(AgentError::Conflict(format!(

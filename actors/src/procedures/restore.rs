@@ -26,7 +26,7 @@ use prost::Message;
 use super::init::{sign_member_pairs, write_member_pki};
 use super::state_dir::{
     AgentError, AgentIdentity, CLUSTER_FILE, IDENTITY_FILE, default_advertise_address,
-    default_node_name, io_err, read_identity, write_private,
+    default_node_name, io_err, read_identity, same_node, write_private,
 };
 use crate::pki::ca::{ClusterCa, node_key_and_csr};
 use crate::pki::local::{ClusterPki, PkiDir, pki_dir};
@@ -241,24 +241,12 @@ fn check_state_dir(dir: &Path, opts: &RestoreOptions) -> Result<Option<AgentIden
                 identity.node_name
             )));
         }
-        if let Some(name) = &opts.node_name
-            && *name != identity.node_name
-        {
-            return Err(AgentError::Conflict(format!(
-                "{} belongs to node {:?}, not {name:?}; use another --state-dir",
-                dir.display(),
-                identity.node_name
-            )));
-        }
-        if let Some(addr) = opts.advertise_address
-            && addr != identity.advertise_address
-        {
-            return Err(AgentError::Conflict(format!(
-                "{} belongs to a node at {}, not {addr}",
-                dir.display(),
-                identity.advertise_address
-            )));
-        }
+        same_node(
+            dir,
+            identity,
+            opts.node_name.as_deref(),
+            opts.advertise_address,
+        )?;
     }
     Ok(existing)
 }

@@ -111,3 +111,32 @@ pub(super) fn read_cluster(dir: &Path) -> Result<ClusterConfiguration, AgentErro
     let bytes = std::fs::read(&path).map_err(io_err(&path))?;
     quadlet::parse_cluster_config(&path.display().to_string(), &bytes).map_err(AgentError::Config)
 }
+
+/// Refuses flags that name another node than the one `dir` holds (`--node-name`,
+/// `--advertise-address`): init and restore never change who a node is.
+pub(super) fn same_node(
+    dir: &Path,
+    identity: &AgentIdentity,
+    node_name: Option<&str>,
+    advertise_address: Option<IpAddr>,
+) -> Result<(), AgentError> {
+    if let Some(name) = node_name
+        && name != identity.node_name
+    {
+        return Err(AgentError::Conflict(format!(
+            "{} belongs to node {:?}, not {name:?}; use another --state-dir",
+            dir.display(),
+            identity.node_name
+        )));
+    }
+    if let Some(addr) = advertise_address
+        && addr != identity.advertise_address
+    {
+        return Err(AgentError::Conflict(format!(
+            "{} was initialised with --advertise-address {}, not {addr}",
+            dir.display(),
+            identity.advertise_address
+        )));
+    }
+    Ok(())
+}
